@@ -1,0 +1,274 @@
+"""Command line: serve, check-config, keygen, mint, explain, check, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from authz import __version__
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    code: int = args.func(args)
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="authz", description="Envoy ext_authz for encrypted (JWE) tokens")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the gRPC authorization server")
+    p.add_argument("--config", required=True, help="configuration file (YAML)")
+    p.add_argument("--listen", help="address to listen on, e.g. 0.0.0.0:9001 (overrides the config)")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("check-config", help="validate a configuration file and its keys")
+    p.add_argument("config")
+    p.set_defaults(func=_check_config)
+
+    p = sub.add_parser("keygen", help="make a key pair (or secret) as JWK Set files")
+    p.add_argument("--alg", required=True, help="e.g. RSA-OAEP-256, ECDH-ES+A256KW, A256KW, dir, RS256, ES256, EdDSA")
+    p.add_argument("--kid", required=True)
+    p.add_argument("--size", type=int, help="RSA modulus or symmetric key size in bits")
+    p.add_argument("--crv", help="curve: P-256, P-384, P-521, Ed25519, Ed448, X25519")
+    p.add_argument("--private", type=Path, required=True, help="private JWK Set file (created 0600; key appended)")
+    p.add_argument("--public", type=Path, help="public JWK Set file (key appended); not for symmetric keys")
+    p.set_defaults(func=_keygen)
+
+    p = sub.add_parser("mint", help="mint a nested token (JWS inside JWE), for testing a deployment")
+    p.add_argument("--encryption-key", type=Path, required=True, help="JWK Set with the recipient's key")
+    p.add_argument("--encryption-kid", help="key to use (default: the first)")
+    p.add_argument("--signing-key", type=Path, help="issuer's private JWK Set (omit with --encrypt-only)")
+    p.add_argument("--signing-kid", help="key to use (default: the first)")
+    p.add_argument("--encrypt-only", action="store_true", help="no inner JWS (symmetric keys only)")
+    p.add_argument("--enc", default="A256GCM")
+    p.add_argument("--iss", required=True)
+    p.add_argument("--aud", action="append", default=[], help="audience (repeatable)")
+    p.add_argument("--sub")
+    p.add_argument("--tenant", help="tenant claim")
+    p.add_argument("--tenant-claim", default="tenant")
+    p.add_argument("--scope", help="space-separated scopes")
+    p.add_argument("--role", action="append", default=[], help="role (repeatable)")
+    p.add_argument("--claim", action="append", default=[], help="extra claim NAME=JSON (repeatable)")
+    p.add_argument("--lifetime", type=int, default=300, help="seconds until exp")
+    p.add_argument("--typ", default="at+jwt", help='inner "typ" ("" for none)')
+    p.set_defaults(func=_mint)
+
+    p = sub.add_parser("explain", help="show the decision for a request, through the Check code path")
+    _request_args(p)
+    p.add_argument("--config", required=True)
+    p.set_defaults(func=_explain)
+
+    p = sub.add_parser("check", help="send one Check to a running server and print the answer")
+    _request_args(p)
+    p.add_argument("--server", default="127.0.0.1:9001")
+    p.set_defaults(func=_check)
+
+    p = sub.add_parser("demo", help="create demo keys, config and token issuer in a folder")
+    p.add_argument("--dir", type=Path, default=Path(".demo"))
+    p.add_argument("--listen", default="127.0.0.1:9001")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def _request_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", default="GET")
+    p.add_argument("--path", default="/")
+    p.add_argument("--host", required=True)
+    p.add_argument("--tenant", help="the route's context_extensions tenant")
+    p.add_argument("--token", help="bearer token (or use --token-file)")
+    p.add_argument("--token-file", type=Path)
+    p.add_argument("--header", action="append", default=[], help="extra header NAME:VALUE (repeatable)")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from authz.logs import setup_logging
+    from authz.server import serve
+
+    setup_logging()
+    return asyncio.run(serve(args.config, args.listen))
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from authz.config import load_config
+    from authz.errors import ConfigError
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    tenants = config.tenants.by_name
+    rules = sum(len(t.rules) for t in tenants.values())
+    print(
+        f"ok: {config.source}: {len(tenants)} tenant(s), {rules} rule(s), "
+        f"{len(config.token_keys.decryption)} decryption key(s), {len(config.token_keys.issuers)} issuer(s); "
+        f"sha256 {config.digest}"
+    )
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from authz.issuer import generate_key, public_jwks, write_jwks
+
+    try:
+        key = generate_key(args.alg, args.kid, size=args.size, crv=args.crv)
+    except (ValueError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    private = json.loads(key.export(private_key=True))
+    if not _append(args.private, private, private=True):
+        return 1
+    if key.get("kty") != "oct":
+        if args.public is None:
+            print(f"wrote private key {args.kid} to {args.private} (no --public given)")
+            return 0
+        if not _append(args.public, public_jwks([key])["keys"][0], private=False):
+            return 1
+        print(f"wrote {args.alg} key {args.kid}: private {args.private}, public {args.public}")
+    else:
+        print(f"wrote {args.alg} secret {args.kid} to {args.private} (share it with the issuer only)")
+    return 0
+
+
+def _append(path: Path, entry: dict[str, Any], *, private: bool) -> bool:
+    from authz.issuer import write_jwks
+
+    jwks: dict[str, Any] = {"keys": []}
+    if path.exists():
+        jwks = json.loads(path.read_text(encoding="utf-8"))
+        if any(k.get("kid") == entry["kid"] for k in jwks.get("keys", [])):
+            print(f"error: {path} already has a key {entry['kid']!r}", file=sys.stderr)
+            return False
+    jwks["keys"].append(entry)
+    write_jwks(path, jwks, private=private)
+    return True
+
+
+def _mint(args: argparse.Namespace) -> int:
+    from authz.issuer import mint, read_jwks
+
+    encryption_key = _pick(read_jwks(args.encryption_key), args.encryption_kid)
+    signing_key = None
+    if not args.encrypt_only:
+        if args.signing_key is None:
+            print("error: --signing-key is required unless --encrypt-only", file=sys.stderr)
+            return 2
+        signing_key = _pick(read_jwks(args.signing_key), args.signing_kid)
+    now = int(time.time())
+    claims: dict[str, Any] = {"iss": args.iss, "iat": now, "nbf": now, "exp": now + args.lifetime}
+    if args.aud:
+        claims["aud"] = args.aud[0] if len(args.aud) == 1 else args.aud
+    for name, value in (("sub", args.sub), (args.tenant_claim, args.tenant), ("scope", args.scope)):
+        if value:
+            claims[name] = value
+    if args.role:
+        claims["roles"] = args.role
+    for item in args.claim:
+        name, _, value = item.partition("=")
+        claims[name] = json.loads(value)
+    print(mint(claims, encryption_key=encryption_key, signing_key=signing_key, enc=args.enc, typ=args.typ or None))
+    return 0
+
+
+def _pick(keys: list[Any], kid: str | None) -> Any:
+    if kid is None:
+        return keys[0]
+    for key in keys:
+        if key.get("kid") == kid:
+            return key
+    raise SystemExit(f"error: no key {kid!r}")
+
+
+def _check_request(args: argparse.Namespace) -> Any:
+    from authz._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
+
+    message = CheckRequest()
+    http = message.attributes.request.http
+    http.method = args.method
+    http.path = args.path
+    http.host = args.host
+    http.scheme = "https"
+    http.protocol = "HTTP/1.1"
+    http.headers[":authority"] = args.host
+    http.headers[":path"] = args.path
+    http.headers[":method"] = args.method
+    token = args.token or (args.token_file.read_text().strip() if args.token_file else None)
+    if token:
+        http.headers["authorization"] = f"Bearer {token}"
+    for item in args.header:
+        name, _, value = item.partition(":")
+        http.headers[name.strip().lower()] = value.strip()
+    if args.tenant:
+        message.attributes.context_extensions["tenant"] = args.tenant
+    return message
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from authz.config import load_config
+    from authz.errors import ConfigError
+    from authz.response import to_check_response
+    from authz.service import SnapshotHolder, evaluate
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    decision, _request, request_id = evaluate(SnapshotHolder(config), _check_request(args), time.time)
+    response = to_check_response(decision, request_id)
+    result = {
+        "decision": decision.verdict.value,
+        "reason": decision.reason,
+        "tenant": decision.tenant,
+        "rule": decision.rule,
+        "detail": decision.detail or None,
+        "grpc_status": response.status.code,
+        "http_status": 200 if decision.allowed else response.denied_response.status.code,
+    }
+    print(json.dumps(result, indent=2))
+    return 0 if decision.allowed else 1
+
+
+def _check(args: argparse.Namespace) -> int:
+    import grpc
+
+    from authz._proto.envoy.service.auth.v3.external_auth_pb2_grpc import AuthorizationStub
+
+    with grpc.insecure_channel(args.server) as channel:
+        try:
+            response = AuthorizationStub(channel).Check(_check_request(args), timeout=5)
+        except grpc.RpcError as exc:
+            print(f"error: {exc.code().name}", file=sys.stderr)  # type: ignore[attr-defined]
+            return 2
+    if response.HasField("ok_response"):
+        headers = {h.header.key: h.header.value for h in response.ok_response.headers}
+        print(json.dumps({"status": "allowed", "upstream_headers": headers,
+                          "removed": list(response.ok_response.headers_to_remove)}, indent=2))
+        return 0
+    denied = response.denied_response
+    print(json.dumps({"status": "denied", "http_status": denied.status.code,
+                      "headers": {h.header.key: h.header.value for h in denied.headers},
+                      "body": json.loads(denied.body or "null")}, indent=2))
+    return 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from authz.demo import setup_demo
+
+    print(setup_demo(args.dir, args.listen))
+    return 0

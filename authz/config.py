@@ -1,0 +1,415 @@
+"""Configuration file (YAML) -> validated, immutable snapshot.
+
+Everything a request needs is derived here, once: keys imported, path rules
+compiled, host and tenant indexes built, defaults filled. Unknown keys are
+errors (a typo must not silently drop a rule), and every error names the file,
+the line and the reason. Relative paths resolve against the file's folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+import yaml
+
+from authz.claims import ClaimRules
+from authz.errors import ConfigError
+from authz.keys import CONTENT_ENCRYPTION_ALGS, KeySet, Purpose, load_keyset
+from authz.policy import Mode, Rule, Tenant, TenantIndex, compile_path
+from authz.token import TokenKeys
+
+__all__ = ["Config", "ServerSettings", "UpstreamSettings", "load_config"]
+
+DEFAULT_CONTENT_ENCRYPTION = ("A256GCM", "A128GCM", "A256CBC-HS512", "A128CBC-HS256")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_HOST = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    strip_authorization: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    max_concurrent_checks: int
+    max_message_bytes: int
+    grace_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """One immutable snapshot of the configuration and everything derived from it."""
+
+    source: str
+    digest: str  # sha256 over the config file and every key file it references
+    files: tuple[str, ...]
+    listen: str | None
+    claim_rules: ClaimRules
+    token_keys: TokenKeys
+    tenants: TenantIndex
+    upstream: UpstreamSettings
+    server: ServerSettings
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, validate and build a snapshot; raises ConfigError with file and line."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read config file: {exc.strerror or exc}") from None
+    return _Builder(path, raw).build()
+
+
+# -- YAML with line numbers -------------------------------------------------
+
+
+class _Map(dict[str, Any]):
+    """A YAML mapping that remembers the line of itself and of each key."""
+
+    line: int
+    lines: dict[str, int]
+
+
+class _List(list[Any]):
+    line: int
+    lines: list[int]
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        raise ConfigError(
+            source, f"YAML error: {exc.problem or exc.context}", mark.line + 1 if mark else None
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, f"YAML error: {type(exc).__name__}") from None
+    if node is None:
+        raise ConfigError(source, "the file is empty")
+    return _convert(node, yaml.SafeLoader(""), source)
+
+
+def _convert(node: yaml.Node, loader: yaml.SafeLoader, source: str) -> Any:
+    line = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        mapping = _Map()
+        mapping.line, mapping.lines = line, {}
+        for key_node, value_node in node.value:
+            key = _convert(key_node, loader, source)
+            key_line = key_node.start_mark.line + 1
+            if not isinstance(key, str):
+                raise ConfigError(source, "mapping keys must be strings", key_line)
+            if key in mapping:
+                raise ConfigError(source, f"duplicate key {key!r}", key_line)
+            mapping[key] = _convert(value_node, loader, source)
+            mapping.lines[key] = key_line
+        return mapping
+    if isinstance(node, yaml.SequenceNode):
+        items = _List(_convert(item, loader, source) for item in node.value)
+        items.line, items.lines = line, [item.start_mark.line + 1 for item in node.value]
+        return items
+    try:
+        return loader.construct_object(node, deep=True)
+    except yaml.YAMLError:
+        raise ConfigError(source, "invalid scalar value", line) from None
+
+
+# -- schema -----------------------------------------------------------------
+
+
+class _Section:
+    """Typed, line-aware reads from one mapping; unknown keys are errors."""
+
+    def __init__(self, data: Any, source: str, where: str, line: int | None) -> None:
+        if not isinstance(data, _Map):
+            raise ConfigError(source, f"{where} must be a mapping", line)
+        self.data, self.source, self.where = data, source, where
+        self.used: set[str] = set()
+
+    def line(self, key: str | None = None) -> int:
+        return self.data.lines.get(key, self.data.line) if key else self.data.line
+
+    def error(self, key: str | None, reason: str) -> ConfigError:
+        label = f"{self.where}.{key}" if key else self.where
+        return ConfigError(self.source, f"{label}: {reason}", self.line(key))
+
+    def get(self, key: str, kind: type[_T], default: _T | None = None) -> _T:
+        self.used.add(key)
+        if key not in self.data:
+            if default is None:
+                raise self.error(None, f"missing required key {key!r}")
+            return default
+        value = self.data[key]
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if not ok:
+            raise self.error(key, f"must be {_kind_name(kind)}")
+        return value  # type: ignore[no-any-return]
+
+    def strings(self, key: str, *, required: bool = True) -> list[str]:
+        value = self.get(key, list, None if required else _List())
+        if required and not value:
+            raise self.error(key, "must not be empty")
+        if not all(isinstance(v, str) and v for v in value):
+            raise self.error(key, "must be a list of non-empty strings")
+        return list(value)
+
+    def section(self, key: str) -> _Section:
+        self.used.add(key)
+        value = self.data.get(key, _empty_map(self.line()))
+        return _Section(value, self.source, f"{self.where}.{key}", self.line(key))
+
+    def items(self, key: str) -> Iterator[tuple[_Section, int]]:
+        value = self.get(key, list)
+        for index, (item, line) in enumerate(zip(value, value.lines, strict=True)):
+            yield _Section(item, self.source, f"{self.where}.{key}[{index}]", line), line
+
+    def positive(self, key: str, default: int) -> int:
+        value = self.get(key, int, default)
+        if value <= 0:
+            raise self.error(key, "must be a positive integer")
+        return value
+
+    def finish(self) -> None:
+        for key in self.data:
+            if key not in self.used:
+                raise self.error(key, "unknown key")
+
+
+def _empty_map(line: int) -> _Map:
+    empty = _Map()
+    empty.line, empty.lines = line, {}
+    return empty
+
+
+_KIND_NAMES: dict[type, str] = {
+    str: "a string",
+    int: "an integer",
+    bool: "true or false",
+    list: "a list",
+    dict: "a mapping",
+}
+
+
+def _kind_name(kind: type) -> str:
+    return _KIND_NAMES.get(kind, kind.__name__)
+
+
+class _Builder:
+    def __init__(self, path: Path, raw: bytes) -> None:
+        self.path = path
+        self.source = str(path)
+        self.raw = raw
+        self.files: list[Path] = [path]
+
+    def build(self) -> Config:
+        try:
+            text = self.raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(self.source, "the file is not UTF-8") from None
+        root = _Section(_parse_yaml(text, self.source), self.source, "config", 1)
+        listen = root.get("listen", str, "") or None
+        token = root.section("token")
+        claim_rules = ClaimRules(
+            clock_skew=_non_negative(token, "clock_skew", 30),
+            max_lifetime=token.positive("max_lifetime", 86400),
+            tenant_claim=token.get("tenant_claim", str, "tenant"),
+        )
+        max_bytes = token.positive("max_bytes", 8192)
+        typ = frozenset(t.lower().removeprefix("application/") for t in token.strings("typ", required=False))
+        token.finish()
+
+        decryption = root.section("decryption")
+        decryption_keys = self._keys(decryption, "keys", Purpose.DECRYPT)
+        enc = decryption.strings("content_encryption", required=False) or list(DEFAULT_CONTENT_ENCRYPTION)
+        for name in enc:
+            if name not in CONTENT_ENCRYPTION_ALGS:
+                raise decryption.error("content_encryption", f"unknown content encryption {name!r}")
+        decryption.finish()
+
+        issuers: dict[str, KeySet] = {}
+        for item, _line in root.items("issuers"):
+            name = item.get("issuer", str)
+            if name in issuers:
+                raise item.error("issuer", "duplicate issuer")
+            issuers[name] = self._keys(item, "jwks", Purpose.VERIFY)
+            item.finish()
+
+        tenants = self._tenants(root, issuers, decryption_keys)
+        upstream = root.section("upstream")
+        upstream_settings = UpstreamSettings(
+            strip_authorization=upstream.get("strip_authorization", bool, False)
+        )
+        upstream.finish()
+        server = root.section("server")
+        server_settings = ServerSettings(
+            max_concurrent_checks=server.positive("max_concurrent_checks", 256),
+            max_message_bytes=server.positive("max_message_bytes", 1 << 20),
+            grace_seconds=float(server.positive("grace_seconds", 10)),
+        )
+        server.finish()
+        root.finish()
+
+        token_keys = TokenKeys(
+            decryption=decryption_keys,
+            content_encryption=frozenset(enc),
+            issuers=MappingProxyType(issuers),
+            max_bytes=max_bytes,
+            allowed_typ=typ,
+        )
+        return Config(
+            source=self.source,
+            digest=self._digest(),
+            files=tuple(str(f) for f in self.files),
+            listen=listen,
+            claim_rules=claim_rules,
+            token_keys=token_keys,
+            tenants=tenants,
+            upstream=upstream_settings,
+            server=server_settings,
+        )
+
+    def _keys(self, section: _Section, key: str, purpose: Purpose) -> KeySet:
+        section.used.add(key)
+        value = section.data.get(key)
+        paths = [value] if isinstance(value, str) else value if isinstance(value, list) else None
+        if not paths or not all(isinstance(p, str) and p for p in paths):
+            raise section.error(key, "must be a file path or a non-empty list of file paths")
+        merged: dict[str, Any] = {}
+        for relative in paths:
+            path = (self.path.parent / relative).resolve()
+            try:
+                keyset = load_keyset(path, purpose)
+            except ConfigError as exc:
+                raise ConfigError(
+                    exc.file, f"{exc.reason} (referenced from {self.source}:{section.line(key)})", exc.line
+                ) from None
+            for kid, k in keyset.by_kid.items():
+                if kid in merged:
+                    raise section.error(key, f"kid {kid!r} appears in more than one key file")
+                merged[kid] = k
+            self.files.append(path)
+        return KeySet.of(merged.values())
+
+    def _tenants(self, root: _Section, issuers: dict[str, KeySet], keys: KeySet) -> TenantIndex:
+        by_name: dict[str, Tenant] = {}
+        by_host: dict[str, Tenant] = {}
+        by_suffix: dict[str, Tenant] = {}
+        issuer_use: dict[str, int] = {}
+        for item, _line in root.items("tenants"):
+            tenant = self._tenant(item, issuers, keys)
+            if tenant.name in by_name:
+                raise item.error("name", "duplicate tenant name")
+            by_name[tenant.name] = tenant
+            for host in tenant.hosts:
+                table, name = (by_suffix, host[1:]) if host.startswith("*.") else (by_host, host)
+                if name in table:
+                    raise item.error("hosts", f"host {host!r} belongs to tenant {table[name].name!r} already")
+                table[name] = tenant
+            for issuer in tenant.issuers:
+                issuer_use[issuer] = issuer_use.get(issuer, 0) + 1
+        if not by_name:
+            raise root.error("tenants", "must not be empty")
+        return TenantIndex(
+            by_name=MappingProxyType(by_name),
+            by_host=MappingProxyType(by_host),
+            by_suffix=tuple(sorted(by_suffix.items(), key=lambda kv: -len(kv[0]))),
+            shared_issuers=frozenset(i for i, n in issuer_use.items() if n > 1),
+        )
+
+    def _tenant(self, item: _Section, issuers: dict[str, KeySet], keys: KeySet) -> Tenant:
+        name = item.get("name", str)
+        if not _NAME.fullmatch(name):
+            raise item.error("name", "must be 1-63 letters, digits, '.', '_' or '-'")
+        tenant_issuers = item.strings("issuers")
+        for issuer in tenant_issuers:
+            if issuer not in issuers:
+                raise item.error("issuers", f"issuer {issuer!r} is not configured under issuers")
+        audiences = item.strings("audiences")
+        hosts = [h.lower() for h in item.strings("hosts", required=False)]
+        for host in hosts:
+            if not _HOST.fullmatch(host):
+                raise item.error("hosts", f"{host!r} is not a host name or *.suffix")
+        mode_text = item.get("mode", str, "enforce")
+        try:
+            mode = Mode(mode_text)
+        except ValueError:
+            raise item.error("mode", "must be enforce or dry-run") from None
+        encrypt_only = item.strings("encrypt_only_keys", required=False)
+        for kid in encrypt_only:
+            key = keys.by_kid.get(kid)
+            if key is None or not key.symmetric:
+                raise item.error("encrypt_only_keys", f"{kid!r} is not a symmetric decryption key")
+        rules: list[Rule] = []
+        for rule_item, _line in item.items("rules"):
+            rule = _rule(rule_item)
+            if any(r.name == rule.name for r in rules):
+                raise rule_item.error("name", "duplicate rule name in this tenant")
+            rules.append(rule)
+        item.finish()
+        return Tenant(
+            name=name,
+            issuers=frozenset(tenant_issuers),
+            audiences=frozenset(audiences),
+            hosts=tuple(hosts),
+            mode=mode,
+            rules=tuple(rules),
+            encrypt_only_keys=frozenset(encrypt_only),
+        )
+
+    def _digest(self) -> str:
+        digest = hashlib.sha256(self.raw)
+        for path in self.files[1:]:
+            digest.update(path.read_bytes())
+        return digest.hexdigest()
+
+
+def _rule(item: _Section) -> Rule:
+    name = item.get("name", str)
+    methods = [m.upper() for m in item.strings("methods", required=False)]
+    for method in methods:
+        if method not in _METHODS:
+            raise item.error("methods", f"unknown method {method!r}")
+    paths = []
+    for pattern in item.strings("paths"):
+        try:
+            paths.append(compile_path(pattern))
+        except ValueError as exc:
+            raise item.error("paths", f"{pattern!r}: {exc}") from None
+    public = item.get("public", bool, False)
+    scopes = item.strings("scopes", required=False)
+    roles = item.strings("roles", required=False)
+    claims = item.get("claims", dict, _empty_map(item.line()))
+    if public and (scopes or roles or claims):
+        raise item.error("public", "a public rule cannot also require scopes, roles or claims")
+    for value in claims.values():
+        if not isinstance(value, str | int | float | bool):
+            raise item.error("claims", "claim values must be strings, numbers or booleans")
+    item.finish()
+    return Rule(
+        name=name,
+        methods=frozenset(methods),
+        paths=tuple(paths),
+        public=public,
+        scopes=frozenset(scopes),
+        roles=frozenset(roles),
+        claims=MappingProxyType(dict(claims)),
+    )
+
+
+def _non_negative(section: _Section, key: str, default: int) -> int:
+    value = section.get(key, int, default)
+    if value < 0:
+        raise section.error(key, "must not be negative")
+    return value
+

@@ -1,0 +1,184 @@
+"""The decision: request + snapshot + clock -> Decision, a pure function.
+
+This is the one code path shared by the gRPC Check handler and ``authz
+explain``. Order: tenant from the request (route context, host) -> public
+rule -> bearer token -> token layer -> claims -> tenant binding (tenant claim,
+issuer, audience, encrypt-only opt-in) -> rule -> requirements. Any failure is
+a deny with a reason code; anything unexpected is ``internal_error``, still a
+deny. In ``dry-run`` the tenant's denies are answered as allows and recorded.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+
+from authz.claims import Claims, validate_claims
+from authz.config import Config
+from authz.errors import REASONS, AuthzError, Outcome
+from authz.policy import Mode, Rule, Tenant, require
+from authz.request import AuthzRequest, bearer_token
+from authz.token import VerifiedToken, validate_token
+
+__all__ = ["Decision", "Verdict", "decide", "reject"]
+
+
+class Verdict(enum.Enum):
+    ALLOW = "allow"
+    DENY = "deny"
+    DRY_RUN_DENY = "dry-run-deny"  # would have been denied; allowed because of dry-run
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    verdict: Verdict
+    reason: str  # "ok" or a reason code from authz.errors.REASONS
+    tenant: str | None = None
+    rule: str | None = None
+    subject: str | None = None
+    scopes: tuple[str, ...] = ()
+    token_present: bool = False
+    identity: bool = False  # the x-authz-* identity headers are set from verified claims
+    missing_scopes: tuple[str, ...] = ()
+    strip_authorization: bool = False
+    key_id: str | None = None
+    detail: str = ""  # for logs only
+
+    @property
+    def allowed(self) -> bool:
+        return self.verdict is not Verdict.DENY
+
+    @property
+    def outcome(self) -> Outcome | None:
+        return None if self.verdict is Verdict.ALLOW else REASONS[self.reason]
+
+
+@dataclass(slots=True)
+class _Progress:
+    """What is known so far, so that a deny can still say tenant and rule."""
+
+    tenant: Tenant | None = None
+    rule: Rule | None = None
+    claims: Claims | None = None
+    token: VerifiedToken | None = None
+    token_present: bool = False
+
+
+def decide(config: Config, request: AuthzRequest, now: float) -> Decision:
+    """Decide one request. Never raises."""
+    progress = _Progress()
+    try:
+        decision = _decide(config, request, now, progress)
+    except AuthzError as exc:
+        decision = _deny(progress, exc.code, exc.detail, config)
+    except Exception as exc:  # noqa: BLE001 - fail closed on our own faults too
+        decision = _deny(progress, "internal_error", f"unexpected {type(exc).__name__}", config)
+    tenant = progress.tenant
+    if decision.verdict is Verdict.DENY and tenant is not None and tenant.mode is Mode.DRY_RUN:
+        if decision.outcome is not Outcome.BAD_REQUEST:
+            return replace(decision, verdict=Verdict.DRY_RUN_DENY)
+    return decision
+
+
+def reject(code: str, detail: str = "") -> Decision:
+    """A deny before any tenant is known (an unreadable or unsafe request)."""
+    return Decision(verdict=Verdict.DENY, reason=code, detail=detail)
+
+
+def _decide(config: Config, request: AuthzRequest, now: float, progress: _Progress) -> Decision:
+    tenants = config.tenants
+    tenant = tenants.for_request(request.context_extensions.get("tenant"), request.host)
+    progress.tenant = tenant
+    if tenant is not None:
+        progress.rule = tenant.match(request.method, request.path)
+        if progress.rule is not None and progress.rule.public:
+            return _public(tenant, progress.rule, config)
+
+    token = bearer_token(request)
+    if token is None:
+        raise AuthzError("token_missing")
+    progress.token_present = True
+    verified = validate_token(token, config.token_keys)
+    progress.token = verified
+    claims = validate_claims(verified.claims, config.claim_rules, now)
+    progress.claims = claims
+
+    if tenant is None:
+        if claims.tenant is None:
+            raise AuthzError("tenant_unknown", "no tenant from route, host or token")
+        tenant = tenants.by_name.get(claims.tenant)
+        if tenant is None:
+            raise AuthzError("tenant_unknown", "token names no configured tenant")
+        progress.tenant = tenant
+        progress.rule = tenant.match(request.method, request.path)
+    _bind(tenant, claims, verified, tenants.shared_issuers)
+
+    rule = progress.rule
+    if rule is None:
+        raise AuthzError("no_matching_rule")
+    if rule.public:
+        return _public(tenant, rule, config)
+    missing = require(rule, claims)
+    if missing:
+        return replace(
+            _deny(progress, "scope_missing", "", config), missing_scopes=missing
+        )
+    return Decision(
+        verdict=Verdict.ALLOW,
+        reason="ok",
+        tenant=tenant.name,
+        rule=rule.name,
+        subject=claims.subject,
+        scopes=tuple(sorted(claims.scopes)),
+        token_present=True,
+        identity=True,
+        strip_authorization=config.upstream.strip_authorization,
+        key_id=verified.signing_kid or verified.decryption_kid,
+    )
+
+
+def _bind(tenant: Tenant, claims: Claims, token: VerifiedToken, shared: frozenset[str]) -> None:
+    """The token must belong to this tenant: claim, issuer, audience, encrypt-only opt-in."""
+    if claims.tenant is not None and claims.tenant != tenant.name:
+        raise AuthzError("tenant_mismatch", "token tenant claim names another tenant")
+    if claims.tenant is None and claims.issuer in shared:
+        raise AuthzError("tenant_mismatch", "issuer serves several tenants; tenant claim missing")
+    if claims.issuer not in tenant.issuers:
+        raise AuthzError("issuer_not_allowed")
+    if not tenant.audiences.intersection(claims.audiences):
+        raise AuthzError("audience_mismatch")
+    if not token.nested and token.decryption_kid not in tenant.encrypt_only_keys:
+        raise AuthzError("encrypt_only_not_allowed", "tenant does not accept this key without JWS")
+
+
+def _public(tenant: Tenant, rule: Rule, config: Config) -> Decision:
+    return Decision(
+        verdict=Verdict.ALLOW,
+        reason="ok",
+        tenant=tenant.name,
+        rule=rule.name,
+        strip_authorization=config.upstream.strip_authorization,
+    )
+
+
+def _deny(progress: _Progress, code: str, detail: str, config: Config) -> Decision:
+    tenant, rule, claims, token = progress.tenant, progress.rule, progress.claims, progress.token
+    # A dry-run deny of a valid, tenant-bound token still passes the identity on.
+    bound = claims is not None and code in _POLICY_CODES
+    return Decision(
+        verdict=Verdict.DENY,
+        reason=code,
+        tenant=tenant.name if tenant else None,
+        rule=rule.name if rule else None,
+        subject=claims.subject if bound and claims else None,
+        scopes=tuple(sorted(claims.scopes)) if bound and claims else (),
+        token_present=progress.token_present,
+        identity=bound,
+        strip_authorization=config.upstream.strip_authorization,
+        key_id=(token.signing_kid or token.decryption_kid) if token else None,
+        detail=detail,
+    )
+
+
+# Denies that happen after the token was bound to the tenant.
+_POLICY_CODES = frozenset({"no_matching_rule", "scope_missing", "role_missing", "claim_mismatch"})

@@ -1,0 +1,97 @@
+"""What a token issuer does, for developers, tests and demos: make keys, mint tokens.
+
+Minting uses jwcrypto's high-level API on purpose: the issuer side is not on
+the request path, and an independent implementation makes tokens that our own
+strict parser must accept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from jwcrypto.jwe import JWE
+from jwcrypto.jwk import JWK
+from jwcrypto.jws import JWS
+
+from authz.keys import KEY_MANAGEMENT_ALGS, SIGNATURE_ALGS
+
+__all__ = ["generate_key", "mint", "public_jwks", "read_jwks", "write_jwks"]
+
+
+def generate_key(alg: str, kid: str, *, size: int | None = None, crv: str | None = None) -> JWK:
+    """A new private key (or secret) pinned to ``alg``, with ``kid`` and ``use`` set."""
+    spec = KEY_MANAGEMENT_ALGS.get(alg) or SIGNATURE_ALGS.get(alg)
+    if spec is None:
+        raise ValueError(f"unsupported algorithm {alg}")
+    use = "enc" if alg in KEY_MANAGEMENT_ALGS else "sig"
+    params: dict[str, Any] = {"kid": kid, "alg": alg, "use": use}
+    if spec.kty == "RSA":
+        key = JWK.generate(kty="RSA", size=size or 2048, **params)
+    elif spec.kty == "EC":
+        key = JWK.generate(kty="EC", crv=crv or sorted(spec.curves)[0], **params)
+    elif spec.kty == "OKP":
+        key = JWK.generate(kty="OKP", crv=crv or "Ed25519", **params)
+    else:
+        default_bytes = min(spec.oct_sizes) if spec.oct_sizes else spec.oct_min
+        key = JWK.generate(kty="oct", size=(size or default_bytes * 8), **params)
+    return key
+
+
+def public_jwks(keys: list[JWK]) -> dict[str, Any]:
+    """The public half of asymmetric keys (symmetric keys have none and are skipped)."""
+    return {"keys": [json.loads(k.export_public()) for k in keys if k.get("kty") != "oct"]}
+
+
+def write_jwks(path: Path, jwks: Mapping[str, Any], *, private: bool) -> None:
+    """Write a JWK Set; private files are created readable by the owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = json.dumps(jwks, indent=2) + "\n"
+    if private:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(data)
+    else:
+        path.write_text(data, encoding="utf-8")
+
+
+def read_jwks(path: Path) -> list[JWK]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return [JWK(**entry) for entry in data["keys"]]
+
+
+def mint(
+    claims: Mapping[str, Any],
+    *,
+    encryption_key: JWK,
+    signing_key: JWK | None,
+    enc: str = "A256GCM",
+    typ: str | None = "at+jwt",
+    extra_outer: Mapping[str, Any] | None = None,
+    extra_inner: Mapping[str, Any] | None = None,
+) -> str:
+    """A compact JWE; nested (``cty: JWT``) around a JWS unless ``signing_key`` is None."""
+    payload = json.dumps(dict(claims), separators=(",", ":")).encode("utf-8")
+    outer: dict[str, Any] = {"alg": encryption_key["alg"], "enc": enc, "kid": encryption_key["kid"]}
+    if signing_key is not None:
+        inner: dict[str, Any] = {"alg": signing_key["alg"], "kid": signing_key["kid"]}
+        if typ:
+            inner["typ"] = typ
+        inner.update(extra_inner or {})
+        jws = JWS(payload)
+        jws.add_signature(signing_key, alg=inner["alg"], protected=json.dumps(inner))
+        payload = jws.serialize(compact=True).encode("ascii")
+        outer["cty"] = "JWT"
+    outer.update(extra_outer or {})
+    jwe = JWE(payload, protected=json.dumps(outer))
+    jwe.add_recipient(_encryption_public(encryption_key))
+    return str(jwe.serialize(compact=True))
+
+
+def _encryption_public(key: JWK) -> JWK:
+    if key.get("kty") == "oct" or not key.has_private:
+        return key
+    return JWK(**json.loads(key.export_public()))

@@ -1,0 +1,244 @@
+"""Key sets: loading JWK Set files, per-key algorithm pinning, ``kid`` lookup.
+
+Keys are imported once, when a configuration snapshot is built (importing an
+RSA private JWK costs tens of milliseconds), and shared read-only by requests.
+Every key names its one algorithm (``alg``); a token may only use a key with
+the algorithm that key is pinned to. Algorithms with known attacks (RSA1_5,
+PBES2-*, ``none``) cannot be configured at all.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from jwcrypto.common import JWException
+from jwcrypto.jwk import JWK
+
+from authz.errors import ConfigError
+
+__all__ = [
+    "CONTENT_ENCRYPTION_ALGS",
+    "KEY_MANAGEMENT_ALGS",
+    "MAX_KIDLESS_CANDIDATES",
+    "SIGNATURE_ALGS",
+    "Key",
+    "KeySet",
+    "Purpose",
+    "keyset_from_jwks",
+    "load_keyset",
+]
+
+
+class Purpose(enum.Enum):
+    """What a key set is for: our decryption keys or an issuer's signing keys."""
+
+    DECRYPT = "decrypt"
+    VERIFY = "verify"
+
+
+@dataclass(frozen=True, slots=True)
+class _AlgSpec:
+    kty: str
+    curves: frozenset[str] = frozenset()
+    # Exact symmetric key sizes in bytes (AES key wrap), or a minimum (HMAC).
+    oct_sizes: frozenset[int] = frozenset()
+    oct_min: int = 0
+
+
+_RSA = _AlgSpec("RSA")
+_ECDH = _AlgSpec("EC", frozenset({"P-256", "P-384", "P-521"}))
+_ECDH_OKP = frozenset({"X25519", "X448"})
+
+KEY_MANAGEMENT_ALGS: Mapping[str, _AlgSpec] = MappingProxyType(
+    {
+        "RSA-OAEP": _RSA,
+        "RSA-OAEP-256": _RSA,
+        "ECDH-ES": _ECDH,
+        "ECDH-ES+A128KW": _ECDH,
+        "ECDH-ES+A192KW": _ECDH,
+        "ECDH-ES+A256KW": _ECDH,
+        "A128KW": _AlgSpec("oct", oct_sizes=frozenset({16})),
+        "A192KW": _AlgSpec("oct", oct_sizes=frozenset({24})),
+        "A256KW": _AlgSpec("oct", oct_sizes=frozenset({32})),
+        "A128GCMKW": _AlgSpec("oct", oct_sizes=frozenset({16})),
+        "A192GCMKW": _AlgSpec("oct", oct_sizes=frozenset({24})),
+        "A256GCMKW": _AlgSpec("oct", oct_sizes=frozenset({32})),
+        # dir: the key is the CEK; its size must fit the token's enc (checked on use).
+        "dir": _AlgSpec("oct", oct_sizes=frozenset({16, 24, 32, 48, 64})),
+    }
+)
+
+CONTENT_ENCRYPTION_ALGS: frozenset[str] = frozenset(
+    {"A128GCM", "A192GCM", "A256GCM", "A128CBC-HS256", "A192CBC-HS384", "A256CBC-HS512"}
+)
+
+SIGNATURE_ALGS: Mapping[str, _AlgSpec] = MappingProxyType(
+    {
+        "RS256": _RSA,
+        "RS384": _RSA,
+        "RS512": _RSA,
+        "PS256": _RSA,
+        "PS384": _RSA,
+        "PS512": _RSA,
+        "ES256": _AlgSpec("EC", frozenset({"P-256"})),
+        "ES384": _AlgSpec("EC", frozenset({"P-384"})),
+        "ES512": _AlgSpec("EC", frozenset({"P-521"})),
+        "EdDSA": _AlgSpec("OKP", frozenset({"Ed25519", "Ed448"})),
+        "HS256": _AlgSpec("oct", oct_min=32),
+        "HS384": _AlgSpec("oct", oct_min=48),
+        "HS512": _AlgSpec("oct", oct_min=64),
+    }
+)
+
+_FORBIDDEN_ALGS = ("RSA1_5", "PBES2-", "none")
+_MIN_RSA_BITS = 2048
+
+# A token without ``kid`` may try at most this many keys of its algorithm.
+MAX_KIDLESS_CANDIDATES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One imported key, pinned to one algorithm."""
+
+    kid: str
+    alg: str
+    kty: str
+    crv: str | None
+    jwk: JWK = field(repr=False, compare=False)
+
+    @property
+    def symmetric(self) -> bool:
+        return self.kty == "oct"
+
+
+@dataclass(frozen=True, slots=True)
+class KeySet:
+    """Keys by ``kid``, plus an index by algorithm for tokens without ``kid``."""
+
+    by_kid: Mapping[str, Key]
+    by_alg: Mapping[str, tuple[Key, ...]]
+
+    @classmethod
+    def of(cls, keys: Iterable[Key]) -> KeySet:
+        by_kid: dict[str, Key] = {}
+        by_alg: dict[str, list[Key]] = {}
+        for key in keys:
+            by_kid[key.kid] = key
+            by_alg.setdefault(key.alg, []).append(key)
+        return cls(
+            MappingProxyType(by_kid),
+            MappingProxyType({alg: tuple(ks) for alg, ks in by_alg.items()}),
+        )
+
+    def __len__(self) -> int:
+        return len(self.by_kid)
+
+    def select(self, kid: str | None, alg: str) -> tuple[Key, ...]:
+        """Keys a token may be tried with: the one named by ``kid``, else a bounded few.
+
+        Returns an empty tuple when the ``kid`` is unknown, when the named key is
+        pinned to another algorithm, or when too many keys would have to be tried.
+        """
+        if kid is not None:
+            key = self.by_kid.get(kid)
+            return (key,) if key is not None and key.alg == alg else ()
+        candidates = self.by_alg.get(alg, ())
+        return candidates if len(candidates) <= MAX_KIDLESS_CANDIDATES else ()
+
+
+def load_keyset(path: Path, purpose: Purpose) -> KeySet:
+    """Read and import a JWK Set file; any problem is a ConfigError naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read key file: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        line = getattr(exc, "lineno", None)
+        raise ConfigError(str(path), "not valid JSON", line) from None
+    return keyset_from_jwks(data, purpose, str(path))
+
+
+def keyset_from_jwks(data: Any, purpose: Purpose, source: str) -> KeySet:
+    """Validate and import a parsed JWK Set (``{"keys": [...]}``)."""
+    if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
+        raise ConfigError(source, 'a JWK Set must be an object with a "keys" list')
+    keys: list[Key] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(data["keys"]):
+        key = _import_key(entry, purpose, f"{source}: key #{index}")
+        if key.kid in seen:
+            raise ConfigError(source, f"key #{index}: duplicate kid {key.kid!r}")
+        seen.add(key.kid)
+        keys.append(key)
+    return KeySet.of(keys)
+
+
+def _import_key(entry: Any, purpose: Purpose, where: str) -> Key:
+    if not isinstance(entry, dict):
+        raise ConfigError(where, "a key must be a JSON object")
+    kid, alg, kty = entry.get("kid"), entry.get("alg"), entry.get("kty")
+    if not isinstance(kid, str) or not kid:
+        raise ConfigError(where, 'every key needs a non-empty string "kid"')
+    where = f"{where} (kid {kid!r})"
+    if not isinstance(alg, str) or not alg:
+        raise ConfigError(where, 'every key needs its "alg": keys are pinned to one algorithm')
+    if alg.startswith(_FORBIDDEN_ALGS):
+        raise ConfigError(where, f"algorithm {alg} is not accepted (known attacks)")
+    table = KEY_MANAGEMENT_ALGS if purpose is Purpose.DECRYPT else SIGNATURE_ALGS
+    spec = table.get(alg)
+    if spec is None:
+        raise ConfigError(where, f"algorithm {alg} cannot be used to {purpose.value}")
+    expected_use = "enc" if purpose is Purpose.DECRYPT else "sig"
+    if "use" in entry and entry["use"] != expected_use:
+        raise ConfigError(where, f'"use" must be "{expected_use}" for a key to {purpose.value}')
+    crv = entry.get("crv")
+    kty_ok = kty == spec.kty or (alg.startswith("ECDH-ES") and kty == "OKP")
+    if not kty_ok:
+        raise ConfigError(where, f"algorithm {alg} needs a key of type {spec.kty}, not {kty}")
+    allowed_curves = _ECDH_OKP if kty == "OKP" and alg.startswith("ECDH-ES") else spec.curves
+    if allowed_curves and crv not in allowed_curves:
+        raise ConfigError(where, f"algorithm {alg} cannot use curve {crv}")
+    try:
+        jwk = JWK(**entry)
+    except (JWException, ValueError, TypeError, KeyError) as exc:
+        raise ConfigError(where, f"not a valid {kty} key ({type(exc).__name__})") from None
+    _check_material(jwk, entry, spec, alg, purpose, where)
+    return Key(kid=kid, alg=alg, kty=str(kty), crv=crv if isinstance(crv, str) else None, jwk=jwk)
+
+
+def _check_material(
+    jwk: JWK, entry: Mapping[str, Any], spec: _AlgSpec, alg: str, purpose: Purpose, where: str
+) -> None:
+    kty = entry["kty"]
+    if kty == "oct":
+        size = len(jwk.get_op_key("encrypt" if purpose is Purpose.DECRYPT else "sign"))
+        size = _b64_len(size)
+        if spec.oct_sizes and size not in spec.oct_sizes:
+            raise ConfigError(where, f"{alg} needs a key of {sorted(spec.oct_sizes)} bytes")
+        if size < spec.oct_min:
+            raise ConfigError(where, f"{alg} needs a key of at least {spec.oct_min} bytes")
+        return
+    if purpose is Purpose.DECRYPT and not jwk.has_private:
+        raise ConfigError(where, "a decryption key must include its private part")
+    if purpose is Purpose.VERIFY and jwk.has_private:
+        raise ConfigError(
+            where, "an issuer key file must hold public keys only; remove the private part"
+        )
+    if kty == "RSA":
+        bits = jwk.get_op_key("verify" if purpose is Purpose.VERIFY else "unwrapKey").key_size
+        if bits < _MIN_RSA_BITS:
+            raise ConfigError(where, f"RSA keys must have at least {_MIN_RSA_BITS} bits")
+
+
+def _b64_len(encoded_len: int) -> int:
+    """Decoded length of an unpadded base64url string of ``encoded_len`` characters."""
+    return encoded_len * 3 // 4

@@ -1,0 +1,167 @@
+"""CheckRequest -> AuthzRequest: method, normalized path, host, headers, bearer token.
+
+Path normalization is what the rules match against: the query is dropped,
+percent-encoded unreserved characters are decoded, repeated slashes merged and
+dot segments removed. A path that cannot be normalized safely (an encoded
+``/`` or ``\\``, NUL or another control character, a ``..`` that climbs out of
+the root, a bad escape) raises ``path_invalid``: the upstream might read it
+differently from us, so we refuse to guess.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from authz.errors import AuthzError
+
+if TYPE_CHECKING:
+    from authz._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
+
+__all__ = ["AuthzRequest", "bearer_token", "from_check_request", "normalize_host", "normalize_path"]
+
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_HEX = frozenset("0123456789abcdefABCDEF")
+_FORBIDDEN_ESCAPES = frozenset({"2F", "5C", "00"})
+_BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_MAX_PATH = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzRequest:
+    """What a decision needs from a request; built once, never mutated."""
+
+    method: str
+    path: str
+    host: str
+    scheme: str
+    headers: Mapping[str, tuple[str, ...]]
+    context_extensions: Mapping[str, str]
+    peer_principal: str
+    request_id: str
+
+    @property
+    def authorization(self) -> tuple[str, ...]:
+        return self.headers.get("authorization", ())
+
+
+def from_check_request(message: CheckRequest) -> AuthzRequest:
+    """Read an Envoy CheckRequest; raises AuthzError(path_invalid) for unsafe paths."""
+    http = message.attributes.request.http
+    headers = _headers(http.headers, ((h.key, h.raw_value, h.value) for h in http.header_map.headers))
+    raw_path = http.path or _first(headers, ":path")
+    method = (http.method or _first(headers, ":method")).upper()
+    host = http.host or _first(headers, ":authority") or _first(headers, "host")
+    request_id = _first(headers, "x-request-id") or http.id
+    return AuthzRequest(
+        method=method,
+        path=normalize_path(raw_path),
+        host=normalize_host(host),
+        scheme=http.scheme or _first(headers, ":scheme"),
+        headers=headers,
+        context_extensions=MappingProxyType(dict(message.attributes.context_extensions)),
+        peer_principal=message.attributes.source.principal,
+        request_id=request_id if _REQUEST_ID.fullmatch(request_id) else "",
+    )
+
+
+def bearer_token(request: AuthzRequest) -> str | None:
+    """The one bearer token of ``authorization``; None when there is no bearer credential.
+
+    Raises ``authorization_malformed`` for several authorization headers, or for a
+    bearer credential that is not exactly one token.
+    """
+    values = request.authorization
+    if not values:
+        return None
+    if len(values) > 1:
+        raise AuthzError("authorization_malformed", "more than one authorization header")
+    value = values[0].strip()
+    scheme = value.split(" ", 1)[0]
+    if scheme.lower() != "bearer":
+        return None
+    match = _BEARER.fullmatch(value)
+    if match is None:
+        raise AuthzError("authorization_malformed", "bearer credential is not one token")
+    return match.group(1)
+
+
+def normalize_host(host: str) -> str:
+    """Lower-case host without port (IPv6 literals keep their brackets)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[: end + 1] if end != -1 else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def normalize_path(raw: str) -> str:
+    """Normalize a request path for matching, or raise AuthzError(path_invalid)."""
+    path = raw.split("?", 1)[0].split("#", 1)[0]
+    if not path.startswith("/") or len(path) > _MAX_PATH:
+        raise AuthzError("path_invalid", "path must be absolute and bounded")
+    if "\\" in path or any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        raise AuthzError("path_invalid", "backslash or control character")
+    decoded = _decode_unreserved(path)
+    segments: list[str] = []
+    for segment in decoded.split("/")[1:]:
+        if segment == "..":
+            if not segments:
+                raise AuthzError("path_invalid", "dot segment escapes the root")
+            segments.pop()
+        elif segment not in (".", ""):
+            segments.append(segment)
+    trailing = decoded.endswith(("/", "/.", "/..")) and bool(segments)
+    return "/" + "/".join(segments) + ("/" if trailing else "")
+
+
+def _decode_unreserved(path: str) -> str:
+    if "%" not in path:
+        return path
+    out: list[str] = []
+    i = 0
+    while i < len(path):
+        char = path[i]
+        if char != "%":
+            out.append(char)
+            i += 1
+            continue
+        pair = path[i + 1 : i + 3]
+        if len(pair) != 2 or not set(pair) <= _HEX:
+            raise AuthzError("path_invalid", "bad percent escape")
+        upper = pair.upper()
+        if upper in _FORBIDDEN_ESCAPES:
+            raise AuthzError("path_invalid", "encoded slash, backslash or NUL")
+        decoded = chr(int(upper, 16))
+        if decoded in _UNRESERVED:
+            out.append(decoded)
+        elif int(upper, 16) < 0x20 or upper == "7F":
+            raise AuthzError("path_invalid", "encoded control character")
+        else:
+            out.append("%" + upper)
+        i += 3
+    return "".join(out)
+
+
+def _headers(
+    plain: Mapping[str, str], raw: Iterable[tuple[str, bytes, str]]
+) -> Mapping[str, tuple[str, ...]]:
+    """Merge ``headers`` (map) and ``header_map`` (Envoy's encode_raw_headers)."""
+    merged: dict[str, list[str]] = {}
+    for key, raw_value, value in raw:
+        text = raw_value.decode("utf-8", "replace") if raw_value else value
+        merged.setdefault(key.lower(), []).append(text)
+    for key, value in plain.items():
+        values = merged.setdefault(key.lower(), [])
+        if value not in values:
+            values.append(value)
+    return MappingProxyType({k: tuple(v) for k, v in merged.items()})
+
+
+def _first(headers: Mapping[str, tuple[str, ...]], name: str) -> str:
+    values = headers.get(name)
+    return values[0] if values else ""

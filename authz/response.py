@@ -1,0 +1,110 @@
+"""Decision -> CheckResponse: the one place that decides what Envoy is told.
+
+Allow: gRPC OK, identity headers for the upstream set with overwrite
+semantics (a client can never smuggle its own copies; absent values are
+removed), optional removal of ``authorization``, dynamic metadata for Envoy's
+access log. Deny: the HTTP status and ``www-authenticate`` of RFC 6750, a small
+JSON body with the reason code and request id, never token or library text.
+"""
+
+from __future__ import annotations
+
+import json
+
+from authz._proto.envoy.config.core.v3.base_pb2 import HeaderValueOption
+from authz._proto.envoy.service.auth.v3.external_auth_pb2 import CheckResponse
+from authz.decision import Decision
+from authz.errors import Outcome
+
+__all__ = ["IDENTITY_HEADERS", "challenge", "deny_headers", "error_body", "to_check_response"]
+
+TENANT_HEADER = "x-authz-tenant"
+SUBJECT_HEADER = "x-authz-subject"
+SCOPES_HEADER = "x-authz-scopes"
+IDENTITY_HEADERS = (TENANT_HEADER, SUBJECT_HEADER, SCOPES_HEADER)
+
+_GRPC_CODES = {"INVALID_ARGUMENT": 3, "PERMISSION_DENIED": 7, "INTERNAL": 13, "UNAUTHENTICATED": 16}
+_OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+def to_check_response(decision: Decision, request_id: str) -> CheckResponse:
+    response = CheckResponse()
+    _metadata(response, decision)
+    if decision.allowed:
+        response.status.code = 0
+        _allow(response, decision)
+        return response
+    outcome = decision.outcome
+    assert outcome is not None  # a deny always has one
+    response.status.code = _GRPC_CODES[outcome.grpc_code]
+    denied = response.denied_response
+    denied.status.code = outcome.http_status  # type: ignore[assignment]
+    for name, value in deny_headers(decision):
+        _add(denied.headers, name, value)
+    denied.body = error_body(decision, request_id)
+    return response
+
+
+def deny_headers(decision: Decision) -> list[tuple[str, str]]:
+    """Headers of a deny: content type, no caching, and the bearer challenge."""
+    headers = [("content-type", "application/json"), ("cache-control", "no-store")]
+    value = challenge(decision)
+    if value:
+        headers.append(("www-authenticate", value))
+    return headers
+
+
+def challenge(decision: Decision) -> str | None:
+    """RFC 6750 challenge: bare on a missing token, with the error otherwise."""
+    outcome = decision.outcome
+    if outcome is Outcome.UNAUTHENTICATED:
+        if decision.reason == "token_missing":
+            return "Bearer"
+        return 'Bearer error="invalid_token"'
+    if decision.reason == "scope_missing":
+        return f'Bearer error="insufficient_scope", scope="{" ".join(decision.missing_scopes)}"'
+    return None
+
+
+def error_body(decision: Decision, request_id: str) -> str:
+    """The deny body: an error word, the reason code, the request id. Nothing else."""
+    outcome = decision.outcome
+    error = {
+        Outcome.BAD_REQUEST: "invalid_request",
+        Outcome.UNAUTHENTICATED: "unauthorized" if decision.reason == "token_missing" else "invalid_token",
+        Outcome.FORBIDDEN: "insufficient_scope" if decision.reason == "scope_missing" else "forbidden",
+        Outcome.INTERNAL: "server_error",
+    }.get(outcome, "forbidden")  # type: ignore[arg-type]
+    return json.dumps({"error": error, "reason": decision.reason, "request_id": request_id})
+
+
+def _allow(response: CheckResponse, decision: Decision) -> None:
+    ok = response.ok_response
+    values = {
+        TENANT_HEADER: decision.tenant,
+        SUBJECT_HEADER: decision.subject if decision.identity else None,
+        SCOPES_HEADER: " ".join(decision.scopes) if decision.identity else None,
+    }
+    for name, value in values.items():
+        if value:
+            _add(ok.headers, name, value)
+        else:
+            ok.headers_to_remove.append(name)
+    if decision.strip_authorization:
+        ok.headers_to_remove.append("authorization")
+
+
+def _add(headers: object, name: str, value: str) -> None:
+    option = headers.add()  # type: ignore[attr-defined]
+    option.header.key = name
+    option.header.value = value
+    option.append_action = _OVERWRITE
+
+
+def _metadata(response: CheckResponse, decision: Decision) -> None:
+    fields = response.dynamic_metadata.fields
+    fields["decision"].string_value = decision.verdict.value
+    fields["reason"].string_value = decision.reason
+    for name, value in (("tenant", decision.tenant), ("rule", decision.rule), ("subject", decision.subject)):
+        if value:
+            fields[name].string_value = value

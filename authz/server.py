@@ -1,0 +1,110 @@
+"""grpc.aio server: Check servicer, health, reflection, signals, graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from authz._proto import DESCRIPTOR_POOL
+from authz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
+from authz.config import Config, ServerSettings, load_config
+from authz.errors import ConfigError
+from authz.service import AuthorizationService, Clock, SnapshotHolder
+
+__all__ = ["AUTHORIZATION_SERVICE", "RunningServer", "run_server", "serve"]
+
+AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
+_log = logging.getLogger("authz.server")
+
+
+@dataclass(frozen=True, slots=True)
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: health_aio.HealthServicer
+    holder: SnapshotHolder
+
+
+@contextlib.asynccontextmanager
+async def run_server(
+    holder: SnapshotHolder,
+    listen: str,
+    settings: ServerSettings,
+    clock: Clock = time.time,
+) -> AsyncIterator[RunningServer]:
+    """Start a server on ``listen`` (port 0 picks a free port) and drain it on exit."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=settings.max_concurrent_checks,
+    )
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AuthorizationService(holder, clock), server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (AUTHORIZATION_SERVICE, reflection.SERVICE_NAME), server, pool=DESCRIPTOR_POOL
+    )
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}")
+    await server.start()
+    status = health_pb2.HealthCheckResponse.SERVING if holder.current else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", AUTHORIZATION_SERVICE):
+        await health.set(name, status)
+    try:
+        yield RunningServer(server, port, health, holder)
+    finally:
+        # Health goes NOT_SERVING first so that probes and Envoy stop sending,
+        # then in-flight checks get the grace period to finish.
+        await health.enter_graceful_shutdown()
+        await server.stop(settings.grace_seconds)
+
+
+async def serve(config_path: str, listen: str | None) -> int:
+    """Run until SIGTERM or SIGINT; returns the process exit code."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        _log.error("configuration rejected", extra={"fields": {"error": str(exc)}})
+        return 2
+    address = listen or config.listen or "127.0.0.1:9001"
+    holder = SnapshotHolder(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with run_server(holder, address, config.server) as running:
+            _log.info(
+                "serving",
+                extra={
+                    "fields": {
+                        "listen": address,
+                        "port": running.port,
+                        "config": config.source,
+                        "config_sha256": config.digest,
+                        "generation": holder.generation,
+                        "tenants": sorted(config.tenants.by_name),
+                    }
+                },
+            )
+            await stop.wait()
+            _log.info("draining", extra={"fields": {"grace_seconds": config.server.grace_seconds}})
+    except OSError as exc:
+        _log.error("cannot serve", extra={"fields": {"error": str(exc)}})
+        return 1
+    _log.info("stopped")
+    return 0

@@ -1,0 +1,104 @@
+"""The Check servicer: CheckRequest -> AuthzRequest -> Decision -> CheckResponse.
+
+It reads the current snapshot once per request (a reload swaps the reference,
+so a request finishes on the snapshot it started with), never raises, and
+writes one decision log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from authz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
+from authz._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+from authz.config import Config
+from authz.decision import Decision, decide, reject
+from authz.errors import AuthzError
+from authz.request import AuthzRequest, from_check_request
+from authz.response import to_check_response
+
+__all__ = ["AuthorizationService", "SnapshotHolder", "check", "evaluate"]
+
+_log = logging.getLogger("authz.decision")
+
+Clock = Callable[[], float]
+
+
+class SnapshotHolder:
+    """The current configuration snapshot. Replacing it is one reference assignment."""
+
+    def __init__(self, config: Config | None = None) -> None:
+        self.current: Config | None = config
+        self.generation = 1 if config is not None else 0
+
+    def swap(self, config: Config) -> None:
+        self.current = config
+        self.generation += 1
+
+
+def evaluate(
+    holder: SnapshotHolder, message: CheckRequest, clock: Clock
+) -> tuple[Decision, AuthzRequest | None, str]:
+    """Decide one CheckRequest: (decision, the request as read, request id). Never raises."""
+    config = holder.current
+    request: AuthzRequest | None = None
+    try:
+        request = from_check_request(message)
+        if config is None:
+            return reject("internal_error", "no configuration loaded"), request, request.request_id
+        return decide(config, request, clock()), request, request.request_id
+    except AuthzError as exc:
+        return reject(exc.code, exc.detail), request, ""
+    except Exception as exc:  # noqa: BLE001 - fail closed
+        return reject("request_malformed", f"unexpected {type(exc).__name__}"), request, ""
+
+
+def check(holder: SnapshotHolder, message: CheckRequest, clock: Clock) -> CheckResponse:
+    """Answer one CheckRequest and log the decision. Never raises: every failure is a deny."""
+    decision, request, request_id = evaluate(holder, message, clock)
+    try:
+        _log_decision(decision, request, request_id)
+        return to_check_response(decision, request_id)
+    except Exception:  # noqa: BLE001 - even a fault here must be a deny, not an RPC error
+        _log.exception("building the response failed")
+        return _fallback_deny()
+
+
+class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
+    def __init__(self, holder: SnapshotHolder, clock: Clock = time.time) -> None:
+        self._holder = holder
+        self._clock = clock
+
+    async def Check(  # noqa: N802 - the RPC's name
+        self, request: CheckRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> CheckResponse:
+        return check(self._holder, request, self._clock)
+
+
+def _log_decision(decision: Decision, request: AuthzRequest | None, request_id: str) -> None:
+    fields: dict[str, Any] = {
+        "request_id": request_id,
+        "decision": decision.verdict.value,
+        "reason": decision.reason,
+        "tenant": decision.tenant,
+        "rule": decision.rule,
+        "method": request.method if request else None,
+        "path": request.path if request else None,
+        "kid": decision.key_id,
+    }
+    if decision.detail:
+        fields["detail"] = decision.detail
+    _log.info("decision", extra={"fields": fields})
+
+
+def _fallback_deny() -> CheckResponse:
+    response = CheckResponse()
+    response.status.code = 13
+    response.denied_response.status.code = 500  # type: ignore[assignment]
+    response.denied_response.body = '{"error":"server_error","reason":"internal_error"}'
+    return response
