@@ -41,11 +41,15 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_check_config)
 
     p = sub.add_parser("keygen", help="make a key pair (or secret) as JWK Set files")
-    p.add_argument("--alg", required=True, help="e.g. RSA-OAEP-256, ECDH-ES+A256KW, A256KW, dir, RS256, ES256, EdDSA")
+    p.add_argument(
+        "--alg", required=True, help="e.g. RSA-OAEP-256, ECDH-ES+A256KW, A256KW, dir, RS256, ES256, EdDSA"
+    )
     p.add_argument("--kid", required=True)
     p.add_argument("--size", type=int, help="RSA modulus or symmetric key size in bits")
     p.add_argument("--crv", help="curve: P-256, P-384, P-521, Ed25519, Ed448, X25519")
-    p.add_argument("--private", type=Path, required=True, help="private JWK Set file (created 0600; key appended)")
+    p.add_argument(
+        "--private", type=Path, required=True, help="private JWK Set file (created 0600; key appended)"
+    )
     p.add_argument("--public", type=Path, help="public JWK Set file (key appended); not for symmetric keys")
     p.set_defaults(func=_keygen)
 
@@ -123,7 +127,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    from authz.issuer import generate_key, public_jwks, write_jwks
+    from authz.issuer import generate_key, public_jwks
 
     try:
         key = generate_key(args.alg, args.kid, size=args.size, crv=args.crv)
@@ -181,7 +185,11 @@ def _mint(args: argparse.Namespace) -> int:
     for item in args.claim:
         name, _, value = item.partition("=")
         claims[name] = json.loads(value)
-    print(mint(claims, encryption_key=encryption_key, signing_key=signing_key, enc=args.enc, typ=args.typ or None))
+    print(
+        mint(
+            claims, encryption_key=encryption_key, signing_key=signing_key, enc=args.enc, typ=args.typ or None
+        )
+    )
     return 0
 
 
@@ -251,19 +259,36 @@ def _check(args: argparse.Namespace) -> int:
 
     with grpc.insecure_channel(args.server) as channel:
         try:
-            response = AuthorizationStub(channel).Check(_check_request(args), timeout=5)
+            stub = AuthorizationStub(channel)  # type: ignore[no-untyped-call]
+            response = stub.Check(_check_request(args), timeout=5)
         except grpc.RpcError as exc:
-            print(f"error: {exc.code().name}", file=sys.stderr)  # type: ignore[attr-defined]
+            print(f"error: {exc.code().name}", file=sys.stderr)
             return 2
     if response.HasField("ok_response"):
         headers = {h.header.key: h.header.value for h in response.ok_response.headers}
-        print(json.dumps({"status": "allowed", "upstream_headers": headers,
-                          "removed": list(response.ok_response.headers_to_remove)}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "status": "allowed",
+                    "upstream_headers": headers,
+                    "removed": list(response.ok_response.headers_to_remove),
+                },
+                indent=2,
+            )
+        )
         return 0
     denied = response.denied_response
-    print(json.dumps({"status": "denied", "http_status": denied.status.code,
-                      "headers": {h.header.key: h.header.value for h in denied.headers},
-                      "body": json.loads(denied.body or "null")}, indent=2))
+    print(
+        json.dumps(
+            {
+                "status": "denied",
+                "http_status": denied.status.code,
+                "headers": {h.header.key: h.header.value for h in denied.headers},
+                "body": json.loads(denied.body or "null"),
+            },
+            indent=2,
+        )
+    )
     return 1
 
 

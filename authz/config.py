@@ -117,7 +117,8 @@ def _convert(node: yaml.Node, loader: yaml.SafeLoader, source: str) -> Any:
         return mapping
     if isinstance(node, yaml.SequenceNode):
         items = _List(_convert(item, loader, source) for item in node.value)
-        items.line, items.lines = line, [item.start_mark.line + 1 for item in node.value]
+        items.line = line
+        items.lines = [item.start_mark.line + 1 for item in node.value]
         return items
     try:
         return loader.construct_object(node, deep=True)
@@ -171,7 +172,8 @@ class _Section:
 
     def items(self, key: str) -> Iterator[tuple[_Section, int]]:
         value = self.get(key, list)
-        for index, (item, line) in enumerate(zip(value, value.lines, strict=True)):
+        lines = value.lines if isinstance(value, _List) else [self.line(key)] * len(value)
+        for index, (item, line) in enumerate(zip(value, lines, strict=True)):
             yield _Section(item, self.source, f"{self.where}.{key}[{index}]", line), line
 
     def positive(self, key: str, default: int) -> int:
@@ -412,4 +414,3 @@ def _non_negative(section: _Section, key: str, default: int) -> int:
     if value < 0:
         raise section.error(key, "must not be negative")
     return value
-

@@ -74,9 +74,10 @@ def decide(config: Config, request: AuthzRequest, now: float) -> Decision:
     except Exception as exc:  # noqa: BLE001 - fail closed on our own faults too
         decision = _deny(progress, "internal_error", f"unexpected {type(exc).__name__}", config)
     tenant = progress.tenant
-    if decision.verdict is Verdict.DENY and tenant is not None and tenant.mode is Mode.DRY_RUN:
-        if decision.outcome is not Outcome.BAD_REQUEST:
-            return replace(decision, verdict=Verdict.DRY_RUN_DENY)
+    dry_run = tenant is not None and tenant.mode is Mode.DRY_RUN
+    # Dry-run never relaxes the request sanity checks (400): those protect the upstream.
+    if decision.verdict is Verdict.DENY and dry_run and decision.outcome is not Outcome.BAD_REQUEST:
+        return replace(decision, verdict=Verdict.DRY_RUN_DENY)
     return decision
 
 
@@ -120,9 +121,7 @@ def _decide(config: Config, request: AuthzRequest, now: float, progress: _Progre
         return _public(tenant, rule, config)
     missing = require(rule, claims)
     if missing:
-        return replace(
-            _deny(progress, "scope_missing", "", config), missing_scopes=missing
-        )
+        return replace(_deny(progress, "scope_missing", "", config), missing_scopes=missing)
     return Decision(
         verdict=Verdict.ALLOW,
         reason="ok",

@@ -88,7 +88,7 @@ def setup_demo(folder: Path, listen: str) -> str:
         "# Demo token issuer: prints a nested JWE for tenant acme (or globex with TENANT=globex).\n"
         "# Extra arguments go to `authz mint`, e.g. --scope orders:read --role admin.\n"
         'here=$(dirname "$0")\n'
-        'tenant=${TENANT:-acme}\n'
+        "tenant=${TENANT:-acme}\n"
         f'exec {authz} mint --encryption-key "$here/keys/decrypt.public.jwks.json" '
         '--signing-key "$here/keys/$tenant-idp.private.jwks.json" '
         '--iss "https://idp.$tenant.test" --aud orders-api --sub demo-user --tenant "$tenant" '
@@ -97,14 +97,17 @@ def setup_demo(folder: Path, listen: str) -> str:
     )
     script.chmod(0o755)
     host, _, port = listen.rpartition(":")
-    server = f"{host if host not in ('', '0.0.0.0') else '127.0.0.1'}:{port}"
+    server = f"{host if host not in ('', '0.0.0.0') else '127.0.0.1'}:{port}"  # noqa: S104 - a client address
     return (
         f"Demo keys and config are in {folder}/ (git-ignored; private keys never leave it).\n"
         f"Serving on {listen}. In another terminal:\n"
         f"  TOKEN=$({folder}/issue-token --scope orders:read)\n"
-        f"  {authz} check --server {server} --host api.acme.test --path /orders --token \"$TOKEN\"   # allowed\n"
-        f"  {authz} check --server {server} --host api.acme.test --path /admin/users --token \"$TOKEN\"   # 403\n"
-        f"  {authz} check --server {server} --host api.acme.test --path /orders   # 401, no token\n"
+        f'  {authz} check --server {server} --host api.acme.test --path /orders --token "$TOKEN"\n'
+        "      # allowed: 200 with x-authz-* headers for the upstream\n"
+        f'  {authz} check --server {server} --host api.acme.test --path /admin/users --token "$TOKEN"\n'
+        "      # denied: 403 role_missing\n"
+        f"  {authz} check --server {server} --host api.acme.test --path /orders\n"
+        "      # denied: 401 token_missing\n"
     )
 
 

@@ -215,7 +215,7 @@ def _import_key(entry: Any, purpose: Purpose, where: str) -> Key:
     return Key(kid=kid, alg=alg, kty=str(kty), crv=crv if isinstance(crv, str) else None, jwk=jwk)
 
 
-def _check_material(
+def _check_material(  # noqa: PLR0917 - private helper of _import_key
     jwk: JWK, entry: Mapping[str, Any], spec: _AlgSpec, alg: str, purpose: Purpose, where: str
 ) -> None:
     kty = entry["kty"]
@@ -230,9 +230,7 @@ def _check_material(
     if purpose is Purpose.DECRYPT and not jwk.has_private:
         raise ConfigError(where, "a decryption key must include its private part")
     if purpose is Purpose.VERIFY and jwk.has_private:
-        raise ConfigError(
-            where, "an issuer key file must hold public keys only; remove the private part"
-        )
+        raise ConfigError(where, "an issuer key file must hold public keys only; remove the private part")
     if kty == "RSA":
         bits = jwk.get_op_key("verify" if purpose is Purpose.VERIFY else "unwrapKey").key_size
         if bits < _MIN_RSA_BITS:

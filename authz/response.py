@@ -34,8 +34,7 @@ def to_check_response(decision: Decision, request_id: str) -> CheckResponse:
         response.status.code = 0
         _allow(response, decision)
         return response
-    outcome = decision.outcome
-    assert outcome is not None  # a deny always has one
+    outcome = decision.outcome or Outcome.FORBIDDEN  # a deny always has one
     response.status.code = _GRPC_CODES[outcome.grpc_code]
     denied = response.denied_response
     denied.status.code = outcome.http_status  # type: ignore[assignment]

@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from authz._proto import DESCRIPTOR_POOL
 from authz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
-from authz.config import Config, ServerSettings, load_config
+from authz.config import ServerSettings, load_config
 from authz.errors import ConfigError
 from authz.service import AuthorizationService, Clock, SnapshotHolder
 
@@ -51,7 +51,8 @@ async def run_server(
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_checks,
     )
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AuthorizationService(holder, clock), server)
+    servicer = AuthorizationService(holder, clock)
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -61,7 +62,11 @@ async def run_server(
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
     await server.start()
-    status = health_pb2.HealthCheckResponse.SERVING if holder.current else health_pb2.HealthCheckResponse.NOT_SERVING
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if holder.current
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
     for name in ("", AUTHORIZATION_SERVICE):
         await health.set(name, status)
     try:

@@ -351,8 +351,5 @@ def _finite_float(text: str) -> float:
 def _depth(value: Any, level: int = 1) -> int:
     if level > _MAX_JSON_DEPTH:
         return level
-    children: Any = (
-        value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
-    )
+    children: Any = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
     return max((_depth(child, level + 1) for child in children), default=level)
-
