@@ -10,6 +10,10 @@ DEMO   ?= .demo
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[test,lint]'
 	touch $@
 
@@ -19,18 +23,18 @@ run: $(VENV)/.installed
 	$(VENV)/bin/authz serve --config $(DEMO)/config.yaml
 
 ## test: install what the tests need and run them all
-test: $(VENV)/.installed
+test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-typecheck: $(VENV)/.installed
+typecheck: $(VENV)/.installed-dev
 	$(VENV)/bin/mypy
 
 ## protos: wipe and regenerate authz/_proto from protos/ (pinned grpcio-tools)
-protos: $(VENV)/.installed
+protos: $(VENV)/.installed-dev
 	$(PY) protos/generate.py
 
 clean:

@@ -1,0 +1,121 @@
+"""The README's quick start, as written: `authz demo` + `authz serve` + deploy/envoy/demo.yaml."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.integration.harness import EnvoyProcess, free_port, http_request, run_envoy
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_ENVOY = REPO / "deploy" / "envoy" / "demo.yaml"
+
+
+def _wait_serving(port: int, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"authz exited with {process.returncode}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                time.sleep(0.05)
+    raise TimeoutError("authz did not become SERVING")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, EnvoyProcess]]:
+    """The demo folder, a served demo config and Envoy running deploy/envoy/demo.yaml."""
+    root = tmp_path_factory.mktemp("quickstart")
+    folder = root / "demo"
+    port = free_port()
+    authz = [sys.executable, "-m", "authz"]
+    subprocess.run(
+        [*authz, "demo", "--dir", str(folder), "--listen", f"127.0.0.1:{port}"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    server = subprocess.Popen(
+        [*authz, "serve", "--config", str(folder / "config.yaml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_serving(port, server)
+        config: dict[str, Any] = yaml.safe_load(DEMO_ENVOY.read_text())
+        # The committed ports, moved so that tests never clash with a running demo.
+        config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = 0
+        config["admin"]["address"]["socket_address"]["port_value"] = 0
+        endpoint = config["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]
+        endpoint["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"] = port
+        with run_envoy(config, tmp_path=root) as envoy:
+            yield folder, envoy
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
+
+
+def _token(folder: Path, *args: str) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(
+        [str(folder / "issue-token"), *args], check=True, capture_output=True, text=True, timeout=30, env=env
+    )
+    return done.stdout.strip()
+
+
+def test_demo_envoy_config_is_the_committed_one_and_valid() -> None:
+    """deploy/envoy/demo.yaml calls authz on 127.0.0.1:9001, the port `make run` serves."""
+    config = yaml.safe_load(DEMO_ENVOY.read_text())
+    cluster = config["static_resources"]["clusters"][0]
+    address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert address["socket_address"] == {"address": "127.0.0.1", "port_value": 9001}
+    ext_authz = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    filters = ext_authz["typed_config"]["http_filters"]
+    assert filters[0]["typed_config"]["failure_mode_allow"] is False
+
+
+def test_quickstart_allowed_request_shows_identity(demo: tuple[Path, EnvoyProcess]) -> None:
+    """A demo token with orders:read passes Envoy and the identity headers reach the upstream."""
+    folder, envoy = demo
+    token = _token(folder, "--scope", "orders:read")
+    reply = http_request(
+        envoy.port,
+        "GET",
+        "/orders",
+        host="api.acme.test",
+        headers={"authorization": f"Bearer {token}", "x-authz-subject": "forged"},
+    )
+    assert reply.status == 200
+    assert reply.header("x-seen-tenant") == "acme"
+    assert reply.header("x-seen-subject") == "demo-user"
+    assert reply.header("x-seen-scopes") == "orders:read"
+
+
+def test_quickstart_denials(demo: tuple[Path, EnvoyProcess]) -> None:
+    """No token is a 401 with the bearer challenge; /admin without the role is a 403."""
+    folder, envoy = demo
+    missing = http_request(envoy.port, "GET", "/orders", host="api.acme.test")
+    assert missing.status == 401
+    assert missing.header("www-authenticate") == "Bearer"
+    assert missing.json()["reason"] == "token_missing"
+    token = _token(folder, "--scope", "orders:read")
+    forbidden = http_request(
+        envoy.port, "GET", "/admin/users", host="api.acme.test", headers={"authorization": f"Bearer {token}"}
+    )
+    assert forbidden.status == 403
+    assert forbidden.json()["reason"] == "role_missing"
