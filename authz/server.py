@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from authz._proto import DESCRIPTOR_POOL
 from authz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
@@ -24,6 +24,7 @@ from authz.service import AuthorizationService, Clock, SnapshotHolder
 __all__ = ["AUTHORIZATION_SERVICE", "RunningServer", "run_server", "serve"]
 
 AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 _log = logging.getLogger("authz.server")
 
 
@@ -51,14 +52,18 @@ async def run_server(
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_checks,
     )
+    _register_descriptors()
     servicer = AuthorizationService(holder, clock)
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
-        (AUTHORIZATION_SERVICE, reflection.SERVICE_NAME), server, pool=DESCRIPTOR_POOL
+        (AUTHORIZATION_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server, pool=DESCRIPTOR_POOL
     )
-    port = server.add_insecure_port(listen)
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError as exc:  # grpc reports a failed bind (port taken, bad address) this way
+        raise OSError(f"cannot listen on {listen}") from exc
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
     await server.start()
@@ -76,6 +81,19 @@ async def run_server(
         # then in-flight checks get the grace period to finish.
         await health.enter_graceful_shutdown()
         await server.stop(settings.grace_seconds)
+
+
+def _register_descriptors() -> None:
+    """Add the health and reflection protos to our private pool, once.
+
+    Reflection answers from ``DESCRIPTOR_POOL`` only; without them a client
+    could list these services but not resolve their descriptors.
+    """
+    for file in (health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
+        try:
+            DESCRIPTOR_POOL.FindFileByName(file.name)
+        except KeyError:
+            DESCRIPTOR_POOL.AddSerializedFile(file.serialized_pb)
 
 
 async def serve(config_path: str, listen: str | None) -> int:

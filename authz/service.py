@@ -8,6 +8,7 @@ writes one decision log line.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -53,9 +54,30 @@ def evaluate(
             return reject("internal_error", "no configuration loaded"), request, request.request_id
         return decide(config, request, clock()), request, request.request_id
     except AuthzError as exc:
-        return reject(exc.code, exc.detail), request, ""
+        return reject(exc.code, exc.detail), request, _request_id(message)
     except Exception as exc:  # noqa: BLE001 - fail closed
-        return reject("request_malformed", f"unexpected {type(exc).__name__}"), request, ""
+        return reject("request_malformed", f"unexpected {type(exc).__name__}"), request, _request_id(message)
+
+
+# The same rule as authz.request: an id we echo must be short and plain.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+def _request_id(message: CheckRequest) -> str:
+    """The request id of a request that could not be read (e.g. path_invalid), or ""."""
+    try:
+        http = message.attributes.request.http
+        candidates = [
+            h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+            for h in http.header_map.headers
+            if h.key.lower() == "x-request-id"
+        ]
+        candidates += [v for k, v in http.headers.items() if k.lower() == "x-request-id"]
+        candidates.append(http.id)
+        value = next((c for c in candidates if c), "")
+        return value if _REQUEST_ID.fullmatch(value) else ""
+    except Exception:  # noqa: BLE001 - the id is a courtesy; never let it turn a deny into an error
+        return ""
 
 
 def check(holder: SnapshotHolder, message: CheckRequest, clock: Clock) -> CheckResponse:
