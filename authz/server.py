@@ -16,14 +16,12 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from authz._proto import DESCRIPTOR_POOL
-from authz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from authz.config import ServerSettings, load_config
 from authz.errors import ConfigError
-from authz.service import AuthorizationService, Clock, SnapshotHolder
+from authz.service import AUTHORIZATION_SERVICE, AuthorizationService, Clock, SnapshotHolder
 
 __all__ = ["AUTHORIZATION_SERVICE", "RunningServer", "run_server", "serve"]
 
-AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 _log = logging.getLogger("authz.server")
 
@@ -53,8 +51,7 @@ async def run_server(
         maximum_concurrent_rpcs=settings.max_concurrent_checks,
     )
     _register_descriptors()
-    servicer = AuthorizationService(holder, clock)
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    server.add_generic_rpc_handlers((AuthorizationService(holder, clock).handler(),))
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(

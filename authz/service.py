@@ -15,7 +15,6 @@ from typing import Any
 
 import grpc
 
-from authz._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from authz._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from authz.config import Config
 from authz.decision import Decision, decide, reject
@@ -23,7 +22,16 @@ from authz.errors import AuthzError
 from authz.request import AuthzRequest, from_check_request
 from authz.response import to_check_response
 
-__all__ = ["AuthorizationService", "SnapshotHolder", "check", "evaluate"]
+__all__ = [
+    "AUTHORIZATION_SERVICE",
+    "AuthorizationService",
+    "SnapshotHolder",
+    "check",
+    "check_bytes",
+    "evaluate",
+]
+
+AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
 
 _log = logging.getLogger("authz.decision")
 
@@ -91,15 +99,42 @@ def check(holder: SnapshotHolder, message: CheckRequest, clock: Clock) -> CheckR
         return _fallback_deny()
 
 
-class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
+def check_bytes(holder: SnapshotHolder, data: bytes, clock: Clock) -> CheckResponse:
+    """Answer a serialized CheckRequest: a message that does not even parse is a deny too."""
+    try:
+        message = CheckRequest.FromString(data)
+    except Exception as exc:  # noqa: BLE001 - DecodeError, or invalid UTF-8 in a string field
+        decision = reject("request_malformed", f"undecodable CheckRequest ({type(exc).__name__})")
+        _log_decision(decision, None, "")
+        return to_check_response(decision, "")
+    return check(holder, message, clock)
+
+
+class AuthorizationService:
+    """``envoy.service.auth.v3.Authorization``, registered to receive the raw request bytes.
+
+    gRPC's own deserializer would answer an undecodable message with an RPC
+    error; parsing here turns it into a deny like every other bad input.
+    """
+
     def __init__(self, holder: SnapshotHolder, clock: Clock = time.time) -> None:
         self._holder = holder
         self._clock = clock
 
-    async def Check(  # noqa: N802 - the RPC's name
-        self, request: CheckRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> CheckResponse:
-        return check(self._holder, request, self._clock)
+    async def check(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> CheckResponse:
+        return check_bytes(self._holder, request, self._clock)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            AUTHORIZATION_SERVICE,
+            {
+                "Check": grpc.unary_unary_rpc_method_handler(
+                    self.check,
+                    request_deserializer=None,
+                    response_serializer=CheckResponse.SerializeToString,
+                )
+            },
+        )
 
 
 def _log_decision(decision: Decision, request: AuthzRequest | None, request_id: str) -> None:

@@ -508,3 +508,23 @@ def test_port_in_use_exits_nonzero_without_traceback(world: World, tmp_path: Pat
     assert "Traceback" not in result.stderr
     logged = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     assert any(record["msg"] == "cannot serve" for record in logged)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"\xff\xff\xff\xff", id="not-protobuf"),
+        # attributes(1).request(4).http(2).method(2) = invalid UTF-8 in a proto3 string field
+        pytest.param(b"\x0a\x08\x22\x06\x12\x04\x12\x02\xc3\x28", id="invalid-utf8-string"),
+    ],
+)
+async def test_undecodable_check_request_is_a_deny_not_an_rpc_error(channel, data: bytes) -> None:
+    """Bytes that are not a CheckRequest get a 400 request_malformed deny, not a gRPC error."""
+    call = channel.unary_unary(
+        "/envoy.service.auth.v3.Authorization/Check",
+        request_serializer=None,
+        response_deserializer=x_auth_pb2.CheckResponse.FromString,
+    )
+    response = await call(data, timeout=RPC_TIMEOUT)
+    code, status, _, body = denied(response)
+    assert (code, status, body["reason"]) == (3, 400, "request_malformed")
