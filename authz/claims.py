@@ -7,6 +7,7 @@ with an injectable clock: tests never sleep.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -73,7 +74,13 @@ def _number(value: Any, name: str) -> float:
     # bool is an int in Python; a JSON true is not a timestamp.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise AuthzError("claims_malformed", f"{name} is not a number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # a JSON integer beyond the float range
+        raise AuthzError("claims_malformed", f"{name} is out of range") from None
+    if not math.isfinite(number):
+        raise AuthzError("claims_malformed", f"{name} is out of range")
+    return number
 
 
 def _optional_str(payload: Mapping[str, Any], name: str) -> str | None:
@@ -103,7 +110,8 @@ def _scopes(payload: Mapping[str, Any]) -> frozenset[str]:
     if scope is not None:
         if not isinstance(scope, str):
             raise AuthzError("claims_malformed", "scope is not a string")
-        return frozenset(scope.split())
+        # Split first, then check each scope as for scp: they become a header value.
+        return _str_list(scope.split(), "scope")
     return _str_list(payload.get("scp"), "scp")
 
 

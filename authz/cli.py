@@ -127,52 +127,68 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    from authz.issuer import generate_key, public_jwks
+    from authz.issuer import generate_key, public_jwks, write_jwks
 
     try:
         key = generate_key(args.alg, args.kid, size=args.size, crv=args.crv)
     except (ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    private = json.loads(key.export(private_key=True))
-    if not _append(args.private, private, private=True):
-        return 1
-    if key.get("kty") != "oct":
-        if args.public is None:
-            print(f"wrote private key {args.kid} to {args.private} (no --public given)")
-            return 0
-        if not _append(args.public, public_jwks([key])["keys"][0], private=False):
+    # Read and check both files before writing either: a refused kid changes nothing.
+    public_path = args.public if key.get("kty") != "oct" else None
+    entries = [(args.private, json.loads(key.export(private_key=True)), True)]
+    if public_path is not None:
+        entries.append((public_path, public_jwks([key])["keys"][0], False))
+    updated = []
+    for path, entry, private in entries:
+        jwks = _read_set(path, entry["kid"])
+        if jwks is None:
             return 1
-        print(f"wrote {args.alg} key {args.kid}: private {args.private}, public {args.public}")
-    else:
+        jwks["keys"].append(entry)
+        updated.append((path, jwks, private))
+    for path, jwks, private in updated:
+        write_jwks(path, jwks, private=private)
+    if key.get("kty") == "oct":
         print(f"wrote {args.alg} secret {args.kid} to {args.private} (share it with the issuer only)")
+    elif public_path is None:
+        print(f"wrote private key {args.kid} to {args.private} (no --public given)")
+    else:
+        print(f"wrote {args.alg} key {args.kid}: private {args.private}, public {public_path}")
     return 0
 
 
-def _append(path: Path, entry: dict[str, Any], *, private: bool) -> bool:
-    from authz.issuer import write_jwks
-
-    jwks: dict[str, Any] = {"keys": []}
-    if path.exists():
+def _read_set(path: Path, kid: str) -> dict[str, Any] | None:
+    """The JWK Set in ``path`` (empty if there is no file), or None after printing why not."""
+    if not path.exists():
+        return {"keys": []}
+    try:
         jwks = json.loads(path.read_text(encoding="utf-8"))
-        if any(k.get("kid") == entry["kid"] for k in jwks.get("keys", [])):
-            print(f"error: {path} already has a key {entry['kid']!r}", file=sys.stderr)
-            return False
-    jwks["keys"].append(entry)
-    write_jwks(path, jwks, private=private)
-    return True
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot read {path}: {exc}", file=sys.stderr)
+        return None
+    if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
+        print(f'error: {path} is not a JWK Set (an object with a "keys" list)', file=sys.stderr)
+        return None
+    if any(isinstance(k, dict) and k.get("kid") == kid for k in jwks["keys"]):
+        print(f"error: {path} already has a key {kid!r}", file=sys.stderr)
+        return None
+    return jwks
 
 
 def _mint(args: argparse.Namespace) -> int:
+    from jwcrypto.common import JWException
+
     from authz.issuer import mint, read_jwks
 
-    encryption_key = _pick(read_jwks(args.encryption_key), args.encryption_kid)
-    signing_key = None
-    if not args.encrypt_only:
-        if args.signing_key is None:
-            print("error: --signing-key is required unless --encrypt-only", file=sys.stderr)
-            return 2
-        signing_key = _pick(read_jwks(args.signing_key), args.signing_kid)
+    if not args.encrypt_only and args.signing_key is None:
+        print("error: --signing-key is required unless --encrypt-only", file=sys.stderr)
+        return 2
+    try:
+        encryption_key = _pick(read_jwks(args.encryption_key), args.encryption_kid)
+        signing_key = None if args.encrypt_only else _pick(read_jwks(args.signing_key), args.signing_kid)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, JWException) as exc:
+        print(f"error: cannot read a key file: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     now = int(time.time())
     claims: dict[str, Any] = {"iss": args.iss, "iat": now, "nbf": now, "exp": now + args.lifetime}
     if args.aud:
@@ -184,7 +200,12 @@ def _mint(args: argparse.Namespace) -> int:
         claims["roles"] = args.role
     for item in args.claim:
         name, _, value = item.partition("=")
-        claims[name] = json.loads(value)
+        try:
+            claims[name] = json.loads(value)
+        except ValueError:
+            print(f"error: --claim {name}: the value must be JSON (e.g. {name}=true or {name}='\"text\"')",
+                  file=sys.stderr)  # fmt: skip
+            return 2
     print(
         mint(
             claims, encryption_key=encryption_key, signing_key=signing_key, enc=args.enc, typ=args.typ or None

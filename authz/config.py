@@ -95,35 +95,68 @@ def _parse_yaml(text: str, source: str) -> Any:
         ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(source, f"YAML error: {type(exc).__name__}") from None
+    except RecursionError:
+        raise ConfigError(source, "YAML error: nested too deeply") from None
     if node is None:
         raise ConfigError(source, "the file is empty")
-    return _convert(node, yaml.SafeLoader(""), source)
-
-
-def _convert(node: yaml.Node, loader: yaml.SafeLoader, source: str) -> Any:
-    line = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        mapping = _Map()
-        mapping.line, mapping.lines = line, {}
-        for key_node, value_node in node.value:
-            key = _convert(key_node, loader, source)
-            key_line = key_node.start_mark.line + 1
-            if not isinstance(key, str):
-                raise ConfigError(source, "mapping keys must be strings", key_line)
-            if key in mapping:
-                raise ConfigError(source, f"duplicate key {key!r}", key_line)
-            mapping[key] = _convert(value_node, loader, source)
-            mapping.lines[key] = key_line
-        return mapping
-    if isinstance(node, yaml.SequenceNode):
-        items = _List(_convert(item, loader, source) for item in node.value)
-        items.line = line
-        items.lines = [item.start_mark.line + 1 for item in node.value]
-        return items
     try:
-        return loader.construct_object(node, deep=True)
-    except yaml.YAMLError:
-        raise ConfigError(source, "invalid scalar value", line) from None
+        return _Converter(source).convert(node)
+    except RecursionError:
+        raise ConfigError(source, "YAML error: nested too deeply") from None
+
+
+class _Converter:
+    """YAML nodes -> _Map/_List/scalars. An alias is converted once (``&a`` reused by
+    ``*a`` shares the value, so nested aliases cannot blow up), and an alias inside
+    its own anchor is an error instead of endless recursion."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.loader = yaml.SafeLoader("")
+        self.done: dict[int, Any] = {}
+        self.active: set[int] = set()
+
+    def convert(self, node: yaml.Node) -> Any:
+        key = id(node)
+        if key in self.done:
+            return self.done[key]
+        if key in self.active:
+            raise ConfigError(self.source, "recursive YAML alias", node.start_mark.line + 1)
+        self.active.add(key)
+        try:
+            value = self._convert(node)
+        finally:
+            self.active.discard(key)
+        self.done[key] = value
+        return value
+
+    def _convert(self, node: yaml.Node) -> Any:
+        source, line = self.source, node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            mapping = _Map()
+            mapping.line, mapping.lines = line, {}
+            for key_node, value_node in node.value:
+                key = self.convert(key_node)
+                key_line = key_node.start_mark.line + 1
+                if not isinstance(key, str):
+                    raise ConfigError(source, "mapping keys must be strings", key_line)
+                if key in mapping:
+                    raise ConfigError(source, f"duplicate key {key!r}", key_line)
+                mapping[key] = self.convert(value_node)
+                mapping.lines[key] = key_line
+            return mapping
+        if isinstance(node, yaml.SequenceNode):
+            items = _List(self.convert(item) for item in node.value)
+            items.line = line
+            items.lines = [item.start_mark.line + 1 for item in node.value]
+            return items
+        return self._scalar(node, line)
+
+    def _scalar(self, node: yaml.Node, line: int) -> Any:
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.YAMLError:
+            raise ConfigError(self.source, "invalid scalar value", line) from None
 
 
 # -- schema -----------------------------------------------------------------

@@ -6,6 +6,7 @@ that folder; nothing secret is committed.
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -80,7 +81,9 @@ def setup_demo(folder: Path, listen: str) -> str:
             key = generate_key("ES256", f"{idp}-sig-1")
             write_jwks(private, {"keys": [_private(key)]}, private=True)
             write_jwks(keys / f"{idp}-idp.public.jwks.json", public_jwks([key]), private=False)
-    (folder / "config.yaml").write_text(DEMO_CONFIG.format(listen=listen), encoding="utf-8")
+    # Quoted (a JSON string is a YAML string): "[::]:9001" must not read as a YAML list.
+    config = DEMO_CONFIG.format(listen=json.dumps(listen))
+    (folder / "config.yaml").write_text(config, encoding="utf-8")
     authz = shlex.quote(str(Path(sys.executable).with_name("authz")))
     script = folder / "issue-token"
     script.write_text(
@@ -112,6 +115,4 @@ def setup_demo(folder: Path, listen: str) -> str:
 
 
 def _private(key: object) -> dict[str, object]:
-    import json
-
     return dict(json.loads(key.export(private_key=True)))  # type: ignore[attr-defined]

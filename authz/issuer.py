@@ -31,6 +31,8 @@ def generate_key(alg: str, kid: str, *, size: int | None = None, crv: str | None
     params: dict[str, Any] = {"kid": kid, "alg": alg, "use": use}
     if spec.kty == "RSA":
         key = JWK.generate(kty="RSA", size=size or 2048, **params)
+    elif spec.kty == "EC" and alg.startswith("ECDH-ES") and crv in ("X25519", "X448"):
+        key = JWK.generate(kty="OKP", crv=crv, **params)  # ECDH-ES over an OKP curve
     elif spec.kty == "EC":
         key = JWK.generate(kty="EC", crv=crv or sorted(spec.curves)[0], **params)
     elif spec.kty == "OKP":
@@ -52,6 +54,8 @@ def write_jwks(path: Path, jwks: Mapping[str, Any], *, private: bool) -> None:
     data = json.dumps(jwks, indent=2) + "\n"
     if private:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # The mode of os.open applies only to a new file: an existing one is tightened too.
+        os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(data)
     else:

@@ -103,7 +103,8 @@ def require(rule: Rule, claims: Claims) -> tuple[str, ...]:
     for name, expected in rule.claims.items():
         actual = claims.raw.get(name)
         if isinstance(actual, list):
-            if expected not in actual:
+            # Same strictness as for a single value: True must not match 1, nor 1 match 1.0.
+            if not any(v == expected and type(v) is type(expected) for v in actual):
                 raise AuthzError("claim_mismatch")
         elif actual != expected or type(actual) is not type(expected):
             raise AuthzError("claim_mismatch")
@@ -130,6 +131,9 @@ def compile_path(pattern: str) -> re.Pattern[str]:
             raise ValueError("* must be a whole segment")
         elif segment in (".", ".."):
             raise ValueError("dot segments are not allowed in patterns")
+        elif not segment and index != len(segments) - 1:
+            # Normalized paths never contain "//": such a rule could never match.
+            raise ValueError("empty segment (//) in pattern")
         else:
             parts.append("/" + re.escape(segment))
     regex = "".join(parts)

@@ -104,7 +104,7 @@ def normalize_path(raw: str) -> str:
     path = raw.split("?", 1)[0].split("#", 1)[0]
     if not path.startswith("/") or len(path) > _MAX_PATH:
         raise AuthzError("path_invalid", "path must be absolute and bounded")
-    if "\\" in path or any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+    if "\\" in path or any(_is_control(c) for c in path):
         raise AuthzError("path_invalid", "backslash or control character")
     decoded = _decode_unreserved(path)
     segments: list[str] = []
@@ -117,6 +117,11 @@ def normalize_path(raw: str) -> str:
             segments.append(segment)
     trailing = decoded.endswith(("/", "/.", "/..")) and bool(segments)
     return "/" + "/".join(segments) + ("/" if trailing else "")
+
+
+def _is_control(char: str) -> bool:
+    # C0, DEL and C1 (U+0080-U+009F, e.g. NEL): every Unicode control character.
+    return char < " " or "\x7f" <= char <= "\x9f"
 
 
 def _decode_unreserved(path: str) -> str:
