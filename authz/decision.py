@@ -62,6 +62,11 @@ class _Progress:
     claims: Claims | None = None
     token: VerifiedToken | None = None
     token_present: bool = False
+    # The tenant is established: chosen by the request (route, host), or chosen
+    # by the token and the token proven to belong to it. Only then may that
+    # tenant's dry-run mode turn a deny into an allow: a token must not pick a
+    # dry-run tenant it does not belong to and walk in.
+    tenant_established: bool = False
 
 
 def decide(config: Config, request: AuthzRequest, now: float) -> Decision:
@@ -74,7 +79,7 @@ def decide(config: Config, request: AuthzRequest, now: float) -> Decision:
     except Exception as exc:  # noqa: BLE001 - fail closed on our own faults too
         decision = _deny(progress, "internal_error", f"unexpected {type(exc).__name__}", config)
     tenant = progress.tenant
-    dry_run = tenant is not None and tenant.mode is Mode.DRY_RUN
+    dry_run = progress.tenant_established and tenant is not None and tenant.mode is Mode.DRY_RUN
     # Dry-run never relaxes the request sanity checks (400): those protect the upstream.
     if decision.verdict is Verdict.DENY and dry_run and decision.outcome is not Outcome.BAD_REQUEST:
         return replace(decision, verdict=Verdict.DRY_RUN_DENY)
@@ -90,6 +95,7 @@ def _decide(config: Config, request: AuthzRequest, now: float, progress: _Progre
     tenants = config.tenants
     tenant = tenants.for_request(request.context_extensions.get("tenant"), request.host)
     progress.tenant = tenant
+    progress.tenant_established = tenant is not None
     if tenant is not None:
         progress.rule = tenant.match(request.method, request.path)
         if progress.rule is not None and progress.rule.public:
@@ -113,6 +119,7 @@ def _decide(config: Config, request: AuthzRequest, now: float, progress: _Progre
         progress.tenant = tenant
         progress.rule = tenant.match(request.method, request.path)
     _bind(tenant, claims, verified, tenants.shared_issuers)
+    progress.tenant_established = True
 
     rule = progress.rule
     if rule is None:

@@ -91,12 +91,14 @@ def bearer_token(request: AuthzRequest) -> str | None:
 
 
 def normalize_host(host: str) -> str:
-    """Lower-case host without port (IPv6 literals keep their brackets)."""
+    """Lower-case host without port or trailing dot (IPv6 literals keep their brackets)."""
     host = host.strip().lower()
     if host.startswith("["):
         end = host.find("]")
         return host[: end + 1] if end != -1 else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    # "api.acme.test." is the same name as "api.acme.test" (fully qualified).
+    return host[:-1] if host.endswith(".") and not host.endswith("..") else host
 
 
 def normalize_path(raw: str) -> str:

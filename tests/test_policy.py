@@ -565,3 +565,27 @@ def test_deny_body_is_small_and_has_no_token(world, config, claims, path, expect
     for piece in token.split("."):
         if len(piece) > 8:
             assert piece.encode() not in serialized
+
+
+def test_token_cannot_choose_a_dry_run_tenant_it_does_not_belong_to(world, config) -> None:
+    """At a host no tenant serves, a token naming the dry-run tenant but from a foreign issuer is denied."""
+    token = world.token(world.claims(iss="https://idp.globex.test", tenant="dry"), signing_kid="globex-es256")
+    response = check(SnapshotHolder(config), check_request(host="unknown.test", token=token), lambda: NOW)
+    assert response.status.code == 7
+    assert json.loads(response.denied_response.body)["reason"] == "issuer_not_allowed"
+
+
+def test_token_bound_to_a_dry_run_tenant_gets_dry_run(world, config) -> None:
+    """At a host no tenant serves, a token that belongs to the dry-run tenant gets its dry-run allow."""
+    token = world.token(world.claims(tenant="dry", scope="other"))
+    response = check(SnapshotHolder(config), check_request(host="unknown.test", token=token), lambda: NOW)
+    assert response.status.code == 0
+    assert response.dynamic_metadata.fields["decision"].string_value == "dry-run-deny"
+
+
+def test_fully_qualified_host_resolves_like_the_plain_name(world, config) -> None:
+    """'api.acme.test.' (trailing dot) is the acme host."""
+    response = check(
+        SnapshotHolder(config), check_request(host="api.acme.test.", path="/healthz"), lambda: NOW
+    )
+    assert response.status.code == 0
