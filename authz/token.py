@@ -99,7 +99,7 @@ def _validate(token: str, keys: TokenKeys) -> VerifiedToken:
         raise AuthzError("token_too_large")
     outer = decrypt_compact(token, keys.decryption, keys.content_encryption)
     cty = outer.header.get("cty")
-    if cty is None:
+    if "cty" not in outer.header:  # a JSON null is a bad cty, not an absent one
         # Encrypt-only: the plaintext is the claims set. Encryption to a public
         # key authenticates nothing, so only a shared symmetric key may do this.
         if _looks_like_jws(outer.plaintext):
@@ -146,7 +146,7 @@ def decrypt_compact(token: str, keyset: KeySet, allowed_enc: frozenset[str]) -> 
         raise AuthzError("enc_not_allowed")
     if "zip" in header:
         raise AuthzError("zip_not_allowed")
-    _check_common_header(header)
+    _check_common_header(header, "header_malformed")
     if (alg in _DIRECT_KEY_AGREEMENT) != (not encrypted_key):
         raise AuthzError("token_malformed", "encrypted key presence does not fit alg")
     if enc.endswith("GCM"):
@@ -203,7 +203,7 @@ def _verify_signature(
     alg = header.get("alg")
     if not isinstance(alg, str) or alg not in SIGNATURE_ALGS:
         raise AuthzError("signature_alg_not_allowed")
-    _check_common_header(header)
+    _check_common_header(header, "inner_token_malformed")
     candidates = keyset.select(_kid(header), alg)
     if not candidates:
         raise AuthzError("signing_key_unknown")
@@ -220,13 +220,13 @@ def _verify_signature(
     raise AuthzError("signature_invalid")
 
 
-def _check_common_header(header: Mapping[str, Any]) -> None:
+def _check_common_header(header: Mapping[str, Any], malformed: str) -> None:
     # We implement no critical extension, so any crit (even an empty one) is fatal.
     if "crit" in header:
         raise AuthzError("crit_unsupported")
-    kid = header.get("kid")
-    if kid is not None and not isinstance(kid, str):
-        raise AuthzError("header_malformed", "kid is not a string")
+    # A JSON null is not "no kid": it must not open the kid-less lookup.
+    if "kid" in header and not isinstance(header["kid"], str):
+        raise AuthzError(malformed, "kid is not a string")
 
 
 def _kid(header: Mapping[str, Any]) -> str | None:
@@ -250,7 +250,9 @@ def _key_management_header(header: Mapping[str, Any], alg: str) -> dict[str, Any
         epk = header.get("epk")
         if not isinstance(epk, dict):
             raise AuthzError("header_malformed", "epk missing or not an object")
-        members = _EPK_MEMBERS.get(epk.get("kty"))  # type: ignore[arg-type]
+        kty = epk.get("kty")
+        # A kty that is a list or an object is unhashable: check the type before the lookup.
+        members = _EPK_MEMBERS.get(kty) if isinstance(kty, str) else None
         if members is None or not all(isinstance(epk.get(m), str) for m in members):
             raise AuthzError("header_malformed", "epk is not a public EC or OKP key")
         # Only the public members: an attacker-supplied "d" or "x5c" is never read.

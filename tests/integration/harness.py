@@ -61,17 +61,13 @@ __all__ = [
 LOOPBACK = "127.0.0.1"
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 HEALTH_PATH = "/envoy-health"
-DEFAULT_TENANTS_BY_DOMAIN: Mapping[str, str | None] = MappingProxyType(
-    {"api.acme.test": "acme"}
-)
+DEFAULT_TENANTS_BY_DOMAIN: Mapping[str, str | None] = MappingProxyType({"api.acme.test": "acme"})
 
 _TYPE_URL = "type.googleapis.com/"
 _EXT_AUTHZ = "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
 _EXT_AUTHZ_PER_ROUTE = "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
 _HCM_FILTER = "envoy.filters.network.http_connection_manager"
-_HCM = (
-    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-)
+_HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _ROUTER = "envoy.extensions.filters.http.router.v3.Router"
 _HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _HTTP_OK = 200
@@ -545,9 +541,7 @@ def _validate(binary: str, config_path: Path, timeout: float) -> None:
         raise EnvoyError(msg)
 
 
-def validate_config(
-    config: Mapping[str, Any], *, tmp_path: Path, timeout: float = 30.0
-) -> Path:
+def validate_config(config: Mapping[str, Any], *, tmp_path: Path, timeout: float = 30.0) -> Path:
     """Write ``config`` as JSON into ``tmp_path``; run ``envoy --mode validate``.
 
     Return the written file; raise ``EnvoyError`` with Envoy's output if rejected.
@@ -632,9 +626,7 @@ def run_envoy(
         *extra_args,
     ]  # fmt: skip
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
-        )
+        process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + ready_timeout
         while (ports := _probe(admin_address_path)) is None:

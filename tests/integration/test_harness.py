@@ -55,9 +55,7 @@ def config(upstream: EchoUpstream, dead_authz_port: int) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def envoy(
-    config: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[EnvoyProcess]:
+def envoy(config: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnvoyProcess]:
     """One Envoy for the module."""
     with run_envoy(config, tmp_path=tmp_path_factory.mktemp("envoy")) as proc:
         yield proc
@@ -69,9 +67,7 @@ def _clean_upstream(upstream: EchoUpstream) -> None:
 
 
 def _per_route(route: dict[str, Any]) -> dict[str, Any]:
-    cfg: dict[str, Any] = route.get("typed_per_filter_config", {}).get(
-        EXT_AUTHZ_FILTER, {}
-    )
+    cfg: dict[str, Any] = route.get("typed_per_filter_config", {}).get(EXT_AUTHZ_FILTER, {})
     return cfg
 
 
@@ -99,9 +95,7 @@ def test_config_maps_domains_to_tenants(config: dict[str, Any]) -> None:
     assert ext_authz["encode_raw_headers"] is True
 
 
-def test_generated_config_passes_envoy_validate(
-    config: dict[str, Any], tmp_path: Path
-) -> None:
+def test_generated_config_passes_envoy_validate(config: dict[str, Any], tmp_path: Path) -> None:
     """The generated bootstrap passes `envoy --mode validate`."""
     assert validate_config(config, tmp_path=tmp_path).is_file()
 
@@ -116,25 +110,19 @@ def test_generated_config_passes_envoy_validate(
     ],
     ids=["plain-headers", "catch-all-tenant", "with-body", "overrides"],
 )
-def test_config_options_pass_envoy_validate(
-    options: dict[str, Any], tmp_path: Path
-) -> None:
+def test_config_options_pass_envoy_validate(options: dict[str, Any], tmp_path: Path) -> None:
     """Every envoy_config option yields a bootstrap Envoy accepts."""
     config = envoy_config(authz_port=1, upstream_port=2, **options)
     assert validate_config(config, tmp_path=tmp_path).is_file()
 
 
-def test_startup_failure_raises_with_envoy_output(
-    upstream: EchoUpstream, tmp_path: Path
-) -> None:
+def test_startup_failure_raises_with_envoy_output(upstream: EchoUpstream, tmp_path: Path) -> None:
     """An Envoy that cannot start (listener port taken) fails fast with its output."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        config = envoy_config(
-            authz_port=1, upstream_port=upstream.port, listen_port=port
-        )
+        config = envoy_config(authz_port=1, upstream_port=upstream.port, listen_port=port)
         with (
             pytest.raises(EnvoyError, match="envoy output"),
             run_envoy(config, tmp_path=tmp_path, ready_timeout=10),
@@ -149,9 +137,7 @@ def test_invalid_config_is_rejected(config: dict[str, Any], tmp_path: Path) -> N
         validate_config(broken, tmp_path=tmp_path)
 
 
-def test_health_route_is_answered_by_envoy(
-    envoy: EnvoyProcess, upstream: EchoUpstream
-) -> None:
+def test_health_route_is_answered_by_envoy(envoy: EnvoyProcess, upstream: EchoUpstream) -> None:
     """/envoy-health (ext_authz disabled) gets a direct 200 from Envoy on any host."""
     for host in [*TENANTS, "unknown.example"]:
         resp = http_request(envoy.port, "GET", HEALTH_PATH, host=host)
@@ -164,9 +150,7 @@ def test_health_route_is_answered_by_envoy(
     assert upstream.requests == []
 
 
-@pytest.mark.parametrize(
-    "host", ["api.acme.test", "api.acme.test:8080", "plain.test", "other"]
-)
+@pytest.mark.parametrize("host", ["api.acme.test", "api.acme.test:8080", "plain.test", "other"])
 def test_protected_route_fails_closed_without_authz(
     envoy: EnvoyProcess, upstream: EchoUpstream, host: str
 ) -> None:
@@ -191,9 +175,7 @@ def test_protected_route_fails_closed_without_authz(
     assert after[key] == before.get(key, 0) + 1
 
 
-def test_unprotected_route_reaches_echo_upstream(
-    envoy: EnvoyProcess, upstream: EchoUpstream
-) -> None:
+def test_unprotected_route_reaches_echo_upstream(envoy: EnvoyProcess, upstream: EchoUpstream) -> None:
     """An ext_authz-disabled test route reaches the upstream, which echoes headers."""
     resp = http_request(
         envoy.port,
