@@ -9,6 +9,7 @@ the line and the reason. Relative paths resolve against the file's folder.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ import yaml
 
 from authz.claims import ClaimRules
 from authz.errors import ConfigError
-from authz.keys import CONTENT_ENCRYPTION_ALGS, KeySet, Purpose, load_keyset
+from authz.jwks import JwksRegistry, JwksSettings, RemoteJwks
+from authz.keys import CONTENT_ENCRYPTION_ALGS, IssuerKeys, KeySet, Purpose, parse_keyset
 from authz.policy import Mode, Rule, Tenant, TenantIndex, compile_path
 from authz.token import TokenKeys
 
@@ -43,6 +45,8 @@ class ServerSettings:
     max_concurrent_checks: int
     max_message_bytes: int
     grace_seconds: float
+    jwks_first_fetch_wait: float  # at load: how long to wait for a new jwks_uri's first fetch
+    jwks_unknown_kid_wait: float  # on a request: how long to wait for an unknown-kid refetch
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,16 +62,21 @@ class Config:
     tenants: TenantIndex
     upstream: UpstreamSettings
     server: ServerSettings
+    remote_jwks: tuple[RemoteJwks, ...]  # issuer keys from URLs, shared across reloads
 
 
-def load_config(path: str | Path) -> Config:
-    """Read, validate and build a snapshot; raises ConfigError with file and line."""
+def load_config(path: str | Path, registry: JwksRegistry | None = None) -> Config:
+    """Read, validate and build a snapshot; raises ConfigError with file and line.
+
+    ``registry`` shares ``jwks_uri`` sources between snapshots (the server's reloads);
+    without one, each load gets fresh, never-fetched sources.
+    """
     path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(str(path), f"cannot read config file: {exc.strerror or exc}") from None
-    return _Builder(path, raw).build()
+    return _Builder(path, raw, registry or JwksRegistry()).build()
 
 
 # -- YAML with line numbers -------------------------------------------------
@@ -241,11 +250,14 @@ def _kind_name(kind: type) -> str:
 
 
 class _Builder:
-    def __init__(self, path: Path, raw: bytes) -> None:
+    def __init__(self, path: Path, raw: bytes, registry: JwksRegistry) -> None:
         self.path = path
         self.source = str(path)
         self.raw = raw
+        self.registry = registry
         self.files: list[Path] = [path]
+        self.digest = hashlib.sha256(raw)  # over every file, as read for this snapshot
+        self.remote: list[RemoteJwks] = []
 
     def build(self) -> Config:
         try:
@@ -272,12 +284,12 @@ class _Builder:
                 raise decryption.error("content_encryption", f"unknown content encryption {name!r}")
         decryption.finish()
 
-        issuers: dict[str, KeySet] = {}
+        issuers: dict[str, IssuerKeys] = {}
         for item, _line in root.items("issuers"):
             name = item.get("issuer", str)
             if name in issuers:
                 raise item.error("issuer", "duplicate issuer")
-            issuers[name] = self._keys(item, "jwks", Purpose.VERIFY)
+            issuers[name] = self._issuer(item)
             item.finish()
 
         tenants = self._tenants(root, issuers, decryption_keys)
@@ -291,6 +303,8 @@ class _Builder:
             max_concurrent_checks=server.positive("max_concurrent_checks", 256),
             max_message_bytes=server.positive("max_message_bytes", 1 << 20),
             grace_seconds=float(server.positive("grace_seconds", 10)),
+            jwks_first_fetch_wait=_seconds(server, "jwks_first_fetch_wait", 5.0),
+            jwks_unknown_kid_wait=_seconds(server, "jwks_unknown_kid_wait", 0.5),
         )
         server.finish()
         root.finish()
@@ -304,7 +318,7 @@ class _Builder:
         )
         return Config(
             source=self.source,
-            digest=self._digest(),
+            digest=self.digest.hexdigest(),
             files=tuple(str(f) for f in self.files),
             listen=listen,
             claim_rules=claim_rules,
@@ -312,7 +326,55 @@ class _Builder:
             tenants=tenants,
             upstream=upstream_settings,
             server=server_settings,
+            remote_jwks=tuple(self.remote),
         )
+
+    def _issuer(self, item: _Section) -> IssuerKeys:
+        has_file, has_uri = "jwks" in item.data, "jwks_uri" in item.data
+        if not has_file and not has_uri:
+            raise item.error(None, "an issuer needs jwks (key files), jwks_uri (a URL), or both")
+        static = self._keys(item, "jwks", Purpose.VERIFY) if has_file else KeySet.of(())
+        remote = None
+        if has_uri:
+            uri = item.get("jwks_uri", str)
+            if not uri.startswith("https://"):
+                raise item.error("jwks_uri", "must be an https:// URL")
+            ca_file = None
+            if "ca_file" in item.data:
+                ca_path = self._path(item.get("ca_file", str))
+                ca_file = str(self._read(ca_path, item, "ca_file", "CA bundle"))
+            settings = JwksSettings(
+                uri=uri,
+                ca_file=ca_file,
+                refresh_interval=_seconds(item, "refresh_interval", 300.0),
+                min_refetch_interval=_seconds(item, "min_refetch_interval", 30.0),
+                timeout=_seconds(item, "fetch_timeout", 5.0),
+            )
+            remote = self.registry.source(settings)
+            self.remote.append(remote)
+        else:
+            for key in ("ca_file", "refresh_interval", "min_refetch_interval", "fetch_timeout"):
+                if key in item.data:
+                    raise item.error(key, "only applies with jwks_uri")
+        return IssuerKeys(static, remote)
+
+    def _path(self, relative: str) -> Path:
+        # Absolute, but not through symlinks: the watcher must keep following the
+        # path the operator wrote (Kubernetes swaps the ..data link behind it).
+        return Path(os.path.abspath(self.path.parent / relative))
+
+    def _read(self, path: Path, section: _Section, key: str, what: str) -> Path:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(
+                str(path),
+                f"cannot read {what}: {exc.strerror or exc} "
+                f"(referenced from {self.source}:{section.line(key)})",
+            ) from None
+        self.digest.update(data)
+        self.files.append(path)
+        return path
 
     def _keys(self, section: _Section, key: str, purpose: Purpose) -> KeySet:
         section.used.add(key)
@@ -322,9 +384,16 @@ class _Builder:
             raise section.error(key, "must be a file path or a non-empty list of file paths")
         merged: dict[str, Any] = {}
         for relative in paths:
-            path = (self.path.parent / relative).resolve()
+            path = self._path(relative)
             try:
-                keyset = load_keyset(path, purpose)
+                raw = path.read_bytes()
+                keyset = parse_keyset(raw, purpose, str(path))
+            except OSError as exc:
+                raise ConfigError(
+                    str(path),
+                    f"cannot read key file: {exc.strerror or exc} "
+                    f"(referenced from {self.source}:{section.line(key)})",
+                ) from None
             except ConfigError as exc:
                 raise ConfigError(
                     exc.file, f"{exc.reason} (referenced from {self.source}:{section.line(key)})", exc.line
@@ -333,10 +402,11 @@ class _Builder:
                 if kid in merged:
                     raise section.error(key, f"kid {kid!r} appears in more than one key file")
                 merged[kid] = k
+            self.digest.update(raw)
             self.files.append(path)
         return KeySet.of(merged.values())
 
-    def _tenants(self, root: _Section, issuers: dict[str, KeySet], keys: KeySet) -> TenantIndex:
+    def _tenants(self, root: _Section, issuers: dict[str, IssuerKeys], keys: KeySet) -> TenantIndex:
         by_name: dict[str, Tenant] = {}
         by_host: dict[str, Tenant] = {}
         by_suffix: dict[str, Tenant] = {}
@@ -362,7 +432,7 @@ class _Builder:
             shared_issuers=frozenset(i for i, n in issuer_use.items() if n > 1),
         )
 
-    def _tenant(self, item: _Section, issuers: dict[str, KeySet], keys: KeySet) -> Tenant:
+    def _tenant(self, item: _Section, issuers: dict[str, IssuerKeys], keys: KeySet) -> Tenant:
         name = item.get("name", str)
         if not _NAME.fullmatch(name):
             raise item.error("name", "must be 1-63 letters, digits, '.', '_' or '-'")
@@ -401,12 +471,6 @@ class _Builder:
             rules=tuple(rules),
             encrypt_only_keys=frozenset(encrypt_only),
         )
-
-    def _digest(self) -> str:
-        digest = hashlib.sha256(self.raw)
-        for path in self.files[1:]:
-            digest.update(path.read_bytes())
-        return digest.hexdigest()
 
 
 def _rule(item: _Section) -> Rule:
@@ -447,3 +511,11 @@ def _non_negative(section: _Section, key: str, default: int) -> int:
     if value < 0:
         raise section.error(key, "must not be negative")
     return value
+
+
+def _seconds(section: _Section, key: str, default: float) -> float:
+    section.used.add(key)
+    value = section.data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise section.error(key, "must be a positive number of seconds")
+    return float(value)

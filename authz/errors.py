@@ -20,6 +20,7 @@ class Outcome(enum.Enum):
     UNAUTHENTICATED = (401, "UNAUTHENTICATED")
     FORBIDDEN = (403, "PERMISSION_DENIED")
     INTERNAL = (500, "INTERNAL")
+    UNAVAILABLE = (503, "UNAVAILABLE")
 
     @property
     def http_status(self) -> int:
@@ -80,6 +81,10 @@ REASONS: dict[str, Outcome] = {
     "claim_mismatch": _F,
     # Our own faults: still a deny.
     "internal_error": Outcome.INTERNAL,
+    # An issuer's keys come from a jwks_uri that was never fetched successfully.
+    "issuer_keys_unavailable": Outcome.UNAVAILABLE,
+    # No configuration loaded yet (start-up): health says NOT_SERVING meanwhile.
+    "not_ready": Outcome.UNAVAILABLE,
 }
 
 

@@ -15,23 +15,27 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from jwcrypto.common import JWException, base64url_decode
 from jwcrypto.jwk import JWK
 
-from authz.errors import ConfigError
+from authz.errors import AuthzError, ConfigError
 
 __all__ = [
     "CONTENT_ENCRYPTION_ALGS",
     "KEY_MANAGEMENT_ALGS",
     "MAX_KIDLESS_CANDIDATES",
     "SIGNATURE_ALGS",
+    "IssuerKeys",
     "Key",
+    "KeyLookup",
     "KeySet",
     "Purpose",
+    "RemoteKeys",
     "keyset_from_jwks",
     "load_keyset",
+    "parse_keyset",
 ]
 
 
@@ -153,18 +157,58 @@ class KeySet:
         return candidates if len(candidates) <= MAX_KIDLESS_CANDIDATES else ()
 
 
+class KeyLookup(Protocol):
+    """What the token layer needs of a key source: the keys a token may be tried with."""
+
+    def select(self, kid: str | None, alg: str) -> tuple[Key, ...]: ...
+
+
+class RemoteKeys(Protocol):
+    """The current key set of a ``jwks_uri`` (authz.jwks.RemoteJwks); None before the first fetch."""
+
+    @property
+    def keyset(self) -> KeySet | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerKeys:
+    """An issuer's keys: from files, from a ``jwks_uri``, or both (files first)."""
+
+    static: KeySet
+    remote: RemoteKeys | None = None
+
+    def select(self, kid: str | None, alg: str) -> tuple[Key, ...]:
+        found = self.static.select(kid, alg)
+        if found or self.remote is None:
+            return found
+        keyset = self.remote.keyset  # one read: a concurrent refresh swaps the reference
+        if keyset is None:
+            if len(self.static):
+                return ()
+            # Never fetched: we cannot know whether the token is good. Deny, distinctly.
+            raise AuthzError("issuer_keys_unavailable")
+        return keyset.select(kid, alg)
+
+
 def load_keyset(path: Path, purpose: Purpose) -> KeySet:
     """Read and import a JWK Set file; any problem is a ConfigError naming the file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(str(path), f"cannot read key file: {exc.strerror or exc}") from None
+    return parse_keyset(raw, purpose, str(path))
+
+
+def parse_keyset(raw: bytes, purpose: Purpose, source: str) -> KeySet:
+    """Import the bytes of a JWK Set file; any problem is a ConfigError naming ``source``."""
     try:
-        data = json.loads(text)
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(source, "not UTF-8") from None
     except ValueError as exc:
         line = getattr(exc, "lineno", None)
-        raise ConfigError(str(path), "not valid JSON", line) from None
-    return keyset_from_jwks(data, purpose, str(path))
+        raise ConfigError(source, "not valid JSON", line) from None
+    return keyset_from_jwks(data, purpose, source)
 
 
 def keyset_from_jwks(data: Any, purpose: Purpose, source: str) -> KeySet:

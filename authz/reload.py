@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -73,12 +73,14 @@ class Reloader:
         interval: float = 0.25,
         debounce: float = 0.3,
         loader: Callable[[str], Config] = load_config,
+        prepare: Callable[[Config], Awaitable[None]] | None = None,
     ) -> None:
         self._holder = holder
         self._path = path
         self._interval = interval
         self._debounce = debounce
         self._loader = loader
+        self._prepare = prepare
         self._results: Counter[str] = Counter()
         self._last_error: str | None = None
         self._loaded_at = time.time()
@@ -111,15 +113,17 @@ class Reloader:
         """Build a snapshot from disk now and swap it in; False keeps the last good one."""
         try:
             config = await asyncio.to_thread(self._loader, self._path)
+            current = self._holder.current
+            self._watched = tuple(config.files)
+            if current is not None and current.digest == config.digest:
+                self._results["unchanged"] += 1
+                return True
+            if self._prepare is not None:
+                await self._prepare(config)
         except ConfigError as exc:
             return self._failed(str(exc))
         except Exception as exc:  # noqa: BLE001 - a reload must never take the service down
             return self._failed(f"{self._path}: unexpected {type(exc).__name__}")
-        current = self._holder.current
-        self._watched = tuple(config.files)
-        if current is not None and current.digest == config.digest:
-            self._results["unchanged"] += 1
-            return True
         self._holder.swap(config)
         self._results["success"] += 1
         self._loaded_at = time.time()

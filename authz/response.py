@@ -23,7 +23,13 @@ SUBJECT_HEADER = "x-authz-subject"
 SCOPES_HEADER = "x-authz-scopes"
 IDENTITY_HEADERS = (TENANT_HEADER, SUBJECT_HEADER, SCOPES_HEADER)
 
-_GRPC_CODES = {"INVALID_ARGUMENT": 3, "PERMISSION_DENIED": 7, "INTERNAL": 13, "UNAUTHENTICATED": 16}
+_GRPC_CODES = {
+    "INVALID_ARGUMENT": 3,
+    "PERMISSION_DENIED": 7,
+    "INTERNAL": 13,
+    "UNAVAILABLE": 14,
+    "UNAUTHENTICATED": 16,
+}
 _OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 
@@ -73,6 +79,7 @@ def error_body(decision: Decision, request_id: str) -> str:
         Outcome.UNAUTHENTICATED: "unauthorized" if decision.reason == "token_missing" else "invalid_token",
         Outcome.FORBIDDEN: "insufficient_scope" if decision.reason == "scope_missing" else "forbidden",
         Outcome.INTERNAL: "server_error",
+        Outcome.UNAVAILABLE: "temporarily_unavailable",
     }.get(outcome, "forbidden")  # type: ignore[arg-type]
     return json.dumps({"error": error, "reason": decision.reason, "request_id": request_id})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -16,8 +17,10 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from authz._proto import DESCRIPTOR_POOL
-from authz.config import ServerSettings, load_config
+from authz.config import Config, ServerSettings, load_config
 from authz.errors import ConfigError
+from authz.jwks import JwksRegistry
+from authz.reload import Reloader
 from authz.service import AUTHORIZATION_SERVICE, AuthorizationService, Clock, SnapshotHolder
 
 __all__ = ["AUTHORIZATION_SERVICE", "RunningServer", "run_server", "serve"]
@@ -32,6 +35,11 @@ class RunningServer:
     port: int
     health: health_aio.HealthServicer
     holder: SnapshotHolder
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse
+        for name in ("", AUTHORIZATION_SERVICE):
+            await self.health.set(name, status.SERVING if serving else status.NOT_SERVING)
 
 
 @contextlib.asynccontextmanager
@@ -94,20 +102,37 @@ def _register_descriptors() -> None:
 
 
 async def serve(config_path: str, listen: str | None) -> int:
-    """Run until SIGTERM or SIGINT; returns the process exit code."""
+    """Run until SIGTERM or SIGINT; returns the process exit code.
+
+    Start-up: the config is loaded (a missing or invalid one exits 2 with the
+    reason); the server listens with health NOT_SERVING while the first fetch
+    of any ``jwks_uri`` is awaited (bounded); then the snapshot is installed,
+    health turns SERVING and the files are watched for changes.
+    """
+    registry = JwksRegistry()
     try:
-        config = load_config(config_path)
+        config = load_config(config_path, registry)
     except ConfigError as exc:
         _log.error("configuration rejected", extra={"fields": {"error": str(exc)}})
         return 2
     address = listen or config.listen or "127.0.0.1:9001"
-    holder = SnapshotHolder(config)
+    holder = SnapshotHolder()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
         async with run_server(holder, address, config.server) as running:
+            await _prepare(registry, config)
+            holder.swap(config)
+            await running.set_serving(True)
+            reloader = Reloader(
+                holder,
+                config_path,
+                loader=functools.partial(load_config, registry=registry),
+                prepare=functools.partial(_prepare, registry),
+            )
+            reloader.start()
             _log.info(
                 "serving",
                 extra={
@@ -123,8 +148,15 @@ async def serve(config_path: str, listen: str | None) -> int:
             )
             await stop.wait()
             _log.info("draining", extra={"fields": {"grace_seconds": config.server.grace_seconds}})
+            await reloader.stop()
+            await registry.stop()
     except OSError as exc:
         _log.error("cannot serve", extra={"fields": {"error": str(exc)}})
         return 1
     _log.info("stopped")
     return 0
+
+
+async def _prepare(registry: JwksRegistry, config: Config) -> None:
+    """Before a snapshot goes live: refresh its jwks_uri sources, first fetch awaited (bounded)."""
+    await registry.start(config.remote_jwks, config.server.jwks_first_fetch_wait)

@@ -7,6 +7,7 @@ writes one decision log line.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -27,8 +28,10 @@ __all__ = [
     "AuthorizationService",
     "SnapshotHolder",
     "check",
-    "check_bytes",
     "evaluate",
+    "evaluate_bytes",
+    "refetch_issuer_keys",
+    "respond",
 ]
 
 AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
@@ -59,7 +62,7 @@ def evaluate(
     try:
         request = from_check_request(message)
         if config is None:
-            return reject("internal_error", "no configuration loaded"), request, request.request_id
+            return reject("not_ready", "no configuration loaded yet"), request, request.request_id
         return decide(config, request, clock()), request, request.request_id
     except AuthzError as exc:
         return reject(exc.code, exc.detail), request, _request_id(message)
@@ -90,7 +93,22 @@ def _request_id(message: CheckRequest) -> str:
 
 def check(holder: SnapshotHolder, message: CheckRequest, clock: Clock) -> CheckResponse:
     """Answer one CheckRequest and log the decision. Never raises: every failure is a deny."""
-    decision, request, request_id = evaluate(holder, message, clock)
+    return respond(*evaluate(holder, message, clock))
+
+
+def evaluate_bytes(
+    holder: SnapshotHolder, data: bytes, clock: Clock
+) -> tuple[Decision, AuthzRequest | None, str]:
+    """:func:`evaluate` for a serialized CheckRequest: one that does not even parse is a deny."""
+    try:
+        message = CheckRequest.FromString(data)
+    except Exception as exc:  # noqa: BLE001 - DecodeError, or invalid UTF-8 in a string field
+        return reject("request_malformed", f"undecodable CheckRequest ({type(exc).__name__})"), None, ""
+    return evaluate(holder, message, clock)
+
+
+def respond(decision: Decision, request: AuthzRequest | None, request_id: str) -> CheckResponse:
+    """Log the decision and build its CheckResponse. Never raises."""
     try:
         _log_decision(decision, request, request_id)
         return to_check_response(decision, request_id)
@@ -99,15 +117,17 @@ def check(holder: SnapshotHolder, message: CheckRequest, clock: Clock) -> CheckR
         return _fallback_deny()
 
 
-def check_bytes(holder: SnapshotHolder, data: bytes, clock: Clock) -> CheckResponse:
-    """Answer a serialized CheckRequest: a message that does not even parse is a deny too."""
-    try:
-        message = CheckRequest.FromString(data)
-    except Exception as exc:  # noqa: BLE001 - DecodeError, or invalid UTF-8 in a string field
-        decision = reject("request_malformed", f"undecodable CheckRequest ({type(exc).__name__})")
-        _log_decision(decision, None, "")
-        return to_check_response(decision, "")
-    return check(holder, message, clock)
+async def refetch_issuer_keys(config: Config | None) -> bool:
+    """A token named a signing kid we lack: refetch the jwks_uri sources (rate-limited).
+
+    Waits at most the configured bound; True when some source got fresh keys,
+    so the request is worth evaluating once more.
+    """
+    if config is None or not config.remote_jwks:
+        return False
+    wait = config.server.jwks_unknown_kid_wait
+    results = await asyncio.gather(*(r.refetch_for_unknown_kid(wait) for r in config.remote_jwks))
+    return any(results)
 
 
 class AuthorizationService:
@@ -122,7 +142,10 @@ class AuthorizationService:
         self._clock = clock
 
     async def check(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> CheckResponse:
-        return check_bytes(self._holder, request, self._clock)
+        decision, read, request_id = evaluate_bytes(self._holder, request, self._clock)
+        if decision.reason == "signing_key_unknown" and await refetch_issuer_keys(self._holder.current):
+            decision, read, request_id = evaluate_bytes(self._holder, request, self._clock)
+        return respond(decision, read, request_id)
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(

@@ -29,7 +29,7 @@ from typing import Any
 from jwcrypto.jwa import JWA
 
 from authz.errors import AuthzError
-from authz.keys import KEY_MANAGEMENT_ALGS, SIGNATURE_ALGS, Key, KeySet
+from authz.keys import KEY_MANAGEMENT_ALGS, SIGNATURE_ALGS, Key, KeyLookup, KeySet
 
 __all__ = [
     "DecryptedToken",
@@ -60,7 +60,7 @@ class TokenKeys:
 
     decryption: KeySet
     content_encryption: frozenset[str]
-    issuers: Mapping[str, KeySet]
+    issuers: Mapping[str, KeyLookup]
     max_bytes: int
     allowed_typ: frozenset[str]  # empty: the inner ``typ`` is not checked
 
@@ -198,7 +198,7 @@ def _split_jws(inner: str) -> tuple[Mapping[str, Any], Mapping[str, Any], bytes,
 
 
 def _verify_signature(
-    header: Mapping[str, Any], signing_input: bytes, signature: bytes, keyset: KeySet
+    header: Mapping[str, Any], signing_input: bytes, signature: bytes, keyset: KeyLookup
 ) -> Key:
     alg = header.get("alg")
     if not isinstance(alg, str) or alg not in SIGNATURE_ALGS:
