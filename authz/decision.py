@@ -10,17 +10,34 @@ deny. In ``dry-run`` the tenant's denies are answered as allows and recorded.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from authz.claims import Claims, validate_claims
 from authz.config import Config
 from authz.errors import REASONS, AuthzError, Outcome
 from authz.policy import Mode, Rule, Tenant, require
 from authz.request import AuthzRequest, bearer_token
-from authz.token import VerifiedToken, validate_token
+from authz.token import VerifiedToken, decrypt_token, open_token
 
-__all__ = ["Decision", "Verdict", "decide", "reject"]
+__all__ = ["NO_STEPS", "Decision", "Steps", "Verdict", "decide", "reject"]
+
+
+class Steps(Protocol):
+    """Wraps the costly steps of a decision (decrypt, verify, policy): spans, timings."""
+
+    def step(self, name: str) -> AbstractContextManager[None]: ...
+
+
+class _NoSteps:
+    def step(self, name: str) -> AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+
+NO_STEPS: Steps = _NoSteps()
 
 
 class Verdict(enum.Enum):
@@ -41,7 +58,8 @@ class Decision:
     identity: bool = False  # the x-authz-* identity headers are set from verified claims
     missing_scopes: tuple[str, ...] = ()
     strip_authorization: bool = False
-    key_id: str | None = None
+    key_id: str | None = None  # the signing key's kid, else the decryption key's (configured kids)
+    decryption_key_id: str | None = None
     detail: str = ""  # for logs only
 
     @property
@@ -69,11 +87,11 @@ class _Progress:
     tenant_established: bool = False
 
 
-def decide(config: Config, request: AuthzRequest, now: float) -> Decision:
+def decide(config: Config, request: AuthzRequest, now: float, steps: Steps = NO_STEPS) -> Decision:
     """Decide one request. Never raises."""
     progress = _Progress()
     try:
-        decision = _decide(config, request, now, progress)
+        decision = _decide(config, request, now, progress, steps)
     except AuthzError as exc:
         decision = _deny(progress, exc.code, exc.detail, config)
     except Exception as exc:  # noqa: BLE001 - fail closed on our own faults too
@@ -91,7 +109,7 @@ def reject(code: str, detail: str = "") -> Decision:
     return Decision(verdict=Verdict.DENY, reason=code, detail=detail)
 
 
-def _decide(config: Config, request: AuthzRequest, now: float, progress: _Progress) -> Decision:
+def _decide(config: Config, request: AuthzRequest, now: float, progress: _Progress, steps: Steps) -> Decision:
     tenants = config.tenants
     tenant = tenants.for_request(request.context_extensions.get("tenant"), request.host)
     progress.tenant = tenant
@@ -105,11 +123,27 @@ def _decide(config: Config, request: AuthzRequest, now: float, progress: _Progre
     if token is None:
         raise AuthzError("token_missing")
     progress.token_present = True
-    verified = validate_token(token, config.token_keys)
-    progress.token = verified
-    claims = validate_claims(verified.claims, config.claim_rules, now)
-    progress.claims = claims
+    with steps.step("decrypt"):
+        outer = decrypt_token(token, config.token_keys)
+    with steps.step("verify"):
+        verified = open_token(outer, config.token_keys)
+        progress.token = verified
+        claims = validate_claims(verified.claims, config.claim_rules, now)
+        progress.claims = claims
+    with steps.step("policy"):
+        return _authorize(config, request, tenant=tenant, progress=progress, verified=verified, claims=claims)
 
+
+def _authorize(
+    config: Config,
+    request: AuthzRequest,
+    *,
+    tenant: Tenant | None,
+    progress: _Progress,
+    verified: VerifiedToken,
+    claims: Claims,
+) -> Decision:
+    tenants = config.tenants
     if tenant is None:
         if claims.tenant is None:
             raise AuthzError("tenant_unknown", "no tenant from route, host or token")
@@ -140,6 +174,7 @@ def _decide(config: Config, request: AuthzRequest, now: float, progress: _Progre
         identity=True,
         strip_authorization=config.upstream.strip_authorization,
         key_id=verified.signing_kid or verified.decryption_kid,
+        decryption_key_id=verified.decryption_kid,
     )
 
 
@@ -182,6 +217,7 @@ def _deny(progress: _Progress, code: str, detail: str, config: Config) -> Decisi
         identity=bound,
         strip_authorization=config.upstream.strip_authorization,
         key_id=(token.signing_kid or token.decryption_kid) if token else None,
+        decryption_key_id=token.decryption_kid if token else None,
         detail=detail,
     )
 

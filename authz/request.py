@@ -21,7 +21,14 @@ from authz.errors import AuthzError
 if TYPE_CHECKING:
     from authz._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 
-__all__ = ["AuthzRequest", "bearer_token", "from_check_request", "normalize_host", "normalize_path"]
+__all__ = [
+    "AuthzRequest",
+    "bearer_token",
+    "from_check_request",
+    "normalize_host",
+    "normalize_path",
+    "request_id_of",
+]
 
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _HEX = frozenset("0123456789abcdefABCDEF")
@@ -67,6 +74,23 @@ def from_check_request(message: CheckRequest) -> AuthzRequest:
         peer_principal=message.attributes.source.principal,
         request_id=request_id if _REQUEST_ID.fullmatch(request_id) else "",
     )
+
+
+def request_id_of(message: CheckRequest) -> str:
+    """The request id of a request that could not be read (e.g. path_invalid), or ""."""
+    try:
+        http = message.attributes.request.http
+        candidates = [
+            h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+            for h in http.header_map.headers
+            if h.key.lower() == "x-request-id"
+        ]
+        candidates += [v for k, v in http.headers.items() if k.lower() == "x-request-id"]
+        candidates.append(http.id)
+        value = next((c for c in candidates if c), "")
+        return value if _REQUEST_ID.fullmatch(value) else ""
+    except Exception:  # noqa: BLE001 - the id is a courtesy; never let it turn a deny into an error
+        return ""
 
 
 def bearer_token(request: AuthzRequest) -> str | None:

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 import grpc
+from opentelemetry.context import Context
 
 from authz._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from authz.config import Config
-from authz.decision import Decision, decide, reject
+from authz.decision import NO_STEPS, Decision, Steps, decide, reject
 from authz.errors import AuthzError
-from authz.request import AuthzRequest, from_check_request
+from authz.request import AuthzRequest, from_check_request, request_id_of
 from authz.response import to_check_response
+from authz.telemetry import Telemetry, extract_parent
 
 __all__ = [
     "AUTHORIZATION_SERVICE",
@@ -29,7 +30,8 @@ __all__ = [
     "SnapshotHolder",
     "check",
     "evaluate",
-    "evaluate_bytes",
+    "parse",
+    "read",
     "refetch_issuer_keys",
     "respond",
 ]
@@ -39,6 +41,7 @@ AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
 _log = logging.getLogger("authz.decision")
 
 Clock = Callable[[], float]
+_DEFAULT_TELEMETRY = Telemetry()
 
 
 class SnapshotHolder:
@@ -53,64 +56,62 @@ class SnapshotHolder:
         self.generation += 1
 
 
-def evaluate(
-    holder: SnapshotHolder, message: CheckRequest, clock: Clock
-) -> tuple[Decision, AuthzRequest | None, str]:
-    """Decide one CheckRequest: (decision, the request as read, request id). Never raises."""
-    config = holder.current
-    request: AuthzRequest | None = None
+def read(message: CheckRequest) -> tuple[AuthzRequest | None, Decision | None, str]:
+    """Read a CheckRequest: (request, None, request id), or (None, the deny, request id)."""
     try:
         request = from_check_request(message)
-        if config is None:
-            return reject("not_ready", "no configuration loaded yet"), request, request.request_id
-        return decide(config, request, clock()), request, request.request_id
     except AuthzError as exc:
-        return reject(exc.code, exc.detail), request, _request_id(message)
+        return None, reject(exc.code, exc.detail), request_id_of(message)
     except Exception as exc:  # noqa: BLE001 - fail closed
-        return reject("request_malformed", f"unexpected {type(exc).__name__}"), request, _request_id(message)
+        return None, reject("request_malformed", f"unexpected {type(exc).__name__}"), request_id_of(message)
+    return request, None, request.request_id
 
 
-# The same rule as authz.request: an id we echo must be short and plain.
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
-
-
-def _request_id(message: CheckRequest) -> str:
-    """The request id of a request that could not be read (e.g. path_invalid), or ""."""
+def parse(data: bytes) -> CheckRequest | Decision:
+    """A serialized CheckRequest, or the deny for bytes that do not even parse."""
     try:
-        http = message.attributes.request.http
-        candidates = [
-            h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
-            for h in http.header_map.headers
-            if h.key.lower() == "x-request-id"
-        ]
-        candidates += [v for k, v in http.headers.items() if k.lower() == "x-request-id"]
-        candidates.append(http.id)
-        value = next((c for c in candidates if c), "")
-        return value if _REQUEST_ID.fullmatch(value) else ""
-    except Exception:  # noqa: BLE001 - the id is a courtesy; never let it turn a deny into an error
-        return ""
-
-
-def check(holder: SnapshotHolder, message: CheckRequest, clock: Clock) -> CheckResponse:
-    """Answer one CheckRequest and log the decision. Never raises: every failure is a deny."""
-    return respond(*evaluate(holder, message, clock))
-
-
-def evaluate_bytes(
-    holder: SnapshotHolder, data: bytes, clock: Clock
-) -> tuple[Decision, AuthzRequest | None, str]:
-    """:func:`evaluate` for a serialized CheckRequest: one that does not even parse is a deny."""
-    try:
-        message = CheckRequest.FromString(data)
+        message: CheckRequest = CheckRequest.FromString(data)
     except Exception as exc:  # noqa: BLE001 - DecodeError, or invalid UTF-8 in a string field
-        return reject("request_malformed", f"undecodable CheckRequest ({type(exc).__name__})"), None, ""
-    return evaluate(holder, message, clock)
+        return reject("request_malformed", f"undecodable CheckRequest ({type(exc).__name__})")
+    return message
 
 
-def respond(decision: Decision, request: AuthzRequest | None, request_id: str) -> CheckResponse:
-    """Log the decision and build its CheckResponse. Never raises."""
+def decide_request(
+    holder: SnapshotHolder, request: AuthzRequest, clock: Clock, steps: Steps = NO_STEPS
+) -> Decision:
+    """Decide a request on the current snapshot (read once: a reload mid-check cannot split it)."""
+    config = holder.current
+    if config is None:
+        return reject("not_ready", "no configuration loaded yet")
+    return decide(config, request, clock(), steps)
+
+
+def evaluate(
+    holder: SnapshotHolder, message: CheckRequest, clock: Clock, steps: Steps = NO_STEPS
+) -> tuple[Decision, AuthzRequest | None, str]:
+    """Decide one CheckRequest: (decision, the request as read, request id). Never raises."""
+    request, early, request_id = read(message)
+    if request is None:
+        return early or reject("request_malformed"), None, request_id
+    return decide_request(holder, request, clock, steps), request, request_id
+
+
+def check(
+    holder: SnapshotHolder, message: CheckRequest, clock: Clock, telemetry: Telemetry | None = None
+) -> CheckResponse:
+    """Answer one CheckRequest, synchronously, without a span: the library and test entry point."""
+    start = time.perf_counter()
+    telemetry = telemetry or _DEFAULT_TELEMETRY
+    decision, request, request_id = evaluate(holder, message, clock, telemetry)
+    telemetry.finish(
+        None, decision, request, request_id=request_id, parent=Context(), elapsed=time.perf_counter() - start
+    )
+    return respond(decision, request_id)
+
+
+def respond(decision: Decision, request_id: str) -> CheckResponse:
+    """The CheckResponse of a decision. Never raises."""
     try:
-        _log_decision(decision, request, request_id)
         return to_check_response(decision, request_id)
     except Exception:  # noqa: BLE001 - even a fault here must be a deny, not an RPC error
         _log.exception("building the response failed")
@@ -137,15 +138,42 @@ class AuthorizationService:
     error; parsing here turns it into a deny like every other bad input.
     """
 
-    def __init__(self, holder: SnapshotHolder, clock: Clock = time.time) -> None:
+    def __init__(
+        self, holder: SnapshotHolder, clock: Clock = time.time, telemetry: Telemetry | None = None
+    ) -> None:
         self._holder = holder
         self._clock = clock
+        self._telemetry = telemetry or Telemetry()
 
-    async def check(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> CheckResponse:
-        decision, read, request_id = evaluate_bytes(self._holder, request, self._clock)
-        if decision.reason == "signing_key_unknown" and await refetch_issuer_keys(self._holder.current):
-            decision, read, request_id = evaluate_bytes(self._holder, request, self._clock)
-        return respond(decision, read, request_id)
+    async def check(self, data: bytes, context: grpc.aio.ServicerContext[Any, Any] | None) -> CheckResponse:
+        start = time.perf_counter()
+        telemetry = self._telemetry
+        parsed = parse(data)
+        request: AuthzRequest | None = None
+        early: Decision | None = parsed if isinstance(parsed, Decision) else None
+        request_id = ""
+        if not isinstance(parsed, Decision):
+            request, early, request_id = read(parsed)
+        metadata = context.invocation_metadata() if context is not None else None
+        parent = extract_parent(metadata or (), request.headers if request else None)
+        with telemetry.check_span(parent) as span:
+            decision = early or self._decide(request)
+            if decision.reason == "signing_key_unknown" and await refetch_issuer_keys(self._holder.current):
+                decision = self._decide(request)
+            telemetry.finish(
+                span,
+                decision,
+                request,
+                request_id=request_id,
+                parent=parent,
+                elapsed=time.perf_counter() - start,
+            )
+        return respond(decision, request_id)
+
+    def _decide(self, request: AuthzRequest | None) -> Decision:
+        if request is None:  # not reached: a request that was not read has its deny already
+            return reject("request_malformed")
+        return decide_request(self._holder, request, self._clock, self._telemetry)
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
@@ -158,22 +186,6 @@ class AuthorizationService:
                 )
             },
         )
-
-
-def _log_decision(decision: Decision, request: AuthzRequest | None, request_id: str) -> None:
-    fields: dict[str, Any] = {
-        "request_id": request_id,
-        "decision": decision.verdict.value,
-        "reason": decision.reason,
-        "tenant": decision.tenant,
-        "rule": decision.rule,
-        "method": request.method if request else None,
-        "path": request.path if request else None,
-        "kid": decision.key_id,
-    }
-    if decision.detail:
-        fields["detail"] = decision.detail
-    _log.info("decision", extra={"fields": fields})
 
 
 def _fallback_deny() -> CheckResponse:

@@ -36,6 +36,8 @@ __all__ = [
     "TokenKeys",
     "VerifiedToken",
     "decrypt_compact",
+    "decrypt_token",
+    "open_token",
     "parse_json_object",
     "validate_token",
     "verify_compact",
@@ -86,18 +88,32 @@ class VerifiedToken:
 
 def validate_token(token: str, keys: TokenKeys) -> VerifiedToken:
     """Decrypt and verify a compact nested JWE; every failure is an AuthzError."""
+    return open_token(decrypt_token(token, keys), keys)
+
+
+def decrypt_token(token: str, keys: TokenKeys) -> DecryptedToken:
+    """The outer layer: size limit, then strict JWE decryption with a configured key."""
     try:
-        return _validate(token, keys)
+        if len(token) > keys.max_bytes:
+            raise AuthzError("token_too_large")
+        return decrypt_compact(token, keys.decryption, keys.content_encryption)
     except AuthzError:
         raise
     except Exception as exc:  # noqa: BLE001 - fail closed on anything unexpected
         raise AuthzError("token_invalid", f"unexpected {type(exc).__name__}") from None
 
 
-def _validate(token: str, keys: TokenKeys) -> VerifiedToken:
-    if len(token) > keys.max_bytes:
-        raise AuthzError("token_too_large")
-    outer = decrypt_compact(token, keys.decryption, keys.content_encryption)
+def open_token(outer: DecryptedToken, keys: TokenKeys) -> VerifiedToken:
+    """The inner layer of a decrypted token: the JWS verified, or the encrypt-only claims."""
+    try:
+        return _open(outer, keys)
+    except AuthzError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - fail closed on anything unexpected
+        raise AuthzError("token_invalid", f"unexpected {type(exc).__name__}") from None
+
+
+def _open(outer: DecryptedToken, keys: TokenKeys) -> VerifiedToken:
     cty = outer.header.get("cty")
     if "cty" not in outer.header:  # a JSON null is a bad cty, not an absent one
         # Encrypt-only: the plaintext is the claims set. Encryption to a public

@@ -1,0 +1,262 @@
+"""Tracing, metrics and the decision log: set-up, propagation, attribute names.
+
+Tracing is configured from the standard ``OTEL_*`` environment variables and
+is on only when an exporter is asked for (an OTLP endpoint, or
+``OTEL_TRACES_EXPORTER``); off, a check pays for no span at all.
+
+Envoy's gRPC client injects the context of its own ext_authz client span into
+the **gRPC metadata** of the Check call (W3C ``traceparent``/``tracestate``, or
+B3 with Zipkin-style tracing). The request's HTTP headers hold the downstream
+client's context, one level up. So the parent is taken from the metadata
+first, and from the request headers only when the metadata has none.
+
+Nothing from a token reaches telemetry: attributes are the decision's fields
+(tenant, rule, reason: names from the configuration and closed code sets), the
+method, the normalized path without query, and key ids of configured keys. The
+subject only when the configuration enables it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.propagators.b3 import B3MultiFormat, B3SingleFormat
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from authz.decision import Decision, Verdict
+from authz.metrics import Registry
+from authz.request import AuthzRequest
+
+__all__ = [
+    "CHECK_SPAN",
+    "Telemetry",
+    "exporter_from_env",
+    "extract_parent",
+    "tracer_provider_from_env",
+]
+
+CHECK_SPAN = "envoy.service.auth.v3.Authorization/Check"
+_log = logging.getLogger("authz.decision")
+
+# The last propagator that finds a valid context wins: W3C over B3 when both are sent.
+_PROPAGATOR = CompositePropagator([B3SingleFormat(), B3MultiFormat(), TraceContextTextMapPropagator()])
+_TRACE_KEYS = frozenset({"traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-sampled",
+                         "x-b3-flags", "x-b3-parentspanid"})  # fmt: skip
+
+
+def exporter_from_env(environ: Mapping[str, str]) -> SpanExporter | None:
+    """The OTLP span exporter the environment asks for, or None: tracing off.
+
+    On when ``OTEL_TRACES_EXPORTER`` is ``otlp`` or an OTLP endpoint is set;
+    ``OTEL_SDK_DISABLED=true`` or ``OTEL_TRACES_EXPORTER=none`` turn it off.
+    The protocol is ``grpc`` (default) or ``http/protobuf``; endpoint, headers,
+    timeout and compression are read by the exporters from the standard variables.
+    """
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    exporter = environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if exporter == "none" or (not exporter and not endpoint):
+        return None
+    if exporter and exporter != "otlp":
+        raise ValueError(f"OTEL_TRACES_EXPORTER={exporter!r} is not supported (use otlp or none)")
+    protocol = (
+        environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "grpc"
+    ).strip()
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        return GrpcExporter()
+    if protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+        return HttpExporter()
+    raise ValueError(f"OTLP protocol {protocol!r} is not supported (use grpc or http/protobuf)")
+
+
+def tracer_provider_from_env(environ: Mapping[str, str] | None = None) -> TracerProvider | None:
+    """A tracer provider with a batch processor, or None when tracing is off.
+
+    ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` name the resource
+    (default service name: envoy-jwe-authz); ``OTEL_TRACES_SAMPLER`` and its
+    argument choose the sampler; ``OTEL_BSP_*`` tune the batch processor.
+    """
+    environ = os.environ if environ is None else environ
+    exporter = exporter_from_env(environ)
+    if exporter is None:
+        return None
+    attributes = {} if environ.get("OTEL_SERVICE_NAME") else {"service.name": "envoy-jwe-authz"}
+    provider = TracerProvider(resource=Resource.create(attributes))
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
+
+
+def extract_parent(
+    metadata: Iterable[tuple[str, Any]], headers: Mapping[str, Sequence[str]] | None
+) -> Context:
+    """The parent context: from the gRPC metadata, else from the request's headers."""
+    carrier = {k.lower(): v for k, v in metadata if isinstance(v, str) and k.lower() in _TRACE_KEYS}
+    if carrier:
+        context = _PROPAGATOR.extract(carrier)
+        if trace.get_current_span(context).get_span_context().is_valid:
+            return context
+    if headers:
+        carrier = {k: v[0] for k, v in headers.items() if k in _TRACE_KEYS and v}
+        if carrier:
+            return _PROPAGATOR.extract(carrier)
+    return Context()
+
+
+class Telemetry:
+    """Spans, metrics and the decision log of the Check path."""
+
+    def __init__(
+        self,
+        provider: TracerProvider | None = None,
+        *,
+        registry: Registry | None = None,
+        log_subject: bool = False,
+        allow_log_sample_rate: float = 1.0,
+    ) -> None:
+        self.provider = provider
+        self.tracer = provider.get_tracer("envoy-jwe-authz") if provider is not None else None
+        self.registry = registry or Registry()
+        self.log_subject = log_subject
+        self.allow_log_sample_rate = allow_log_sample_rate
+        self.checks = self.registry.counter(
+            "authz_checks_total",
+            "Checks answered, by tenant, decision and reason.",
+            ("tenant", "decision", "reason"),
+        )
+        self.latency = self.registry.histogram(
+            "authz_check_duration_seconds", "Time to decide a check, by decision.", ("decision",)
+        )
+        self.step_latency = self.registry.histogram(
+            "authz_token_step_duration_seconds",
+            "Time of the token steps: decrypt, verify, policy.",
+            ("step",),
+        )
+
+    # -- spans -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def check_span(self, parent: Context) -> Iterator[trace.Span | None]:
+        """The SERVER span of one Check (None when tracing is off)."""
+        if self.tracer is None:
+            yield None
+            return
+        with self.tracer.start_as_current_span(
+            CHECK_SPAN,
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={
+                "rpc.system": "grpc",
+                "rpc.service": "envoy.service.auth.v3.Authorization",
+                "rpc.method": "Check",
+            },
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            yield span
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        """A step of the decision: timed for metrics, a child span when tracing."""
+        start = time.perf_counter()
+        try:
+            if self.tracer is None:
+                yield
+            else:
+                with self.tracer.start_as_current_span(name, record_exception=False):
+                    yield
+        finally:
+            self.step_latency.observe((name,), time.perf_counter() - start)
+
+    def finish(
+        self,
+        span: trace.Span | None,
+        decision: Decision,
+        request: AuthzRequest | None,
+        *,
+        request_id: str,
+        parent: Context,
+        elapsed: float,
+    ) -> None:
+        """Record the decision: span attributes and status, metrics, decision log line."""
+        self.checks.inc((decision.tenant or "", decision.verdict.value, decision.reason))
+        self.latency.observe((decision.verdict.value,), elapsed)
+        attributes = self._attributes(decision, request)
+        if span is not None:
+            span.set_attributes(attributes)
+            span.set_attribute("rpc.grpc.status_code", 0)  # every answer is a CheckResponse
+            if decision.reason == "internal_error":
+                span.set_status(Status(StatusCode.ERROR, "internal_error"))
+        self._log(decision, request, request_id, span, parent)
+
+    def _attributes(self, decision: Decision, request: AuthzRequest | None) -> dict[str, Any]:
+        attributes: dict[str, Any] = {
+            "authz.decision": decision.verdict.value,
+            "authz.reason": decision.reason,
+        }
+        for key, value in (
+            ("authz.tenant", decision.tenant),
+            ("authz.rule", decision.rule),
+            ("authz.key_id", decision.key_id),
+            ("authz.decryption_key_id", decision.decryption_key_id),
+            ("http.request.method", request.method if request else None),
+            ("url.path", request.path if request else None),
+            ("authz.subject", decision.subject if self.log_subject else None),
+        ):
+            if value:
+                attributes[key] = value
+        return attributes
+
+    def _log(
+        self,
+        decision: Decision,
+        request: AuthzRequest | None,
+        request_id: str,
+        span: trace.Span | None,
+        parent: Context,
+    ) -> None:
+        rate = self.allow_log_sample_rate
+        # Denies are always logged; allows may be sampled.
+        if decision.verdict is Verdict.ALLOW and rate < 1.0 and random.random() >= rate:  # noqa: S311
+            return
+        context = (span or trace.get_current_span(parent)).get_span_context()
+        fields: dict[str, Any] = {
+            "request_id": request_id,
+            "trace_id": format(context.trace_id, "032x") if context.is_valid else None,
+            "tenant": decision.tenant,
+            "decision": decision.verdict.value,
+            "reason": decision.reason,
+            "rule": decision.rule,
+            "method": request.method if request else None,
+            "path": request.path if request else None,
+            "kid": decision.key_id,
+        }
+        if self.log_subject:
+            fields["subject"] = decision.subject
+        if decision.detail:
+            fields["detail"] = decision.detail
+        _log.info("decision", extra={"fields": fields})
+
+    def shutdown(self) -> None:
+        """Flush and stop the exporter (on server shutdown)."""
+        if self.provider is not None:
+            self.provider.shutdown()
