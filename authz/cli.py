@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the gRPC authorization server")
     p.add_argument("--config", required=True, help="configuration file (YAML)")
     p.add_argument("--listen", help="address to listen on, e.g. 0.0.0.0:9001 (overrides the config)")
+    p.add_argument(
+        "--admin-listen", help="admin HTTP address for /metrics, /healthz, /readyz (overrides the config)"
+    )
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("check-config", help="validate a configuration file and its keys")
@@ -104,7 +107,7 @@ def _serve(args: argparse.Namespace) -> int:
     from authz.server import serve
 
     setup_logging()
-    return asyncio.run(serve(args.config, args.listen))
+    return asyncio.run(serve(args.config, args.listen, args.admin_listen))
 
 
 def _check_config(args: argparse.Namespace) -> int:

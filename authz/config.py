@@ -26,7 +26,7 @@ from authz.keys import CONTENT_ENCRYPTION_ALGS, IssuerKeys, KeySet, Purpose, par
 from authz.policy import Mode, Rule, Tenant, TenantIndex, compile_path
 from authz.token import TokenKeys
 
-__all__ = ["Config", "ServerSettings", "UpstreamSettings", "load_config"]
+__all__ = ["Config", "ServerSettings", "TelemetrySettings", "UpstreamSettings", "load_config"]
 
 DEFAULT_CONTENT_ENCRYPTION = ("A256GCM", "A128GCM", "A256CBC-HS512", "A128CBC-HS256")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -50,6 +50,12 @@ class ServerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TelemetrySettings:
+    log_subject: bool  # the subject id in spans and decision log lines
+    allow_log_sample_rate: float  # fraction of allow decisions logged; denies always are
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """One immutable snapshot of the configuration and everything derived from it."""
 
@@ -57,12 +63,14 @@ class Config:
     digest: str  # sha256 over the config file and every key file it references
     files: tuple[str, ...]
     listen: str | None
+    admin_listen: str | None  # /metrics, /healthz, /readyz; None: no admin port
     claim_rules: ClaimRules
     token_keys: TokenKeys
     tenants: TenantIndex
     upstream: UpstreamSettings
     server: ServerSettings
     remote_jwks: tuple[RemoteJwks, ...]  # issuer keys from URLs, shared across reloads
+    telemetry: TelemetrySettings
 
 
 def load_config(path: str | Path, registry: JwksRegistry | None = None) -> Config:
@@ -266,6 +274,7 @@ class _Builder:
             raise ConfigError(self.source, "the file is not UTF-8") from None
         root = _Section(_parse_yaml(text, self.source), self.source, "config", 1)
         listen = root.get("listen", str, "") or None
+        admin_listen = root.get("admin_listen", str, "") or None
         token = root.section("token")
         claim_rules = ClaimRules(
             clock_skew=_non_negative(token, "clock_skew", 30),
@@ -307,6 +316,15 @@ class _Builder:
             jwks_unknown_kid_wait=_seconds(server, "jwks_unknown_kid_wait", 0.5),
         )
         server.finish()
+        telemetry = root.section("telemetry")
+        rate = telemetry.data.get("allow_log_sample_rate", 1.0)
+        telemetry.used.add("allow_log_sample_rate")
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 <= rate <= 1.0:
+            raise telemetry.error("allow_log_sample_rate", "must be a number from 0 to 1")
+        telemetry_settings = TelemetrySettings(
+            log_subject=telemetry.get("subject", bool, False), allow_log_sample_rate=float(rate)
+        )
+        telemetry.finish()
         root.finish()
 
         token_keys = TokenKeys(
@@ -321,12 +339,14 @@ class _Builder:
             digest=self.digest.hexdigest(),
             files=tuple(str(f) for f in self.files),
             listen=listen,
+            admin_listen=admin_listen,
             claim_rules=claim_rules,
             token_keys=token_keys,
             tenants=tenants,
             upstream=upstream_settings,
             server=server_settings,
             remote_jwks=tuple(self.remote),
+            telemetry=telemetry_settings,
         )
 
     def _issuer(self, item: _Section) -> IssuerKeys:

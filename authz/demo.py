@@ -18,6 +18,7 @@ __all__ = ["DEMO_CONFIG", "setup_demo"]
 DEMO_CONFIG = """\
 # Demo configuration made by `authz demo`. Keys are in keys/ beside this file.
 listen: {listen}
+admin_listen: "127.0.0.1:9002"   # /metrics, /healthz, /readyz
 token:
   clock_skew: 30
   max_lifetime: 3600

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import ssl
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterable
@@ -31,6 +32,7 @@ __all__ = ["JwksRegistry", "JwksSettings", "RemoteJwks"]
 
 _log = logging.getLogger("authz.jwks")
 _MAX_BYTES = 1 << 20
+_MAX_ERROR_CHARS = 120  # last_error and the log's "error": short, whatever the document held
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +53,14 @@ class RemoteJwks:
         self.fetched_at: float | None = None
         self.results: Counter[str] = Counter()  # fetches by result: success, failure
         self.last_error: str | None = None
-        self._context = _ssl_context(settings.ca_file)
+        try:
+            self._context = _ssl_context(settings.ca_file)
+        except (ssl.SSLError, OSError) as exc:
+            # Not PEM, or no certificate in it: a configuration error naming the file,
+            # not an ssl.SSLError escaping load_config.
+            raise ConfigError(
+                settings.ca_file or "system trust store", f"not a usable CA bundle ({_describe(exc)})"
+            ) from None
         self._inflight: asyncio.Task[bool] | None = None
         self._last_attempt = float("-inf")
         self._task: asyncio.Task[None] | None = None
@@ -66,7 +75,8 @@ class RemoteJwks:
             data = _download(self.settings.uri, self._context, self.settings.timeout)
             keyset = keyset_from_jwks(_parse(data), Purpose.VERIFY, self.settings.uri)
         except ConfigError as exc:
-            return self._failed(exc.reason)
+            # The reason may quote values from the document (an unknown alg, a kid): clipped.
+            return self._failed(f"invalid JWKS document ({_clip(exc.reason)})")
         except Exception as exc:  # noqa: BLE001 - a bad fetch must never hurt serving
             return self._failed(_describe(exc))
         self.keyset = keyset
@@ -168,7 +178,16 @@ class JwksRegistry:
     def source(self, settings: JwksSettings) -> RemoteJwks:
         remote = self._sources.get(settings)
         if remote is None:
-            remote = self._sources[settings] = RemoteJwks(settings)
+            remote = RemoteJwks(settings)
+            # Other settings for the same URL (say, a new refresh_interval): start from the
+            # keys already fetched from it, so that a reload while the issuer is unreachable
+            # does not turn its tokens into issuer_keys_unavailable.
+            for other in list(self._sources.values()):  # a copy: start() may run meanwhile
+                same = (other.settings.uri, other.settings.ca_file) == (settings.uri, settings.ca_file)
+                if same and other.keyset is not None:
+                    remote.keyset, remote.fetched_at = other.keyset, other.fetched_at
+                    break
+            self._sources[settings] = remote
         return remote
 
     async def start(self, wanted: Iterable[RemoteJwks], first_fetch_wait: float) -> None:
@@ -185,7 +204,8 @@ class JwksRegistry:
             await asyncio.gather(*(r.wait_first(first_fetch_wait) for r in wanted))
 
     async def stop(self) -> None:
-        for remote in self._sources.values():
+        # A copy: a reload's load_config (a worker thread) may add sources during the awaits.
+        for remote in list(self._sources.values()):
             await remote.stop()
 
 
@@ -195,17 +215,54 @@ def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
     return context
 
 
+class _RedirectRefusedError(Exception):
+    """A redirect to anything but https (urllib follows https -> http by default)."""
+
+
+class _HttpsOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(  # noqa: PLR0917 - urllib's signature
+        self,
+        req: urllib.request.Request,
+        fp: Any,
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        if not newurl.lower().startswith("https://"):
+            raise _RedirectRefusedError(f"redirect (HTTP {code}) to a non-https URL refused")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 def _download(uri: str, context: ssl.SSLContext, timeout: float) -> bytes:
     if not uri.startswith("https://"):
         raise ValueError("jwks_uri must be https")
+    deadline = time.monotonic() + timeout
     request = urllib.request.Request(uri, headers={"Accept": "application/json"})  # noqa: S310 - https only
-    # No redirects to other schemes: urllib follows http(s) redirects only, and the
-    # certificate is verified for whatever host answers.
-    with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310
-        data: bytes = response.read(_MAX_BYTES + 1)
-    if len(data) > _MAX_BYTES:
+    # Redirects are followed to https URLs only, and the certificate is verified for
+    # whatever host answers.
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), _HttpsOnlyRedirects)
+    # ``timeout`` bounds each socket operation; the deadline bounds the body as a whole
+    # (a server sending a byte now and then must not hold a fetch for minutes).
+    try:
+        response = opener.open(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        exc.close()  # its body is never read
+        raise
+    with response:
+        chunks: list[bytes] = []
+        size = 0
+        while size <= _MAX_BYTES:
+            if time.monotonic() > deadline:
+                raise TimeoutError("JWKS download exceeded fetch_timeout")
+            chunk: bytes = response.read1(min(1 << 16, _MAX_BYTES + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    if size > _MAX_BYTES:
         raise ValueError("JWKS document too large")
-    return data
+    return b"".join(chunks)
 
 
 def _parse(data: bytes) -> Any:
@@ -216,12 +273,22 @@ def _parse(data: bytes) -> Any:
 
 def _describe(exc: Exception) -> str:
     """A short, safe description of a fetch failure (no response bodies)."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code}"  # never the body
+    if isinstance(exc, _RedirectRefusedError):
+        return str(exc)
     reason = getattr(exc, "reason", None)
-    code = getattr(exc, "code", None)
-    if code is not None:
-        return f"HTTP {code}"
     if isinstance(reason, BaseException):
-        return type(reason).__name__ + (f": {reason}" if isinstance(reason, ssl.SSLError | OSError) else "")
+        detail = f": {reason}" if isinstance(reason, ssl.SSLError | OSError) else ""
+        return _clip(type(reason).__name__ + detail)
+    if isinstance(exc, ssl.SSLError | OSError):
+        return _clip(f"{type(exc).__name__}: {exc}")
     if isinstance(exc, ValueError):
-        return f"invalid JWKS document ({exc})"
+        return f"invalid JWKS document ({_clip(str(exc))})"
     return type(exc).__name__
+
+
+def _clip(text: str) -> str:
+    """Printable ASCII, at most _MAX_ERROR_CHARS characters."""
+    clean = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return clean if len(clean) <= _MAX_ERROR_CHARS else clean[: _MAX_ERROR_CHARS - 3] + "..."

@@ -144,6 +144,9 @@ class KeySet:
     def __len__(self) -> int:
         return len(self.by_kid)
 
+    def size(self) -> int:
+        return len(self.by_kid)
+
     def select(self, kid: str | None, alg: str) -> tuple[Key, ...]:
         """Keys a token may be tried with: the one named by ``kid``, else a bounded few.
 
@@ -162,6 +165,8 @@ class KeyLookup(Protocol):
 
     def select(self, kid: str | None, alg: str) -> tuple[Key, ...]: ...
 
+    def size(self) -> int: ...
+
 
 class RemoteKeys(Protocol):
     """The current key set of a ``jwks_uri`` (authz.jwks.RemoteJwks); None before the first fetch."""
@@ -176,6 +181,11 @@ class IssuerKeys:
 
     static: KeySet
     remote: RemoteKeys | None = None
+
+    def size(self) -> int:
+        """Keys known now: from files, plus the last good fetch."""
+        keyset = self.remote.keyset if self.remote is not None else None
+        return len(self.static) + (len(keyset) if keyset is not None else 0)
 
     def select(self, kid: str | None, alg: str) -> tuple[Key, ...]:
         found = self.static.select(kid, alg)

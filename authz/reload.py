@@ -13,13 +13,15 @@ A change is debounced (bursts merge into one reload), the new snapshot is built
 in a worker thread (key imports take tens of milliseconds), then swapped in
 with one assignment: requests in flight keep the snapshot they started with.
 A failed build keeps the last good snapshot, logs one error with file, line
-and reason, and counts.
+and reason, and counts; the file it names is watched from then on (a new key
+file the config names may appear or be fixed later).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import time
@@ -44,11 +46,23 @@ def fingerprint(paths: Sequence[str]) -> Fingerprint:
     for path in paths:
         try:
             st = os.stat(path)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL byte in the path
             states.append((path, None))
         else:
             states.append((path, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)))
     return tuple(states)
+
+
+def _content_digest(paths: Sequence[str]) -> str | None:
+    """sha256 over the files' bytes in order, as authz.config computes Config.digest; None if unreadable."""
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            with open(path, "rb") as handle:
+                digest.update(handle.read())
+        except (OSError, ValueError):
+            return None
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +95,17 @@ class Reloader:
         self._debounce = debounce
         self._loader = loader
         self._prepare = prepare
-        self._results: Counter[str] = Counter()
+        self._results: Counter[str] = Counter(success=0, failure=0, unchanged=0)
         self._last_error: str | None = None
         self._loaded_at = time.time()
         self._watched = self._files()
         self._seen = fingerprint(self._watched)
+        # The snapshot was loaded before this watcher existed (serve() awaits first
+        # JWKS fetches in between): a change made meanwhile must not go unseen until
+        # the next one. Stat first, then compare contents, so no change falls between.
+        config = holder.current
+        if config is None or _content_digest(config.files) != config.digest:
+            self._seen = ()  # reload on the first poll ("unchanged" if only the digest rule differs)
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -117,10 +137,12 @@ class Reloader:
             self._watched = tuple(config.files)
             if current is not None and current.digest == config.digest:
                 self._results["unchanged"] += 1
+                self._last_error = None  # the files are good again (e.g. a bad edit reverted)
                 return True
             if self._prepare is not None:
                 await self._prepare(config)
         except ConfigError as exc:
+            self._watch_also(exc.file)
             return self._failed(str(exc))
         except Exception as exc:  # noqa: BLE001 - a reload must never take the service down
             return self._failed(f"{self._path}: unexpected {type(exc).__name__}")
@@ -157,6 +179,14 @@ class Reloader:
             },
         )
         return False
+
+    def _watch_also(self, file: str) -> None:
+        """Watch the file a failed load names: the config may name a key file that is
+        missing or bad; its appearance or fix must trigger the next reload. Kept until
+        the next successful load replaces the watch list."""
+        path = file.partition(": key #")[0]  # authz.keys names a bad key "FILE: key #N (kid ...)"
+        if os.path.isabs(path) and path not in self._watched:
+            self._watched = (*self._watched, path)
 
     def _files(self) -> tuple[str, ...]:
         config = self._holder.current

@@ -17,11 +17,13 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from authz._proto import DESCRIPTOR_POOL
+from authz.admin import run_admin
 from authz.config import Config, ServerSettings, load_config
 from authz.errors import ConfigError
 from authz.jwks import JwksRegistry
 from authz.reload import Reloader
 from authz.service import AUTHORIZATION_SERVICE, AuthorizationService, Clock, SnapshotHolder
+from authz.telemetry import Telemetry, config_metrics, tracer_provider_from_env
 
 __all__ = ["AUTHORIZATION_SERVICE", "RunningServer", "run_server", "serve"]
 
@@ -48,6 +50,7 @@ async def run_server(
     listen: str,
     settings: ServerSettings,
     clock: Clock = time.time,
+    telemetry: Telemetry | None = None,
 ) -> AsyncIterator[RunningServer]:
     """Start a server on ``listen`` (port 0 picks a free port) and drain it on exit."""
     server = grpc.aio.server(
@@ -59,7 +62,7 @@ async def run_server(
         maximum_concurrent_rpcs=settings.max_concurrent_checks,
     )
     _register_descriptors()
-    server.add_generic_rpc_handlers((AuthorizationService(holder, clock).handler(),))
+    server.add_generic_rpc_handlers((AuthorizationService(holder, clock, telemetry).handler(),))
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -101,28 +104,48 @@ def _register_descriptors() -> None:
             DESCRIPTOR_POOL.AddSerializedFile(file.serialized_pb)
 
 
-async def serve(config_path: str, listen: str | None) -> int:
+async def serve(config_path: str, listen: str | None, admin_listen: str | None = None) -> int:
     """Run until SIGTERM or SIGINT; returns the process exit code.
 
     Start-up: the config is loaded (a missing or invalid one exits 2 with the
     reason); the server listens with health NOT_SERVING while the first fetch
     of any ``jwks_uri`` is awaited (bounded); then the snapshot is installed,
-    health turns SERVING and the files are watched for changes.
+    health turns SERVING and the files are watched for changes. Tracing is set
+    up from the ``OTEL_*`` environment and flushed on the way out.
     """
     registry = JwksRegistry()
     try:
         config = load_config(config_path, registry)
+        provider = tracer_provider_from_env()
     except ConfigError as exc:
         _log.error("configuration rejected", extra={"fields": {"error": str(exc)}})
         return 2
+    except ValueError as exc:  # an OTEL_* variable asks for something we cannot do
+        _log.error("telemetry configuration rejected", extra={"fields": {"error": str(exc)}})
+        return 2
+    telemetry = Telemetry(provider)
     address = listen or config.listen or "127.0.0.1:9001"
+    admin_address = admin_listen or config.admin_listen
     holder = SnapshotHolder()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with run_server(holder, address, config.server) as running:
+        async with contextlib.AsyncExitStack() as stack:
+            running = await stack.enter_async_context(
+                run_server(holder, address, config.server, telemetry=telemetry)
+            )
+            reloader: Reloader | None = None
+            admin_port = None
+            if admin_address:
+                ready = functools.partial(_ready, holder, stop)
+                admin_port = await stack.enter_async_context(
+                    run_admin(admin_address, telemetry.registry, ready)
+                )
+            telemetry.registry.collector(
+                config_metrics(holder, lambda: reloader.status if reloader else None)
+            )
             await _prepare(registry, config)
             holder.swap(config)
             await running.set_serving(True)
@@ -139,6 +162,8 @@ async def serve(config_path: str, listen: str | None) -> int:
                     "fields": {
                         "listen": address,
                         "port": running.port,
+                        "admin_port": admin_port,
+                        "tracing": provider is not None,
                         "config": config.source,
                         "config_sha256": config.digest,
                         "generation": holder.generation,
@@ -153,8 +178,14 @@ async def serve(config_path: str, listen: str | None) -> int:
     except OSError as exc:
         _log.error("cannot serve", extra={"fields": {"error": str(exc)}})
         return 1
+    finally:
+        await asyncio.to_thread(telemetry.shutdown)
     _log.info("stopped")
     return 0
+
+
+def _ready(holder: SnapshotHolder, stopping: asyncio.Event) -> bool:
+    return holder.current is not None and not stopping.is_set()
 
 
 async def _prepare(registry: JwksRegistry, config: Config) -> None:

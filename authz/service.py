@@ -77,10 +77,9 @@ def parse(data: bytes) -> CheckRequest | Decision:
 
 
 def decide_request(
-    holder: SnapshotHolder, request: AuthzRequest, clock: Clock, steps: Steps = NO_STEPS
+    config: Config | None, request: AuthzRequest, clock: Clock, steps: Steps = NO_STEPS
 ) -> Decision:
-    """Decide a request on the current snapshot (read once: a reload mid-check cannot split it)."""
-    config = holder.current
+    """Decide a request on one snapshot (read once per check: a reload mid-check cannot split it)."""
     if config is None:
         return reject("not_ready", "no configuration loaded yet")
     return decide(config, request, clock(), steps)
@@ -90,10 +89,11 @@ def evaluate(
     holder: SnapshotHolder, message: CheckRequest, clock: Clock, steps: Steps = NO_STEPS
 ) -> tuple[Decision, AuthzRequest | None, str]:
     """Decide one CheckRequest: (decision, the request as read, request id). Never raises."""
+    config = holder.current
     request, early, request_id = read(message)
     if request is None:
         return early or reject("request_malformed"), None, request_id
-    return decide_request(holder, request, clock, steps), request, request_id
+    return decide_request(config, request, clock, steps), request, request_id
 
 
 def check(
@@ -102,9 +102,16 @@ def check(
     """Answer one CheckRequest, synchronously, without a span: the library and test entry point."""
     start = time.perf_counter()
     telemetry = telemetry or _DEFAULT_TELEMETRY
+    config = holder.current
     decision, request, request_id = evaluate(holder, message, clock, telemetry)
     telemetry.finish(
-        None, decision, request, request_id=request_id, parent=Context(), elapsed=time.perf_counter() - start
+        None,
+        decision,
+        request,
+        request_id=request_id,
+        parent=Context(),
+        elapsed=time.perf_counter() - start,
+        settings=config.telemetry if config else None,
     )
     return respond(decision, request_id)
 
@@ -148,6 +155,7 @@ class AuthorizationService:
     async def check(self, data: bytes, context: grpc.aio.ServicerContext[Any, Any] | None) -> CheckResponse:
         start = time.perf_counter()
         telemetry = self._telemetry
+        config = self._holder.current  # once: the whole check runs on this snapshot
         parsed = parse(data)
         request: AuthzRequest | None = None
         early: Decision | None = parsed if isinstance(parsed, Decision) else None
@@ -157,9 +165,12 @@ class AuthorizationService:
         metadata = context.invocation_metadata() if context is not None else None
         parent = extract_parent(metadata or (), request.headers if request else None)
         with telemetry.check_span(parent) as span:
-            decision = early or self._decide(request)
-            if decision.reason == "signing_key_unknown" and await refetch_issuer_keys(self._holder.current):
-                decision = self._decide(request)
+            if request is None:
+                decision = early or reject("request_malformed")
+            else:
+                decision = decide_request(config, request, self._clock, telemetry)
+                if decision.reason == "signing_key_unknown" and await refetch_issuer_keys(config):
+                    decision = decide_request(config, request, self._clock, telemetry)
             telemetry.finish(
                 span,
                 decision,
@@ -167,13 +178,9 @@ class AuthorizationService:
                 request_id=request_id,
                 parent=parent,
                 elapsed=time.perf_counter() - start,
+                settings=config.telemetry if config else None,
             )
         return respond(decision, request_id)
-
-    def _decide(self, request: AuthzRequest | None) -> Decision:
-        if request is None:  # not reached: a request that was not read has its deny already
-            return reject("request_malformed")
-        return decide_request(self._holder, request, self._clock, self._telemetry)
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(

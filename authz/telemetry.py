@@ -23,8 +23,8 @@ import logging
 import os
 import random
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -36,19 +36,23 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from authz.config import Config, TelemetrySettings
 from authz.decision import Decision, Verdict
-from authz.metrics import Registry
+from authz.metrics import Registry, Sample
+from authz.reload import ReloadStatus
 from authz.request import AuthzRequest
 
 __all__ = [
     "CHECK_SPAN",
     "Telemetry",
+    "config_metrics",
     "exporter_from_env",
     "extract_parent",
     "tracer_provider_from_env",
 ]
 
 CHECK_SPAN = "envoy.service.auth.v3.Authorization/Check"
+_DEFAULT_SETTINGS = TelemetrySettings(log_subject=False, allow_log_sample_rate=1.0)
 _log = logging.getLogger("authz.decision")
 
 # The last propagator that finds a valid context wins: W3C over B3 when both are sent.
@@ -130,14 +134,10 @@ class Telemetry:
         provider: TracerProvider | None = None,
         *,
         registry: Registry | None = None,
-        log_subject: bool = False,
-        allow_log_sample_rate: float = 1.0,
     ) -> None:
         self.provider = provider
         self.tracer = provider.get_tracer("envoy-jwe-authz") if provider is not None else None
         self.registry = registry or Registry()
-        self.log_subject = log_subject
-        self.allow_log_sample_rate = allow_log_sample_rate
         self.checks = self.registry.counter(
             "authz_checks_total",
             "Checks answered, by tenant, decision and reason.",
@@ -196,19 +196,23 @@ class Telemetry:
         request_id: str,
         parent: Context,
         elapsed: float,
+        settings: TelemetrySettings | None,
     ) -> None:
         """Record the decision: span attributes and status, metrics, decision log line."""
+        settings = settings or _DEFAULT_SETTINGS
         self.checks.inc((decision.tenant or "", decision.verdict.value, decision.reason))
         self.latency.observe((decision.verdict.value,), elapsed)
-        attributes = self._attributes(decision, request)
+        attributes = self._attributes(decision, request, settings)
         if span is not None:
             span.set_attributes(attributes)
             span.set_attribute("rpc.grpc.status_code", 0)  # every answer is a CheckResponse
             if decision.reason == "internal_error":
                 span.set_status(Status(StatusCode.ERROR, "internal_error"))
-        self._log(decision, request, request_id, span, parent)
+        self._log(decision, request, request_id=request_id, span=span, parent=parent, settings=settings)
 
-    def _attributes(self, decision: Decision, request: AuthzRequest | None) -> dict[str, Any]:
+    def _attributes(
+        self, decision: Decision, request: AuthzRequest | None, settings: TelemetrySettings
+    ) -> dict[str, Any]:
         attributes: dict[str, Any] = {
             "authz.decision": decision.verdict.value,
             "authz.reason": decision.reason,
@@ -220,7 +224,7 @@ class Telemetry:
             ("authz.decryption_key_id", decision.decryption_key_id),
             ("http.request.method", request.method if request else None),
             ("url.path", request.path if request else None),
-            ("authz.subject", decision.subject if self.log_subject else None),
+            ("authz.subject", decision.subject if settings.log_subject else None),
         ):
             if value:
                 attributes[key] = value
@@ -230,11 +234,13 @@ class Telemetry:
         self,
         decision: Decision,
         request: AuthzRequest | None,
+        *,
         request_id: str,
         span: trace.Span | None,
         parent: Context,
+        settings: TelemetrySettings,
     ) -> None:
-        rate = self.allow_log_sample_rate
+        rate = settings.allow_log_sample_rate
         # Denies are always logged; allows may be sampled.
         if decision.verdict is Verdict.ALLOW and rate < 1.0 and random.random() >= rate:  # noqa: S311
             return
@@ -250,7 +256,7 @@ class Telemetry:
             "path": request.path if request else None,
             "kid": decision.key_id,
         }
-        if self.log_subject:
+        if settings.log_subject:
             fields["subject"] = decision.subject
         if decision.detail:
             fields["detail"] = decision.detail
@@ -260,3 +266,64 @@ class Telemetry:
         """Flush and stop the exporter (on server shutdown)."""
         if self.provider is not None:
             self.provider.shutdown()
+
+
+class _Holder(Protocol):
+    current: Config | None
+    generation: int
+
+
+def config_metrics(
+    holder: _Holder, reload_status: Callable[[], ReloadStatus | None]
+) -> Callable[[], list[Sample]]:
+    """A scrape-time collector for the loaded configuration, its reloads, keys and JWKS fetches."""
+
+    def collect() -> list[Sample]:
+        config = holder.current
+        generation = [((), float(holder.generation))]
+        samples = [
+            Sample("authz_config_generation", "gauge", "Generation of the loaded config.", (), generation)
+        ]
+        status = reload_status()
+        if status is not None:
+            results = sorted(((r,), float(n)) for r, n in status.results.items())
+            samples.append(
+                Sample(
+                    "authz_config_reloads_total", "counter", "Config reloads by result.", ("result",), results
+                )
+            )
+            loaded = [((), status.loaded_at)]
+            samples.append(
+                Sample(
+                    "authz_config_last_success_timestamp_seconds",
+                    "gauge",
+                    "Last good config load.",
+                    (),
+                    loaded,
+                )
+            )
+        if config is None:
+            return samples
+        sizes: list[tuple[tuple[str, ...], float]] = [
+            (("decryption", ""), float(len(config.token_keys.decryption)))
+        ]
+        for issuer, keys in sorted(config.token_keys.issuers.items()):
+            sizes.append((("issuer", issuer), float(keys.size())))
+        samples.append(Sample("authz_keys", "gauge", "Keys loaded, by key set.", ("set", "issuer"), sizes))
+        fetches = [
+            ((remote.settings.uri, result), float(count))
+            for remote in config.remote_jwks
+            for result, count in sorted(remote.results.items())
+        ]
+        samples.append(
+            Sample(
+                "authz_jwks_fetches_total",
+                "counter",
+                "JWKS fetches by result.",
+                ("jwks_uri", "result"),
+                fetches,
+            )
+        )
+        return samples
+
+    return collect

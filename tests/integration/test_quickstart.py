@@ -50,8 +50,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Envoy
         capture_output=True,
         timeout=60,
     )
+    # The demo's admin port is fixed (9002): a test must not collide with a running demo.
     server = subprocess.Popen(
-        [*authz, "serve", "--config", str(folder / "config.yaml")],
+        [*authz, "serve", "--config", str(folder / "config.yaml"), "--admin-listen", "127.0.0.1:0"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
