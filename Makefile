@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 LISTEN ?= 127.0.0.1:9001
 DEMO   ?= .demo
 
-.PHONY: run test lint typecheck protos check-config clean
+.PHONY: run test lint typecheck protos bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,3 +39,8 @@ protos: $(VENV)/.installed-dev
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache
+
+## bench: benchmarks (not tests): numbers and ratios against a baseline measured in the same run
+bench: $(VENV)/.installed-dev
+	mkdir -p bench/results
+	$(PY) bench/bench_tracing.py --json bench/results/tracing.json

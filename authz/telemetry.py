@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.b3 import B3MultiFormat, B3SingleFormat
-from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
@@ -38,7 +38,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from authz.config import Config, TelemetrySettings
 from authz.decision import Decision, Verdict
-from authz.metrics import Registry, Sample
+from authz.metrics import Histogram, Registry, Sample
 from authz.reload import ReloadStatus
 from authz.request import AuthzRequest
 
@@ -55,8 +55,12 @@ CHECK_SPAN = "envoy.service.auth.v3.Authorization/Check"
 _DEFAULT_SETTINGS = TelemetrySettings(log_subject=False, allow_log_sample_rate=1.0)
 _log = logging.getLogger("authz.decision")
 
-# The last propagator that finds a valid context wins: W3C over B3 when both are sent.
-_PROPAGATOR = CompositePropagator([B3SingleFormat(), B3MultiFormat(), TraceContextTextMapPropagator()])
+# W3C wins over B3 when both are sent.
+_FORMATS: tuple[tuple[str, TextMapPropagator], ...] = (
+    ("traceparent", TraceContextTextMapPropagator()),
+    ("b3", B3SingleFormat()),
+    ("x-b3-traceid", B3MultiFormat()),
+)
 _TRACE_KEYS = frozenset({"traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-sampled",
                          "x-b3-flags", "x-b3-parentspanid"})  # fmt: skip
 
@@ -115,15 +119,42 @@ def extract_parent(
 ) -> Context:
     """The parent context: from the gRPC metadata, else from the request's headers."""
     carrier = {k.lower(): v for k, v in metadata if isinstance(v, str) and k.lower() in _TRACE_KEYS}
-    if carrier:
-        context = _PROPAGATOR.extract(carrier)
-        if trace.get_current_span(context).get_span_context().is_valid:
-            return context
+    context = _extract(carrier)
+    if context is not None:
+        return context
     if headers:
         carrier = {k: v[0] for k, v in headers.items() if k in _TRACE_KEYS and v}
-        if carrier:
-            return _PROPAGATOR.extract(carrier)
+        context = _extract(carrier)
+        if context is not None:
+            return context
     return Context()
+
+
+def _extract(carrier: Mapping[str, str]) -> Context | None:
+    """W3C first, then B3 single, then B3 multi: only a format that was sent is parsed."""
+    for key, propagator in _FORMATS:
+        if key in carrier:
+            context = propagator.extract(carrier)
+            if trace.get_current_span(context).get_span_context().is_valid:
+                return context
+    return None
+
+
+class _Timer:
+    """Times a block into a histogram; a class, not a generator, for speed."""
+
+    __slots__ = ("_histogram", "_labels", "_start")
+
+    def __init__(self, labels: tuple[str, ...], histogram: Histogram) -> None:
+        self._labels = labels
+        self._histogram = histogram
+        self._start = 0.0
+
+    def __enter__(self) -> None:
+        self._start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self._histogram.observe(self._labels, time.perf_counter() - self._start)
 
 
 class Telemetry:
@@ -146,6 +177,7 @@ class Telemetry:
         self.latency = self.registry.histogram(
             "authz_check_duration_seconds", "Time to decide a check, by decision.", ("decision",)
         )
+        self._timers: dict[str, _Timer] = {}
         self.step_latency = self.registry.histogram(
             "authz_token_step_duration_seconds",
             "Time of the token steps: decrypt, verify, policy.",
@@ -174,16 +206,23 @@ class Telemetry:
         ) as span:
             yield span
 
-    @contextlib.contextmanager
-    def step(self, name: str) -> Iterator[None]:
+    def step(self, name: str) -> contextlib.AbstractContextManager[None]:
         """A step of the decision: timed for metrics, a child span when tracing."""
+        if self.tracer is None:
+            # One reusable timer per step name: steps never nest or interleave
+            # (the decision is synchronous), and this path must cost next to nothing.
+            timer = self._timers.get(name)
+            if timer is None:
+                timer = self._timers[name] = _Timer((name,), self.step_latency)
+            return timer
+        return self._traced_step(name)
+
+    @contextlib.contextmanager
+    def _traced_step(self, name: str) -> Iterator[None]:
         start = time.perf_counter()
         try:
-            if self.tracer is None:
+            with self.tracer.start_as_current_span(name, record_exception=False):  # type: ignore[union-attr]
                 yield
-            else:
-                with self.tracer.start_as_current_span(name, record_exception=False):
-                    yield
         finally:
             self.step_latency.observe((name,), time.perf_counter() - start)
 
@@ -243,6 +282,8 @@ class Telemetry:
         rate = settings.allow_log_sample_rate
         # Denies are always logged; allows may be sampled.
         if decision.verdict is Verdict.ALLOW and rate < 1.0 and random.random() >= rate:  # noqa: S311
+            return
+        if not _log.isEnabledFor(logging.INFO):
             return
         context = (span or trace.get_current_span(parent)).get_span_context()
         fields: dict[str, Any] = {
