@@ -31,10 +31,10 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from authz.decision import decide  # noqa: E402
-from authz.service import AuthorizationService, SnapshotHolder, parse, read, respond  # noqa: E402
-from authz.telemetry import Telemetry  # noqa: E402
-from tests.helpers import NOW, build_world, check_request  # noqa: E402
+from authz.decision import decide
+from authz.service import AuthorizationService, SnapshotHolder, parse, read, respond
+from authz.telemetry import Telemetry
+from tests.helpers import NOW, build_world, check_request
 
 
 class _Drop(SpanExporter):
@@ -83,9 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     on = AuthorizationService(holder, clock, Telemetry(provider))
 
     async def bare() -> object:
-        request, _, request_id = read(parse(data))  # type: ignore[arg-type]
-        assert request is not None
-        return respond(decide(config, request, NOW), request_id)
+        request, early, request_id = read(parse(data))  # type: ignore[arg-type]
+        return respond(decide(config, request, NOW) if request else early, request_id)  # type: ignore[arg-type]
 
     variants: dict[str, Callable[[], Awaitable[object]]] = {
         "bare": bare,
