@@ -36,6 +36,7 @@ from authz.errors import ConfigError
 __all__ = ["ReloadStatus", "Reloader", "fingerprint"]
 
 _log = logging.getLogger("authz.reload")
+_MAX_SETTLE = 1.5  # seconds: a change is loaded within about interval + this
 
 Fingerprint = tuple[tuple[str, tuple[int, ...] | None], ...]
 
@@ -198,8 +199,11 @@ class Reloader:
             now = fingerprint(self._watched)
             if now == self._seen:
                 continue
-            # Debounce: wait until the files stop changing, then reload once.
-            while True:
+            # Debounce: wait until the files stop changing, then reload once; but
+            # never longer than the bound, or a file rewritten faster than the
+            # debounce would never be reloaded.
+            deadline = time.monotonic() + _MAX_SETTLE
+            while time.monotonic() < deadline:
                 await asyncio.sleep(self._debounce)
                 settled = fingerprint(self._watched)
                 if settled == now:

@@ -86,10 +86,13 @@ def decide_request(
 
 
 def evaluate(
-    holder: SnapshotHolder, message: CheckRequest, clock: Clock, steps: Steps = NO_STEPS
+    holder: SnapshotHolder | Config | None, message: CheckRequest, clock: Clock, steps: Steps = NO_STEPS
 ) -> tuple[Decision, AuthzRequest | None, str]:
-    """Decide one CheckRequest: (decision, the request as read, request id). Never raises."""
-    config = holder.current
+    """Decide one CheckRequest: (decision, the request as read, request id). Never raises.
+
+    Given a holder, its current snapshot is read once; given a snapshot, that one decides.
+    """
+    config = holder.current if isinstance(holder, SnapshotHolder) else holder
     request, early, request_id = read(message)
     if request is None:
         return early or reject("request_malformed"), None, request_id
@@ -102,8 +105,8 @@ def check(
     """Answer one CheckRequest, synchronously, without a span: the library and test entry point."""
     start = time.perf_counter()
     telemetry = telemetry or _DEFAULT_TELEMETRY
-    config = holder.current
-    decision, request, request_id = evaluate(holder, message, clock, telemetry)
+    config = holder.current  # once: decision and telemetry settings from the same snapshot
+    decision, request, request_id = evaluate(config, message, clock, telemetry)
     telemetry.finish(
         None,
         decision,
