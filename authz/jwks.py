@@ -59,7 +59,7 @@ class RemoteJwks:
             # Not PEM, or no certificate in it: a configuration error naming the file,
             # not an ssl.SSLError escaping load_config.
             raise ConfigError(
-                settings.ca_file or "system trust store", f"not a usable CA bundle ({_describe(exc)})"
+                settings.ca_file or "system trust store", _clip(f"not a usable CA bundle ({_describe(exc)})")
             ) from None
         self._inflight: asyncio.Task[bool] | None = None
         self._last_attempt = float("-inf")
@@ -75,8 +75,8 @@ class RemoteJwks:
             data = _download(self.settings.uri, self._context, self.settings.timeout)
             keyset = keyset_from_jwks(_parse(data), Purpose.VERIFY, self.settings.uri)
         except ConfigError as exc:
-            # The reason may quote values from the document (an unknown alg, a kid): clipped.
-            return self._failed(f"invalid JWKS document ({_clip(exc.reason)})")
+            # The reason may quote values of the document (an unknown alg, a kid): clipped.
+            return self._failed(f"invalid JWKS document ({exc.reason})")
         except Exception as exc:  # noqa: BLE001 - a bad fetch must never hurt serving
             return self._failed(_describe(exc))
         self.keyset = keyset
@@ -127,6 +127,7 @@ class RemoteJwks:
             self._first.set()
 
     def _failed(self, reason: str) -> bool:
+        reason = _clip(reason)
         self.results["failure"] += 1
         self.last_error = reason
         _log.error(
@@ -278,17 +279,19 @@ def _describe(exc: Exception) -> str:
     if isinstance(exc, _RedirectRefusedError):
         return str(exc)
     reason = getattr(exc, "reason", None)
+    if isinstance(reason, ssl.SSLCertVerificationError):  # the short part: what is wrong with it
+        return f"TLS {reason.reason}: {reason.verify_message}"
     if isinstance(reason, BaseException):
         detail = f": {reason}" if isinstance(reason, ssl.SSLError | OSError) else ""
-        return _clip(type(reason).__name__ + detail)
+        return type(reason).__name__ + detail
     if isinstance(exc, ssl.SSLError | OSError):
-        return _clip(f"{type(exc).__name__}: {exc}")
+        return f"{type(exc).__name__}: {exc}"
     if isinstance(exc, ValueError):
-        return f"invalid JWKS document ({_clip(str(exc))})"
+        return f"invalid JWKS document ({exc})"
     return type(exc).__name__
 
 
 def _clip(text: str) -> str:
-    """Printable ASCII, at most _MAX_ERROR_CHARS characters."""
+    """Printable ASCII, at most _MAX_ERROR_CHARS characters (callers never pass a body)."""
     clean = "".join(c if " " <= c <= "~" else "?" for c in text)
     return clean if len(clean) <= _MAX_ERROR_CHARS else clean[: _MAX_ERROR_CHARS - 3] + "..."
