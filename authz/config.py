@@ -359,13 +359,15 @@ class _Builder:
             uri = item.get("jwks_uri", str)
             if not uri.startswith("https://"):
                 raise item.error("jwks_uri", "must be an https:// URL")
-            ca_file = None
+            ca_file = ca_digest = None
             if "ca_file" in item.data:
                 ca_path = self._path(item.get("ca_file", str))
-                ca_file = str(self._read(ca_path, item, "ca_file", "CA bundle"))
+                ca_digest = hashlib.sha256(self._read(ca_path, item, "ca_file", "CA bundle")).hexdigest()
+                ca_file = str(ca_path)
             settings = JwksSettings(
                 uri=uri,
                 ca_file=ca_file,
+                ca_digest=ca_digest,
                 refresh_interval=_seconds(item, "refresh_interval", 300.0),
                 min_refetch_interval=_seconds(item, "min_refetch_interval", 30.0),
                 timeout=_seconds(item, "fetch_timeout", 5.0),
@@ -383,7 +385,7 @@ class _Builder:
         # path the operator wrote (Kubernetes swaps the ..data link behind it).
         return Path(os.path.abspath(self.path.parent / relative))
 
-    def _read(self, path: Path, section: _Section, key: str, what: str) -> Path:
+    def _read(self, path: Path, section: _Section, key: str, what: str) -> bytes:
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -394,7 +396,7 @@ class _Builder:
             ) from None
         self.digest.update(data)
         self.files.append(path)
-        return path
+        return data
 
     def _keys(self, section: _Section, key: str, purpose: Purpose) -> KeySet:
         section.used.add(key)

@@ -60,6 +60,7 @@ class Decision:
     strip_authorization: bool = False
     key_id: str | None = None  # the signing key's kid, else the decryption key's (configured kids)
     decryption_key_id: str | None = None
+    issuer: str | None = None  # a configured issuer the token named (verified, or a refetch hint)
     detail: str = ""  # for logs only
 
     @property
@@ -94,6 +95,8 @@ def decide(config: Config, request: AuthzRequest, now: float, steps: Steps = NO_
         decision = _decide(config, request, now, progress, steps)
     except AuthzError as exc:
         decision = _deny(progress, exc.code, exc.detail, config)
+        if exc.issuer is not None:
+            decision = replace(decision, issuer=exc.issuer)
     except Exception as exc:  # noqa: BLE001 - fail closed on our own faults too
         decision = _deny(progress, "internal_error", f"unexpected {type(exc).__name__}", config)
     tenant = progress.tenant
@@ -218,6 +221,7 @@ def _deny(progress: _Progress, code: str, detail: str, config: Config) -> Decisi
         strip_authorization=config.upstream.strip_authorization,
         key_id=(token.signing_kid or token.decryption_kid) if token else None,
         decryption_key_id=token.decryption_kid if token else None,
+        issuer=claims.issuer if claims else None,
         detail=detail,
     )
 

@@ -94,14 +94,17 @@ class AuthzError(Exception):
     ``detail`` must never contain token bytes, claim values or key material.
     """
 
-    __slots__ = ("code", "detail")
+    __slots__ = ("code", "detail", "issuer")
 
-    def __init__(self, code: str, detail: str = "") -> None:
+    def __init__(self, code: str, detail: str = "", *, issuer: str | None = None) -> None:
         if code not in REASONS:
             raise ValueError(f"unknown reason code {code!r}")
         super().__init__(code)
         self.code = code
         self.detail = detail
+        # The (configured) issuer a failing token named, where that helps recovery:
+        # an unknown signing kid sends us to refetch that issuer's keys.
+        self.issuer = issuer
 
     @property
     def outcome(self) -> Outcome:

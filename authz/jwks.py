@@ -39,6 +39,7 @@ _MAX_ERROR_CHARS = 120  # last_error and the log's "error": short, whatever the 
 class JwksSettings:
     uri: str
     ca_file: str | None  # PEM bundle for a private IdP; None: the system's trust store
+    ca_digest: str | None  # sha256 of that bundle: new content at the same path is a new source
     refresh_interval: float  # seconds between scheduled fetches
     min_refetch_interval: float  # at most one unknown-kid refetch per this many seconds
     timeout: float  # one fetch, connect to last byte

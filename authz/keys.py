@@ -174,6 +174,8 @@ class RemoteKeys(Protocol):
     @property
     def keyset(self) -> KeySet | None: ...
 
+    async def refetch_for_unknown_kid(self, wait: float) -> bool: ...
+
 
 @dataclass(frozen=True, slots=True)
 class IssuerKeys:

@@ -146,6 +146,8 @@ async def serve(config_path: str, listen: str | None, admin_listen: str | None =
             telemetry.registry.collector(
                 config_metrics(holder, lambda: reloader.status if reloader else None)
             )
+            # Listening, NOT_SERVING until the first jwks_uri fetches are in (bounded).
+            _log.info("listening", extra={"fields": {"port": running.port, "admin_port": admin_port}})
             await _prepare(registry, config)
             holder.swap(config)
             await running.set_serving(True)

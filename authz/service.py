@@ -7,7 +7,6 @@ writes one decision log line.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -128,17 +127,20 @@ def respond(decision: Decision, request_id: str) -> CheckResponse:
         return _fallback_deny()
 
 
-async def refetch_issuer_keys(config: Config | None) -> bool:
-    """A token named a signing kid we lack: refetch the jwks_uri sources (rate-limited).
+async def refetch_issuer_keys(config: Config | None, decision: Decision) -> bool:
+    """A token named a signing kid its issuer lacks: refetch that issuer's jwks_uri.
 
-    Waits at most the configured bound; True when some source got fresh keys,
-    so the request is worth evaluating once more.
+    Rate-limited per source, and waits at most the configured bound; True when
+    fresh keys arrived, so the request is worth evaluating once more.
     """
-    if config is None or not config.remote_jwks:
+    if config is None or decision.reason != "signing_key_unknown" or decision.issuer is None:
         return False
-    wait = config.server.jwks_unknown_kid_wait
-    results = await asyncio.gather(*(r.refetch_for_unknown_kid(wait) for r in config.remote_jwks))
-    return any(results)
+    keys = config.token_keys.issuers.get(decision.issuer)
+    remote = getattr(keys, "remote", None)
+    if remote is None:
+        return False
+    refreshed: bool = await remote.refetch_for_unknown_kid(config.server.jwks_unknown_kid_wait)
+    return refreshed
 
 
 class AuthorizationService:
@@ -172,7 +174,7 @@ class AuthorizationService:
                 decision = early or reject("request_malformed")
             else:
                 decision = decide_request(config, request, self._clock, telemetry)
-                if decision.reason == "signing_key_unknown" and await refetch_issuer_keys(config):
+                if await refetch_issuer_keys(config, decision):
                     decision = decide_request(config, request, self._clock, telemetry)
             telemetry.finish(
                 span,

@@ -139,7 +139,12 @@ def _open(outer: DecryptedToken, keys: TokenKeys) -> VerifiedToken:
         raise AuthzError("issuer_unknown")
     if keys.allowed_typ:
         _check_typ(header.get("typ"), keys.allowed_typ)
-    key = _verify_signature(header, signing_input, signature, keys.issuers[issuer])
+    try:
+        key = _verify_signature(header, signing_input, signature, keys.issuers[issuer])
+    except AuthzError as exc:
+        if exc.code == "signing_key_unknown":
+            raise AuthzError(exc.code, exc.detail, issuer=issuer) from None
+        raise
     return VerifiedToken(claims, True, outer.key.kid, outer.key.symmetric, key.kid, issuer)
 
 

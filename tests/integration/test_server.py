@@ -441,7 +441,7 @@ def test_subprocess_drains_on_sigterm_and_logs_no_token(served: Served, world: W
         time.sleep(0.02)  # the reader thread may still be catching up with the pipe
     records = [json.loads(line) for line in served.lines]
     messages = [r["msg"] for r in records]
-    assert messages[0] == "serving"
+    assert messages[:2] == ["listening", "serving"]
     assert messages[-2:] == ["draining", "stopped"]
     decisions = [r for r in records if r["msg"] == "decision"]
     assert [d["reason"] for d in decisions[-4:]] == [
