@@ -556,3 +556,20 @@ def test_serve_is_not_serving_while_first_fetch_hangs(idp, ca_file, world, tmp_p
         process.stderr.close()
     assert process.returncode == 0, "".join(lines)
     assert "Traceback" not in "".join(lines)
+
+
+async def test_unknown_kid_of_a_file_issuer_does_not_fetch_other_issuers(
+    idp, ca_file, world, tmp_path
+) -> None:
+    """An unknown kid from an issuer with key files only refetches nobody's jwks_uri."""
+    config = load_config(write_config(tmp_path, world, uri=idp.url(), ca_file=ca_file))
+    assert await remote_of(config).fetch()
+    before = idp.total
+    stranger = generate_key("ES256", "acme-unknown")
+    token = mint(
+        world.claims(),
+        encryption_key=world.decryption_keys["enc-rsa-oaep-256"],
+        signing_key=stranger,
+    )
+    assert await service_check(config, check_request(token=token)) == (16, 401, "signing_key_unknown")
+    assert idp.total == before
