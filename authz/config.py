@@ -12,13 +12,14 @@ import hashlib
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
 import yaml
 
+from authz.cache import TokenCache
 from authz.claims import ClaimRules
 from authz.errors import ConfigError
 from authz.jwks import JwksRegistry, JwksSettings, RemoteJwks
@@ -71,6 +72,8 @@ class Config:
     server: ServerSettings
     remote_jwks: tuple[RemoteJwks, ...]  # issuer keys from URLs, shared across reloads
     telemetry: TelemetrySettings
+    # Verified tokens of this snapshot: a reload starts empty (see authz.cache).
+    cache: TokenCache = field(compare=False, repr=False)
 
 
 def load_config(path: str | Path, registry: JwksRegistry | None = None) -> Config:
@@ -282,6 +285,7 @@ class _Builder:
             tenant_claim=token.get("tenant_claim", str, "tenant"),
         )
         max_bytes = token.positive("max_bytes", 8192)
+        cache_size = _non_negative(token, "cache_size", 10000)
         typ = frozenset(t.lower().removeprefix("application/") for t in token.strings("typ", required=False))
         token.finish()
 
@@ -347,6 +351,7 @@ class _Builder:
             server=server_settings,
             remote_jwks=tuple(self.remote),
             telemetry=telemetry_settings,
+            cache=TokenCache(cache_size),
         )
 
     def _issuer(self, item: _Section) -> IssuerKeys:

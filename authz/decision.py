@@ -61,6 +61,7 @@ class Decision:
     key_id: str | None = None  # the signing key's kid, else the decryption key's (configured kids)
     decryption_key_id: str | None = None
     issuer: str | None = None  # a configured issuer the token named (verified, or a refetch hint)
+    cache_hit: bool = False  # the token layer's result came from the verified-token cache
     detail: str = ""  # for logs only
 
     @property
@@ -81,6 +82,7 @@ class _Progress:
     claims: Claims | None = None
     token: VerifiedToken | None = None
     token_present: bool = False
+    cache_hit: bool = False
     # The tenant is established: chosen by the request (route, host), or chosen
     # by the token and the token proven to belong to it. Only then may that
     # tenant's dry-run mode turn a deny into an allow: a token must not pick a
@@ -126,13 +128,21 @@ def _decide(config: Config, request: AuthzRequest, now: float, progress: _Progre
     if token is None:
         raise AuthzError("token_missing")
     progress.token_present = True
-    with steps.step("decrypt"):
-        outer = decrypt_token(token, config.token_keys)
-    with steps.step("verify"):
-        verified = open_token(outer, config.token_keys)
-        progress.token = verified
-        claims = validate_claims(verified.claims, config.claim_rules, now)
-        progress.claims = claims
+    keys, cache = config.token_keys, config.cache
+    cache_key = cache.key(token)
+    verified = cache.get(cache_key, keys, now)
+    progress.cache_hit = verified is not None
+    if verified is None:
+        with steps.step("decrypt"):
+            outer = decrypt_token(token, keys)
+        with steps.step("verify"):
+            verified = open_token(outer, keys)
+    progress.token = verified
+    # The time checks run on every request, cached or not.
+    claims = validate_claims(verified.claims, config.claim_rules, now)
+    progress.claims = claims
+    if not progress.cache_hit:
+        cache.put(cache_key, verified, keys, claims.expires_at)
     with steps.step("policy"):
         return _authorize(config, request, tenant=tenant, progress=progress, verified=verified, claims=claims)
 
@@ -178,6 +188,8 @@ def _authorize(
         strip_authorization=config.upstream.strip_authorization,
         key_id=verified.signing_kid or verified.decryption_kid,
         decryption_key_id=verified.decryption_kid,
+        issuer=claims.issuer,
+        cache_hit=progress.cache_hit,
     )
 
 
@@ -222,6 +234,7 @@ def _deny(progress: _Progress, code: str, detail: str, config: Config) -> Decisi
         key_id=(token.signing_kid or token.decryption_kid) if token else None,
         decryption_key_id=token.decryption_kid if token else None,
         issuer=claims.issuer if claims else None,
+        cache_hit=progress.cache_hit,
         detail=detail,
     )
 

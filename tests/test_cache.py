@@ -1,0 +1,157 @@
+"""The verified-token cache: what it holds, when it stops serving, what runs on every hit."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from authz.cache import TokenCache
+from authz.config import Config, load_config
+from authz.decision import Decision, Verdict, decide
+from authz.keys import IssuerKeys, KeySet
+from authz.request import from_check_request
+from authz.token import TokenKeys, validate_token
+from tests.helpers import CONFIG, NOW, World, check_request
+
+
+def _decide(config: Config, token: str, *, path: str = "/orders", now: float = NOW) -> Decision:
+    return decide(config, from_check_request(check_request(path=path, token=token)), now)
+
+
+@pytest.fixture
+def fresh(world: World) -> Config:
+    """A snapshot of its own: an empty cache per test."""
+    return world.config()
+
+
+def test_second_check_of_a_token_is_a_hit(world: World, fresh: Config) -> None:
+    """The first check verifies and caches; the second is served from the cache."""
+    token = world.token()
+    first, second = _decide(fresh, token), _decide(fresh, token)
+    assert (first.reason, first.cache_hit) == ("ok", False)
+    assert (second.reason, second.cache_hit) == ("ok", True)
+    assert (fresh.cache.hits, fresh.cache.misses, len(fresh.cache)) == (1, 1, 1)
+
+
+def test_time_checks_run_on_every_hit(world: World, fresh: Config) -> None:
+    """A cached token past exp (plus skew) is expired, not served."""
+    token = world.token(world.claims(exp=NOW + 60))
+    assert _decide(fresh, token).reason == "ok"
+    assert _decide(fresh, token, now=NOW + 30).cache_hit
+    late = _decide(fresh, token, now=NOW + 60 + 31)
+    assert (late.verdict, late.reason) == (Verdict.DENY, "token_expired")
+
+
+def test_policy_runs_on_every_hit(world: World, fresh: Config) -> None:
+    """The same cached token is allowed on one path and forbidden on another."""
+    token = world.token()
+    assert _decide(fresh, token).reason == "ok"
+    admin = _decide(fresh, token, path="/admin/users")
+    assert (admin.cache_hit, admin.reason) == (True, "role_missing")
+
+
+def test_failures_are_never_cached(world: World, fresh: Config) -> None:
+    """An invalid token, or a valid one whose claims fail, leaves the cache empty."""
+    good = world.token()
+    tampered = good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB")
+    expired = world.token(world.claims(exp=NOW - 100, iat=NOW - 200, nbf=NOW - 200))
+    for token in (tampered, tampered, expired, expired):
+        assert _decide(fresh, token).verdict is Verdict.DENY
+    assert len(fresh.cache) == 0
+
+
+def test_a_reload_starts_with_an_empty_cache(world: World, tmp_path: Path) -> None:
+    """A new snapshot does not serve the old one's entries: removing a key is effective at the swap."""
+    root = tmp_path / "w"
+    shutil.copytree(world.root, root)
+    before = load_config(root / "config.yaml")
+    token = world.token(outer="A256KW")
+    assert _decide(before, token).reason == "ok"
+    assert _decide(before, token).cache_hit
+    # The operator removes the A256KW key and reloads.
+    jwks = root / "keys" / "decrypt.jwks.json"
+    data = json.loads(jwks.read_text())
+    data["keys"] = [k for k in data["keys"] if k["kid"] != "enc-a256kw"]
+    jwks.write_text(json.dumps(data))
+    (root / "config.yaml").write_text(
+        CONFIG.replace("encrypt_only_keys: [enc-a256kw, enc-dir]", "encrypt_only_keys: [enc-dir]")
+    )
+    after = load_config(root / "config.yaml")
+    assert len(after.cache) == 0
+    assert _decide(after, token).reason == "decryption_key_unknown"
+
+
+@dataclass
+class _Remote:
+    """A stand-in for a jwks_uri source: only its current key set matters to the cache."""
+
+    keyset: KeySet | None
+
+    async def refetch_for_unknown_kid(self, wait: float) -> bool:
+        return False
+
+
+def test_a_jwks_refresh_invalidates_that_issuers_entries(world: World, config: Config) -> None:
+    """An entry verified with a fetched key set is not served after the set is replaced."""
+    acme = config.token_keys.issuers["https://idp.acme.test"]
+    assert isinstance(acme, IssuerKeys)
+    remote = _Remote(acme.static)
+    keys = TokenKeys(
+        decryption=config.token_keys.decryption,
+        content_encryption=config.token_keys.content_encryption,
+        issuers={**config.token_keys.issuers, "https://idp.acme.test": IssuerKeys(KeySet.of(()), remote)},
+        max_bytes=config.token_keys.max_bytes,
+        allowed_typ=config.token_keys.allowed_typ,
+    )
+    cache = TokenCache(10)
+    token = world.token()
+    verified = validate_token(token, keys)
+    key = cache.key(token)
+    cache.put(key, verified, keys, NOW + 300)
+    assert cache.get(key, keys, NOW) is verified
+    remote.keyset = KeySet.of(acme.static.by_kid.values())  # a refresh: a new key set object
+    assert cache.get(key, keys, NOW) is None
+    assert len(cache) == 0
+
+
+def test_entries_stop_at_exp(world: World, config: Config) -> None:
+    """An entry is dropped once its exp has passed, whatever the claims step would say."""
+    cache = TokenCache(10)
+    token = world.token()
+    verified = validate_token(token, config.token_keys)
+    key = cache.key(token)
+    cache.put(key, verified, config.token_keys, NOW + 10)
+    assert cache.get(key, config.token_keys, NOW + 9.9) is verified
+    assert cache.get(key, config.token_keys, NOW + 10) is None
+
+
+def test_the_cache_is_bounded_lru(world: World, config: Config) -> None:
+    """Past its bound the least recently used entry goes first."""
+    cache = TokenCache(2)
+    tokens = [world.token(world.claims(sub=f"user-{i}")) for i in range(3)]
+    verified = [validate_token(t, config.token_keys) for t in tokens]
+    keys = [cache.key(t) for t in tokens]
+    cache.put(keys[0], verified[0], config.token_keys, NOW + 300)
+    cache.put(keys[1], verified[1], config.token_keys, NOW + 300)
+    assert cache.get(keys[0], config.token_keys, NOW) is verified[0]  # 0 is now the most recent
+    cache.put(keys[2], verified[2], config.token_keys, NOW + 300)
+    assert len(cache) == 2
+    assert cache.get(keys[1], config.token_keys, NOW) is None
+    assert cache.get(keys[0], config.token_keys, NOW) is verified[0]
+
+
+def test_cache_size_zero_disables_it(world: World, tmp_path: Path) -> None:
+    """token.cache_size: 0 caches nothing."""
+    root = tmp_path / "w"
+    shutil.copytree(world.root, root)
+    (root / "config.yaml").write_text(
+        CONFIG.replace("  max_bytes: 8192\n", "  max_bytes: 8192\n  cache_size: 0\n")
+    )
+    config = load_config(root / "config.yaml")
+    token = world.token()
+    assert [_decide(config, token).cache_hit for _ in range(2)] == [False, False]
+    assert len(config.cache) == 0
