@@ -113,6 +113,7 @@ class Registry:
 
 
 def _header(name: str, kind: str, help_text: str) -> Iterable[str]:
+    help_text = help_text.replace("\\", "\\\\").replace("\n", "\\n")  # the format escapes HELP too
     yield f"# HELP {name} {help_text}"
     yield f"# TYPE {name} {kind}"
 
@@ -129,6 +130,8 @@ def _escape(value: str) -> str:
 
 
 def _number(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"  # int(nan) would raise and take the whole scrape down
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
     return repr(int(value)) if value == int(value) and abs(value) < 1e15 else repr(value)

@@ -38,6 +38,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from authz.config import Config, TelemetrySettings
 from authz.decision import Decision, Verdict
+from authz.errors import AuthzError
 from authz.metrics import Histogram, Registry, Sample
 from authz.reload import ReloadStatus
 from authz.request import AuthzRequest
@@ -108,8 +109,15 @@ def tracer_provider_from_env(environ: Mapping[str, str] | None = None) -> Tracer
     exporter = exporter_from_env(environ)
     if exporter is None:
         return None
-    attributes = {} if environ.get("OTEL_SERVICE_NAME") else {"service.name": "envoy-jwe-authz"}
-    provider = TracerProvider(resource=Resource.create(attributes))
+    # Precedence (OTel spec): OTEL_SERVICE_NAME, then service.name in OTEL_RESOURCE_ATTRIBUTES
+    # (read by Resource.create), then our default instead of the SDK's "unknown_service".
+    resource = Resource.create()
+    service_name = environ.get("OTEL_SERVICE_NAME", "").strip()
+    if service_name:
+        resource = resource.merge(Resource({"service.name": service_name}))
+    elif str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": "envoy-jwe-authz"}))
+    provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
 
@@ -204,7 +212,13 @@ class Telemetry:
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
-            yield span
+            try:
+                yield span
+            except Exception as exc:
+                # The handler failed instead of answering: an internal error (a
+                # cancellation is not). The type name only: a message may quote input.
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                raise
 
     def step(self, name: str) -> contextlib.AbstractContextManager[None]:
         """A step of the decision: timed for metrics, a child span when tracing."""
@@ -221,8 +235,17 @@ class Telemetry:
     def _traced_step(self, name: str) -> Iterator[None]:
         start = time.perf_counter()
         try:
-            with self.tracer.start_as_current_span(name, record_exception=False):  # type: ignore[union-attr]
-                yield
+            with self.tracer.start_as_current_span(  # type: ignore[union-attr]
+                name, record_exception=False, set_status_on_exception=False
+            ) as span:
+                try:
+                    yield
+                except AuthzError:
+                    raise  # a deny (bad token, failed check) is not an error of this service
+                except Exception as exc:
+                    # The type name only: the SDK's default status would quote the message.
+                    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                    raise
         finally:
             self.step_latency.observe((name,), time.perf_counter() - start)
 
