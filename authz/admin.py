@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from authz.metrics import Registry
 
@@ -22,14 +22,39 @@ _log = logging.getLogger("authz.admin")
 
 
 @contextlib.asynccontextmanager
-async def run_admin(listen: str, registry: Registry, ready: Callable[[], bool]) -> AsyncIterator[int]:
-    """Serve the admin endpoints on ``listen`` (port 0 picks one); yields the port."""
+async def run_admin(
+    listen: str,
+    registry: Registry,
+    ready: Callable[[], bool],
+    *,
+    extra: Callable[[], str] | None = None,
+) -> AsyncIterator[int]:
+    """Serve the admin endpoints on ``listen`` (port 0 picks one); yields the port.
+
+    ``extra`` (the supervisor's merged worker metrics) is appended to ``/metrics``;
+    it and ``ready`` then block on other processes, so they run in a thread.
+    """
     host, _, port = listen.rpartition(":")
+    if extra is not None:
+        offloaded, collect = ready, extra
+
+        async def ready_async() -> bool:
+            return await asyncio.to_thread(offloaded)
+
+        async def render() -> str:
+            return registry.render() + await asyncio.to_thread(collect)
+    else:
+
+        async def ready_async() -> bool:
+            return ready()
+
+        async def render() -> str:
+            return registry.render()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head_only = False
         try:
-            status, body, content_type, head_only = await _answer(reader, registry, ready)
+            status, body, content_type, head_only = await _answer(reader, render, ready_async)
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             status, body, content_type = 400, b"bad request\n", "text/plain"
         except Exception:  # noqa: BLE001 - a failing collector: 500, never a hanging scraper
@@ -57,7 +82,9 @@ async def run_admin(listen: str, registry: Registry, ready: Callable[[], bool]) 
 
 
 async def _answer(
-    reader: asyncio.StreamReader, registry: Registry, ready: Callable[[], bool]
+    reader: asyncio.StreamReader,
+    render: Callable[[], Awaitable[str]],
+    ready: Callable[[], Awaitable[bool]],
 ) -> tuple[int, bytes, str, bool]:
     """(status, body, content type, head only) of one request."""
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _READ_TIMEOUT)
@@ -70,12 +97,12 @@ async def _answer(
         return 405, b"method not allowed\n", "text/plain", False
     head_only = method == "HEAD"
     if target == "/metrics":
-        body = registry.render().encode("utf-8")
+        body = (await render()).encode("utf-8")
         return 200, body, "text/plain; version=0.0.4; charset=utf-8", head_only
     if target == "/healthz":
         return 200, b"ok\n", "text/plain", head_only
     if target == "/readyz":
-        if ready():
+        if await ready():
             return 200, b"ready\n", "text/plain", head_only
         return 503, b"not ready\n", "text/plain", head_only
     return 404, b"not found\n", "text/plain", head_only

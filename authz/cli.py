@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--admin-listen", help="admin HTTP address for /metrics, /healthz, /readyz (overrides the config)"
     )
+    p.add_argument(
+        "--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT); default 1"
+    )
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("check-config", help="validate a configuration file and its keys")
@@ -107,7 +110,16 @@ def _serve(args: argparse.Namespace) -> int:
     from authz.server import serve
 
     setup_logging()
-    return asyncio.run(serve(args.config, args.listen, args.admin_listen))
+    if args.workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        from authz.workers import supervise
+
+        return asyncio.run(supervise(args.config, args.listen, args.admin_listen, args.workers))
+    from authz.workers import WorkerLink
+
+    return asyncio.run(serve(args.config, args.listen, args.admin_listen, worker=WorkerLink.from_env()))
 
 
 def _check_config(args: argparse.Namespace) -> int:

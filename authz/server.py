@@ -24,6 +24,7 @@ from authz.jwks import JwksRegistry
 from authz.reload import Reloader
 from authz.service import AUTHORIZATION_SERVICE, AuthorizationService, Clock, SnapshotHolder
 from authz.telemetry import Telemetry, config_metrics, tracer_provider_from_env
+from authz.workers import WorkerLink
 
 __all__ = ["AUTHORIZATION_SERVICE", "RunningServer", "run_server", "serve"]
 
@@ -51,13 +52,17 @@ async def run_server(
     settings: ServerSettings,
     clock: Clock = time.time,
     telemetry: Telemetry | None = None,
+    *,
+    reuse_port: bool = False,
 ) -> AsyncIterator[RunningServer]:
     """Start a server on ``listen`` (port 0 picks a free port) and drain it on exit."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            # SO_REUSEPORT only for --workers: otherwise a second server on a taken
+            # port would silently share it instead of failing.
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_checks,
     )
@@ -104,7 +109,13 @@ def _register_descriptors() -> None:
             DESCRIPTOR_POOL.AddSerializedFile(file.serialized_pb)
 
 
-async def serve(config_path: str, listen: str | None, admin_listen: str | None = None) -> int:
+async def serve(
+    config_path: str,
+    listen: str | None,
+    admin_listen: str | None = None,
+    *,
+    worker: WorkerLink | None = None,
+) -> int:
     """Run until SIGTERM or SIGINT; returns the process exit code.
 
     Start-up: the config is loaded (a missing or invalid one exits 2 with the
@@ -126,6 +137,9 @@ async def serve(config_path: str, listen: str | None, admin_listen: str | None =
     telemetry = Telemetry(provider)
     address = listen or config.listen or "127.0.0.1:9001"
     admin_address = admin_listen or config.admin_listen
+    if worker is not None:
+        # A worker's admin port is private; the supervisor serves the public one.
+        address, admin_address = worker.listen, "127.0.0.1:0"
     holder = SnapshotHolder()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -134,7 +148,7 @@ async def serve(config_path: str, listen: str | None, admin_listen: str | None =
     try:
         async with contextlib.AsyncExitStack() as stack:
             running = await stack.enter_async_context(
-                run_server(holder, address, config.server, telemetry=telemetry)
+                run_server(holder, address, config.server, telemetry=telemetry, reuse_port=worker is not None)
             )
             reloader: Reloader | None = None
             admin_port = None
@@ -146,6 +160,8 @@ async def serve(config_path: str, listen: str | None, admin_listen: str | None =
             telemetry.registry.collector(
                 config_metrics(holder, lambda: reloader.status if reloader else None)
             )
+            if worker is not None and admin_port is not None:
+                worker.announce_admin(admin_port)
             # Listening, NOT_SERVING until the first jwks_uri fetches are in (bounded).
             _log.info("listening", extra={"fields": {"port": running.port, "admin_port": admin_port}})
             await _prepare(registry, config)
