@@ -136,13 +136,13 @@ def _decide(config: Config, request: AuthzRequest, now: float, progress: _Progre
         with steps.step("decrypt"):
             outer = decrypt_token(token, keys)
         with steps.step("verify"):
-            verified = open_token(outer, keys)
-    progress.token = verified
-    # The time checks run on every request, cached or not.
-    claims = validate_claims(verified.claims, config.claim_rules, now)
-    progress.claims = claims
-    if not progress.cache_hit:
+            verified = progress.token = open_token(outer, keys)
+            claims = progress.claims = validate_claims(verified.claims, config.claim_rules, now)
         cache.put(cache_key, verified, keys, claims.expires_at)
+    else:
+        progress.token = verified
+        # The time checks run on every request, cached or not.
+        claims = progress.claims = validate_claims(verified.claims, config.claim_rules, now)
     with steps.step("policy"):
         return _authorize(config, request, tenant=tenant, progress=progress, verified=verified, claims=claims)
 

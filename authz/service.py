@@ -81,7 +81,11 @@ def decide_request(
     """Decide a request on one snapshot (read once per check: a reload mid-check cannot split it)."""
     if config is None:
         return reject("not_ready", "no configuration loaded yet")
-    return decide(config, request, clock(), steps)
+    try:
+        now = clock()
+    except Exception as exc:  # noqa: BLE001 - fail closed: even the clock may fail
+        return reject("internal_error", f"clock failed ({type(exc).__name__})")
+    return decide(config, request, now, steps)
 
 
 def evaluate(

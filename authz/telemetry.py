@@ -279,6 +279,8 @@ class Telemetry:
             "authz.decision": decision.verdict.value,
             "authz.reason": decision.reason,
         }
+        if decision.token_present:
+            attributes["authz.cache_hit"] = decision.cache_hit
         for key, value in (
             ("authz.tenant", decision.tenant),
             ("authz.rule", decision.rule),
@@ -388,6 +390,23 @@ def config_metrics(
                 fetches,
             )
         )
+        cache = config.cache
+        lookups = [(("hit",), float(cache.hits)), (("miss",), float(cache.misses))]
+        samples += [
+            Sample(
+                "authz_token_cache_lookups_total", "counter", "Token cache lookups.", ("result",), lookups
+            ),
+            Sample(
+                "authz_token_cache_entries", "gauge", "Tokens in the cache.", (), [((), float(len(cache)))]
+            ),
+            Sample(
+                "authz_token_cache_capacity",
+                "gauge",
+                "Bound of the cache.",
+                (),
+                [((), float(cache.max_entries))],
+            ),
+        ]
         return samples
 
     return collect

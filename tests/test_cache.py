@@ -155,3 +155,28 @@ def test_cache_size_zero_disables_it(world: World, tmp_path: Path) -> None:
     token = world.token()
     assert [_decide(config, token).cache_hit for _ in range(2)] == [False, False]
     assert len(config.cache) == 0
+
+
+async def test_a_hit_is_visible_in_the_span_and_skips_the_crypto_steps(world: World, fresh: Config) -> None:
+    """On a hit the Check span says authz.cache_hit=true and has no decrypt/verify children."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from authz.service import AuthorizationService, SnapshotHolder
+    from authz.telemetry import Telemetry
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    service = AuthorizationService(SnapshotHolder(fresh), lambda: float(NOW), Telemetry(provider))
+    data = check_request(token=world.token()).SerializeToString()
+    for _ in range(2):
+        assert (await service.check(data, None)).status.code == 0
+    spans = exporter.get_finished_spans()
+    checks = [s for s in spans if s.name.endswith("/Check")]
+    assert [dict(s.attributes or {})["authz.cache_hit"] for s in checks] == [False, True]
+    second = checks[1].context.span_id
+    children = [s.name for s in spans if s.parent is not None and s.parent.span_id == second]
+    assert children == ["policy"]
+    provider.shutdown()
