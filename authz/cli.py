@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT); default 1"
     )
+    p.add_argument(
+        "--http-listen", help="also serve Envoy's HTTP ext_authz protocol here (overrides the config)"
+    )
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("check-config", help="validate a configuration file and its keys")
@@ -116,10 +119,15 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         from authz.workers import supervise
 
-        return asyncio.run(supervise(args.config, args.listen, args.admin_listen, args.workers))
+        return asyncio.run(
+            supervise(args.config, args.listen, args.admin_listen, args.workers, args.http_listen)
+        )
     from authz.workers import WorkerLink
 
-    return asyncio.run(serve(args.config, args.listen, args.admin_listen, worker=WorkerLink.from_env()))
+    link = WorkerLink.from_env()
+    return asyncio.run(
+        serve(args.config, args.listen, args.admin_listen, http_listen=args.http_listen, worker=link)
+    )
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ from authz.keys import CONTENT_ENCRYPTION_ALGS, IssuerKeys, KeySet, Purpose, par
 from authz.policy import Mode, Rule, Tenant, TenantIndex, compile_path
 from authz.token import TokenKeys
 
-__all__ = ["Config", "ServerSettings", "TelemetrySettings", "UpstreamSettings", "load_config"]
+__all__ = ["Config", "HttpSettings", "ServerSettings", "TelemetrySettings", "UpstreamSettings", "load_config"]
 
 DEFAULT_CONTENT_ENCRYPTION = ("A256GCM", "A128GCM", "A256CBC-HS512", "A128CBC-HS256")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -51,6 +51,20 @@ class ServerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpSettings:
+    """The HTTP door (Envoy's ``http_service``); limits apply from start-up, the prefix per snapshot."""
+
+    path_prefix: str  # Envoy's http_service path_prefix, stripped before matching
+    max_header_bytes: int  # request line and headers together
+    max_headers: int
+    max_body_bytes: int  # Envoy sends no body unless with_request_body is on; we read none
+    header_timeout: float  # seconds for one request's line and headers to arrive
+    idle_timeout: float  # seconds a keep-alive connection may wait for its next request
+    max_requests_per_connection: int
+    max_connections: int
+
+
+@dataclass(frozen=True, slots=True)
 class TelemetrySettings:
     log_subject: bool  # the subject id in spans and decision log lines
     allow_log_sample_rate: float  # fraction of allow decisions logged; denies always are
@@ -65,6 +79,8 @@ class Config:
     files: tuple[str, ...]
     listen: str | None
     admin_listen: str | None  # /metrics, /healthz, /readyz; None: no admin port
+    http_listen: str | None  # the HTTP door; None: gRPC only
+    http: HttpSettings
     claim_rules: ClaimRules
     token_keys: TokenKeys
     tenants: TenantIndex
@@ -278,6 +294,22 @@ class _Builder:
         root = _Section(_parse_yaml(text, self.source), self.source, "config", 1)
         listen = root.get("listen", str, "") or None
         admin_listen = root.get("admin_listen", str, "") or None
+        http_listen = root.get("http_listen", str, "") or None
+        http = root.section("http")
+        prefix = http.get("path_prefix", str, "")
+        if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
+            raise http.error("path_prefix", "must start with / and not end with /")
+        http_settings = HttpSettings(
+            path_prefix=prefix,
+            max_header_bytes=http.positive("max_header_bytes", 16384),
+            max_headers=http.positive("max_headers", 100),
+            max_body_bytes=_non_negative(http, "max_body_bytes", 65536),
+            header_timeout=_seconds(http, "header_timeout", 10.0),
+            idle_timeout=_seconds(http, "idle_timeout", 60.0),
+            max_requests_per_connection=http.positive("max_requests_per_connection", 10000),
+            max_connections=http.positive("max_connections", 4096),
+        )
+        http.finish()
         token = root.section("token")
         claim_rules = ClaimRules(
             clock_skew=_non_negative(token, "clock_skew", 30),
@@ -344,6 +376,8 @@ class _Builder:
             files=tuple(str(f) for f in self.files),
             listen=listen,
             admin_listen=admin_listen,
+            http_listen=http_listen,
+            http=http_settings,
             claim_rules=claim_rules,
             token_keys=token_keys,
             tenants=tenants,

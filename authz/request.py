@@ -25,6 +25,7 @@ __all__ = [
     "AuthzRequest",
     "bearer_token",
     "from_check_request",
+    "from_http",
     "normalize_host",
     "normalize_path",
     "request_id_of",
@@ -72,6 +73,33 @@ def from_check_request(message: CheckRequest) -> AuthzRequest:
         headers=headers,
         context_extensions=MappingProxyType(dict(message.attributes.context_extensions)),
         peer_principal=message.attributes.source.principal,
+        request_id=request_id if _REQUEST_ID.fullmatch(request_id) else "",
+    )
+
+
+def from_http(
+    method: str, target: str, headers: Mapping[str, tuple[str, ...]], *, path_prefix: str = ""
+) -> AuthzRequest:
+    """Read a request of Envoy's HTTP ext_authz protocol (``http_service``).
+
+    Envoy sends the original method and path (after its ``path_prefix``, which is
+    stripped here) and the allowed headers, ``host`` among them. There is no
+    per-route context extension in this protocol: the tenant comes from the host.
+    Raises AuthzError(path_invalid) for unsafe paths.
+    """
+    if path_prefix:
+        if not target.startswith(path_prefix):
+            raise AuthzError("path_invalid", "path does not start with the configured prefix")
+        target = target[len(path_prefix) :] or "/"
+    request_id = _first(headers, "x-request-id")
+    return AuthzRequest(
+        method=method.upper(),
+        path=normalize_path(target),
+        host=normalize_host(_first(headers, "host") or _first(headers, ":authority")),
+        scheme=_first(headers, "x-forwarded-proto"),
+        headers=headers,
+        context_extensions=MappingProxyType({}),
+        peer_principal="",
         request_id=request_id if _REQUEST_ID.fullmatch(request_id) else "",
     )
 

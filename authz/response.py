@@ -16,7 +16,15 @@ from authz._proto.envoy.service.auth.v3.external_auth_pb2 import CheckResponse
 from authz.decision import Decision
 from authz.errors import Outcome
 
-__all__ = ["IDENTITY_HEADERS", "challenge", "deny_headers", "error_body", "to_check_response"]
+__all__ = [
+    "IDENTITY_HEADERS",
+    "challenge",
+    "deny_headers",
+    "error_body",
+    "to_check_response",
+    "to_http_response",
+    "upstream_headers",
+]
 
 TENANT_HEADER = "x-authz-tenant"
 SUBJECT_HEADER = "x-authz-subject"
@@ -84,20 +92,43 @@ def error_body(decision: Decision, request_id: str) -> str:
     return json.dumps({"error": error, "reason": decision.reason, "request_id": request_id})
 
 
-def _allow(response: CheckResponse, decision: Decision) -> None:
-    ok = response.ok_response
+def upstream_headers(decision: Decision) -> tuple[list[tuple[str, str]], list[str]]:
+    """An allow's headers for the upstream: (set with overwrite, remove). Both doors use this."""
     values = {
         TENANT_HEADER: decision.tenant,
         SUBJECT_HEADER: decision.subject if decision.identity else None,
         SCOPES_HEADER: " ".join(decision.scopes) if decision.identity else None,
     }
-    for name, value in values.items():
-        if value:
-            _add(ok.headers, name, value)
-        else:
-            ok.headers_to_remove.append(name)
+    to_set = [(name, value) for name, value in values.items() if value]
+    to_remove = [name for name, value in values.items() if not value]
     if decision.strip_authorization:
-        ok.headers_to_remove.append("authorization")
+        to_remove.append("authorization")
+    return to_set, to_remove
+
+
+def to_http_response(decision: Decision, request_id: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The answer of the HTTP door (Envoy's ``http_service``): status, headers, body.
+
+    Allow is 200 with the identity headers (Envoy copies those its
+    ``allowed_upstream_headers`` name, overwriting the client's) and
+    ``x-envoy-auth-headers-to-remove`` for the ones to drop. Deny is the same
+    status, challenge and JSON body as the gRPC door's denied response.
+    """
+    if decision.allowed:
+        to_set, to_remove = upstream_headers(decision)
+        if to_remove:
+            to_set.append(("x-envoy-auth-headers-to-remove", ",".join(to_remove)))
+        return 200, to_set, b""
+    outcome = decision.outcome or Outcome.FORBIDDEN
+    return outcome.http_status, deny_headers(decision), error_body(decision, request_id).encode("utf-8")
+
+
+def _allow(response: CheckResponse, decision: Decision) -> None:
+    ok = response.ok_response
+    to_set, to_remove = upstream_headers(decision)
+    for name, value in to_set:
+        _add(ok.headers, name, value)
+    ok.headers_to_remove.extend(to_remove)
 
 
 def _add(headers: object, name: str, value: str) -> None:

@@ -20,6 +20,7 @@ from authz._proto import DESCRIPTOR_POOL
 from authz.admin import run_admin
 from authz.config import Config, ServerSettings, load_config
 from authz.errors import ConfigError
+from authz.http_door import HttpDoor
 from authz.jwks import JwksRegistry
 from authz.reload import Reloader
 from authz.service import AUTHORIZATION_SERVICE, AuthorizationService, Clock, SnapshotHolder
@@ -114,6 +115,7 @@ async def serve(
     listen: str | None,
     admin_listen: str | None = None,
     *,
+    http_listen: str | None = None,
     worker: WorkerLink | None = None,
 ) -> int:
     """Run until SIGTERM or SIGINT; returns the process exit code.
@@ -137,9 +139,10 @@ async def serve(
     telemetry = Telemetry(provider)
     address = listen or config.listen or "127.0.0.1:9001"
     admin_address = admin_listen or config.admin_listen
+    http_address = http_listen or config.http_listen
     if worker is not None:
         # A worker's admin port is private; the supervisor serves the public one.
-        address, admin_address = worker.listen, "127.0.0.1:0"
+        address, admin_address, http_address = worker.listen, "127.0.0.1:0", worker.http_listen
     holder = SnapshotHolder()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -162,8 +165,15 @@ async def serve(
             )
             if worker is not None and admin_port is not None:
                 worker.announce_admin(admin_port)
+            http_port = None
+            if http_address:
+                door = HttpDoor(holder, time.time, telemetry, config.http)
+                http_port = await door.start(http_address, reuse_port=worker is not None)
+                # Registered after the gRPC server: on the way out it stops first.
+                stack.push_async_callback(door.stop, config.server.grace_seconds)
             # Listening, NOT_SERVING until the first jwks_uri fetches are in (bounded).
-            _log.info("listening", extra={"fields": {"port": running.port, "admin_port": admin_port}})
+            ports = {"port": running.port, "admin_port": admin_port, "http_port": http_port}
+            _log.info("listening", extra={"fields": ports})
             await _prepare(registry, config)
             holder.swap(config)
             await running.set_serving(True)
@@ -179,8 +189,7 @@ async def serve(
                 extra={
                     "fields": {
                         "listen": address,
-                        "port": running.port,
-                        "admin_port": admin_port,
+                        **ports,
                         "tracing": provider is not None,
                         "config": config.source,
                         "config_sha256": config.digest,

@@ -220,6 +220,28 @@ class Telemetry:
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 raise
 
+    def open_span(self, parent: Context, name: str) -> trace.Span | None:
+        """A SERVER span that is not made current (the HTTP door may finish it in a task).
+
+        Activate it around the decision with :meth:`active`; end it with ``span.end()``.
+        """
+        if self.tracer is None:
+            return None
+        return self.tracer.start_span(
+            name,
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"network.protocol.name": "http"},
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+
+    def active(self, span: trace.Span | None) -> contextlib.AbstractContextManager[Any]:
+        """Make ``span`` the current span for a block (so that steps become its children)."""
+        if span is None:
+            return contextlib.nullcontext()
+        return trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False)
+
     def step(self, name: str) -> contextlib.AbstractContextManager[None]:
         """A step of the decision: timed for metrics, a child span when tracing."""
         if self.tracer is None:

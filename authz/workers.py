@@ -43,6 +43,7 @@ __all__ = ["WorkerLink", "merge_metrics", "supervise"]
 _log = logging.getLogger("authz.workers")
 _ENV_LISTEN = "AUTHZ_WORKER_LISTEN"
 _ENV_ANNOUNCE = "AUTHZ_WORKER_ANNOUNCE"
+_ENV_HTTP_LISTEN = "AUTHZ_WORKER_HTTP_LISTEN"
 _MAX_BACKOFF = 5.0
 
 
@@ -51,12 +52,14 @@ class WorkerLink:
     """What a worker process gets from its supervisor (through its environment)."""
 
     listen: str
+    http_listen: str | None
     announce: Path  # the worker writes its private admin port here
 
     @classmethod
     def from_env(cls) -> WorkerLink | None:
         listen, announce = os.environ.get(_ENV_LISTEN), os.environ.get(_ENV_ANNOUNCE)
-        return cls(listen, Path(announce)) if listen and announce else None
+        http = os.environ.get(_ENV_HTTP_LISTEN) or None
+        return cls(listen, http, Path(announce)) if listen and announce else None
 
     def announce_admin(self, port: int) -> None:
         tmp = self.announce.with_suffix(".tmp")
@@ -79,7 +82,13 @@ class _Worker:
             return None
 
 
-async def supervise(config_path: str, listen: str | None, admin_listen: str | None, workers: int) -> int:
+async def supervise(
+    config_path: str,
+    listen: str | None,
+    admin_listen: str | None,
+    workers: int,
+    http_listen: str | None = None,
+) -> int:
     """Run ``workers`` serving processes until SIGTERM/SIGINT; returns the exit code."""
     try:
         config = load_config(config_path)
@@ -89,16 +98,27 @@ async def supervise(config_path: str, listen: str | None, admin_listen: str | No
     address = listen or config.listen or "127.0.0.1:9001"
     admin_address = admin_listen or config.admin_listen
     grace = config.server.grace_seconds
+    http_address = http_listen or config.http_listen
+    reservations: list[socket.socket] = []
     try:
         reservation, shared = _reserve(address)
+        reservations.append(reservation)
+        shared_http = None
+        if http_address:
+            http_reservation, shared_http = _reserve(http_address)
+            reservations.append(http_reservation)
     except OSError as exc:
-        _log.error("cannot serve", extra={"fields": {"error": f"cannot listen on {address}: {exc}"}})
+        for sock in reservations:
+            sock.close()
+        _log.error("cannot serve", extra={"fields": {"error": f"cannot listen: {exc}"}})
         return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    with reservation, tempfile.TemporaryDirectory(prefix="authz-workers-") as folder:
+    with contextlib.ExitStack() as held, tempfile.TemporaryDirectory(prefix="authz-workers-") as folder:
+        for sock in reservations:
+            held.enter_context(sock)
         pool = [_Worker(i, Path(folder) / f"worker-{i}.port") for i in range(workers)]
         registry = Registry()
         registry.collector(lambda: _pool_metrics(pool))
@@ -109,10 +129,11 @@ async def supervise(config_path: str, listen: str | None, admin_listen: str | No
                     run_admin(admin_address, registry, lambda: _all_ready(pool), extra=lambda: _gather(pool))
                 )
             for worker in pool:
-                await _start(worker, config_path, shared)
+                await _start(worker, config_path, shared, shared_http)
             _log.info(
                 "supervising",
                 extra={"fields": {"listen": shared, "port": int(shared.rpartition(":")[2]),
+                                  "http_port": int(shared_http.rpartition(":")[2]) if shared_http else None,
                                   "workers": workers, "admin_port": admin_port}},
             )  # fmt: skip
             watchers = {asyncio.ensure_future(w.process.wait()): w for w in pool if w.process}
@@ -123,7 +144,7 @@ async def supervise(config_path: str, listen: str | None, admin_listen: str | No
                     worker = watchers.pop(task)
                     if stop.is_set():
                         break
-                    await _replace(worker, config_path, shared, task.result())
+                    await _replace(worker, config_path, shared, shared_http, task.result())
                     if worker.process is not None:
                         watchers[asyncio.ensure_future(worker.process.wait())] = worker
             _log.info("draining", extra={"fields": {"grace_seconds": grace, "workers": workers}})
@@ -147,16 +168,19 @@ def _reserve(address: str) -> tuple[socket.socket, str]:
     return sock, f"{shown}:{bound}"
 
 
-async def _start(worker: _Worker, config_path: str, listen: str) -> None:
+async def _start(worker: _Worker, config_path: str, listen: str, http_listen: str | None) -> None:
     worker.announce.unlink(missing_ok=True)
     env = {**os.environ, _ENV_LISTEN: listen, _ENV_ANNOUNCE: str(worker.announce)}
+    env[_ENV_HTTP_LISTEN] = http_listen or ""
     worker.process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "authz", "serve", "--config", config_path, env=env
     )
     worker.started = time.monotonic()
 
 
-async def _replace(worker: _Worker, config_path: str, listen: str, code: int) -> None:
+async def _replace(
+    worker: _Worker, config_path: str, listen: str, http_listen: str | None, code: int
+) -> None:
     """A worker died: start another, backing off if it keeps dying right away."""
     worker.restarts += 1
     quick = time.monotonic() - worker.started < 1.0
@@ -168,7 +192,7 @@ async def _replace(worker: _Worker, config_path: str, listen: str, code: int) ->
         },
     )
     await asyncio.sleep(delay)
-    await _start(worker, config_path, listen)
+    await _start(worker, config_path, listen, http_listen)
 
 
 async def _stop_all(pool: Sequence[_Worker], grace: float) -> None:

@@ -1,0 +1,363 @@
+"""The HTTP door: Envoy's HTTP ext_authz protocol (``http_service``) on asyncio + httptools.
+
+The gRPC door stays the primary interface; this one exists because it is
+cheap: a ``grpc.aio`` call costs hundreds of microseconds of Python per check,
+an HTTP/1.1 request parsed by httptools on an ``asyncio.Protocol`` a few tens.
+Both doors share the snapshot, the decision, the cache, telemetry and the
+decision log; only reading the request and writing the answer differ.
+
+Envoy sends the original method and path (its ``path_prefix`` first, stripped
+here) and the headers its ``allowed_headers`` let through (``host`` and
+``authorization`` at least; ``traceparent``/``tracestate``/B3 of its own client
+span). Allow is 200 with the ``x-authz-*`` identity headers (Envoy copies those
+named in ``allowed_upstream_headers``) and ``x-envoy-auth-headers-to-remove``;
+deny is 401/403/400 with ``www-authenticate`` and the JSON body (passed to the
+client through ``allowed_client_headers``).
+
+Hostile clients: request line and headers are bounded in size and count, and
+must arrive within ``header_timeout`` (a slowloris connection costs one socket
+and one timer); idle keep-alive connections close after ``idle_timeout`` and
+after ``max_requests_per_connection`` requests; connections are bounded; a
+malformed request is answered 400 and the connection closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import socket
+import time
+
+import httptools
+from opentelemetry import trace
+from opentelemetry.context import Context
+
+from authz.config import Config, HttpSettings
+from authz.decision import Decision, reject
+from authz.errors import AuthzError
+from authz.request import AuthzRequest, from_http
+from authz.response import to_http_response
+from authz.service import Clock, SnapshotHolder, decide_request, refetch_issuer_keys
+from authz.telemetry import Telemetry, extract_parent
+
+__all__ = ["HttpDoor", "HttpSettings"]
+
+_log = logging.getLogger("authz.http")
+HTTP_SPAN = "envoy ext_authz http check"
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+_MAX_PIPELINE = 32
+
+
+class HttpDoor:
+    """Listens, accepts, and answers with the shared decision path."""
+
+    def __init__(
+        self, holder: SnapshotHolder, clock: Clock, telemetry: Telemetry, settings: HttpSettings
+    ) -> None:
+        self.holder = holder
+        self.clock = clock
+        self.telemetry = telemetry
+        self.settings = settings
+        self.connections: set[_Connection] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self, listen: str, *, reuse_port: bool = False) -> int:
+        host, _, port = listen.rpartition(":")
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self),
+            host.strip("[]") or None,
+            int(port),
+            reuse_port=reuse_port or None,
+            backlog=1024,
+        )
+        sock = self._server.sockets[0]
+        return int(sock.getsockname()[1])
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting; let answers in progress finish (bounded); close the rest."""
+        if self._server is None:
+            return
+        self._server.close()
+        deadline = time.monotonic() + grace
+        for connection in list(self.connections):
+            connection.close_when_idle()
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for connection in list(self.connections):
+            connection.abort()
+        await self._server.wait_closed()
+        self._server = None
+
+    # -- one request -----------------------------------------------------------
+
+    def answer(
+        self, method: str, target: str, headers: dict[str, tuple[str, ...]]
+    ) -> bytes | asyncio.Task[bytes]:
+        """The response bytes, or a task when an unknown kid makes a key refetch worth a wait."""
+        start = time.perf_counter()
+        config = self.holder.current  # once: the whole check runs on this snapshot
+        request: AuthzRequest | None = None
+        early: Decision | None = None
+        try:
+            prefix = config.http.path_prefix if config else ""
+            request = from_http(method, target, headers, path_prefix=prefix)
+        except AuthzError as exc:
+            early = reject(exc.code, exc.detail)
+        except Exception as exc:  # noqa: BLE001 - fail closed
+            early = reject("request_malformed", f"unexpected {type(exc).__name__}")
+        telemetry = self.telemetry
+        parent = extract_parent((), request.headers if request else None)
+        span = telemetry.open_span(parent, HTTP_SPAN)
+        with telemetry.active(span):
+            if request is None:
+                decision = early or reject("request_malformed")
+            else:
+                decision = decide_request(config, request, self.clock, telemetry)
+        if decision.reason == "signing_key_unknown" and request is not None:
+            return asyncio.ensure_future(self._refetch_then_answer(config, request, decision, span, start))
+        return self._finish(config, request, decision, span, parent, start)
+
+    async def _refetch_then_answer(
+        self,
+        config: Config | None,
+        request: AuthzRequest,
+        decision: Decision,
+        span: trace.Span | None,
+        start: float,
+    ) -> bytes:
+        if await refetch_issuer_keys(config, decision):
+            with self.telemetry.active(span):
+                decision = decide_request(config, request, self.clock, self.telemetry)
+        return self._finish(config, request, decision, span, extract_parent((), request.headers), start)
+
+    def _finish(  # noqa: PLR0917 - private
+        self,
+        config: Config | None,
+        request: AuthzRequest | None,
+        decision: Decision,
+        span: trace.Span | None,
+        parent: Context,
+        start: float,
+    ) -> bytes:
+        request_id = request.request_id if request else ""
+        self.telemetry.finish(
+            span,
+            decision,
+            request,
+            request_id=request_id,
+            parent=parent,
+            elapsed=time.perf_counter() - start,
+            settings=config.telemetry if config else None,
+        )
+        if span is not None:
+            span.end()
+        status, headers, body = to_http_response(decision, request_id)
+        return _render(status, headers, body)
+
+
+def _render(status: int, headers: list[tuple[str, str]], body: bytes, *, close: bool = False) -> bytes:
+    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}", f"content-length: {len(body)}"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    if close:
+        lines.append("connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parse, answer in order, enforce every bound."""
+
+    def __init__(self, door: HttpDoor) -> None:
+        self.door = door
+        self.settings = door.settings
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.url = b""
+        self.headers: dict[str, list[str]] = {}
+        self.header_bytes = 0
+        self.header_count = 0
+        self.body_bytes = 0
+        self.requests = 0
+        self.closing = False
+        self.in_message = False
+        self.queue: collections.deque[tuple[asyncio.Future[bytes], bool]] = collections.deque()
+        self.timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)  # noqa: S101 - a TCP server's transport
+        self.transport = transport
+        if len(self.door.connections) >= self.settings.max_connections:
+            transport.write(_render(503, [], b"", close=True))
+            transport.close()
+            return
+        self.door.connections.add(self)
+        with contextlib.suppress(OSError):
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._arm(self.settings.header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        if not self.in_message:
+            self._arm(self.settings.header_timeout)  # a new request: its headers must come in time
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(400)
+        except httptools.HttpParserError:
+            self._fail(400)
+        except _Reject as exc:
+            self._fail(exc.status)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.door.connections.discard(self)
+        self._disarm()
+        for pending, _last in self.queue:
+            pending.cancel()
+
+    # -- httptools callbacks -------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.in_message = True
+        self.url = b""
+        self.headers = {}
+        self.header_bytes = self.header_count = self.body_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.header_bytes += len(url)
+        if len(self.url) > 8192:
+            raise _Reject(414)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value)
+        self.header_count += 1
+        if (
+            self.header_bytes > self.settings.max_header_bytes
+            or self.header_count > self.settings.max_headers
+        ):
+            raise _Reject(431)
+        self.headers.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+
+    def on_body(self, body: bytes) -> None:
+        self.body_bytes += len(body)
+        if self.body_bytes > self.settings.max_body_bytes:
+            raise _Reject(413)
+
+    def on_message_complete(self) -> None:
+        self.in_message = False
+        self.requests += 1
+        method = (self.parser.get_method() or b"GET").decode("latin-1")
+        headers = {name: tuple(values) for name, values in self.headers.items()}
+        try:
+            answer = self.door.answer(method, self.url.decode("latin-1"), headers)
+        except Exception:  # noqa: BLE001 - never reached: answer() fails closed; still, no crash
+            _log.exception("http door failed to answer")
+            answer = _render(500, [], b"", close=True)
+        last = (
+            not self.parser.should_keep_alive() or self.requests >= self.settings.max_requests_per_connection
+        )
+        self._send(answer, last)
+
+    # -- answering -------------------------------------------------------------
+
+    def _send(self, answer: bytes | asyncio.Task[bytes], last: bool) -> None:
+        """Answers leave in request order, even when one of them waits for a key refetch."""
+        if isinstance(answer, bytes) and not self.queue and self.transport is not None:
+            self.transport.write(answer)
+            self._after_response(last)
+            return
+        future: asyncio.Future[bytes]
+        if isinstance(answer, bytes):
+            future = asyncio.get_running_loop().create_future()
+            future.set_result(answer)
+        else:
+            future = answer
+        self.queue.append((future, last))
+        future.add_done_callback(lambda _: self._flush())
+        if len(self.queue) >= _MAX_PIPELINE and self.transport is not None:
+            self.transport.pause_reading()
+
+    def _flush(self) -> None:
+        last = False
+        while self.queue and self.queue[0][0].done() and self.transport is not None:
+            future, last = self.queue.popleft()
+            if not future.cancelled():
+                self.transport.write(future.result())
+            if last:
+                break
+        if self.transport is not None and (last or not self.queue):
+            self.transport.resume_reading()
+            self._after_response(last)
+
+    def _after_response(self, last: bool) -> None:
+        if last:
+            self.closing = True
+            if self.transport is not None:
+                self.transport.close()
+        else:
+            self._arm(self.settings.idle_timeout)
+
+    def _fail(self, status: int) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.write(_render(status, [], b"", close=True))
+            self.transport.close()
+
+    def close_when_idle(self) -> None:
+        if not self.in_message and not self.queue and self.transport is not None:
+            self.closing = True
+            self.transport.close()
+        else:
+            self.requests = self.settings.max_requests_per_connection  # the current one is the last
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- timers ----------------------------------------------------------------
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self.timer = asyncio.get_running_loop().call_later(seconds, self._expired)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _expired(self) -> None:
+        self.timer = None
+        if self.transport is None or self.closing:
+            return
+        if self.in_message:
+            self._fail(408)  # headers too slow: a slowloris costs no more than this socket
+        elif not self.queue:
+            self.closing = True
+            self.transport.close()  # idle keep-alive connection
+
+
+class _Reject(Exception):  # noqa: N818 - a control-flow signal out of the parser callbacks
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
