@@ -37,7 +37,7 @@ from opentelemetry.context import Context
 from authz.config import Config, HttpSettings
 from authz.decision import Decision, reject
 from authz.errors import AuthzError
-from authz.request import AuthzRequest, from_http
+from authz.request import AuthzRequest, from_http, http_request_id
 from authz.response import to_http_response
 from authz.service import Clock, SnapshotHolder, decide_request, refetch_issuer_keys
 from authz.telemetry import Telemetry, extract_parent
@@ -129,7 +129,10 @@ class HttpDoor:
                 decision = decide_request(config, request, self.clock, telemetry)
         if decision.reason == "signing_key_unknown" and request is not None:
             return asyncio.ensure_future(self._refetch_then_answer(config, request, decision, span, start))
-        return self._finish(config, request, decision, span, parent, start)
+        request_id = request.request_id if request else http_request_id(headers)
+        return self._finish(
+            config, request, decision, span=span, parent=parent, start=start, request_id=request_id
+        )
 
     async def _refetch_then_answer(
         self,
@@ -142,18 +145,22 @@ class HttpDoor:
         if await refetch_issuer_keys(config, decision):
             with self.telemetry.active(span):
                 decision = decide_request(config, request, self.clock, self.telemetry)
-        return self._finish(config, request, decision, span, extract_parent((), request.headers), start)
+        parent = extract_parent((), request.headers)
+        return self._finish(
+            config, request, decision, span=span, parent=parent, start=start, request_id=request.request_id
+        )
 
-    def _finish(  # noqa: PLR0917 - private
+    def _finish(
         self,
         config: Config | None,
         request: AuthzRequest | None,
         decision: Decision,
+        *,
         span: trace.Span | None,
         parent: Context,
         start: float,
+        request_id: str,
     ) -> bytes:
-        request_id = request.request_id if request else ""
         self.telemetry.finish(
             span,
             decision,
@@ -192,6 +199,7 @@ class _Connection(asyncio.Protocol):
         self.body_bytes = 0
         self.requests = 0
         self.closing = False
+        self.rejected = 0  # the status of a limit a callback enforced
         self.in_message = False
         self.queue: collections.deque[tuple[asyncio.Future[bytes], bool]] = collections.deque()
         self.timer: asyncio.TimerHandle | None = None
@@ -219,12 +227,9 @@ class _Connection(asyncio.Protocol):
             self._arm(self.settings.header_timeout)  # a new request: its headers must come in time
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(400)
         except httptools.HttpParserError:
-            self._fail(400)
-        except _Reject as exc:
-            self._fail(exc.status)
+            # httptools wraps what a callback raises; a limit we enforced says its status.
+            self._fail(self.rejected or 400)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.door.connections.discard(self)
@@ -244,7 +249,7 @@ class _Connection(asyncio.Protocol):
         self.url += url
         self.header_bytes += len(url)
         if len(self.url) > 8192:
-            raise _Reject(414)
+            self._reject(414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.header_bytes += len(name) + len(value)
@@ -253,7 +258,7 @@ class _Connection(asyncio.Protocol):
             self.header_bytes > self.settings.max_header_bytes
             or self.header_count > self.settings.max_headers
         ):
-            raise _Reject(431)
+            self._reject(431)
         self.headers.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
 
     def on_headers_complete(self) -> None:
@@ -262,7 +267,7 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self.body_bytes += len(body)
         if self.body_bytes > self.settings.max_body_bytes:
-            raise _Reject(413)
+            self._reject(413)
 
     def on_message_complete(self) -> None:
         self.in_message = False
@@ -278,6 +283,10 @@ class _Connection(asyncio.Protocol):
             not self.parser.should_keep_alive() or self.requests >= self.settings.max_requests_per_connection
         )
         self._send(answer, last)
+
+    def _reject(self, status: int) -> None:
+        self.rejected = status
+        raise _Reject(status)
 
     # -- answering -------------------------------------------------------------
 

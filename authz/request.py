@@ -26,6 +26,7 @@ __all__ = [
     "bearer_token",
     "from_check_request",
     "from_http",
+    "http_request_id",
     "normalize_host",
     "normalize_path",
     "request_id_of",
@@ -91,7 +92,7 @@ def from_http(
         if not target.startswith(path_prefix):
             raise AuthzError("path_invalid", "path does not start with the configured prefix")
         target = target[len(path_prefix) :] or "/"
-    request_id = _first(headers, "x-request-id")
+    request_id = http_request_id(headers)
     return AuthzRequest(
         method=method.upper(),
         path=normalize_path(target),
@@ -100,8 +101,14 @@ def from_http(
         headers=headers,
         context_extensions=MappingProxyType({}),
         peer_principal="",
-        request_id=request_id if _REQUEST_ID.fullmatch(request_id) else "",
+        request_id=request_id,
     )
+
+
+def http_request_id(headers: Mapping[str, tuple[str, ...]]) -> str:
+    """Envoy's ``x-request-id`` of an HTTP-door request, if it is a plain short id."""
+    request_id = _first(headers, "x-request-id")
+    return request_id if _REQUEST_ID.fullmatch(request_id) else ""
 
 
 def request_id_of(message: CheckRequest) -> str:

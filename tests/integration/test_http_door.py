@@ -1,0 +1,299 @@
+"""The HTTP door for real: Envoy's http_service in front of the echo upstream, and hostile clients."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import shutil
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from authz.config import load_config
+from authz.http_door import HttpDoor
+from authz.service import SnapshotHolder
+from authz.telemetry import Telemetry
+from tests.helpers import CONFIG, NOW, World
+from tests.integration.harness import EchoUpstream, EnvoyProcess, envoy_config, http_request, run_envoy
+
+PREFIX = "/ext-authz"
+HTTP_SETTINGS = f"""
+http:
+  path_prefix: {PREFIX}
+  header_timeout: 0.5
+  idle_timeout: 1
+  max_requests_per_connection: 3
+  max_headers: 20
+  max_header_bytes: 4096
+  max_body_bytes: 16
+  max_connections: 8
+"""
+
+
+def _http_service_config(door_port: int, upstream_port: int) -> dict[str, Any]:
+    config = envoy_config(
+        authz_port=door_port,
+        upstream_port=upstream_port,
+        tenants_by_domain={"api.acme.test": None, "api.globex.test": None},
+    )
+    resources = config["static_resources"]
+    hcm = resources["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    ext_authz = hcm["http_filters"][0]["typed_config"]
+    for key in ("grpc_service", "transport_api_version", "encode_raw_headers", "include_peer_certificate"):
+        ext_authz.pop(key, None)
+    ext_authz["http_service"] = {
+        "server_uri": {"uri": f"http://127.0.0.1:{door_port}", "cluster": "authz_http", "timeout": "2s"},
+        "path_prefix": PREFIX,
+        "authorization_response": {
+            "allowed_upstream_headers": {
+                "patterns": [{"exact": h} for h in ("x-authz-tenant", "x-authz-subject", "x-authz-scopes")]
+            },
+            "allowed_client_headers": {
+                "patterns": [{"exact": h} for h in ("www-authenticate", "content-type", "cache-control")]
+            },
+        },
+    }
+    ext_authz["allowed_headers"] = {
+        "patterns": [{"exact": h} for h in ("authorization", "x-request-id", "traceparent", "tracestate")]
+    }
+    authz = next(c for c in resources["clusters"] if c["name"] == "authz")
+    http_cluster = copy.deepcopy(authz)
+    http_cluster["name"] = http_cluster["load_assignment"]["cluster_name"] = "authz_http"
+    http_cluster.pop("typed_extension_protocol_options", None)  # HTTP/1.1 to the door
+    resources["clusters"].append(http_cluster)
+    return config
+
+
+@pytest.fixture(scope="module")
+async def door(world: World, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[HttpDoor, int]]:
+    """The HTTP door in-process on 127.0.0.1:0, with tight limits and the test clock."""
+    root = tmp_path_factory.mktemp("door")
+    shutil.copytree(world.root / "keys", root / "keys")
+    (root / "config.yaml").write_text(CONFIG + HTTP_SETTINGS)
+    config = load_config(root / "config.yaml")
+    server = HttpDoor(SnapshotHolder(config), lambda: float(NOW), Telemetry(), config.http)
+    port = await server.start("127.0.0.1:0")
+    yield server, port
+    await server.stop(1.0)
+
+
+@pytest.fixture(scope="module")
+async def stack(
+    door: tuple[HttpDoor, int], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[tuple[EnvoyProcess, EchoUpstream]]:
+    """One Envoy with http_service to the door, in front of the echo upstream."""
+    _, port = door
+    with EchoUpstream() as upstream:
+        config = _http_service_config(port, upstream.port)
+        with run_envoy(config, tmp_path=tmp_path_factory.mktemp("envoy")) as envoy:
+            yield envoy, upstream
+
+
+async def _get(envoy: EnvoyProcess, path: str, host: str = "api.acme.test", **headers: str) -> Any:
+    return await asyncio.to_thread(
+        http_request,
+        envoy.port,
+        "GET",
+        path,
+        host=host,
+        headers={k.replace("_", "-"): v for k, v in headers.items()},
+    )
+
+
+async def test_allow_passes_identity_and_drops_forged_copies(stack, world: World) -> None:
+    """Allowed through Envoy's http_service: the upstream sees our identity, not the client's, and no token."""
+    envoy, upstream = stack
+    upstream.clear()
+    reply = await _get(
+        envoy,
+        "/orders",
+        authorization=f"Bearer {world.token()}",
+        x_authz_subject="root",
+        x_authz_tenant="globex",
+    )
+    assert reply.status == 200
+    (seen,) = upstream.requests
+    assert seen.header("x-authz-tenant") == "acme"
+    assert seen.header("x-authz-subject") == "user-1"
+    assert seen.header("x-authz-scopes") == "orders:read"
+    assert seen.headers.get("x-authz-subject") == ["user-1"]
+    assert "authorization" not in seen.headers
+
+
+async def test_public_path_removes_forged_identity(stack) -> None:
+    """A public path passes without a token, and forged x-authz-* headers are removed."""
+    envoy, upstream = stack
+    upstream.clear()
+    reply = await _get(envoy, "/healthz", x_authz_subject="root", x_authz_scopes="admin")
+    assert reply.status == 200
+    (seen,) = upstream.requests
+    assert seen.header("x-authz-tenant") == "acme"
+    assert "x-authz-subject" not in seen.headers
+    assert "x-authz-scopes" not in seen.headers
+
+
+@pytest.mark.parametrize(
+    ("path", "token", "status", "reason", "challenge"),
+    [
+        ("/orders", None, 401, "token_missing", "Bearer"),
+        ("/orders", "a.b.c.d.e", 401, "token_malformed", 'Bearer error="invalid_token"'),
+        ("/admin/users", "valid", 403, "role_missing", None),
+        ("/orders%2Fadmin", "valid", 400, "path_invalid", None),
+    ],
+)
+async def test_denies_reach_the_client_not_the_upstream(
+    stack, world: World, path, token, status, reason, challenge
+) -> None:
+    """401/403/400 reach the client with our challenge and JSON body; the upstream sees nothing."""
+    envoy, upstream = stack
+    upstream.clear()
+    headers = (
+        {} if token is None else {"authorization": f"Bearer {world.token() if token == 'valid' else token}"}
+    )
+    reply = await _get(envoy, path, x_request_id="rid-7", **headers)
+    assert reply.status == status
+    assert reply.json() == {"error": reply.json()["error"], "reason": reason, "request_id": "rid-7"}
+    assert reply.header("www-authenticate") == challenge
+    assert reply.header("cache-control") == "no-store"
+    assert upstream.requests == []
+
+
+async def test_cross_tenant_token_is_forbidden(stack, world: World) -> None:
+    """An acme token at globex's host: 403 tenant_mismatch (the tenant comes from the host)."""
+    envoy, upstream = stack
+    upstream.clear()
+    reply = await _get(envoy, "/orders", host="api.globex.test", authorization=f"Bearer {world.token()}")
+    assert (reply.status, reply.json()["reason"]) == (403, "tenant_mismatch")
+    assert upstream.requests == []
+
+
+# -- hostile clients, straight to the door -------------------------------------
+
+
+async def _exchange(port: int, data: bytes, *, wait: float = 3.0) -> tuple[bytes, bool]:
+    """Send ``data``, read until the door closes (or ``wait`` passes): (bytes, closed)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    received = b""
+    closed = False
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            chunk = await asyncio.wait_for(reader.read(65536), deadline - time.monotonic())
+        except TimeoutError:
+            break
+        if not chunk:
+            closed = True
+            break
+        received += chunk
+    writer.close()
+    return received, closed
+
+
+def _request(
+    path: str = "/orders", *, host: str = "api.acme.test", extra: str = "", keep: bool = True
+) -> bytes:
+    connection = "" if keep else "connection: close\r\n"
+    return f"GET {PREFIX}{path} HTTP/1.1\r\nhost: {host}\r\n{connection}{extra}\r\n".encode()
+
+
+async def test_malformed_request_is_400_and_closed(door) -> None:
+    """A request line that is not HTTP gets 400 and the connection is closed."""
+    _, port = door
+    received, closed = await _exchange(port, b"HELLO\x00 there\r\n\r\n")
+    assert received.startswith(b"HTTP/1.1 400 ")
+    assert closed
+
+
+@pytest.mark.parametrize(
+    ("extra", "status"),
+    [
+        ("".join(f"x-h{i}: v\r\n" for i in range(25)), 431),  # more headers than max_headers
+        ("x-big: " + "a" * 5000 + "\r\n", 431),  # over max_header_bytes
+    ],
+    ids=["too-many-headers", "headers-too-large"],
+)
+async def test_header_limits(door, extra: str, status: int) -> None:
+    """Too many or too large headers: 431 and closed."""
+    _, port = door
+    received, closed = await _exchange(port, _request(extra=extra))
+    assert received.startswith(f"HTTP/1.1 {status} ".encode())
+    assert closed
+
+
+async def test_long_url_is_414(door) -> None:
+    """A request target over 8 KiB: 414 and closed."""
+    _, port = door
+    received, closed = await _exchange(port, _request("/" + "a" * 9000))
+    assert received.startswith(b"HTTP/1.1 414 ")
+    assert closed
+
+
+async def test_body_over_the_limit_is_413(door) -> None:
+    """A body larger than max_body_bytes: 413 and closed (Envoy sends none unless told to)."""
+    _, port = door
+    received, closed = await _exchange(port, _request(extra="content-length: 100\r\n") + b"x" * 100)
+    assert received.startswith(b"HTTP/1.1 413 ")
+    assert closed
+
+
+async def test_slowloris_is_cut_at_the_header_timeout(door) -> None:
+    """Headers that never finish: 408 after header_timeout, connection closed."""
+    _, port = door
+    started = time.monotonic()
+    received, closed = await _exchange(
+        port, b"GET /ext-authz/orders HTTP/1.1\r\nhost: api.acme.test\r\nx-slow: ", wait=5
+    )
+    assert received.startswith(b"HTTP/1.1 408 ")
+    assert closed
+    assert time.monotonic() - started < 2.5
+
+
+async def test_idle_keep_alive_connection_is_closed(door) -> None:
+    """After an answer, an idle keep-alive connection is closed after idle_timeout."""
+    _, port = door
+    started = time.monotonic()
+    received, closed = await _exchange(port, _request("/healthz"), wait=5)
+    assert received.startswith(b"HTTP/1.1 200 ")
+    assert closed
+    assert 0.8 < time.monotonic() - started < 3
+
+
+async def test_pipelined_requests_are_answered_in_order_up_to_the_keep_alive_bound(
+    door, world: World
+) -> None:
+    """Pipelined requests get answers in order; after max_requests_per_connection the door closes."""
+    _, port = door
+    token = world.token()
+    pipeline = (
+        _request("/healthz")
+        + _request("/orders", extra=f"authorization: Bearer {token}\r\n")
+        + _request("/orders")
+        + _request("/healthz")
+    )
+    received, closed = await _exchange(port, pipeline)
+    statuses = [int(line.split(b" ")[1]) for line in received.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")]
+    assert statuses == [200, 200, 401]  # the fourth is never read: three per connection
+    assert closed
+
+
+async def test_connections_are_bounded(door) -> None:
+    """Past max_connections a new connection is answered 503 and closed."""
+    _, port = door
+    held = []
+    for _ in range(8):
+        sock = socket.create_connection(("127.0.0.1", port))
+        held.append(sock)
+    await asyncio.sleep(0.1)
+    try:
+        received, closed = await _exchange(port, _request("/healthz"))
+        assert received.startswith(b"HTTP/1.1 503 ")
+        assert closed
+    finally:
+        for sock in held:
+            sock.close()
+        await asyncio.sleep(0.1)
