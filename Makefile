@@ -4,8 +4,17 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 LISTEN ?= 127.0.0.1:9001
 DEMO   ?= .demo
+# make demo: Envoy + authz + echo upstream on 127.0.0.1, away from `make run` (9001/9002)
+# and the quick start's Envoy (10000/9901). Override any of them: make demo DEMO_ENVOY_PORT=18080
+DEMO_STATE            ?= deploy/demo/.state
+DEMO_ENVOY_PORT       ?= 10080
+DEMO_ENVOY_ADMIN_PORT ?= 10081
+DEMO_AUTHZ_PORT       ?= 10091
+DEMO_AUTHZ_ADMIN_PORT ?= 10092
+DEMO_UPSTREAM_PORT    ?= 10093
+DEMO_OTLP             ?= auto
 
-.PHONY: run test lint typecheck protos bench clean
+.PHONY: run test lint typecheck protos bench clean demo demo-stop
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +49,23 @@ protos: $(VENV)/.installed-dev
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache
 
-## bench: benchmarks (not tests): numbers and ratios against a baseline measured in the same run
+## bench: benchmarks (not tests): numbers and ratios against baselines measured in the same run
+## (about 10 minutes; wrk and h2load from apt; writes bench/results/*.json and docs/bench.png)
 bench: $(VENV)/.installed-dev
-	mkdir -p bench/results
-	$(PY) bench/bench_tracing.py --json bench/results/tracing.json
+	$(PY) -m pip install --quiet -e '.[bench]'
+	command -v wrk >/dev/null && command -v h2load >/dev/null || \
+	  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk nghttp2-client; }
+	@# run.py calls bench/bench_tracing.py and bench/bench_token.py first (-> bench/results/tracing.json,
+	@# token.json), then the servers, Envoy, wrk and h2load scenarios (-> results.json, docs/bench.png)
+	$(PY) bench/run.py --json bench/results/results.json --chart docs/bench.png
+
+## demo: local stack (real Envoy, authz, echo upstream) in the background; prints a table of requests
+demo: $(VENV)/.installed-dev
+	$(PY) deploy/demo/stack.py start --state $(DEMO_STATE) --otlp $(DEMO_OTLP) \
+	  --envoy-port $(DEMO_ENVOY_PORT) --envoy-admin-port $(DEMO_ENVOY_ADMIN_PORT) \
+	  --authz-port $(DEMO_AUTHZ_PORT) --authz-admin-port $(DEMO_AUTHZ_ADMIN_PORT) \
+	  --upstream-port $(DEMO_UPSTREAM_PORT)
+
+## demo-stop: end the processes `make demo` started (by pid)
+demo-stop:
+	$(PY) deploy/demo/stack.py stop --state $(DEMO_STATE)

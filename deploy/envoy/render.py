@@ -1,0 +1,425 @@
+#!/usr/bin/env python3
+"""The one source of every Envoy configuration in this repository.
+
+Each variant is this configuration with a few parameters: where Envoy listens,
+its admin address, where authz is, where the upstream is (none: a direct
+response that echoes the identity headers, for the quick start) and where the
+OTLP collector is (none: no tracing).
+
+    python deploy/envoy/render.py            # rewrite every committed variant
+    python deploy/envoy/render.py --check    # exit 1 if a committed file is stale
+    python deploy/envoy/render.py --listen 127.0.0.1:10080 --admin 127.0.0.1:10081 \\
+        --authz 127.0.0.1:10091 --upstream 127.0.0.1:10093 --output envoy.yaml
+
+The committed variants are listed in VARIANTS; tests/test_deploy.py fails when a
+committed file differs from what this script renders, and validates each with
+``envoy --mode validate``. Only the standard library and PyYAML are needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["HEALTH_PATH", "TENANTS", "VARIANTS", "Params", "Variant", "render", "render_text"]
+
+DEPLOY = Path(__file__).resolve().parent.parent
+NAMESPACE = "jwe-authz"  # the Kubernetes namespace of deploy/kubernetes (base/kustomization.yaml)
+CLUSTER_DOMAIN = "svc.cluster.local"
+
+HEALTH_PATH = "/envoy-health"  # answered by Envoy itself, ext_authz disabled: probes need no token
+AUTHZ_TIMEOUT = "1s"  # one Check; authz answers in about a millisecond
+ROUTE_TIMEOUT = "15s"
+
+# Tenant -> Envoy domains. The per-route context_extensions name the tenant, so a
+# request on these hosts is checked against that tenant's policy whatever else
+# it carries. Any other host falls to the "*" virtual host, where authz picks
+# the tenant from the Host (the only way under Istio, see the README).
+TENANTS: dict[str, list[str]] = {
+    "acme": ["api.acme.test", "*.acme.test"],
+    "globex": ["api.globex.test"],
+}
+
+_T = "type.googleapis.com/"
+_DOWNSTREAM_CONNECTIONS = (
+    "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
+)
+_EXT_AUTHZ = "envoy.filters.http.ext_authz"
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    """The parameters of one rendering: ``host:port`` addresses."""
+
+    listen: str
+    admin: str
+    authz: str
+    upstream: str | None = None  # None: direct response echoing x-authz-* (quick start)
+    otlp: str | None = None  # None: no tracing
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """A committed rendering: where it goes, its parameters and a header comment."""
+
+    path: Path
+    params: Params
+    about: str
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant(
+        DEPLOY / "envoy" / "demo.yaml",
+        Params(listen="127.0.0.1:10000", admin="127.0.0.1:9901", authz="127.0.0.1:9001"),
+        "Envoy in front of the demo (README, quick start): `make run` serves authz on\n"
+        "127.0.0.1:9001; then\n"
+        "  envoy -c deploy/envoy/demo.yaml --concurrency 1 --disable-hot-restart\n"
+        "listens on 127.0.0.1:10000. For the demo the upstream is Envoy itself: an\n"
+        "allowed request gets a direct response that echoes the identity headers that\n"
+        "authz set (x-authz-*) back to the client, so you can see them with curl -i.",
+    ),
+    Variant(
+        DEPLOY / "kubernetes" / "overlays" / "sidecar" / "envoy.yaml",
+        Params(
+            listen="0.0.0.0:8080",
+            admin="127.0.0.1:9901",
+            authz="127.0.0.1:9001",
+            upstream=f"echo.{NAMESPACE}.{CLUSTER_DOMAIN}:80",
+            otlp=f"jaeger.{NAMESPACE}.{CLUSTER_DOMAIN}:4317",
+        ),
+        "Kubernetes, sidecar overlay: authz runs in the same pod, Envoy calls it on\n"
+        "127.0.0.1:9001 (a STATIC cluster of one host).",
+    ),
+    Variant(
+        DEPLOY / "kubernetes" / "overlays" / "standalone" / "envoy.yaml",
+        Params(
+            listen="0.0.0.0:8080",
+            admin="127.0.0.1:9901",
+            authz=f"authz-headless.{NAMESPACE}.{CLUSTER_DOMAIN}:9001",
+            upstream=f"echo.{NAMESPACE}.{CLUSTER_DOMAIN}:80",
+            otlp=f"jaeger.{NAMESPACE}.{CLUSTER_DOMAIN}:4317",
+        ),
+        "Kubernetes, standalone overlay: authz is its own Deployment. Envoy resolves\n"
+        "the headless Service authz-headless (STRICT_DNS: one upstream host per ready\n"
+        "authz pod IP) instead of the ClusterIP Service: a long-lived HTTP/2\n"
+        "connection through a ClusterIP is balanced once, when it opens, so all\n"
+        "checks of an Envoy would stick to one authz pod.",
+    ),
+)
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        msg = f"not host:port: {address!r}"
+        raise ValueError(msg)
+    return host.strip("[]"), int(port)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _socket(address: str) -> dict[str, Any]:
+    host, port = _split(address)
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _cluster(name: str, address: str, *, http2: bool) -> dict[str, Any]:
+    """A cluster of the hosts behind ``address``: STATIC for an IP, else STRICT_DNS.
+
+    STRICT_DNS keeps every address the name resolves to as its own upstream host
+    (a headless Service resolves to every ready pod IP), each with its own
+    connection pool, so load spreads over pods instead of riding one connection.
+    """
+    host, _ = _split(address)
+    cluster: dict[str, Any] = {"name": name, "connect_timeout": "1s"}
+    if _is_ip(host):
+        cluster["type"] = "STATIC"
+    else:
+        cluster["type"] = "STRICT_DNS"
+        # Re-resolved every 5 s (Envoy's default refresh): new and removed pods are seen within seconds.
+        cluster["dns_lookup_family"] = "V4_PREFERRED"
+    if http2:
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
+    cluster["load_assignment"] = {
+        "cluster_name": name,
+        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(address)}}]}],
+    }
+    return cluster
+
+
+def _authz_cluster(address: str) -> dict[str, Any]:
+    """The ext_authz cluster, tuned so that checks spread over every authz pod and process.
+
+    Envoy opens ONE HTTP/2 connection per upstream host (per worker thread) and
+    multiplexes every Check on it, so without limits a busy Envoy pins all of its
+    checks to one connection, i.e. one authz process, however many there are:
+    - STRICT_DNS over a headless Service (see _cluster) makes each pod a host;
+    - max_concurrent_streams: 100 makes Envoy open another connection to the same
+      host once 100 checks are in flight on one (another accept, possibly another
+      process behind an SO_REUSEPORT listener, and bounded per-connection queues);
+    - max_requests_per_connection: 1000 retires connections regularly, so new
+      pods and processes get connections without waiting for a restart;
+    - LEAST_REQUEST prefers the host with the fewest checks in flight;
+    - an active gRPC health check (grpc.health.v1, what authz serves) takes a pod
+      out as soon as it reports NOT_SERVING (draining on SIGTERM), before the DNS
+      refresh does.
+    """
+    cluster = _cluster("authz", address, http2=True)
+    cluster["lb_policy"] = "LEAST_REQUEST"
+    options = cluster["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ]
+    options["common_http_protocol_options"] = {"max_requests_per_connection": 1000, "idle_timeout": "300s"}
+    options["explicit_http_config"]["http2_protocol_options"] = {
+        "max_concurrent_streams": 100,
+        "connection_keepalive": {"interval": "30s", "timeout": "5s"},
+    }
+    cluster["circuit_breakers"] = {
+        "thresholds": [{"max_connections": 1024, "max_pending_requests": 1024, "max_requests": 4096}]
+    }
+    cluster["health_checks"] = [
+        {
+            "timeout": "1s",
+            "interval": "5s",
+            "no_traffic_interval": "5s",
+            "unhealthy_threshold": 2,
+            "healthy_threshold": 1,
+            "grpc_health_check": {},
+        }
+    ]
+    # The dict order above keeps load_assignment last, where readers look for it.
+    cluster["load_assignment"] = cluster.pop("load_assignment")
+    return cluster
+
+
+def _per_route(config: dict[str, Any]) -> dict[str, Any]:
+    return {
+        _EXT_AUTHZ: {"@type": _T + "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute", **config}
+    }
+
+
+def _routes(tenant: str | None, params: Params) -> list[dict[str, Any]]:
+    health = {
+        "name": "envoy-health",
+        "match": {"path": HEALTH_PATH},
+        "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}},
+        # Probes and load balancer health checks carry no token: no Check for them.
+        "typed_per_filter_config": _per_route({"disabled": True}),
+    }
+    protected: dict[str, Any] = {"name": tenant or "by-host", "match": {"prefix": "/"}}
+    if params.upstream is None:
+        protected["direct_response"] = {"status": 200, "body": {"inline_string": "hello from the upstream\n"}}
+        protected["response_headers_to_add"] = [
+            {"header": {"key": f"x-seen-{name}", "value": f"%REQ(x-authz-{name})%"}}
+            for name in ("tenant", "subject", "scopes")
+        ]
+    else:
+        protected["route"] = {"cluster": "upstream", "timeout": ROUTE_TIMEOUT}
+    if tenant is not None:
+        # The tenant travels with the route, not with anything the client sends.
+        protected["typed_per_filter_config"] = _per_route(
+            {"check_settings": {"context_extensions": {"tenant": tenant}}}
+        )
+    return [health, protected]
+
+
+def _access_log() -> list[dict[str, Any]]:
+    fields = {
+        "time": "%START_TIME%",
+        "method": "%REQ(:METHOD)%",
+        "authority": "%REQ(:AUTHORITY)%",
+        "path": "%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH)%",  # no query: it may carry secrets
+        "status": "%RESPONSE_CODE%",
+        "flags": "%RESPONSE_FLAGS%",
+        "duration_ms": "%DURATION%",
+        "upstream": "%UPSTREAM_HOST%",
+        "request_id": "%REQ(X-REQUEST-ID)%",
+        "trace_id": "%TRACE_ID%",
+        "traceparent": "%REQ(TRACEPARENT)%",
+        # Dynamic metadata that authz returns with its decision (README: How a request is decided).
+        "authz_decision": "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:decision)%",
+        "authz_reason": "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:reason)%",
+        "authz_tenant": "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:tenant)%",
+        "authz_rule": "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:rule)%",
+    }
+    return [
+        {
+            "name": "envoy.access_loggers.stdout",
+            "typed_config": {
+                "@type": _T + "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                "log_format": {
+                    "json_format": fields,
+                    "formatters": [
+                        {
+                            "name": "envoy.formatter.req_without_query",
+                            "typed_config": {
+                                "@type": _T
+                                + "envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery"
+                            },
+                        }
+                    ],
+                },
+            },
+        }
+    ]
+
+
+def render(params: Params) -> dict[str, Any]:
+    """Return the Envoy v3 bootstrap for ``params``."""
+    vhosts = [
+        {"name": tenant, "domains": domains, "routes": _routes(tenant, params)}
+        for tenant, domains in TENANTS.items()
+    ]
+    vhosts.append({"name": "by-host", "domains": ["*"], "routes": _routes(None, params)})
+    ext_authz = {
+        "@type": _T + "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        "transport_api_version": "V3",
+        "grpc_service": {"envoy_grpc": {"cluster_name": "authz"}, "timeout": AUTHZ_TIMEOUT},
+        "failure_mode_allow": False,  # fail closed: authz unreachable or slow is a deny
+        "status_on_error": {"code": "ServiceUnavailable"},  # ...a 503, not a misleading 403
+        "include_peer_certificate": True,
+        "encode_raw_headers": True,  # header_map with raw bytes: no lossy UTF-8 or joining
+        # with_request_body is not set: the body is never buffered nor sent to authz.
+    }
+    hcm: dict[str, Any] = {
+        "@type": _T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "ingress",
+        # Match what authz matches: decode unreserved escapes, remove dot segments, merge slashes.
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": "REJECT_REQUEST",
+        "strip_any_host_port": True,
+        "access_log": _access_log(),
+    }
+    if params.otlp is not None:
+        hcm["tracing"] = {
+            "provider": {
+                "name": "envoy.tracers.opentelemetry",
+                "typed_config": {
+                    "@type": _T + "envoy.config.trace.v3.OpenTelemetryConfig",
+                    "service_name": "envoy",
+                    "grpc_service": {
+                        "envoy_grpc": {"cluster_name": "opentelemetry_collector"},
+                        "timeout": "1s",
+                    },
+                },
+            }
+        }
+    hcm["route_config"] = {"name": "ingress", "virtual_hosts": vhosts}
+    hcm["http_filters"] = [
+        {"name": _EXT_AUTHZ, "typed_config": ext_authz},
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": _T + "envoy.extensions.filters.http.router.v3.Router"},
+        },
+    ]
+    clusters = [_authz_cluster(params.authz)]  # first: tests and the quick start look here
+    if params.upstream is not None:
+        clusters.append(_cluster("upstream", params.upstream, http2=False))
+    if params.otlp is not None:
+        clusters.append(_cluster("opentelemetry_collector", params.otlp, http2=True))
+    return {
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "ingress",
+                    "address": _socket(params.listen),
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": clusters,
+        },
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": _T + _DOWNSTREAM_CONNECTIONS,
+                        "max_active_downstream_connections": 50000,
+                    },
+                }
+            ]
+        },
+        "admin": {"address": _socket(params.admin)},
+    }
+
+
+def render_text(params: Params, about: str = "") -> str:
+    """Return the YAML text of the rendering, with a header comment."""
+    header = [
+        "GENERATED by deploy/envoy/render.py (the one source of every Envoy config): do not edit.",
+        "Regenerate with `python deploy/envoy/render.py`; tests/test_deploy.py fails when stale.",
+        "",
+        *about.splitlines(),
+    ]
+    comment = "".join(f"# {line}".rstrip() + "\n" for line in header)
+    body = yaml.safe_dump(render(params), sort_keys=False, default_flow_style=False, width=120)
+    return comment + body
+
+
+def stale() -> list[Path]:
+    """Return the committed variants whose file differs from their rendering."""
+    return [
+        v.path
+        for v in VARIANTS
+        if not v.path.is_file() or v.path.read_text(encoding="utf-8") != render_text(v.params, v.about)
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: render all committed variants, check them, or render one to a file."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if a committed rendering is stale")
+    parser.add_argument("--listen", help="render one configuration: listener host:port")
+    parser.add_argument("--admin", default="127.0.0.1:9901")
+    parser.add_argument("--authz", default="127.0.0.1:9001")
+    parser.add_argument("--upstream", default=None, help="host:port; omitted: direct response")
+    parser.add_argument("--otlp", default=None, help="OTLP/gRPC collector host:port; omitted: no tracing")
+    parser.add_argument("--output", type=Path, help="file for --listen (default: stdout)")
+    args = parser.parse_args(argv)
+    if args.listen:
+        params = Params(args.listen, args.admin, args.authz, args.upstream or None, args.otlp or None)
+        text = render_text(params, f"Rendered with {params}.")
+        if args.output:
+            args.output.write_text(text, encoding="utf-8")
+        else:
+            sys.stdout.write(text)
+        return 0
+    if args.check:
+        for path in stale():
+            print(
+                f"stale: {path.relative_to(DEPLOY.parent)} (run python deploy/envoy/render.py)",
+                file=sys.stderr,
+            )
+        return 1 if stale() else 0
+    for variant in VARIANTS:
+        variant.path.write_text(render_text(variant.params, variant.about), encoding="utf-8")
+        print(f"wrote {variant.path.relative_to(DEPLOY.parent)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

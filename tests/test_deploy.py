@@ -1,0 +1,791 @@
+"""deploy/: Kubernetes overlays, Istio resources, Envoy configs and the Dockerfile, checked offline.
+
+The overlays are rendered with ``kubectl kustomize`` from a temporary copy of
+deploy/kubernetes whose git-ignored key folder is filled with throwaway keys by
+``authz demo``, exactly as the README tells a user to do.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import fnmatch
+import importlib.util
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path, PurePosixPath
+from types import ModuleType
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.integration.harness import find_envoy
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy"
+ISTIO_SCHEMAS = REPO / "tests" / "data" / "istio"
+OVERLAYS = ("sidecar", "standalone")
+# The oldest Kubernetes these manifests support (gRPC probes GA since 1.27, preStop
+# `sleep` on by default since 1.30) and the newest kubernetes-validate ships schemas for.
+KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
+NAMESPACE = "jwe-authz"
+AUTHZ_UID = 10001
+CONFIG_MOUNT = "/etc/authz/config"
+KEYS_MOUNT = "/etc/authz/keys"
+EXT_AUTHZ = "envoy.filters.http.ext_authz"
+
+
+def _load_render() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("deploy_envoy_render", DEPLOY / "envoy" / "render.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+render = _load_render()
+
+
+def _kubectl() -> str:
+    found = shutil.which("kubectl")
+    if found is None:
+        pytest.skip("kubectl (with kustomize) is not installed")
+    return found
+
+
+def _kustomize(folder: Path) -> list[dict[str, Any]]:
+    done = subprocess.run(
+        [_kubectl(), "kustomize", str(folder)], check=True, capture_output=True, text=True, timeout=60
+    )
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+# fixtures ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kubernetes_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of deploy/kubernetes with throwaway keys in its git-ignored demo-keys folder."""
+    root = tmp_path_factory.mktemp("deploy") / "kubernetes"
+    shutil.copytree(DEPLOY / "kubernetes", root, ignore=shutil.ignore_patterns("demo-keys"))
+    subprocess.run(
+        [sys.executable, "-m", "authz", "demo", "--dir", str(root / "base" / "demo-keys")],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def overlays(kubernetes_tree: Path) -> dict[str, list[dict[str, Any]]]:
+    """Each overlay rendered by ``kubectl kustomize``."""
+    return {name: _kustomize(kubernetes_tree / "overlays" / name) for name in OVERLAYS}
+
+
+@pytest.fixture(params=OVERLAYS)
+def overlay(
+    request: pytest.FixtureRequest, overlays: dict[str, list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """One rendered overlay."""
+    return overlays[request.param]
+
+
+@pytest.fixture(scope="module")
+def istio_docs() -> list[dict[str, Any]]:
+    """deploy/istio rendered by kustomize, plus the mesh config (not a kubectl resource)."""
+    return [
+        *_kustomize(DEPLOY / "istio"),
+        yaml.safe_load((DEPLOY / "istio" / "extension-provider.yaml").read_text()),
+    ]
+
+
+# helpers -----------------------------------------------------------------------------
+
+
+def _of(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+
+
+def _one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    (found,) = _of(docs, kind, name)
+    return found
+
+
+def _pod(deployment: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    return spec
+
+
+def _containers(deployment: dict[str, Any]) -> list[dict[str, Any]]:
+    pod = _pod(deployment)
+    return [*pod.get("initContainers", []), *pod["containers"]]
+
+
+def _container(docs: list[dict[str, Any]], name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The one Deployment running a container ``name``, and that container."""
+    found = [(d, c) for d in _of(docs, "Deployment") for c in _containers(d) if c["name"] == name]
+    assert len(found) == 1, f"{len(found)} containers named {name}"
+    return found[0]
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, "only matchLabels selectors are used here"
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def _configmap_data(docs: list[dict[str, Any]], volume: dict[str, Any]) -> dict[str, str]:
+    (cm,) = [d for d in _of(docs, "ConfigMap") if d["metadata"]["name"] == volume["configMap"]["name"]]
+    data: dict[str, str] = cm["data"]
+    return data
+
+
+def _volume(deployment: dict[str, Any], name: str) -> dict[str, Any]:
+    (volume,) = [v for v in _pod(deployment)["volumes"] if v["name"] == name]
+    return volume
+
+
+def _mounted(
+    docs: list[dict[str, Any]], deployment: dict[str, Any], container: dict[str, Any], path: str
+) -> Any:
+    """The volume mounted at ``path`` in ``container``."""
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == path]
+    return _volume(deployment, mount["name"])
+
+
+def _authz_config(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    deployment, authz = _container(docs, "authz")
+    data = _configmap_data(docs, _mounted(docs, deployment, authz, CONFIG_MOUNT))
+    config: dict[str, Any] = yaml.safe_load(data["config.yaml"])
+    return config
+
+
+def _envoy_config(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    deployment, envoy = _container(docs, "envoy")
+    args = envoy["args"]
+    path = PurePosixPath(args[args.index("-c") + 1])
+    volume = _mounted(docs, deployment, envoy, str(path.parent))
+    config: dict[str, Any] = yaml.safe_load(_configmap_data(docs, volume)[path.name])
+    return config
+
+
+def _port(address: str) -> int:
+    return int(address.rpartition(":")[2])
+
+
+def _hcm(config: dict[str, Any]) -> dict[str, Any]:
+    hcm: dict[str, Any] = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"
+    ]
+    return hcm
+
+
+def _cluster(config: dict[str, Any], name: str) -> dict[str, Any]:
+    (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == name]
+    return cluster
+
+
+def _cluster_address(config: dict[str, Any], name: str) -> tuple[str, int]:
+    cluster = _cluster(config, name)
+    (endpoint,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    socket = endpoint["endpoint"]["address"]["socket_address"]
+    return socket["address"], socket["port_value"]
+
+
+def _envoy_validate(config_text: str, tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_text(config_text)
+    done = subprocess.run(
+        [find_envoy(), "--mode", "validate", "-c", str(path), "--disable-hot-restart", "--log-level", "warn"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# Envoy ---------------------------------------------------------------------------------
+
+
+def test_rendered_envoy_files_are_up_to_date() -> None:
+    """Every committed Envoy config equals what deploy/envoy/render.py renders now."""
+    assert render.stale() == [], "run: python deploy/envoy/render.py"
+
+
+@pytest.mark.parametrize("variant", render.VARIANTS, ids=lambda v: str(v.path.relative_to(DEPLOY)))
+def test_committed_envoy_configs_pass_envoy_validate(variant: Any, tmp_path: Path) -> None:
+    """Each committed Envoy config passes `envoy --mode validate` (Envoy 1.40)."""
+    _envoy_validate(variant.path.read_text(), tmp_path, variant.path.name)
+
+
+def test_envoy_configs_in_configmaps_pass_envoy_validate(
+    overlay: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """The Envoy config embedded in each rendered overlay's ConfigMap passes `envoy --mode validate`."""
+    config = _envoy_config(overlay)
+    _envoy_validate(json.dumps(config), tmp_path, "envoy.json")
+
+
+@pytest.mark.parametrize("variant", render.VARIANTS, ids=lambda v: str(v.path.relative_to(DEPLOY)))
+def test_envoy_ext_authz_filter_settings(variant: Any) -> None:
+    """ext_authz: gRPC V3, fail closed, a timeout, no body, peer cert and raw headers; tenant per route."""
+    config = yaml.safe_load(variant.path.read_text())
+    hcm = _hcm(config)
+    ext_authz = hcm["http_filters"][0]
+    assert ext_authz["name"] == EXT_AUTHZ
+    settings = ext_authz["typed_config"]
+    assert settings["transport_api_version"] == "V3"
+    assert settings["failure_mode_allow"] is False
+    assert settings["grpc_service"]["envoy_grpc"]["cluster_name"] == "authz"
+    assert re.fullmatch(r"\d+(\.\d+)?s", settings["grpc_service"]["timeout"])
+    assert "with_request_body" not in settings
+    assert settings["include_peer_certificate"] is True
+    assert settings["encode_raw_headers"] is True
+    assert hcm["http_filters"][-1]["name"] == "envoy.filters.http.router"
+
+    vhosts = {v["name"]: v for v in hcm["route_config"]["virtual_hosts"]}
+    for tenant in render.TENANTS:
+        routes = vhosts[tenant]["routes"]
+        protected = routes[-1]
+        assert protected["match"] == {"prefix": "/"}
+        extensions = protected["typed_per_filter_config"][EXT_AUTHZ]["check_settings"]["context_extensions"]
+        assert extensions == {"tenant": tenant}
+    for vhost in vhosts.values():
+        health = vhost["routes"][0]
+        assert health["match"] == {"path": render.HEALTH_PATH}
+        assert health["typed_per_filter_config"][EXT_AUTHZ]["disabled"] is True
+        assert "direct_response" in health
+
+
+@pytest.mark.parametrize("variant", render.VARIANTS, ids=lambda v: str(v.path.relative_to(DEPLOY)))
+def test_envoy_access_log_and_tracing(variant: Any) -> None:
+    """JSON access log to stdout with authz's dynamic metadata; OpenTelemetry tracing given a collector."""
+    config = yaml.safe_load(variant.path.read_text())
+    hcm = _hcm(config)
+    (log,) = hcm["access_log"]
+    assert log["name"] == "envoy.access_loggers.stdout"
+    fields = log["typed_config"]["log_format"]["json_format"]
+    for key in ("decision", "reason", "tenant", "rule"):
+        assert f"%DYNAMIC_METADATA({EXT_AUTHZ}:{key})%" in fields.values()
+    if variant.params.otlp is None:
+        assert "tracing" not in hcm
+    else:
+        provider = hcm["tracing"]["provider"]
+        assert provider["name"] == "envoy.tracers.opentelemetry"
+        cluster = provider["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"]
+        assert _cluster_address(config, cluster) == ("jaeger." + NAMESPACE + ".svc.cluster.local", 4317)
+
+
+@pytest.mark.parametrize("variant", render.VARIANTS, ids=lambda v: str(v.path.relative_to(DEPLOY)))
+def test_envoy_authz_cluster_spreads_load(variant: Any) -> None:
+    """The authz cluster opens more HTTP/2 connections under load and resolves every pod behind a name."""
+    cluster = _cluster(yaml.safe_load(variant.path.read_text()), "authz")
+    options = cluster["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ]
+    assert options["explicit_http_config"]["http2_protocol_options"]["max_concurrent_streams"] == 100
+    assert options["common_http_protocol_options"]["max_requests_per_connection"] > 0
+    assert cluster["health_checks"][0]["grpc_health_check"] == {}
+    host, _ = _cluster_address({"static_resources": {"clusters": [cluster]}}, "authz")
+    assert cluster["type"] == ("STATIC" if host == "127.0.0.1" else "STRICT_DNS")
+
+
+def test_quickstart_config_keeps_its_addresses() -> None:
+    """deploy/envoy/demo.yaml listens on 127.0.0.1:10000 (admin 9901) and calls authz on 127.0.0.1:9001."""
+    config = yaml.safe_load((DEPLOY / "envoy" / "demo.yaml").read_text())
+    assert config["static_resources"]["listeners"][0]["address"]["socket_address"] == {
+        "address": "127.0.0.1",
+        "port_value": 10000,
+    }
+    assert config["admin"]["address"]["socket_address"]["port_value"] == 9901
+    assert config["static_resources"]["clusters"][0]["name"] == "authz"
+    assert _cluster_address(config, "authz") == ("127.0.0.1", 9001)
+
+
+# Kubernetes: schemas ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_manifests_validate_against_kubernetes_schemas(overlay: list[dict[str, Any]], version: str) -> None:
+    """Every rendered manifest validates offline, strictly, against the Kubernetes schemas of ``version``."""
+    for doc in overlay:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_strict_validation_rejects_unknown_fields(overlay: list[dict[str, Any]]) -> None:
+    """The strict validation used above does reject a misspelt field (so it really checks)."""
+    deployment = copy.deepcopy(_of(overlay, "Deployment")[0])
+    _pod(deployment)["containers"][0]["securityContxt"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[0], strict=True)
+
+
+# Kubernetes: security ----------------------------------------------------------------------
+
+
+def test_every_container_is_locked_down(overlay: list[dict[str, Any]]) -> None:
+    """Non-root, fixed UID, read-only root FS, no privilege escalation or capabilities, seccomp, limits."""
+    for deployment in _of(overlay, "Deployment"):
+        pod = _pod(deployment)
+        assert pod["automountServiceAccountToken"] is False
+        for container in _containers(deployment):
+            where = f"{deployment['metadata']['name']}/{container['name']}"
+            effective = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
+            assert effective.get("runAsNonRoot") is True, where
+            assert isinstance(effective.get("runAsUser"), int), where
+            assert effective["runAsUser"] > 0, where
+            assert effective.get("seccompProfile") == {"type": "RuntimeDefault"}, where
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True, where
+            assert context["allowPrivilegeEscalation"] is False, where
+            assert context["capabilities"] == {"drop": ["ALL"]}, where
+            for section in ("requests", "limits"):
+                assert set(container["resources"][section]) >= {"cpu", "memory"}, where
+            assert ":" in container["image"], f"{where}: image without a tag"
+            assert not container["image"].endswith(":latest"), where
+
+
+def test_authz_probes_are_grpc_on_its_port(overlay: list[dict[str, Any]]) -> None:
+    """authz's startup, readiness and liveness probes are Kubernetes' native gRPC probes on 9001."""
+    _, authz = _container(overlay, "authz")
+    grpc_port = next(p["containerPort"] for p in authz["ports"] if p["name"] == "grpc")
+    assert grpc_port == 9001
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert authz[probe]["grpc"] == {"port": grpc_port}, probe
+
+
+def test_config_and_keys_are_mounted_as_directories(overlay: list[dict[str, Any]]) -> None:
+    """The policy ConfigMap and the keys Secret are mounted read-only as directories, never with subPath."""
+    deployment, authz = _container(overlay, "authz")
+    for container in _containers(deployment):
+        for mount in container.get("volumeMounts", []):
+            assert "subPath" not in mount, mount
+            assert "subPathExpr" not in mount, mount
+    config = _mounted(overlay, deployment, authz, CONFIG_MOUNT)
+    keys = _mounted(overlay, deployment, authz, KEYS_MOUNT)
+    assert config["configMap"]["name"] == "authz-policy"
+    assert "items" not in config["configMap"]
+    assert keys["secret"]["secretName"] == "authz-keys"
+    assert "items" not in keys["secret"]
+    assert keys["secret"]["defaultMode"] == 0o440
+    assert _pod(deployment)["securityContext"]["fsGroup"] == AUTHZ_UID
+    for mount in authz["volumeMounts"]:
+        assert mount["readOnly"] is True
+
+
+def test_termination_outlasts_the_drains(overlay: list[dict[str, Any]]) -> None:
+    """The grace period outlasts authz's preStop + grace_seconds; Envoy drains through its admin API."""
+    grace_seconds = _authz_config(overlay)["server"]["grace_seconds"]
+    deployment, authz = _container(overlay, "authz")
+    authz_total = authz["lifecycle"]["preStop"]["sleep"]["seconds"] + grace_seconds
+    assert _pod(deployment)["terminationGracePeriodSeconds"] > authz_total
+
+    envoy_deployment, envoy = _container(overlay, "envoy")
+    args = envoy["args"]
+    drain_time = int(args[args.index("--drain-time-s") + 1])
+    assert args[args.index("--drain-strategy") + 1] == "immediate"
+    script = envoy["lifecycle"]["preStop"]["exec"]["command"][-1]
+    admin_port = _envoy_config(overlay)["admin"]["address"]["socket_address"]["port_value"]
+    assert f"/dev/tcp/127.0.0.1/{admin_port}" in script
+    assert "POST /drain_listeners?graceful" in script
+    assert int(re.findall(r"sleep (\d+)", script)[-1]) >= drain_time
+    assert _pod(envoy_deployment)["terminationGracePeriodSeconds"] > drain_time
+    if envoy_deployment is deployment:  # sidecar: authz must keep answering while Envoy drains
+        assert authz["lifecycle"]["preStop"]["sleep"]["seconds"] >= drain_time
+
+
+def test_network_policy_lets_only_envoy_reach_authz_grpc(overlay: list[dict[str, Any]]) -> None:
+    """Some NetworkPolicy selects the authz pods; port 9001 is open only to pods that run Envoy."""
+    authz_deployment, _ = _container(overlay, "authz")
+    authz_labels = authz_deployment["spec"]["template"]["metadata"]["labels"]
+    pods = [(d["spec"]["template"]["metadata"]["labels"], d) for d in _of(overlay, "Deployment")]
+    envoy_pods = [labels for labels, d in pods if any(c["name"] == "envoy" for c in _containers(d))]
+    policies = [p for p in _of(overlay, "NetworkPolicy") if _selects(p["spec"]["podSelector"], authz_labels)]
+    assert policies, "no NetworkPolicy selects the authz pods"
+    for policy in policies:
+        assert "Ingress" in policy["spec"]["policyTypes"]
+        for rule in policy["spec"].get("ingress", []):
+            ports = {p["port"] for p in rule.get("ports", [])}
+            if ports and 9001 not in ports and "grpc" not in ports:
+                continue
+            assert ports, f"{policy['metadata']['name']}: a rule opens every port"
+            peers = rule.get("from")
+            assert peers, f"{policy['metadata']['name']}: 9001 open to everyone"
+            for peer in peers:
+                assert set(peer) == {"podSelector"}, peer  # same namespace, pods only
+                selected = [labels for labels, _ in pods if _selects(peer["podSelector"], labels)]
+                assert selected, peer
+                assert all(labels in envoy_pods for labels in selected), peer
+
+
+# Kubernetes: agreement -------------------------------------------------------------------------
+
+
+def test_authz_ports_agree_across_envoy_services_config_and_container(overlay: list[dict[str, Any]]) -> None:
+    """Envoy's authz cluster, the Services, the config's listen port and the container ports agree."""
+    config = _authz_config(overlay)
+    listen_port = _port(config["listen"])
+    admin_port = _port(config["admin_listen"])
+    assert config["listen"].startswith("0.0.0.0:")  # kubelet probes reach the pod IP
+    deployment, authz = _container(overlay, "authz")
+    ports = {p["name"]: p["containerPort"] for p in authz["ports"]}
+    assert ports == {"grpc": listen_port, "admin": admin_port}
+
+    host, port = _cluster_address(_envoy_config(overlay), "authz")
+    assert port == listen_port
+    envoy_deployment, _ = _container(overlay, "envoy")
+    if envoy_deployment is deployment:
+        assert host == "127.0.0.1"  # sidecar: over the pod's loopback
+        return
+    service_name, _, rest = host.partition(".")
+    assert rest == f"{NAMESPACE}.svc.cluster.local"
+    service = _one(overlay, "Service", service_name)
+    assert service["spec"]["clusterIP"] == "None"  # headless: DNS lists every pod
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    for svc in (service, _one(overlay, "Service", "authz")):
+        assert _selects({"matchLabels": svc["spec"]["selector"]}, labels)
+        grpc = next(p for p in svc["spec"]["ports"] if p["port"] == port)
+        assert grpc["name"] == "grpc"
+        assert grpc["appProtocol"] == "grpc"
+        assert ports[grpc["targetPort"]] == listen_port
+
+
+def test_envoy_ports_and_addresses_agree_with_services(overlay: list[dict[str, Any]]) -> None:
+    """Envoy's listener, upstream and collector addresses match its container port and the Services."""
+    config = _envoy_config(overlay)
+    deployment, envoy = _container(overlay, "envoy")
+    listener = config["static_resources"]["listeners"][0]["address"]["socket_address"]
+    ports = {p["name"]: p["containerPort"] for p in envoy["ports"]}
+    assert ports == {"http": listener["port_value"]}
+    assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"  # admin never exposed
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert envoy[probe]["httpGet"] == {"path": render.HEALTH_PATH, "port": "http"}
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    (service,) = [
+        s for s in _of(overlay, "Service") if _selects({"matchLabels": s["spec"]["selector"]}, labels)
+    ]
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    for cluster, service_name, port_name in (
+        ("upstream", "echo", "http"),
+        ("opentelemetry_collector", "jaeger", "otlp-grpc"),
+    ):
+        host, port = _cluster_address(config, cluster)
+        assert host == f"{service_name}.{NAMESPACE}.svc.cluster.local"
+        svc = _one(overlay, "Service", service_name)
+        assert [p["name"] for p in svc["spec"]["ports"] if p["port"] == port] == [port_name]
+    assert _one(overlay, "Namespace", NAMESPACE)
+    for doc in overlay:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == NAMESPACE
+
+
+def test_authz_tracing_env_points_at_jaeger(overlay: list[dict[str, Any]]) -> None:
+    """authz exports OTLP/gRPC to the jaeger Service's 4317, the port Envoy's tracer uses too."""
+    _, authz = _container(overlay, "authz")
+    env = {e["name"]: e["value"] for e in authz["env"]}
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317"
+    assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
+    assert env["OTEL_SERVICE_NAME"]
+    jaeger = _one(overlay, "Service", "jaeger")
+    assert {p["port"] for p in jaeger["spec"]["ports"]} == {4317, 4318, 16686}
+
+
+def test_container_args_and_key_paths_match_the_mounts(overlay: list[dict[str, Any]]) -> None:
+    """The args name the mounted config file; its key paths are the Secret's mount path + its file names."""
+    deployment, authz = _container(overlay, "authz")
+    assert authz["args"] == ["serve", "--config", f"{CONFIG_MOUNT}/config.yaml"]
+    assert "config.yaml" in _configmap_data(overlay, _mounted(overlay, deployment, authz, CONFIG_MOUNT))
+    config = _authz_config(overlay)
+    referenced = [*config["decryption"]["keys"], *[i["jwks"] for i in config["issuers"]]]
+    resolved = {os.path.normpath(PurePosixPath(CONFIG_MOUNT) / path) for path in referenced}
+    secret = _one(overlay, "Secret", _mounted(overlay, deployment, authz, KEYS_MOUNT)["secret"]["secretName"])
+    assert resolved == {f"{KEYS_MOUNT}/{name}" for name in secret["data"]}
+    generator = yaml.safe_load((DEPLOY / "kubernetes" / "base" / "kustomization.yaml").read_text())
+    (keys,) = [g for g in generator["secretGenerator"] if g["name"] == secret["metadata"]["name"]]
+    assert {entry.partition("=")[0] for entry in keys["files"]} == set(secret["data"])
+
+
+def test_authz_config_loads_as_mounted(overlay: list[dict[str, Any]], tmp_path: Path) -> None:
+    """`authz check-config` accepts the ConfigMap's config with the Secret's keys laid out as in the pod."""
+    deployment, authz = _container(overlay, "authz")
+    config_dir = tmp_path / "etc-authz" / "config"
+    keys_dir = tmp_path / "etc-authz" / "keys"
+    config_dir.mkdir(parents=True)
+    keys_dir.mkdir()
+    for name, text in _configmap_data(overlay, _mounted(overlay, deployment, authz, CONFIG_MOUNT)).items():
+        (config_dir / name).write_text(text)
+    secret = _one(overlay, "Secret", "authz-keys")
+    for name, value in secret["data"].items():
+        (keys_dir / name).write_bytes(base64.b64decode(value))
+    done = subprocess.run(
+        [sys.executable, "-m", "authz", "check-config", str(config_dir / "config.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 tenant(s)" in done.stdout
+
+
+def test_standalone_scales_and_survives_disruptions(overlays: dict[str, list[dict[str, Any]]]) -> None:
+    """The standalone overlay has an HPA on the authz Deployment, a PDB for it, and no fixed replica count."""
+    docs = overlays["standalone"]
+    deployment = _one(docs, "Deployment", "authz")
+    assert "replicas" not in deployment["spec"]  # the HPA owns it
+    hpa = _one(docs, "HorizontalPodAutoscaler", "authz")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "authz"}
+    assert hpa["spec"]["minReplicas"] >= 2
+    pdb = _one(docs, "PodDisruptionBudget", "authz")
+    assert _selects(pdb["spec"]["selector"], deployment["spec"]["template"]["metadata"]["labels"])
+    sidecar = overlays["sidecar"]
+    (edge,) = _of(sidecar, "Deployment", "edge")
+    assert {c["name"] for c in _containers(edge)} == {"envoy", "authz"}
+
+
+def test_private_keys_are_never_committed() -> None:
+    """The key folders are git-ignored and no committable file under deploy/ holds a private JWK."""
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    for path in (
+        "deploy/kubernetes/base/demo-keys/keys/decrypt.private.jwks.json",
+        "deploy/demo/.state/demo/keys/decrypt.private.jwks.json",
+    ):
+        ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO, check=False, timeout=30)  # noqa: S607
+        assert ignored.returncode == 0, f"{path} is not git-ignored"
+    tracked = subprocess.run(
+        # tracked files and the untracked ones git would add
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "deploy", ".dockerignore"],  # noqa: S607
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.split()
+    for name in tracked:
+        path = REPO / name
+        if path.is_file():
+            assert not re.search(r'"d"\s*:\s*"', path.read_text(errors="replace")), name
+
+
+# Istio ---------------------------------------------------------------------------------------
+
+
+def _strict(schema: Any) -> Any:
+    """The schema with unknown properties rejected, as `kubectl apply --validate=strict` does."""
+    if isinstance(schema, list):
+        return [_strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    strict = {key: _strict(value) for key, value in schema.items()}
+    if (
+        "properties" in strict
+        and "additionalProperties" not in strict
+        and not strict.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        strict["additionalProperties"] = False
+    return strict
+
+
+def test_istio_authorization_policy_matches_its_crd_schema(istio_docs: list[dict[str, Any]]) -> None:
+    """The AuthorizationPolicy validates against Istio's CRD schema (v1), unknown fields rejected."""
+    schema = _strict(
+        json.loads((ISTIO_SCHEMAS / "authorizationpolicy.security.istio.io_v1.schema.json").read_text())
+    )
+    validator = jsonschema.Draft7Validator(schema)
+    (policy,) = _of(istio_docs, "AuthorizationPolicy")
+    assert policy["apiVersion"] == "security.istio.io/v1"
+    assert set(policy) == {"apiVersion", "kind", "metadata", "spec"}
+    validator.validate({"spec": policy["spec"]})
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate({"spec": {**policy["spec"], "provder": {"name": "x"}}})
+
+
+def test_istio_provider_and_policy_agree_with_the_service(
+    istio_docs: list[dict[str, Any]], overlays: dict[str, list[dict[str, Any]]]
+) -> None:
+    """The mesh provider names authz's Service and port, fails closed, has a timeout; the policy uses it."""
+    operator = _one(istio_docs, "IstioOperator", "jwe-authz-provider")
+    (provider,) = operator["spec"]["meshConfig"]["extensionProviders"]
+    schema = json.loads((ISTIO_SCHEMAS / "extension-provider-envoy-ext-authz-grpc.schema.json").read_text())
+    jsonschema.Draft7Validator(schema).validate(provider)
+    grpc = provider["envoyExtAuthzGrpc"]
+    assert grpc["failOpen"] is False
+    assert re.fullmatch(r"\d+(\.\d+)?s", grpc["timeout"])
+    assert float(grpc["timeout"][:-1]) <= 5
+    service = _one(overlays["standalone"], "Service", "authz")
+    assert (
+        grpc["service"]
+        == f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
+    )
+    assert grpc["port"] in {p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc"}
+
+    (policy,) = _of(istio_docs, "AuthorizationPolicy")
+    assert policy["spec"]["action"] == "CUSTOM"
+    assert policy["spec"]["provider"] == {"name": provider["name"]}
+    assert policy["spec"]["selector"]["matchLabels"]
+
+
+def test_istio_network_policy_is_valid_and_opens_only_grpc(istio_docs: list[dict[str, Any]]) -> None:
+    """The Istio NetworkPolicy validates against Kubernetes' schemas and opens only 9001 on authz pods."""
+    (policy,) = _of(istio_docs, "NetworkPolicy")
+    kubernetes_validate.validate(policy, KUBERNETES_VERSIONS[0], strict=True)
+    assert policy["metadata"]["namespace"] == NAMESPACE
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "authz"}}
+    for rule in policy["spec"]["ingress"]:
+        assert [p["port"] for p in rule["ports"]] == [9001]
+
+
+# Dockerfile ------------------------------------------------------------------------------------
+
+
+def _instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of deploy/Dockerfile, continuation lines joined, comments dropped."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    result = []
+    for line in joined.splitlines():
+        if line.strip():
+            instruction, _, args = line.strip().partition(" ")
+            result.append((instruction.upper(), args.strip()))
+    return result
+
+
+def _dockerignored(path: str) -> bool:
+    """Whether .dockerignore excludes ``path`` (last matching pattern wins, `!` re-includes)."""
+    ignored = False
+    for raw in (REPO / ".dockerignore").read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pattern = line.lstrip("!").rstrip("/").removeprefix("**/")
+        parts = PurePosixPath(path).parts
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if any(
+            fnmatch.fnmatchcase(p, pattern) or fnmatch.fnmatchcase(part, pattern)
+            for p, part in zip(prefixes, parts, strict=True)
+        ):
+            ignored = not negate
+    return ignored
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    """hadolint finds nothing in deploy/Dockerfile, and no rule is ignored without a reason."""
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    done = subprocess.run(
+        [hadolint, "--no-color", str(DEPLOY / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for line in (DEPLOY / "Dockerfile").read_text().splitlines():
+        if "hadolint ignore" in line:
+            assert re.search(r"hadolint ignore=\S+\s+\S", line), f"ignored without a reason: {line}"
+
+
+def test_dockerfile_structure() -> None:
+    """Multi-stage on a pinned python:3.11-slim, fixed non-root UID, authz entrypoint, ports, config path."""
+    instructions = _instructions()
+    bases = [args for kind, args in instructions if kind == "FROM"]
+    assert len(bases) >= 2
+    for base in bases:
+        image = base.split()[0]
+        assert image.startswith("python:3.11"), image
+        assert "slim" in image, image
+    final = instructions[max(i for i, (kind, _) in enumerate(instructions) if kind == "FROM") :]
+    (user,) = [args for kind, args in final if kind == "USER"]
+    assert user.split(":")[0] == str(AUTHZ_UID)
+    (entrypoint,) = [json.loads(args) for kind, args in final if kind == "ENTRYPOINT"]
+    (cmd,) = [json.loads(args) for kind, args in final if kind == "CMD"]
+    (expose,) = [args.split() for kind, args in final if kind == "EXPOSE"]
+    assert entrypoint == ["authz"]
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["authz"] == "authz.cli:main"
+    assert cmd == ["serve", "--config", f"{CONFIG_MOUNT}/config.yaml"]
+    assert sorted(int(p) for p in expose) == [9001, 9002]
+    assert not any("pip install" in args for kind, args in final if kind == "RUN"), (
+        "no installs in the final stage"
+    )
+    assert any(kind == "COPY" and "--from=" in args for kind, args in final)
+
+
+def test_dockerfile_matches_the_manifests(overlays: dict[str, list[dict[str, Any]]]) -> None:
+    """The image's UID, ports and default command are what the manifests run."""
+    for docs in overlays.values():
+        _, authz = _container(docs, "authz")
+        assert authz["securityContext"]["runAsUser"] == AUTHZ_UID
+        assert authz["securityContext"]["runAsGroup"] == AUTHZ_UID
+        assert authz["image"].split(":")[0] == "envoy-jwe-authz"
+        assert sorted(p["containerPort"] for p in authz["ports"]) == [9001, 9002]
+
+
+def test_dockerfile_installs_what_ci_installs(tmp_path: Path) -> None:
+    """It installs the project as CI does (pip install of ".", no extras) from COPYed files that build."""
+    instructions = _instructions()
+    installs = [
+        args for kind, args in instructions if kind == "RUN" and "pip" in args and " install " in args
+    ]
+    (install,) = installs
+    words = shlex.split(install)
+    target = words[-1]
+    assert target == ".", "the project itself, without extras"
+    assert "-r" not in words
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"pip install --quiet -e \.$", makefile, re.MULTILINE), "CI's runtime install changed"
+
+    context = tmp_path / "context"
+    context.mkdir()
+    copied: list[str] = []
+    for kind, args in instructions:
+        if kind == "COPY" and "--from=" not in args:
+            *sources, dest = args.split()
+            for source in sources:
+                assert (REPO / source).exists(), f"COPY {source}: no such file"
+                assert not _dockerignored(source), f"COPY {source}: excluded by .dockerignore"
+                copied.append(source)
+                target_path = context / (dest if dest not in ("./", ".") else source)
+                if (REPO / source).is_dir():
+                    shutil.copytree(REPO / source, target_path, ignore=shutil.ignore_patterns("__pycache__"))
+                else:
+                    shutil.copy2(REPO / source, target_path)
+    assert set(copied) == {"pyproject.toml", "README.md", "authz"}
+    for secret in (
+        ".demo",
+        "deploy/kubernetes/base/demo-keys",
+        "deploy/demo/.state",
+        ".venv",
+        ".git",
+        "tests",
+    ):
+        assert _dockerignored(secret), secret
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-cache-dir", "-q",
+         "-w", str(tmp_path / "wheels"), str(context)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    (wheel,) = (tmp_path / "wheels").glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        (entry_points,) = [n for n in names if n.endswith("entry_points.txt")]
+        assert "authz = authz.cli:main" in archive.read(entry_points).decode()
+    assert "authz/cli.py" in names
+    assert any(n.startswith("authz/_proto/") for n in names)
