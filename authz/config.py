@@ -27,7 +27,15 @@ from authz.keys import CONTENT_ENCRYPTION_ALGS, IssuerKeys, KeySet, Purpose, par
 from authz.policy import Mode, Rule, Tenant, TenantIndex, compile_path
 from authz.token import TokenKeys
 
-__all__ = ["Config", "HttpSettings", "ServerSettings", "TelemetrySettings", "UpstreamSettings", "load_config"]
+__all__ = [
+    "Config",
+    "HttpSettings",
+    "ServerSettings",
+    "TelemetrySettings",
+    "TlsSettings",
+    "UpstreamSettings",
+    "load_config",
+]
 
 DEFAULT_CONTENT_ENCRYPTION = ("A256GCM", "A128GCM", "A256CBC-HS512", "A128CBC-HS256")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -65,6 +73,15 @@ class HttpSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """TLS on the gRPC listener: PEM bytes as read for this snapshot (a reload rotates them)."""
+
+    cert_chain: bytes = field(repr=False)
+    private_key: bytes = field(repr=False)
+    client_ca: bytes | None = field(repr=False)  # set: client certificates are required (mTLS)
+
+
+@dataclass(frozen=True, slots=True)
 class TelemetrySettings:
     log_subject: bool  # the subject id in spans and decision log lines
     allow_log_sample_rate: float  # fraction of allow decisions logged; denies always are
@@ -80,6 +97,7 @@ class Config:
     listen: str | None
     admin_listen: str | None  # /metrics, /healthz, /readyz; None: no admin port
     http_listen: str | None  # the HTTP door; None: gRPC only
+    tls: TlsSettings | None  # None: plaintext gRPC (a sidecar on localhost, or a mesh's mTLS)
     http: HttpSettings
     claim_rules: ClaimRules
     token_keys: TokenKeys
@@ -295,6 +313,8 @@ class _Builder:
         listen = root.get("listen", str, "") or None
         admin_listen = root.get("admin_listen", str, "") or None
         http_listen = root.get("http_listen", str, "") or None
+        tls_settings = self._tls(root.section("tls")) if "tls" in root.data else None
+        root.used.add("tls")
         http = root.section("http")
         prefix = http.get("path_prefix", str, "")
         if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
@@ -376,6 +396,7 @@ class _Builder:
             files=tuple(str(f) for f in self.files),
             listen=listen,
             admin_listen=admin_listen,
+            tls=tls_settings,
             http_listen=http_listen,
             http=http_settings,
             claim_rules=claim_rules,
@@ -418,6 +439,20 @@ class _Builder:
                 if key in item.data:
                     raise item.error(key, "only applies with jwks_uri")
         return IssuerKeys(static, remote)
+
+    def _tls(self, tls: _Section) -> TlsSettings:
+        cert = self._read(self._path(tls.get("cert", str)), tls, "cert", "TLS certificate chain")
+        key = self._read(self._path(tls.get("key", str)), tls, "key", "TLS private key")
+        client_ca = None
+        if "client_ca" in tls.data:
+            client_ca = self._read(
+                self._path(tls.get("client_ca", str)), tls, "client_ca", "client CA bundle"
+            )
+        tls.finish()
+        problem = _tls_problem(cert, key, client_ca)
+        if problem:
+            raise tls.error(None, problem)
+        return TlsSettings(cert_chain=cert, private_key=key, client_ca=client_ca)
 
     def _path(self, relative: str) -> Path:
         # Absolute, but not through symlinks: the watcher must keep following the
@@ -580,3 +615,30 @@ def _seconds(section: _Section, key: str, default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise section.error(key, "must be a positive number of seconds")
     return float(value)
+
+
+def _tls_problem(cert: bytes, key: bytes, client_ca: bytes | None) -> str | None:
+    """Why these PEM files cannot serve TLS (never quoting key material), or None."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        chain = x509.load_pem_x509_certificates(cert)
+    except ValueError:
+        return "cert is not a PEM certificate chain"
+    try:
+        private = serialization.load_pem_private_key(key, password=None)
+    except (ValueError, TypeError):
+        return "key is not an unencrypted PEM private key"
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    encoding = serialization.Encoding.DER
+    if chain[0].public_key().public_bytes(encoding, public) != private.public_key().public_bytes(
+        encoding, public
+    ):
+        return "key does not match the first certificate of cert"
+    if client_ca is not None:
+        try:
+            x509.load_pem_x509_certificates(client_ca)
+        except ValueError:
+            return "client_ca is not a PEM certificate bundle"
+    return None

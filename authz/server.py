@@ -10,6 +10,7 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -18,7 +19,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from authz._proto import DESCRIPTOR_POOL
 from authz.admin import run_admin
-from authz.config import Config, ServerSettings, load_config
+from authz.config import Config, ServerSettings, TlsSettings, load_config
 from authz.errors import ConfigError
 from authz.http_door import HttpDoor
 from authz.jwks import JwksRegistry
@@ -55,6 +56,7 @@ async def run_server(
     telemetry: Telemetry | None = None,
     *,
     reuse_port: bool = False,
+    tls: TlsSettings | None = None,
 ) -> AsyncIterator[RunningServer]:
     """Start a server on ``listen`` (port 0 picks a free port) and drain it on exit."""
     server = grpc.aio.server(
@@ -75,7 +77,10 @@ async def run_server(
         (AUTHORIZATION_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server, pool=DESCRIPTOR_POOL
     )
     try:
-        port = server.add_insecure_port(listen)
+        if tls is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, _credentials(holder, tls))
     except RuntimeError as exc:  # grpc reports a failed bind (port taken, bad address) this way
         raise OSError(f"cannot listen on {listen}") from exc
     if port == 0:
@@ -95,6 +100,32 @@ async def run_server(
         # then in-flight checks get the grace period to finish.
         await health.enter_graceful_shutdown()
         await server.stop(settings.grace_seconds)
+
+
+def _credentials(holder: SnapshotHolder, initial: TlsSettings) -> grpc.ServerCredentials:
+    """TLS (mTLS with a client CA) whose certificate follows the loaded snapshot.
+
+    gRPC asks the fetcher before each new handshake; a reload that brings new
+    certificate files is picked up by the next connection, in-flight ones keep
+    theirs. Turning TLS on or off, or mTLS on or off, needs a restart.
+    """
+    served = [initial]
+
+    def certificate(tls: TlsSettings) -> Any:
+        return grpc.ssl_server_certificate_configuration([(tls.private_key, tls.cert_chain)], tls.client_ca)
+
+    def fetch() -> Any:
+        config = holder.current
+        tls = config.tls if config is not None else None
+        if tls is None or tls == served[0]:
+            return None  # unchanged: keep the current certificate
+        served[0] = tls
+        _log.info("tls certificate rotated")
+        return certificate(tls)
+
+    return grpc.dynamic_ssl_server_credentials(
+        certificate(initial), fetch, require_client_authentication=initial.client_ca is not None
+    )
 
 
 def _register_descriptors() -> None:
@@ -151,7 +182,14 @@ async def serve(
     try:
         async with contextlib.AsyncExitStack() as stack:
             running = await stack.enter_async_context(
-                run_server(holder, address, config.server, telemetry=telemetry, reuse_port=worker is not None)
+                run_server(
+                    holder,
+                    address,
+                    config.server,
+                    telemetry=telemetry,
+                    reuse_port=worker is not None,
+                    tls=config.tls,
+                )
             )
             reloader: Reloader | None = None
             admin_port = None

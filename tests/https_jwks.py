@@ -76,7 +76,13 @@ class CertificateAuthority:
         ca_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return cls(key, cert, ca_file)
 
-    def server_files(self, folder: Path, name: str) -> tuple[Path, Path]:
+    def client_files(self, folder: Path, name: str) -> tuple[Path, Path]:
+        """A client certificate (for mTLS): (cert file, key file)."""
+        return self.server_files(folder, name, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+
+    def server_files(
+        self, folder: Path, name: str, *, usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.SERVER_AUTH
+    ) -> tuple[Path, Path]:
         """A server certificate for 127.0.0.1 and localhost: (cert file, key file)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
@@ -93,7 +99,7 @@ class CertificateAuthority:
             .not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_usage(cert_sign=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .add_extension(san, critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .add_extension(
