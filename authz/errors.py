@@ -85,6 +85,8 @@ REASONS: dict[str, Outcome] = {
     "issuer_keys_unavailable": Outcome.UNAVAILABLE,
     # No configuration loaded yet (start-up): health says NOT_SERVING meanwhile.
     "not_ready": Outcome.UNAVAILABLE,
+    # The check arrived after its deadline (Envoy's grpc-timeout): shed, not worked on.
+    "overloaded": Outcome.UNAVAILABLE,
 }
 
 

@@ -131,7 +131,7 @@ def respond(decision: Decision, request_id: str) -> CheckResponse:
         return _fallback_deny()
 
 
-async def refetch_issuer_keys(config: Config | None, decision: Decision) -> bool:
+async def refetch_issuer_keys(config: Config | None, decision: Decision, budget: float | None = None) -> bool:
     """A token named a signing kid its issuer lacks: refetch that issuer's jwks_uri.
 
     Rate-limited per source, and waits at most the configured bound; True when
@@ -143,7 +143,12 @@ async def refetch_issuer_keys(config: Config | None, decision: Decision) -> bool
     remote = getattr(keys, "remote", None)
     if remote is None:
         return False
-    refreshed: bool = await remote.refetch_for_unknown_kid(config.server.jwks_unknown_kid_wait)
+    wait = config.server.jwks_unknown_kid_wait
+    if budget is not None:
+        wait = min(wait, budget * 0.5)  # leave the caller's deadline room for the answer
+    if wait <= 0:
+        return False
+    refreshed: bool = await remote.refetch_for_unknown_kid(wait)
     return refreshed
 
 
@@ -173,12 +178,17 @@ class AuthorizationService:
             request, early, request_id = read(parsed)
         metadata = context.invocation_metadata() if context is not None else None
         parent = extract_parent(metadata or (), request.headers if request else None)
+        remaining = _time_remaining(context)
         with telemetry.check_span(parent) as span:
             if request is None:
                 decision = early or reject("request_malformed")
+            elif remaining is not None and remaining <= 0:
+                # Queued past Envoy's deadline: Envoy has given up on this one. Shed it
+                # without the crypto, so that a backlog drains instead of growing.
+                decision = reject("overloaded", "deadline passed before the check started")
             else:
                 decision = decide_request(config, request, self._clock, telemetry)
-                if await refetch_issuer_keys(config, decision):
+                if await refetch_issuer_keys(config, decision, remaining):
                     decision = decide_request(config, request, self._clock, telemetry)
             telemetry.finish(
                 span,
@@ -202,6 +212,17 @@ class AuthorizationService:
                 )
             },
         )
+
+
+def _time_remaining(context: grpc.aio.ServicerContext[Any, Any] | None) -> float | None:
+    """Seconds left before the caller's deadline (Envoy's grpc-timeout), None without one."""
+    if context is None:
+        return None
+    try:
+        remaining = context.time_remaining()
+    except Exception:  # noqa: BLE001 - a context without deadlines
+        return None
+    return None if remaining is None else float(remaining)
 
 
 def _fallback_deny() -> CheckResponse:
