@@ -1,0 +1,241 @@
+"""Faults under load, each bounded in time and count, with checks running all along.
+
+- the config reloaded every 100 ms: no failed and no wrong decision;
+- SIGTERM: checks in flight complete, new connections are refused cleanly, exit within the grace;
+- a worker killed with SIGKILL: it is replaced, and only checks in flight on it can fail;
+- the config file disappears: the last good snapshot keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+
+from authz._proto.envoy.service.auth.v3.external_auth_pb2_grpc import AuthorizationStub
+from tests.helpers import CONFIG, World, check_request
+
+DEADLINE = 20.0
+LOAD_SECONDS = 2.0
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[str]
+    root: Path
+    lines: list[dict[str, object]] = field(default_factory=list)
+    reader: threading.Thread | None = None
+
+    def wait_for(self, predicate: Callable[[dict[str, object]], bool], what: str) -> dict[str, object]:
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if predicate(line):
+                    return line
+            if self.process.poll() is not None and not any(predicate(x) for x in self.lines):
+                raise AssertionError(f"server exited ({self.process.returncode}) before {what}")
+            time.sleep(0.02)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    @property
+    def port(self) -> int:
+        line = self.wait_for(lambda r: r["msg"] in ("serving", "supervising"), "serving")
+        return int(line["port"])  # type: ignore[call-overload]
+
+
+def _start(world: World, root: Path, *args: str) -> Server:
+    shutil.copytree(world.root / "keys", root / "keys")
+    (root / "config.yaml").write_text(CONFIG)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "authz", "serve", "--config", str(root / "config.yaml"), *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    server = Server(process, root)
+
+    def read() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            if line.startswith("{"):
+                server.lines.append(json.loads(line))
+
+    server.reader = threading.Thread(target=read, daemon=True)
+    server.reader.start()
+    return server
+
+
+def _stop(server: Server) -> None:
+    if server.process.poll() is None:
+        server.process.kill()
+    server.process.wait(timeout=10)
+    if server.reader is not None:
+        server.reader.join(timeout=10)
+    assert server.process.stderr is not None
+    server.process.stderr.close()
+
+
+@pytest.fixture
+def server(world: World, tmp_path: Path) -> Iterator[Server]:
+    """One authz process on 127.0.0.1:0 with the test world's config."""
+    running = _start(world, tmp_path, "--listen", "127.0.0.1:0")
+    try:
+        running.wait_for(lambda r: r["msg"] == "serving", "serving")
+        yield running
+    finally:
+        _stop(running)
+
+
+def _token(world: World, **claims: object) -> str:
+    now = int(time.time())
+    return world.token(world.claims(iat=now, nbf=now, exp=now + 300, **claims))
+
+
+@dataclass
+class Load:
+    """Checks from a background thread until stopped (bounded by time and count)."""
+
+    port: int
+    requests: list[tuple[str, object, int]]  # (name, CheckRequest, expected status code)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    wrong: list[str] = field(default_factory=list)
+    failed_at: list[float] = field(default_factory=list)  # monotonic times of RPC failures
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    new_channel_each: bool = False
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 30.0
+        channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        try:
+            for count in range(100_000):
+                if self.stop.is_set() or time.monotonic() > deadline:
+                    return
+                name, message, expected = self.requests[count % len(self.requests)]
+                if self.new_channel_each:
+                    channel.close()
+                    channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+                try:
+                    response = AuthorizationStub(channel).Check(message, timeout=5)  # type: ignore[no-untyped-call]
+                except grpc.RpcError as exc:
+                    self.outcomes[f"rpc:{exc.code().name}"] += 1  # type: ignore[attr-defined]
+                    self.failed_at.append(time.monotonic())
+                    continue
+                self.outcomes["answered"] += 1
+                if response.status.code != expected:
+                    self.wrong.append(f"{name}: {response.status.code}")
+        finally:
+            channel.close()
+
+    def __enter__(self) -> Load:
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        assert self.thread is not None
+        self.thread.join(timeout=40)
+
+
+def _requests(world: World) -> list[tuple[str, object, int]]:
+    return [
+        ("allowed", check_request(token=_token(world)), 0),
+        ("forbidden", check_request(path="/admin/x", token=_token(world)), 7),
+        ("missing", check_request(), 16),
+    ]
+
+
+def test_reload_every_100ms_under_load(server: Server, world: World) -> None:
+    """The config is rewritten every 100 ms (two versions) while checks run: none fails, none is wrong."""
+    config = server.root / "config.yaml"
+    variant = CONFIG.replace("      - name: admin\n", "      - name: admin-area\n")  # same policy, new text
+    with Load(server.port, _requests(world)) as load:
+        deadline = time.monotonic() + LOAD_SECONDS
+        flips = 0
+        # Rewrite every 100 ms; the watcher's settle bound still reloads during the churn.
+        while time.monotonic() < deadline or not any(r["msg"] == "config reloaded" for r in server.lines):
+            assert time.monotonic() < deadline + DEADLINE, "no reload happened"
+            text = variant if flips % 2 == 0 else CONFIG
+            tmp = config.with_suffix(".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, config)
+            flips += 1
+            time.sleep(0.1)
+    assert flips >= 10
+    assert load.wrong == []
+    assert set(load.outcomes) == {"answered"}
+    assert load.outcomes["answered"] > 50
+
+
+def test_config_disappearing_keeps_the_last_good_snapshot(server: Server, world: World) -> None:
+    """The config file (and its folder's keys) vanish under load: decisions go on unchanged."""
+    with Load(server.port, _requests(world)) as load:
+        time.sleep(0.3)
+        (server.root / "config.yaml").unlink()
+        shutil.rmtree(server.root / "keys")
+        server.wait_for(lambda r: r["msg"].startswith("config reload failed"), "the failed reload")  # type: ignore[union-attr]
+        time.sleep(0.5)
+    assert load.wrong == []
+    assert set(load.outcomes) == {"answered"}
+
+
+def test_sigterm_under_load_drains_and_exits(world: World, tmp_path: Path) -> None:
+    """SIGTERM with checks running: answers go on until the drain, then connections are refused; exit 0 in time."""
+    server = _start(world, tmp_path, "--listen", "127.0.0.1:0")
+    try:
+        server.wait_for(lambda r: r["msg"] == "serving", "serving")
+        with Load(server.port, _requests(world), new_channel_each=True) as load:
+            time.sleep(0.5)
+            started = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            assert server.process.wait(timeout=15) == 0
+            elapsed = time.monotonic() - started
+        assert elapsed < 10 + 2  # the grace period of the config, plus start-up of nothing
+        assert load.wrong == []
+        # Once draining, new calls are refused (UNAVAILABLE, or CANCELLED for a stream that
+        # raced the GOAWAY): never a wrong answer, and nothing failed before the signal.
+        assert set(load.outcomes) <= {"answered", "rpc:UNAVAILABLE", "rpc:CANCELLED"}
+        assert all(at >= started for at in load.failed_at)
+        assert load.outcomes["answered"] > 0
+    finally:
+        _stop(server)
+
+
+def test_sigkill_of_a_worker_under_load_is_bounded(world: World, tmp_path: Path) -> None:
+    """A worker killed mid-load is replaced; the loss is bounded to checks in flight on it."""
+    server = _start(world, tmp_path, "--listen", "127.0.0.1:0", "--workers", "2")
+    try:
+        server.wait_for(lambda r: r["msg"] == "supervising", "the supervisor")
+        port = server.port
+        server.wait_for(lambda r: r["msg"] == "serving", "a worker")
+        deadline = time.monotonic() + DEADLINE
+        while len({r["pid"] for r in server.lines if r["msg"] == "serving"}) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        with Load(port, _requests(world), new_channel_each=True) as load:
+            time.sleep(0.5)
+            victim = next(int(r["pid"]) for r in server.lines if r["msg"] == "serving")  # type: ignore[call-overload]
+            os.kill(victim, signal.SIGKILL)
+            server.wait_for(lambda r: r["msg"] == "worker exited; starting another", "the replacement")
+            time.sleep(1.0)
+        assert load.wrong == []
+        failed = sum(n for k, n in load.outcomes.items() if k != "answered")
+        assert failed <= 5  # checks that were on the killed worker's connections
+        assert load.outcomes["answered"] > 20
+    finally:
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(timeout=20)
+        _stop(server)
