@@ -33,6 +33,8 @@ issuers:
     jwks: keys/globex-idp.public.jwks.json
 upstream:
   strip_authorization: true
+http:                            # the HTTP door, when served (--http-listen): see deploy/envoy/demo-http.yaml
+  path_prefix: /ext-authz
 tenants:
   - name: acme
     issuers: [https://idp.acme.test]

@@ -176,6 +176,13 @@ class HttpDoor:
         return _render(status, headers, body)
 
 
+def _closing(answer: bytes) -> bytes:
+    """The answer with ``connection: close``: the client must not send on this connection again."""
+    if b"\r\nconnection: close\r\n" in answer.partition(b"\r\n\r\n")[0] + b"\r\n":
+        return answer
+    return answer.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n", 1)
+
+
 def _render(status: int, headers: list[tuple[str, str]], body: bytes, *, close: bool = False) -> bytes:
     lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}", f"content-length: {len(body)}"]
     lines += [f"{name}: {value}" for name, value in headers]
@@ -293,7 +300,7 @@ class _Connection(asyncio.Protocol):
     def _send(self, answer: bytes | asyncio.Task[bytes], last: bool) -> None:
         """Answers leave in request order, even when one of them waits for a key refetch."""
         if isinstance(answer, bytes) and not self.queue and self.transport is not None:
-            self.transport.write(answer)
+            self.transport.write(_closing(answer) if last else answer)
             self._after_response(last)
             return
         future: asyncio.Future[bytes]
@@ -312,7 +319,8 @@ class _Connection(asyncio.Protocol):
         while self.queue and self.queue[0][0].done() and self.transport is not None:
             future, last = self.queue.popleft()
             if not future.cancelled():
-                self.transport.write(future.result())
+                answer = future.result()
+                self.transport.write(_closing(answer) if last else answer)
             if last:
                 break
         if self.transport is not None and (last or not self.queue):

@@ -34,7 +34,7 @@ from tests.integration.harness import find_envoy
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 ISTIO_SCHEMAS = REPO / "tests" / "data" / "istio"
-OVERLAYS = ("sidecar", "standalone")
+OVERLAYS = ("sidecar", "standalone", "standalone-http")
 # The oldest Kubernetes these manifests support (gRPC probes GA since 1.27, preStop
 # `sleep` on by default since 1.30) and the newest kubernetes-validate ships schemas for.
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
@@ -43,6 +43,7 @@ AUTHZ_UID = 10001
 CONFIG_MOUNT = "/etc/authz/config"
 KEYS_MOUNT = "/etc/authz/keys"
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
+HTTP_PORT = 9003  # authz's HTTP door in the standalone-http overlay
 
 
 def _load_render() -> ModuleType:
@@ -172,6 +173,16 @@ def _authz_config(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return config
 
 
+def _http_listen(docs: list[dict[str, Any]]) -> str | None:
+    """Where authz serves its HTTP door: ``--http-listen`` in the args, else the config's http_listen."""
+    _, authz = _container(docs, "authz")
+    args = authz["args"]
+    if "--http-listen" in args:
+        return str(args[args.index("--http-listen") + 1])
+    listen = _authz_config(docs).get("http_listen")
+    return str(listen) if listen else None
+
+
 def _envoy_config(docs: list[dict[str, Any]]) -> dict[str, Any]:
     deployment, envoy = _container(docs, "envoy")
     args = envoy["args"]
@@ -190,6 +201,23 @@ def _hcm(config: dict[str, Any]) -> dict[str, Any]:
         "typed_config"
     ]
     return hcm
+
+
+def _ext_authz(config: dict[str, Any]) -> dict[str, Any]:
+    filters = _hcm(config)["http_filters"]
+    assert filters[0]["name"] == EXT_AUTHZ
+    settings: dict[str, Any] = filters[0]["typed_config"]
+    return settings
+
+
+def _patterns(matcher: dict[str, Any]) -> set[str]:
+    """A ListStringMatcher of exact names and prefixes as {"name", "prefix*"}."""
+    return {p["exact"] if "exact" in p else p["prefix"] + "*" for p in matcher["patterns"]}
+
+
+def _seconds(duration: str) -> float:
+    assert re.fullmatch(r"\d+(\.\d+)?s", duration), duration
+    return float(duration[:-1])
 
 
 def _cluster(config: dict[str, Any], name: str) -> dict[str, Any]:
@@ -239,47 +267,103 @@ def test_envoy_configs_in_configmaps_pass_envoy_validate(
     _envoy_validate(json.dumps(config), tmp_path, "envoy.json")
 
 
-@pytest.mark.parametrize("variant", render.VARIANTS, ids=lambda v: str(v.path.relative_to(DEPLOY)))
+def _variants(door: str) -> list[Any]:
+    return [v for v in render.VARIANTS if v.params.door == door]
+
+
+def _variant_id(variant: Any) -> str:
+    return str(variant.path.relative_to(DEPLOY))
+
+
+def test_both_doors_have_variants() -> None:
+    """Each door has a local quick-start config and a Kubernetes one."""
+    for door in render.DOORS:
+        paths = [v.path for v in _variants(door)]
+        assert any(p.parent == DEPLOY / "envoy" for p in paths), door
+        assert any(DEPLOY / "kubernetes" in p.parents for p in paths), door
+
+
+@pytest.mark.parametrize("variant", render.VARIANTS, ids=_variant_id)
 def test_envoy_ext_authz_filter_settings(variant: Any) -> None:
-    """ext_authz: gRPC V3, fail closed, a timeout, no body, peer cert and raw headers; tenant per route."""
+    """ext_authz: fail closed (503), a timeout, no body; the health route skips it; then per door."""
     config = yaml.safe_load(variant.path.read_text())
     hcm = _hcm(config)
-    ext_authz = hcm["http_filters"][0]
-    assert ext_authz["name"] == EXT_AUTHZ
-    settings = ext_authz["typed_config"]
-    assert settings["transport_api_version"] == "V3"
+    settings = _ext_authz(config)
     assert settings["failure_mode_allow"] is False
-    assert settings["grpc_service"]["envoy_grpc"]["cluster_name"] == "authz"
-    assert re.fullmatch(r"\d+(\.\d+)?s", settings["grpc_service"]["timeout"])
+    assert settings["status_on_error"] == {"code": "ServiceUnavailable"}
     assert "with_request_body" not in settings
-    assert settings["include_peer_certificate"] is True
-    assert settings["encode_raw_headers"] is True
     assert hcm["http_filters"][-1]["name"] == "envoy.filters.http.router"
-
     vhosts = {v["name"]: v for v in hcm["route_config"]["virtual_hosts"]}
-    for tenant in render.TENANTS:
-        routes = vhosts[tenant]["routes"]
-        protected = routes[-1]
-        assert protected["match"] == {"prefix": "/"}
-        extensions = protected["typed_per_filter_config"][EXT_AUTHZ]["check_settings"]["context_extensions"]
-        assert extensions == {"tenant": tenant}
     for vhost in vhosts.values():
         health = vhost["routes"][0]
         assert health["match"] == {"path": render.HEALTH_PATH}
         assert health["typed_per_filter_config"][EXT_AUTHZ]["disabled"] is True
         assert "direct_response" in health
+    assert vhosts["by-host"]["domains"] == ["*"]
+
+    if variant.params.door == "grpc":
+        # gRPC V3, peer cert and raw headers; the tenant travels with the route.
+        assert settings["transport_api_version"] == "V3"
+        assert settings["grpc_service"]["envoy_grpc"]["cluster_name"] == "authz"
+        assert _seconds(settings["grpc_service"]["timeout"]) <= 5
+        assert settings["include_peer_certificate"] is True
+        assert settings["encode_raw_headers"] is True
+        for tenant in render.TENANTS:
+            protected = vhosts[tenant]["routes"][-1]
+            assert protected["match"] == {"prefix": "/"}
+            extensions = protected["typed_per_filter_config"][EXT_AUTHZ]["check_settings"]
+            assert extensions["context_extensions"] == {"tenant": tenant}
+        return
+
+    # HTTP: no gRPC-only settings; the allow-lists the door's protocol needs.
+    assert not {
+        "grpc_service",
+        "transport_api_version",
+        "encode_raw_headers",
+        "include_peer_certificate",
+    } & set(settings)
+    service = settings["http_service"]
+    assert service["server_uri"]["cluster"] == "authz"
+    assert service["server_uri"]["uri"] == f"http://{variant.params.authz}"
+    assert _seconds(service["server_uri"]["timeout"]) <= 5
+    assert service["path_prefix"] == render.HTTP_PATH_PREFIX
+    assert service["path_prefix"].startswith("/")
+    assert not service["path_prefix"].endswith("/")
+    response = service["authorization_response"]
+    assert _patterns(response["allowed_upstream_headers"]) == {
+        "x-authz-tenant",
+        "x-authz-subject",
+        "x-authz-scopes",
+    }
+    assert _patterns(response["allowed_client_headers"]) == {
+        "www-authenticate",
+        "content-type",
+        "cache-control",
+    }
+    # Only connection failures are retried (a check is idempotent), never a 5xx.
+    assert set(service["retry_policy"]["retry_on"].split(",")) <= {"connect-failure", "reset"}
+    assert "authorization_request" not in service  # allowed_headers is the filter-level one
+    sent = _patterns(settings["allowed_headers"])
+    assert sent >= {"authorization", "x-request-id", "traceparent", "tracestate", "b3", "x-b3-*"}
+    assert not any(h.startswith("x-authz-") for h in sent)  # the client's copies stay out of the check
+    # No per-route context_extensions in this protocol: the tenant comes from the Host.
+    assert "check_settings" not in json.dumps(hcm["route_config"])
 
 
-@pytest.mark.parametrize("variant", render.VARIANTS, ids=lambda v: str(v.path.relative_to(DEPLOY)))
+@pytest.mark.parametrize("variant", render.VARIANTS, ids=_variant_id)
 def test_envoy_access_log_and_tracing(variant: Any) -> None:
-    """JSON access log to stdout with authz's dynamic metadata; OpenTelemetry tracing given a collector."""
+    """JSON access log to stdout (authz's dynamic metadata with gRPC); OpenTelemetry given a collector."""
     config = yaml.safe_load(variant.path.read_text())
     hcm = _hcm(config)
     (log,) = hcm["access_log"]
     assert log["name"] == "envoy.access_loggers.stdout"
     fields = log["typed_config"]["log_format"]["json_format"]
-    for key in ("decision", "reason", "tenant", "rule"):
-        assert f"%DYNAMIC_METADATA({EXT_AUTHZ}:{key})%" in fields.values()
+    assert fields["request_id"] == "%REQ(X-REQUEST-ID)%"
+    metadata = {f"%DYNAMIC_METADATA({EXT_AUTHZ}:{key})%" for key in ("decision", "reason", "tenant", "rule")}
+    if variant.params.door == "grpc":
+        assert metadata <= set(fields.values())
+    else:  # the HTTP protocol returns no dynamic metadata: no always-empty fields
+        assert not any("DYNAMIC_METADATA" in value for value in fields.values())
     if variant.params.otlp is None:
         assert "tracing" not in hcm
     else:
@@ -289,18 +373,58 @@ def test_envoy_access_log_and_tracing(variant: Any) -> None:
         assert _cluster_address(config, cluster) == ("jaeger." + NAMESPACE + ".svc.cluster.local", 4317)
 
 
-@pytest.mark.parametrize("variant", render.VARIANTS, ids=lambda v: str(v.path.relative_to(DEPLOY)))
-def test_envoy_authz_cluster_spreads_load(variant: Any) -> None:
-    """The authz cluster opens more HTTP/2 connections under load and resolves every pod behind a name."""
-    cluster = _cluster(yaml.safe_load(variant.path.read_text()), "authz")
-    options = cluster["typed_extension_protocol_options"][
+def _protocol_options(cluster: dict[str, Any]) -> dict[str, Any]:
+    options: dict[str, Any] = cluster["typed_extension_protocol_options"][
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
     ]
-    assert options["explicit_http_config"]["http2_protocol_options"]["max_concurrent_streams"] == 100
-    assert options["common_http_protocol_options"]["max_requests_per_connection"] > 0
-    assert cluster["health_checks"][0]["grpc_health_check"] == {}
+    return options
+
+
+@pytest.mark.parametrize("variant", render.VARIANTS, ids=_variant_id)
+def test_envoy_authz_cluster_spreads_load(variant: Any) -> None:
+    """The authz cluster resolves every pod behind a name and spreads checks over connections."""
+    cluster = _cluster(yaml.safe_load(variant.path.read_text()), "authz")
+    options = _protocol_options(cluster)
+    assert cluster["lb_policy"] == "LEAST_REQUEST"
+    assert 0 < options["common_http_protocol_options"]["max_requests_per_connection"] <= 1000
     host, _ = _cluster_address({"static_resources": {"clusters": [cluster]}}, "authz")
     assert cluster["type"] == ("STATIC" if host == "127.0.0.1" else "STRICT_DNS")
+    if variant.params.door == "grpc":
+        assert options["explicit_http_config"]["http2_protocol_options"]["max_concurrent_streams"] == 100
+        assert cluster["health_checks"][0]["grpc_health_check"] == {}
+        return
+    # HTTP/1.1 to the door: a pool of keep-alive connections (one check each at a time).
+    assert options["explicit_http_config"] == {"http_protocol_options": {}}
+    assert _seconds(options["common_http_protocol_options"]["idle_timeout"]) > 0
+    assert cluster["upstream_connection_options"]["tcp_keepalive"]
+    (thresholds,) = cluster["circuit_breakers"]["thresholds"]
+    assert thresholds["max_connections"] >= 100
+    if host != "127.0.0.1":  # Kubernetes: each pod's /readyz on its admin port
+        (check,) = cluster["health_checks"]
+        assert check["http_health_check"] == {"path": "/readyz"}
+        (endpoint,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        assert endpoint["endpoint"]["health_check_config"]["port_value"] == variant.params.authz_admin_port
+
+
+def test_quickstart_http_config_keeps_its_addresses() -> None:
+    """deploy/envoy/demo-http.yaml listens on 127.0.0.1:10001 (admin 9902), calls the door on 127.0.0.1:9003.
+
+    Beside demo.yaml (10000/9901) and `make run` (9001/9002), so both quick starts run at once.
+    """
+    config = yaml.safe_load((DEPLOY / "envoy" / "demo-http.yaml").read_text())
+    assert config["static_resources"]["listeners"][0]["address"]["socket_address"] == {
+        "address": "127.0.0.1",
+        "port_value": 10001,
+    }
+    assert config["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 9902}
+    assert config["static_resources"]["clusters"][0]["name"] == "authz"
+    assert _cluster_address(config, "authz") == ("127.0.0.1", 9003)
+    assert _ext_authz(config)["http_service"]["server_uri"]["uri"] == "http://127.0.0.1:9003"
+    # The same echoing direct response as demo.yaml.
+    demo = yaml.safe_load((DEPLOY / "envoy" / "demo.yaml").read_text())
+    (by_host,) = [v for v in _hcm(config)["route_config"]["virtual_hosts"] if v["name"] == "by-host"]
+    (demo_by_host,) = [v for v in _hcm(demo)["route_config"]["virtual_hosts"] if v["name"] == "by-host"]
+    assert by_host["routes"] == demo_by_host["routes"]
 
 
 def test_quickstart_config_keeps_its_addresses() -> None:
@@ -407,8 +531,8 @@ def test_termination_outlasts_the_drains(overlay: list[dict[str, Any]]) -> None:
         assert authz["lifecycle"]["preStop"]["sleep"]["seconds"] >= drain_time
 
 
-def test_network_policy_lets_only_envoy_reach_authz_grpc(overlay: list[dict[str, Any]]) -> None:
-    """Some NetworkPolicy selects the authz pods; port 9001 is open only to pods that run Envoy."""
+def test_network_policy_lets_only_envoy_reach_authz_doors(overlay: list[dict[str, Any]]) -> None:
+    """Some NetworkPolicy selects the authz pods; its doors (9001, 9003) are open only to pods that run Envoy."""
     authz_deployment, _ = _container(overlay, "authz")
     authz_labels = authz_deployment["spec"]["template"]["metadata"]["labels"]
     pods = [(d["spec"]["template"]["metadata"]["labels"], d) for d in _of(overlay, "Deployment")]
@@ -419,16 +543,25 @@ def test_network_policy_lets_only_envoy_reach_authz_grpc(overlay: list[dict[str,
         assert "Ingress" in policy["spec"]["policyTypes"]
         for rule in policy["spec"].get("ingress", []):
             ports = {p["port"] for p in rule.get("ports", [])}
-            if ports and 9001 not in ports and "grpc" not in ports:
+            if ports and not ports & {9001, "grpc", HTTP_PORT, "http"}:
                 continue
             assert ports, f"{policy['metadata']['name']}: a rule opens every port"
             peers = rule.get("from")
-            assert peers, f"{policy['metadata']['name']}: 9001 open to everyone"
+            assert peers, f"{policy['metadata']['name']}: {ports} open to everyone"
             for peer in peers:
                 assert set(peer) == {"podSelector"}, peer  # same namespace, pods only
                 selected = [labels for labels, _ in pods if _selects(peer["podSelector"], labels)]
                 assert selected, peer
                 assert all(labels in envoy_pods for labels in selected), peer
+    http_listen = _http_listen(overlay)
+    if http_listen is not None and authz_deployment is not _container(overlay, "envoy")[0]:
+        opened = {
+            p["port"]
+            for policy in policies
+            for rule in policy["spec"].get("ingress", [])
+            for p in rule.get("ports", [])
+        }
+        assert _port(http_listen) in opened, "the HTTP door is served but no rule lets Envoy reach it"
 
 
 # Kubernetes: agreement -------------------------------------------------------------------------
@@ -442,10 +575,21 @@ def test_authz_ports_agree_across_envoy_services_config_and_container(overlay: l
     assert config["listen"].startswith("0.0.0.0:")  # kubelet probes reach the pod IP
     deployment, authz = _container(overlay, "authz")
     ports = {p["name"]: p["containerPort"] for p in authz["ports"]}
-    assert ports == {"grpc": listen_port, "admin": admin_port}
+    http_listen = _http_listen(overlay)
+    if http_listen is None:
+        assert ports == {"grpc": listen_port, "admin": admin_port}
+    else:
+        assert http_listen.startswith("0.0.0.0:")
+        assert ports == {"grpc": listen_port, "admin": admin_port, "http": _port(http_listen)}
 
-    host, port = _cluster_address(_envoy_config(overlay), "authz")
-    assert port == listen_port
+    envoy_config = _envoy_config(overlay)
+    host, port = _cluster_address(envoy_config, "authz")
+    door = "http" if "http_service" in _ext_authz(envoy_config) else "grpc"
+    if door == "grpc":
+        assert port == listen_port
+    else:
+        assert http_listen is not None, "Envoy calls the HTTP door, authz does not serve it"
+        assert port == _port(http_listen)
     envoy_deployment, _ = _container(overlay, "envoy")
     if envoy_deployment is deployment:
         assert host == "127.0.0.1"  # sidecar: over the pod's loopback
@@ -457,10 +601,40 @@ def test_authz_ports_agree_across_envoy_services_config_and_container(overlay: l
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     for svc in (service, _one(overlay, "Service", "authz")):
         assert _selects({"matchLabels": svc["spec"]["selector"]}, labels)
-        grpc = next(p for p in svc["spec"]["ports"] if p["port"] == port)
-        assert grpc["name"] == "grpc"
-        assert grpc["appProtocol"] == "grpc"
-        assert ports[grpc["targetPort"]] == listen_port
+        served = {p["name"]: p for p in svc["spec"]["ports"]}
+        assert served["grpc"]["port"] == listen_port
+        assert served["grpc"]["appProtocol"] == "grpc"
+        assert ports[served["grpc"]["targetPort"]] == listen_port
+        if http_listen is not None:
+            assert served["http"]["port"] == _port(http_listen)
+            assert served["http"]["appProtocol"] == "http"  # meshes: HTTP/1.1, balanced per request
+            assert ports[served["http"]["targetPort"]] == _port(http_listen)
+        assert next(p for p in svc["spec"]["ports"] if p["port"] == port)["name"] == door
+
+
+def test_http_door_settings_agree_between_envoy_and_authz(overlays: dict[str, list[dict[str, Any]]]) -> None:
+    """standalone-http: Envoy's http_service port, path prefix and connection limits fit authz's config."""
+    docs = overlays["standalone-http"]
+    config = _authz_config(docs)
+    http_listen = _http_listen(docs)
+    assert http_listen == f"0.0.0.0:{HTTP_PORT}"
+    envoy = _envoy_config(docs)
+    service = _ext_authz(envoy)["http_service"]
+    _, port = _cluster_address(envoy, "authz")
+    assert port == _port(service["server_uri"]["uri"]) == HTTP_PORT
+    assert service["path_prefix"] == config["http"]["path_prefix"]
+    # Envoy retires its connections before authz closes them (a check on a connection the
+    # server is closing fails): fewer requests per connection, a shorter idle timeout.
+    options = _protocol_options(_cluster(envoy, "authz"))["common_http_protocol_options"]
+    assert options["max_requests_per_connection"] < config["http"]["max_requests_per_connection"]
+    assert _seconds(options["idle_timeout"]) < config["http"]["idle_timeout"]
+    # The active health check asks authz's admin /readyz, the port the config serves it on.
+    (endpoint,) = _cluster(envoy, "authz")["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert endpoint["endpoint"]["health_check_config"]["port_value"] == _port(config["admin_listen"])
+    # The gRPC overlays serve no HTTP door (their config has the settings, unused).
+    for name in ("sidecar", "standalone"):
+        assert _http_listen(overlays[name]) is None
+        assert "http_service" not in _ext_authz(_envoy_config(overlays[name]))
 
 
 def test_envoy_ports_and_addresses_agree_with_services(overlay: list[dict[str, Any]]) -> None:
@@ -506,7 +680,8 @@ def test_authz_tracing_env_points_at_jaeger(overlay: list[dict[str, Any]]) -> No
 def test_container_args_and_key_paths_match_the_mounts(overlay: list[dict[str, Any]]) -> None:
     """The args name the mounted config file; its key paths are the Secret's mount path + its file names."""
     deployment, authz = _container(overlay, "authz")
-    assert authz["args"] == ["serve", "--config", f"{CONFIG_MOUNT}/config.yaml"]
+    assert authz["args"][:3] == ["serve", "--config", f"{CONFIG_MOUNT}/config.yaml"]
+    assert authz["args"][3:] in ([], ["--http-listen", f"0.0.0.0:{HTTP_PORT}"])
     assert "config.yaml" in _configmap_data(overlay, _mounted(overlay, deployment, authz, CONFIG_MOUNT))
     config = _authz_config(overlay)
     referenced = [*config["decryption"]["keys"], *[i["jwks"] for i in config["issuers"]]]
@@ -541,9 +716,12 @@ def test_authz_config_loads_as_mounted(overlay: list[dict[str, Any]], tmp_path: 
     assert "2 tenant(s)" in done.stdout
 
 
-def test_standalone_scales_and_survives_disruptions(overlays: dict[str, list[dict[str, Any]]]) -> None:
-    """The standalone overlay has an HPA on the authz Deployment, a PDB for it, and no fixed replica count."""
-    docs = overlays["standalone"]
+@pytest.mark.parametrize("name", ["standalone", "standalone-http"])
+def test_standalone_scales_and_survives_disruptions(
+    overlays: dict[str, list[dict[str, Any]]], name: str
+) -> None:
+    """The standalone overlays have an HPA on the authz Deployment, a PDB for it, and no fixed replica count."""
+    docs = overlays[name]
     deployment = _one(docs, "Deployment", "authz")
     assert "replicas" not in deployment["spec"]  # the HPA owns it
     hpa = _one(docs, "HorizontalPodAutoscaler", "authz")
@@ -614,18 +792,49 @@ def test_istio_authorization_policy_matches_its_crd_schema(istio_docs: list[dict
         validator.validate({"spec": {**policy["spec"], "provder": {"name": "x"}}})
 
 
+def _providers(istio_docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    operator = _one(istio_docs, "IstioOperator", "jwe-authz-provider")
+    return {p["name"]: p for p in operator["spec"]["meshConfig"]["extensionProviders"]}
+
+
+def _provider_validator() -> jsonschema.Draft7Validator:
+    return jsonschema.Draft7Validator(
+        json.loads((ISTIO_SCHEMAS / "extension-provider.schema.json").read_text())
+    )
+
+
+def test_istio_providers_match_the_mesh_config_schema(istio_docs: list[dict[str, Any]]) -> None:
+    """Both providers (gRPC and HTTP door) validate against Istio's ExtensionProvider fields, strictly."""
+    providers = _providers(istio_docs)
+    assert {next(k for k in p if k != "name") for p in providers.values()} == {
+        "envoyExtAuthzGrpc",
+        "envoyExtAuthzHttp",
+    }
+    validator = _provider_validator()
+    for provider in providers.values():
+        validator.validate(provider)
+    http = providers["jwe-authz-http"]
+    for bad in (
+        {
+            **http,
+            "envoyExtAuthzHttp": {**http["envoyExtAuthzHttp"], "headersToRemove": ["x"]},
+        },  # no such field
+        {**http, "envoyExtAuthzGrpc": {"service": "a", "port": 1}},  # two kinds in one provider
+        {"name": "x"},  # no kind
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            validator.validate(bad)
+
+
 def test_istio_provider_and_policy_agree_with_the_service(
     istio_docs: list[dict[str, Any]], overlays: dict[str, list[dict[str, Any]]]
 ) -> None:
-    """The mesh provider names authz's Service and port, fails closed, has a timeout; the policy uses it."""
-    operator = _one(istio_docs, "IstioOperator", "jwe-authz-provider")
-    (provider,) = operator["spec"]["meshConfig"]["extensionProviders"]
-    schema = json.loads((ISTIO_SCHEMAS / "extension-provider-envoy-ext-authz-grpc.schema.json").read_text())
-    jsonschema.Draft7Validator(schema).validate(provider)
+    """The gRPC provider names authz's Service and port, fails closed, has a timeout; the policy uses it."""
+    provider = _providers(istio_docs)["jwe-authz"]
     grpc = provider["envoyExtAuthzGrpc"]
     assert grpc["failOpen"] is False
-    assert re.fullmatch(r"\d+(\.\d+)?s", grpc["timeout"])
-    assert float(grpc["timeout"][:-1]) <= 5
+    assert grpc["statusOnError"] == "503"
+    assert _seconds(grpc["timeout"]) <= 5
     service = _one(overlays["standalone"], "Service", "authz")
     assert (
         grpc["service"]
@@ -637,16 +846,50 @@ def test_istio_provider_and_policy_agree_with_the_service(
     assert policy["spec"]["action"] == "CUSTOM"
     assert policy["spec"]["provider"] == {"name": provider["name"]}
     assert policy["spec"]["selector"]["matchLabels"]
+    assert policy["spec"]["rules"] == [{}]  # every request is checked
 
 
-def test_istio_network_policy_is_valid_and_opens_only_grpc(istio_docs: list[dict[str, Any]]) -> None:
-    """The Istio NetworkPolicy validates against Kubernetes' schemas and opens only 9001 on authz pods."""
+def test_istio_http_provider_agrees_with_the_http_door(
+    istio_docs: list[dict[str, Any]], overlays: dict[str, list[dict[str, Any]]]
+) -> None:
+    """The HTTP provider: authz's Service port `http`, its path prefix, fail closed, and every header list.
+
+    Istio has no field to remove request headers; Envoy honours authz's
+    x-envoy-auth-headers-to-remove on its own, and copies each header of
+    headersToUpstreamOnAllow over the client's. So all three identity headers
+    must be listed: one left out would let a client's forged copy through.
+    """
+    http = _providers(istio_docs)["jwe-authz-http"]["envoyExtAuthzHttp"]
+    docs = overlays["standalone-http"]
+    service = _one(docs, "Service", "authz")
+    assert http["service"] == f"authz.{NAMESPACE}.svc.cluster.local"
+    (port,) = [p for p in service["spec"]["ports"] if p["port"] == http["port"]]
+    assert (port["name"], port["appProtocol"]) == ("http", "http")
+    http_listen = _http_listen(docs)
+    assert http_listen is not None
+    assert http["port"] == _port(http_listen)
+    assert http["pathPrefix"] == _authz_config(docs)["http"]["path_prefix"] == render.HTTP_PATH_PREFIX
+    assert http["failOpen"] is False
+    assert http["statusOnError"] == "503"
+    assert _seconds(http["timeout"]) <= 5
+    assert "includeRequestBodyInCheck" not in http
+    assert http["headersToUpstreamOnAllow"] == list(render.IDENTITY_HEADERS)
+    assert http["headersToDownstreamOnDeny"] == list(render.DENY_HEADERS)
+    sent = set(http["includeRequestHeadersInCheck"])
+    assert sent >= set(render.HTTP_CHECK_HEADERS)
+    assert {h for h in sent if h.startswith("x-b3-")} >= {"x-b3-traceid", "x-b3-spanid", "x-b3-sampled"}
+    assert not any(h.startswith("x-authz-") for h in sent)
+
+
+def test_istio_network_policy_is_valid_and_opens_only_the_doors(istio_docs: list[dict[str, Any]]) -> None:
+    """The Istio NetworkPolicy validates against Kubernetes' schemas and opens only 9001 and 9003 on authz pods."""
     (policy,) = _of(istio_docs, "NetworkPolicy")
     kubernetes_validate.validate(policy, KUBERNETES_VERSIONS[0], strict=True)
     assert policy["metadata"]["namespace"] == NAMESPACE
     assert policy["spec"]["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "authz"}}
     for rule in policy["spec"]["ingress"]:
-        assert [p["port"] for p in rule["ports"]] == [9001]
+        assert rule["from"]
+        assert [p["port"] for p in rule["ports"]] == [9001, HTTP_PORT]
 
 
 # Dockerfile ------------------------------------------------------------------------------------
@@ -719,7 +962,7 @@ def test_dockerfile_structure() -> None:
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["authz"] == "authz.cli:main"
     assert cmd == ["serve", "--config", f"{CONFIG_MOUNT}/config.yaml"]
-    assert sorted(int(p) for p in expose) == [9001, 9002]
+    assert sorted(int(p) for p in expose) == [9001, 9002, HTTP_PORT]
     assert not any("pip install" in args for kind, args in final if kind == "RUN"), (
         "no installs in the final stage"
     )
@@ -733,7 +976,7 @@ def test_dockerfile_matches_the_manifests(overlays: dict[str, list[dict[str, Any
         assert authz["securityContext"]["runAsUser"] == AUTHZ_UID
         assert authz["securityContext"]["runAsGroup"] == AUTHZ_UID
         assert authz["image"].split(":")[0] == "envoy-jwe-authz"
-        assert sorted(p["containerPort"] for p in authz["ports"]) == [9001, 9002]
+        assert {9001, 9002} <= {p["containerPort"] for p in authz["ports"]} <= {9001, 9002, HTTP_PORT}
 
 
 def test_dockerfile_installs_what_ci_installs(tmp_path: Path) -> None:

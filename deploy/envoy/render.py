@@ -2,14 +2,18 @@
 """The one source of every Envoy configuration in this repository.
 
 Each variant is this configuration with a few parameters: where Envoy listens,
-its admin address, where authz is, where the upstream is (none: a direct
-response that echoes the identity headers, for the quick start) and where the
-OTLP collector is (none: no tracing).
+its admin address, where authz is and which of its doors Envoy calls (gRPC:
+the ext_authz gRPC protocol; http: Envoy's HTTP ext_authz protocol,
+``http_service``), where the upstream is (none: a direct response that echoes
+the identity headers, for the quick start) and where the OTLP collector is
+(none: no tracing).
 
     python deploy/envoy/render.py            # rewrite every committed variant
     python deploy/envoy/render.py --check    # exit 1 if a committed file is stale
     python deploy/envoy/render.py --listen 127.0.0.1:10080 --admin 127.0.0.1:10081 \\
         --authz 127.0.0.1:10091 --upstream 127.0.0.1:10093 --output envoy.yaml
+    python deploy/envoy/render.py --door http --listen 127.0.0.1:10001 --admin 127.0.0.1:9902 \\
+        --authz 127.0.0.1:9003
 
 The committed variants are listed in VARIANTS; tests/test_deploy.py fails when a
 committed file differs from what this script renders, and validates each with
@@ -27,7 +31,20 @@ from typing import Any
 
 import yaml
 
-__all__ = ["HEALTH_PATH", "TENANTS", "VARIANTS", "Params", "Variant", "render", "render_text"]
+__all__ = [
+    "DENY_HEADERS",
+    "DOORS",
+    "HEALTH_PATH",
+    "HTTP_CHECK_HEADERS",
+    "HTTP_PATH_PREFIX",
+    "IDENTITY_HEADERS",
+    "TENANTS",
+    "VARIANTS",
+    "Params",
+    "Variant",
+    "render",
+    "render_text",
+]
 
 DEPLOY = Path(__file__).resolve().parent.parent
 NAMESPACE = "jwe-authz"  # the Kubernetes namespace of deploy/kubernetes (base/kustomization.yaml)
@@ -36,6 +53,25 @@ CLUSTER_DOMAIN = "svc.cluster.local"
 HEALTH_PATH = "/envoy-health"  # answered by Envoy itself, ext_authz disabled: probes need no token
 AUTHZ_TIMEOUT = "1s"  # one Check; authz answers in about a millisecond
 ROUTE_TIMEOUT = "15s"
+
+DOORS = ("grpc", "http")  # authz's two front doors: the ext_authz gRPC service, or its HTTP protocol
+# The HTTP door (authz serve --http-listen; config http:). Envoy prefixes the original
+# path with this and authz strips it (authz config http.path_prefix: the same value).
+HTTP_PATH_PREFIX = "/ext-authz"
+# The client headers Envoy passes to the HTTP door (method, path and host always go):
+# the token, the request id for the deny body and the logs, and the trace context.
+HTTP_CHECK_HEADERS = ("authorization", "x-request-id", "traceparent", "tracestate", "b3")
+HTTP_CHECK_HEADER_PREFIXES = ("x-b3-",)
+# Copied from an allow to the upstream request, overwriting the client's copies (authz
+# lists the ones it does not set in x-envoy-auth-headers-to-remove: Envoy drops them).
+IDENTITY_HEADERS = ("x-authz-tenant", "x-authz-subject", "x-authz-scopes")
+# Passed from a deny to the client, with its JSON body.
+DENY_HEADERS = ("www-authenticate", "content-type", "cache-control")
+# Envoy retires its HTTP/1.1 connections to the door before authz would close them
+# (authz config http: max_requests_per_connection 10000, idle_timeout 60 s): a
+# connection the server closes while Envoy sends a check on it fails that check.
+HTTP_MAX_REQUESTS_PER_CONNECTION = 1000
+HTTP_IDLE_TIMEOUT = "30s"
 
 # Tenant -> Envoy domains. The per-route context_extensions name the tenant, so a
 # request on these hosts is checked against that tenant's policy whatever else
@@ -62,6 +98,10 @@ class Params:
     authz: str
     upstream: str | None = None  # None: direct response echoing x-authz-* (quick start)
     otlp: str | None = None  # None: no tracing
+    door: str = "grpc"  # which authz door Envoy calls: "grpc" or "http" (DOORS)
+    # http door: authz's admin port on the same hosts; given, Envoy health-checks its
+    # /readyz (the HTTP door has no health endpoint of its own). gRPC: grpc.health.v1.
+    authz_admin_port: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +150,41 @@ VARIANTS: tuple[Variant, ...] = (
         "authz pod IP) instead of the ClusterIP Service: a long-lived HTTP/2\n"
         "connection through a ClusterIP is balanced once, when it opens, so all\n"
         "checks of an Envoy would stick to one authz pod.",
+    ),
+    Variant(
+        DEPLOY / "envoy" / "demo-http.yaml",
+        Params(
+            listen="127.0.0.1:10001",
+            admin="127.0.0.1:9902",
+            authz="127.0.0.1:9003",
+            door="http",
+        ),
+        "Like demo.yaml, through authz's HTTP door (Envoy's http_service) instead of\n"
+        "gRPC (README, Deployment: Which door). Serve the demo with the door on, its\n"
+        f"path prefix ({HTTP_PATH_PREFIX}) in the config:\n"
+        f"  printf 'http:\\n  path_prefix: {HTTP_PATH_PREFIX}\\n' >> .demo/config.yaml\n"
+        "  .venv/bin/authz serve --config .demo/config.yaml --http-listen 127.0.0.1:9003\n"
+        "then\n"
+        "  envoy -c deploy/envoy/demo-http.yaml --concurrency 1 --disable-hot-restart\n"
+        "listens on 127.0.0.1:10001, with the same echoing direct response as demo.yaml.",
+    ),
+    Variant(
+        DEPLOY / "kubernetes" / "overlays" / "standalone-http" / "envoy.yaml",
+        Params(
+            listen="0.0.0.0:8080",
+            admin="127.0.0.1:9901",
+            authz=f"authz-headless.{NAMESPACE}.{CLUSTER_DOMAIN}:9003",
+            upstream=f"echo.{NAMESPACE}.{CLUSTER_DOMAIN}:80",
+            otlp=f"jaeger.{NAMESPACE}.{CLUSTER_DOMAIN}:4317",
+            door="http",
+            authz_admin_port=9002,
+        ),
+        "Kubernetes, standalone-http overlay: the standalone overlay with Envoy calling\n"
+        "authz's HTTP door (9003) instead of gRPC. HTTP/1.1 carries one check at a time\n"
+        "per connection, so Envoy keeps a pool of keep-alive connections per authz pod\n"
+        "(STRICT_DNS over authz-headless: one upstream host per ready pod) and retires\n"
+        "them before authz would; it health-checks each pod's /readyz on its admin\n"
+        "port 9002.",
     ),
 )
 
@@ -209,6 +284,59 @@ def _authz_cluster(address: str) -> dict[str, Any]:
     return cluster
 
 
+def _authz_http_cluster(address: str, admin_port: int | None) -> dict[str, Any]:
+    """The cluster of authz's HTTP door: HTTP/1.1, a pool of keep-alive connections per pod.
+
+    HTTP/1.1 carries one check at a time per connection, so Envoy opens as many
+    connections to a host as it has checks in flight there (bounded by the
+    circuit breakers) and reuses them (keep-alive):
+    - STRICT_DNS over a headless Service (see _cluster) makes each pod a host, and
+      LEAST_REQUEST prefers the one with the fewest checks in flight;
+    - max_requests_per_connection and idle_timeout retire connections BEFORE authz
+      would close them (its http.max_requests_per_connection, http.idle_timeout):
+      a connection that the server closes just as Envoy sends a check on it fails
+      that check; retiring also lets new pods and processes get connections;
+    - TCP keepalive finds connections to pods that vanished without a FIN;
+    - with ``admin_port``, an active HTTP health check of authz's /readyz on that
+      port takes a pod out while it starts or drains (the door has no health
+      endpoint: every path on it is a check).
+    """
+    cluster = _cluster("authz", address, http2=False)
+    cluster["lb_policy"] = "LEAST_REQUEST"
+    cluster["typed_extension_protocol_options"] = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http_protocol_options": {}},
+            "common_http_protocol_options": {
+                "max_requests_per_connection": HTTP_MAX_REQUESTS_PER_CONNECTION,
+                "idle_timeout": HTTP_IDLE_TIMEOUT,
+            },
+        }
+    }
+    cluster["upstream_connection_options"] = {
+        "tcp_keepalive": {"keepalive_time": 30, "keepalive_interval": 5, "keepalive_probes": 3}
+    }
+    # One check per connection: connections, not requests, bound the concurrency.
+    cluster["circuit_breakers"] = {
+        "thresholds": [{"max_connections": 1024, "max_pending_requests": 1024, "max_requests": 1024}]
+    }
+    if admin_port is not None:
+        cluster["health_checks"] = [
+            {
+                "timeout": "1s",
+                "interval": "5s",
+                "no_traffic_interval": "5s",
+                "unhealthy_threshold": 2,
+                "healthy_threshold": 1,
+                "http_health_check": {"path": "/readyz"},
+            }
+        ]
+        endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        endpoint["health_check_config"] = {"port_value": admin_port}
+    cluster["load_assignment"] = cluster.pop("load_assignment")
+    return cluster
+
+
 def _per_route(config: dict[str, Any]) -> dict[str, Any]:
     return {
         _EXT_AUTHZ: {"@type": _T + "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute", **config}
@@ -240,7 +368,7 @@ def _routes(tenant: str | None, params: Params) -> list[dict[str, Any]]:
     return [health, protected]
 
 
-def _access_log() -> list[dict[str, Any]]:
+def _access_log(door: str) -> list[dict[str, Any]]:
     fields = {
         "time": "%START_TIME%",
         "method": "%REQ(:METHOD)%",
@@ -253,12 +381,14 @@ def _access_log() -> list[dict[str, Any]]:
         "request_id": "%REQ(X-REQUEST-ID)%",
         "trace_id": "%TRACE_ID%",
         "traceparent": "%REQ(TRACEPARENT)%",
-        # Dynamic metadata that authz returns with its decision (README: How a request is decided).
-        "authz_decision": "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:decision)%",
-        "authz_reason": "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:reason)%",
-        "authz_tenant": "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:tenant)%",
-        "authz_rule": "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:rule)%",
     }
+    if door == "grpc":
+        # Dynamic metadata that authz returns with its decision (README: How a request is
+        # decided). The HTTP protocol has none: join authz's decision log on request_id.
+        fields |= {
+            f"authz_{key}": f"%DYNAMIC_METADATA({_EXT_AUTHZ}:{key})%"
+            for key in ("decision", "reason", "tenant", "rule")
+        }
     return [
         {
             "name": "envoy.access_loggers.stdout",
@@ -281,23 +411,72 @@ def _access_log() -> list[dict[str, Any]]:
     ]
 
 
-def render(params: Params) -> dict[str, Any]:
-    """Return the Envoy v3 bootstrap for ``params``."""
-    vhosts = [
-        {"name": tenant, "domains": domains, "routes": _routes(tenant, params)}
-        for tenant, domains in TENANTS.items()
-    ]
-    vhosts.append({"name": "by-host", "domains": ["*"], "routes": _routes(None, params)})
-    ext_authz = {
+def _exact(names: tuple[str, ...], prefixes: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {"patterns": [{"exact": n} for n in names] + [{"prefix": p} for p in prefixes]}
+
+
+def _ext_authz(params: Params) -> dict[str, Any]:
+    """The ext_authz filter: fail closed, a timeout, no body; gRPC or HTTP service."""
+    if params.door == "grpc":
+        return {
+            "@type": _T + "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            "transport_api_version": "V3",
+            "grpc_service": {"envoy_grpc": {"cluster_name": "authz"}, "timeout": AUTHZ_TIMEOUT},
+            "failure_mode_allow": False,  # fail closed: authz unreachable or slow is a deny
+            "status_on_error": {"code": "ServiceUnavailable"},  # ...a 503, not a misleading 403
+            "include_peer_certificate": True,
+            "encode_raw_headers": True,  # header_map with raw bytes: no lossy UTF-8 or joining
+            # with_request_body is not set: the body is never buffered nor sent to authz.
+        }
+    return {
         "@type": _T + "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-        "transport_api_version": "V3",
-        "grpc_service": {"envoy_grpc": {"cluster_name": "authz"}, "timeout": AUTHZ_TIMEOUT},
-        "failure_mode_allow": False,  # fail closed: authz unreachable or slow is a deny
+        "http_service": {
+            # The uri names the door for humans; Envoy sends to the cluster, with the
+            # client's Host (authz picks the tenant from it).
+            "server_uri": {"uri": f"http://{params.authz}", "cluster": "authz", "timeout": AUTHZ_TIMEOUT},
+            "path_prefix": HTTP_PATH_PREFIX,
+            "authorization_response": {
+                "allowed_upstream_headers": _exact(IDENTITY_HEADERS),
+                "allowed_client_headers": _exact(DENY_HEADERS),
+            },
+            # A check is idempotent: one more try, on another pod, when a connection
+            # fails or is reset (an HTTP/1.1 connection closed by authz as Envoy used it).
+            "retry_policy": {
+                "retry_on": "connect-failure,reset",
+                "num_retries": 1,
+                "retry_host_predicate": [
+                    {
+                        "name": "envoy.retry_host_predicates.previous_hosts",
+                        "typed_config": {
+                            "@type": _T
+                            + "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                        },
+                    }
+                ],
+                "host_selection_retry_max_attempts": 3,
+            },
+        },
+        "allowed_headers": _exact(HTTP_CHECK_HEADERS, HTTP_CHECK_HEADER_PREFIXES),
+        "failure_mode_allow": False,  # fail closed: authz unreachable, slow or 5xx is a deny
         "status_on_error": {"code": "ServiceUnavailable"},  # ...a 503, not a misleading 403
-        "include_peer_certificate": True,
-        "encode_raw_headers": True,  # header_map with raw bytes: no lossy UTF-8 or joining
         # with_request_body is not set: the body is never buffered nor sent to authz.
     }
+
+
+def render(params: Params) -> dict[str, Any]:
+    """Return the Envoy v3 bootstrap for ``params``."""
+    if params.door not in DOORS:
+        msg = f"door must be one of {DOORS}: {params.door!r}"
+        raise ValueError(msg)
+    # The HTTP protocol carries no context_extensions: authz picks the tenant from the
+    # Host, so per-tenant virtual hosts would only repeat the "*" one.
+    tenants = TENANTS if params.door == "grpc" else {}
+    vhosts = [
+        {"name": tenant, "domains": domains, "routes": _routes(tenant, params)}
+        for tenant, domains in tenants.items()
+    ]
+    vhosts.append({"name": "by-host", "domains": ["*"], "routes": _routes(None, params)})
+    ext_authz = _ext_authz(params)
     hcm: dict[str, Any] = {
         "@type": _T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "ingress",
@@ -306,7 +485,7 @@ def render(params: Params) -> dict[str, Any]:
         "merge_slashes": True,
         "path_with_escaped_slashes_action": "REJECT_REQUEST",
         "strip_any_host_port": True,
-        "access_log": _access_log(),
+        "access_log": _access_log(params.door),
     }
     if params.otlp is not None:
         hcm["tracing"] = {
@@ -330,7 +509,11 @@ def render(params: Params) -> dict[str, Any]:
             "typed_config": {"@type": _T + "envoy.extensions.filters.http.router.v3.Router"},
         },
     ]
-    clusters = [_authz_cluster(params.authz)]  # first: tests and the quick start look here
+    clusters = [  # first: tests and the quick start look here
+        _authz_cluster(params.authz)
+        if params.door == "grpc"
+        else _authz_http_cluster(params.authz, params.authz_admin_port)
+    ]
     if params.upstream is not None:
         clusters.append(_cluster("upstream", params.upstream, http2=False))
     if params.otlp is not None:
@@ -398,10 +581,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--authz", default="127.0.0.1:9001")
     parser.add_argument("--upstream", default=None, help="host:port; omitted: direct response")
     parser.add_argument("--otlp", default=None, help="OTLP/gRPC collector host:port; omitted: no tracing")
+    parser.add_argument("--door", choices=DOORS, default="grpc", help="which authz door --authz is")
+    parser.add_argument("--authz-admin-port", type=int, default=None, help="http door: health-check /readyz")
     parser.add_argument("--output", type=Path, help="file for --listen (default: stdout)")
     args = parser.parse_args(argv)
     if args.listen:
-        params = Params(args.listen, args.admin, args.authz, args.upstream or None, args.otlp or None)
+        params = Params(
+            args.listen,
+            args.admin,
+            args.authz,
+            args.upstream or None,
+            args.otlp or None,
+            door=args.door,
+            authz_admin_port=args.authz_admin_port,
+        )
         text = render_text(params, f"Rendered with {params}.")
         if args.output:
             args.output.write_text(text, encoding="utf-8")

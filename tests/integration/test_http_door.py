@@ -279,6 +279,9 @@ async def test_pipelined_requests_are_answered_in_order_up_to_the_keep_alive_bou
     statuses = [int(line.split(b" ")[1]) for line in received.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")]
     assert statuses == [200, 200, 401]  # the fourth is never read: three per connection
     assert closed
+    # Only the last answer says so: the client knows not to send on this connection again.
+    answers = received.split(b"HTTP/1.1 ")[1:]
+    assert [b"connection: close" in a for a in answers] == [False, False, True]
 
 
 async def test_connections_are_bounded(door) -> None:
