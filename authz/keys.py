@@ -17,6 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from jwcrypto.common import JWException, base64url_decode
 from jwcrypto.jwk import JWK
 
@@ -101,6 +102,7 @@ SIGNATURE_ALGS: Mapping[str, _AlgSpec] = MappingProxyType(
 )
 
 _FORBIDDEN_ALGS = ("RSA1_5", "PBES2-", "none")
+_AES_KEY_BYTES = frozenset({16, 24, 32})
 _MIN_RSA_BITS = 2048
 
 # A token without ``kid`` may try at most this many keys of its algorithm.
@@ -116,6 +118,15 @@ class Key:
     kty: str
     crv: str | None
     jwk: JWK = field(repr=False, compare=False)
+    # The key material, derived once at load from ``jwk`` exactly as jwcrypto derives
+    # it per operation (``get_op_key``, which also checks ``use`` and ``key_ops``): the
+    # pyca key object (private for a decryption key, public for a signing key) or the
+    # raw bytes of an ``oct`` key. The token layer's direct pyca calls use it, so no
+    # token pays for a base64 decode or a key-object lookup.
+    material: Any = field(default=None, repr=False, compare=False)
+    # A ``dir`` key of an AES-GCM size is the CEK itself: its AESGCM object, built
+    # once (pyca's AEAD objects are immutable and copy a base context per call).
+    aead: AESGCM | None = field(default=None, repr=False, compare=False)
 
     @property
     def symmetric(self) -> bool:
@@ -271,13 +282,23 @@ def _import_key(entry: Any, purpose: Purpose, where: str) -> Key:
         jwk = JWK(**entry)
     except (JWException, ValueError, TypeError, KeyError) as exc:
         raise ConfigError(where, f"not a valid {kty} key ({type(exc).__name__})") from None
-    _check_material(jwk, entry, spec, alg, purpose, where)
-    return Key(kid=kid, alg=alg, kty=str(kty), crv=crv if isinstance(crv, str) else None, jwk=jwk)
+    material = _check_material(jwk, entry, spec, alg, purpose, where)
+    aead = AESGCM(material) if alg == "dir" and len(material) in _AES_KEY_BYTES else None
+    return Key(
+        kid=kid,
+        alg=alg,
+        kty=str(kty),
+        crv=crv if isinstance(crv, str) else None,
+        jwk=jwk,
+        material=material,
+        aead=aead,
+    )
 
 
 def _check_material(  # noqa: PLR0917 - private helper of _import_key
     jwk: JWK, entry: Mapping[str, Any], spec: _AlgSpec, alg: str, purpose: Purpose, where: str
-) -> None:
+) -> Any:
+    """Check the key material; returns it as the token layer uses it (see ``Key.material``)."""
     kty = entry["kty"]
     if kty != "oct":
         if purpose is Purpose.DECRYPT and not jwk.has_private:
@@ -292,7 +313,8 @@ def _check_material(  # noqa: PLR0917 - private helper of _import_key
     operation = "verify" if purpose is Purpose.VERIFY else "decrypt" if kty == "oct" else "unwrapKey"
     try:
         op_key = jwk.get_op_key(operation)
-        size = len(base64url_decode(op_key)) if kty == "oct" else 0
+        secret = base64url_decode(op_key) if kty == "oct" else b""
+        size = len(secret)
     except Exception as exc:  # noqa: BLE001 - any failure means an unusable key
         raise ConfigError(where, f"key cannot be used to {purpose.value} ({type(exc).__name__})") from None
     if kty == "oct":
@@ -306,6 +328,7 @@ def _check_material(  # noqa: PLR0917 - private helper of _import_key
         public = op_key if purpose is Purpose.VERIFY else op_key.public_key()
         if _roca_fingerprint(public.public_numbers().n):
             raise ConfigError(where, "RSA modulus has the ROCA fingerprint (CVE-2017-15361); replace the key")
+    return secret if kty == "oct" else op_key
 
 
 # ROCA (CVE-2017-15361): a modulus from the vulnerable Infineon RSALib is 65537^a
