@@ -14,7 +14,15 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["HOST", "bootstrap", "ext_authz_filter", "jwt_authn_filter", "listener"]
+__all__ = [
+    "HOST",
+    "bootstrap",
+    "ext_authz_filter",
+    "ext_authz_http_filter",
+    "http_cluster",
+    "jwt_authn_filter",
+    "listener",
+]
 
 HOST = "api.acme.test"
 BODY = "ok"
@@ -36,6 +44,45 @@ def ext_authz_filter(cluster: str) -> dict[str, Any]:
             "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "timeout": "5s"},
             "transport_api_version": "V3",
             "failure_mode_allow": False,
+        },
+    }
+
+
+HTTP_PREFIX = "/ext-authz"
+
+
+def ext_authz_http_filter(cluster: str, port: int) -> dict[str, Any]:
+    """ext_authz over HTTP (the HTTP door) to ``cluster``, failing closed, as deploy/envoy renders it."""
+    exact = lambda names: {"patterns": [{"exact": n} for n in names]}  # noqa: E731
+    return {
+        "name": "envoy.filters.http.ext_authz",
+        "typed_config": {
+            "@type": _T + "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            "http_service": {
+                "server_uri": {"uri": f"http://127.0.0.1:{port}", "cluster": cluster, "timeout": "5s"},
+                "path_prefix": HTTP_PREFIX,
+                "authorization_response": {
+                    "allowed_upstream_headers": exact(
+                        ["x-authz-tenant", "x-authz-subject", "x-authz-scopes"]
+                    ),
+                    "allowed_client_headers": exact(["www-authenticate", "content-type", "cache-control"]),
+                },
+            },
+            "allowed_headers": exact(["authorization", "x-request-id", "traceparent", "tracestate"]),
+            "failure_mode_allow": False,
+        },
+    }
+
+
+def http_cluster(name: str, port: int) -> dict[str, Any]:
+    """An HTTP/1.1 cluster to 127.0.0.1:``port`` (keep-alive; Envoy pools connections)."""
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(port)}}]}],
         },
     }
 

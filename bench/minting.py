@@ -44,11 +44,13 @@ def make_world(root: Path) -> tuple[World, dict[str, Path]]:
 
 def write_configs(world: World) -> dict[str, Path]:
     """``warm``: the world's config (token cache at its default bound); ``cold``: cache_size 0."""
-    text = world.config_path.read_text()
+    text = world.config_path.read_text() + "http:\n  path_prefix: /ext-authz\n"  # the HTTP door's prefix
     assert "\ntoken:\n" in text  # noqa: S101 - the world's config layout
+    warm = world.root / "config-warm.yaml"
+    warm.write_text(text)
     cold = world.root / "config-cold.yaml"
     cold.write_text(text.replace("\ntoken:\n", "\ntoken:\n  cache_size: 0\n"))
-    return {"warm": world.config_path, "cold": cold}
+    return {"warm": warm, "cold": cold}
 
 
 def claims(world: World, **extra: Any) -> dict[str, Any]:

@@ -64,6 +64,7 @@ TARGETS = {  # ratio name -> (target, "min" or "max")
     "grpc_2w_vs_1w_warm": (1.6, "min"),
     "grpc_2w_vs_1w_cold": (1.6, "min"),
     "p99_added_ms": (2.0, "max"),
+    "http_warm_envoy_vs_jwt_authn": (0.7, "min"),
 }
 UNAUTHENTICATED = 16  # google.rpc.Code, the CheckResponse status of a 401 deny
 
@@ -518,7 +519,8 @@ def run(settings: Settings, folder: Path) -> dict[str, Any]:
     s2w = servers.AuthzServer("ours_2w_warm", configs["warm"], 2, logs)
     mem = servers.AuthzServer("ours_memory", configs["warm"], 1, logs)
     noop = servers.NoopServer(logs)
-    with servers.started(s1c, s1w, s2c, s2w, mem, noop):
+    noop_http = servers.NoopServer(logs, "noop_http.py")
+    with servers.started(s1c, s1w, s2c, s2w, mem, noop, noop_http):
         listeners = [
             eb.listener("direct", []),
             eb.listener("jwt_authn", [eb.jwt_authn_filter(_ISSUER, "orders-api", _public_jwks(jws_key))]),
@@ -527,6 +529,9 @@ def run(settings: Settings, folder: Path) -> dict[str, Any]:
             eb.listener("ours_warm", [eb.ext_authz_filter("authz_1w_warm")]),
             eb.listener("ours_2w_one", [eb.ext_authz_filter("authz_2w_one")]),
             eb.listener("ours_2w_mcs", [eb.ext_authz_filter("authz_2w_mcs")]),
+            eb.listener("noop_http", [eb.ext_authz_http_filter("http_noop", noop_http.port)]),
+            eb.listener("ours_http_cold", [eb.ext_authz_http_filter("http_1w_cold", s1c.http_port)]),
+            eb.listener("ours_http_warm", [eb.ext_authz_http_filter("http_1w_warm", s1w.http_port)]),
         ]
         clusters = [
             eb.grpc_cluster("authz_noop", noop.port),
@@ -534,6 +539,9 @@ def run(settings: Settings, folder: Path) -> dict[str, Any]:
             eb.grpc_cluster("authz_1w_warm", s1w.port),
             eb.grpc_cluster("authz_2w_one", s2w.port),
             eb.grpc_cluster("authz_2w_mcs", s2w.port, max_concurrent_streams=MAX_CONCURRENT_STREAMS),
+            eb.http_cluster("http_noop", noop_http.port),
+            eb.http_cluster("http_1w_cold", s1c.http_port),
+            eb.http_cluster("http_1w_warm", s1w.http_port),
         ]
         with run_envoy(eb.bootstrap(listeners, clusters), tmp_path=folder / "envoy", validate=False) as envoy:
             phase("Envoy ready")
@@ -553,11 +561,15 @@ def run(settings: Settings, folder: Path) -> dict[str, Any]:
             t_warm = target("ours_warm", filter_stat="ext_authz", server=s1w)
             t_2w_one = target("ours_2w_one", filter_stat="ext_authz", server=s2w, cluster="authz_2w_one")
             t_2w_mcs = target("ours_2w_mcs", filter_stat="ext_authz", server=s2w, cluster="authz_2w_mcs")
+            t_noop_http = target("noop_http", filter_stat="ext_authz")
+            t_http_cold = target("ours_http_cold", filter_stat="ext_authz", server=s1c, warm=False)
+            t_http_warm = target("ours_http_warm", filter_stat="ext_authz", server=s1w)
             for server in (s1w, s2w):
                 warm_every_worker(server, message)
             preflight(t_direct, must_deny_without_token=False)
             preflight(t_noop, must_deny_without_token=False)
-            for t in (t_jwt, t_cold, t_warm, t_2w_one, t_2w_mcs):
+            preflight(t_noop_http, must_deny_without_token=False)
+            for t in (t_jwt, t_cold, t_warm, t_2w_one, t_2w_mcs, t_http_cold, t_http_warm):
                 preflight(t, must_deny_without_token=True)
 
             scenarios = [
@@ -586,6 +598,18 @@ def run(settings: Settings, folder: Path) -> dict[str, Any]:
                     f"{MAX_CONCURRENT_STREAMS} (several connections)",
                     t_2w_mcs,
                     settings,
+                ),
+                envoy_scenario(
+                    "envoy_noop_http_ext_authz",
+                    "Envoy + do-nothing asyncio+httptools HTTP ext_authz",
+                    t_noop_http,
+                    settings,
+                ),
+                envoy_scenario(
+                    "envoy_ours_http_cold", "Envoy + ours, HTTP door, cold", t_http_cold, settings
+                ),
+                envoy_scenario(
+                    "envoy_ours_http_warm", "Envoy + ours, HTTP door, warm", t_http_warm, settings
                 ),
             ]
             phase(f"throughput: {len(scenarios)} scenarios x {settings.runs} runs x {settings.seconds}s")
@@ -659,6 +683,9 @@ def ratios(results: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
     values = {
         "warm_envoy_vs_noop_ext_authz": rps["envoy_ours_warm"] / rps["envoy_noop_ext_authz"],
         "warm_envoy_vs_jwt_authn": rps["envoy_ours_warm"] / rps["envoy_jwt_authn"],
+        "http_warm_envoy_vs_jwt_authn": rps["envoy_ours_http_warm"] / rps["envoy_jwt_authn"],
+        "http_warm_envoy_vs_noop_http": rps["envoy_ours_http_warm"] / rps["envoy_noop_http_ext_authz"],
+        "http_cold_vs_grpc_cold_envoy": rps["envoy_ours_http_cold"] / rps["envoy_ours_cold"],
         "grpc_2w_vs_1w_warm": rps["grpc_2w_warm"] / rps["grpc_1w_warm"],
         "grpc_2w_vs_1w_cold": rps["grpc_2w_cold"] / rps["grpc_1w_cold"],
         "envoy_2w_mcs_vs_1conn": rps["envoy_ours_warm_2w_mcs"] / rps["envoy_ours_warm_2w_1conn"],

@@ -90,6 +90,7 @@ class AuthzServer:
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
     admin_port: int = 0
+    http_port: int = 0  # the HTTP door, also served
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -109,6 +110,8 @@ class AuthzServer:
             "127.0.0.1:0",
             "--workers",
             str(self.workers),
+            "--http-listen",
+            "127.0.0.1:0",
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}  # no tracing
         with self.log.open("wb") as log:
@@ -131,6 +134,7 @@ class AuthzServer:
                         record = json.loads(line)
                         if record.get("msg") == wanted:
                             self.port, self.admin_port = int(record["port"]), int(record["admin_port"])
+                            self.http_port = int(record["http_port"])
                             break
             if self.port:
                 with contextlib.suppress(OSError):
@@ -157,20 +161,21 @@ class AuthzServer:
 
 @dataclass
 class NoopServer:
-    """bench/noop_authz.py: answers every Check with OK."""
+    """bench/noop_authz.py (gRPC) or bench/noop_http.py (HTTP): answers every check with OK."""
 
     folder: Path
+    script: str = "noop_authz.py"
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
-        self.log = self.folder / "noop.log"
+        self.log = self.folder / f"{self.script}.log"
 
     def start(self) -> None:
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(  # noqa: S603
-                [sys.executable, str(ROOT / "bench" / "noop_authz.py"), "--listen", "127.0.0.1:0"],
+                [sys.executable, str(ROOT / "bench" / self.script), "--listen", "127.0.0.1:0"],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
