@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PY) -m pip install --quiet -e '.[test,lint]'
+	$(PY) -m pip install --quiet -e '.[test,lint,bench,fuzz]'
 	touch $@
 
 ## run: install, make demo keys/config/token issuer in .demo/, serve on 127.0.0.1:9001
@@ -69,3 +69,15 @@ demo: $(VENV)/.installed-dev
 ## demo-stop: end the processes `make demo` started (by pid)
 demo-stop:
 	$(PY) deploy/demo/stack.py stop --state $(DEMO_STATE)
+
+## fuzz: coverage-guided fuzzing (atheris) of each target in fuzz/ for FUZZ_SECONDS (default 60);
+## prints executions and time per target; crashes go to fuzz/crashes/ (git-ignored), exit 1 if any
+FUZZ_SECONDS ?= 60
+.PHONY: fuzz
+
+$(VENV)/.installed-fuzz: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[fuzz]'
+	touch $@
+
+fuzz: $(VENV)/.installed-fuzz
+	$(PY) -m fuzz.run --seconds $(FUZZ_SECONDS)

@@ -155,7 +155,8 @@ def normalize_host(host: str) -> str:
     if host.startswith("["):
         end = host.find("]")
         return host[: end + 1] if end != -1 else host
-    host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    # The port first, then whitespace and the trailing dot: normalizing twice changes nothing.
+    host = (host.rsplit(":", 1)[0] if host.count(":") == 1 else host).strip()
     # "api.acme.test." is the same name as "api.acme.test" (fully qualified).
     return host[:-1] if host.endswith(".") and not host.endswith("..") else host
 
