@@ -273,9 +273,7 @@ FAILURES = {
 
 
 @pytest.mark.parametrize("mode", list(FAILURES))
-async def test_failed_fetch_keeps_last_good_keys(
-    mode, idp, ca_file, world, tmp_path, caplog
-) -> None:
+async def test_failed_fetch_keeps_last_good_keys(mode, idp, ca_file, world, tmp_path, caplog) -> None:
     """A failed fetch keeps the last good keys, counts a failure, logs a short error without the body."""
     config = load_config(write_config(tmp_path, world, uri=idp.url(), ca_file=ca_file))
     remote = remote_of(config)
