@@ -24,6 +24,11 @@ $(VENV)/.installed: pyproject.toml
 
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[test,lint,bench,fuzz]'
+	@# xds-protos (test-only) ships older copies of opentelemetry-proto's and googleapis-common-protos'
+	@# modules over theirs, depending on install order: put the owners' files back.
+	$(PY) -m pip install --quiet --force-reinstall --no-deps $$($(PY) -c "import importlib.metadata as m; \
+	  print(' '.join(f'{d}=={m.version(d)}' for d in ('opentelemetry-proto', 'googleapis-common-protos')))")
+	$(PY) -c "from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope"
 	touch $@
 
 ## run: install, make demo keys/config/token issuer in .demo/, serve on 127.0.0.1:9001

@@ -17,7 +17,9 @@ from jwcrypto.jwk import JWK
 
 from authz._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from authz.config import Config, load_config
+from authz.errors import REASONS, AuthzError
 from authz.issuer import generate_key, mint, public_jwks, write_jwks
+from authz.token import TokenKeys, validate_token
 
 NOW = 1_900_000_000  # the tests' clock: tokens are minted and checked against it
 
@@ -220,3 +222,16 @@ def check_request(
     if tenant is not None:
         message.attributes.context_extensions["tenant"] = tenant
     return message
+
+
+def token_outcome(token: str, keys: TokenKeys) -> str:
+    """``ok`` or the reason code of validate_token; any other exception fails the test where it is raised."""
+    try:
+        validate_token(token, keys)
+    except AuthzError as exc:
+        code, detail = exc.code, exc.detail
+    else:
+        return "ok"
+    assert code in REASONS
+    assert code != "token_invalid", f"unexpected exception inside the token layer: {detail}"
+    return code

@@ -31,6 +31,9 @@ SCENARIOS = {
     "envoy_ours_warm",
     "envoy_ours_warm_2w_1conn",
     "envoy_ours_warm_2w_mcs",
+    "envoy_noop_http_ext_authz",
+    "envoy_ours_http_cold",
+    "envoy_ours_http_warm",
 }
 ABUSE = {"garbage", "unknown_kid", "alg_not_allowed", "oversize", "wrong_signer"}
 

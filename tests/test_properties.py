@@ -45,9 +45,8 @@ from authz.token import (
     decrypt_token,
     open_token,
     parse_json_object,
-    validate_token,
 )
-from tests.helpers import NOW, World, check_request
+from tests.helpers import NOW, World, check_request, token_outcome
 
 FAST = settings(max_examples=300, deadline=None, derandomize=True)
 TOKENS = settings(
@@ -87,19 +86,6 @@ def valid(world: World) -> tuple[str, ...]:
     tokens = [world.token(outer=o, enc=e, inner=i) for o, e, i in SAMPLE]
     tokens.append(world.token(outer="dir", enc="A256GCM", inner="ES256"))
     return tuple(tokens)
-
-
-def token_outcome(token: str, keys: TokenKeys) -> str:
-    """``ok`` or the reason code; any other exception fails the test where it is raised."""
-    try:
-        validate_token(token, keys)
-    except AuthzError as exc:
-        code, detail = exc.code, exc.detail
-    else:
-        return "ok"
-    assert code in REASONS
-    assert code != "token_invalid", f"unexpected exception inside the token layer: {detail}"
-    return code
 
 
 def assert_only_valid_accepted(token: str, keys: TokenKeys, valid: tuple[str, ...]) -> str:

@@ -8,16 +8,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,76 +23,26 @@ import pytest
 
 from authz._proto.envoy.service.auth.v3.external_auth_pb2_grpc import AuthorizationStub
 from tests.helpers import CONFIG, World, check_request
+from tests.integration.processes import DEADLINE, ServeProcess
 
-DEADLINE = 20.0
 LOAD_SECONDS = 2.0
 
 
-@dataclass
-class Server:
-    process: subprocess.Popen[str]
-    root: Path
-    lines: list[dict[str, object]] = field(default_factory=list)
-    reader: threading.Thread | None = None
-
-    def wait_for(self, predicate: Callable[[dict[str, object]], bool], what: str) -> dict[str, object]:
-        deadline = time.monotonic() + DEADLINE
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if predicate(line):
-                    return line
-            if self.process.poll() is not None and not any(predicate(x) for x in self.lines):
-                raise AssertionError(f"server exited ({self.process.returncode}) before {what}")
-            time.sleep(0.02)
-        raise AssertionError(f"timed out waiting for {what}")
-
-    @property
-    def port(self) -> int:
-        line = self.wait_for(lambda r: r["msg"] in ("serving", "supervising"), "serving")
-        return int(line["port"])  # type: ignore[call-overload]
-
-
-def _start(world: World, root: Path, *args: str) -> Server:
+def _start(world: World, root: Path, *args: str) -> ServeProcess:
     shutil.copytree(world.root / "keys", root / "keys")
     (root / "config.yaml").write_text(CONFIG)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "authz", "serve", "--config", str(root / "config.yaml"), *args],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    server = Server(process, root)
-
-    def read() -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            if line.startswith("{"):
-                server.lines.append(json.loads(line))
-
-    server.reader = threading.Thread(target=read, daemon=True)
-    server.reader.start()
-    return server
-
-
-def _stop(server: Server) -> None:
-    if server.process.poll() is None:
-        server.process.kill()
-    server.process.wait(timeout=10)
-    if server.reader is not None:
-        server.reader.join(timeout=10)
-    assert server.process.stderr is not None
-    server.process.stderr.close()
+    return ServeProcess.start(root / "config.yaml", args)
 
 
 @pytest.fixture
-def server(world: World, tmp_path: Path) -> Iterator[Server]:
-    """One authz process on 127.0.0.1:0 with the test world's config."""
+def server(world: World, tmp_path: Path) -> Iterator[tuple[ServeProcess, Path]]:
+    """One authz process on 127.0.0.1:0 with the test world's config, and its folder."""
     running = _start(world, tmp_path, "--listen", "127.0.0.1:0")
     try:
         running.wait_for(lambda r: r["msg"] == "serving", "serving")
-        yield running
+        yield running, tmp_path
     finally:
-        _stop(running)
+        running.stop()
 
 
 def _token(world: World, **claims: object) -> str:
@@ -158,11 +105,12 @@ def _requests(world: World) -> list[tuple[str, object, int]]:
     ]
 
 
-def test_reload_every_100ms_under_load(server: Server, world: World) -> None:
+def test_reload_every_100ms_under_load(server: tuple[ServeProcess, Path], world: World) -> None:
     """The config is rewritten every 100 ms (two versions) while checks run: none fails, none is wrong."""
-    config = server.root / "config.yaml"
+    server, root = server
+    config = root / "config.yaml"
     variant = CONFIG.replace("      - name: admin\n", "      - name: admin-area\n")  # same policy, new text
-    with Load(server.port, _requests(world)) as load:
+    with Load(server.ports()[0], _requests(world)) as load:
         deadline = time.monotonic() + LOAD_SECONDS
         flips = 0
         # Rewrite every 100 ms; the watcher's settle bound still reloads during the churn.
@@ -180,12 +128,15 @@ def test_reload_every_100ms_under_load(server: Server, world: World) -> None:
     assert load.outcomes["answered"] > 50
 
 
-def test_config_disappearing_keeps_the_last_good_snapshot(server: Server, world: World) -> None:
+def test_config_disappearing_keeps_the_last_good_snapshot(
+    server: tuple[ServeProcess, Path], world: World
+) -> None:
     """The config file (and its folder's keys) vanish under load: decisions go on unchanged."""
-    with Load(server.port, _requests(world)) as load:
+    server, root = server
+    with Load(server.ports()[0], _requests(world)) as load:
         time.sleep(0.3)
-        (server.root / "config.yaml").unlink()
-        shutil.rmtree(server.root / "keys")
+        (root / "config.yaml").unlink()
+        shutil.rmtree(root / "keys")
         server.wait_for(lambda r: r["msg"].startswith("config reload failed"), "the failed reload")  # type: ignore[union-attr]
         time.sleep(0.5)
     assert load.wrong == []
@@ -197,7 +148,7 @@ def test_sigterm_under_load_drains_and_exits(world: World, tmp_path: Path) -> No
     server = _start(world, tmp_path, "--listen", "127.0.0.1:0")
     try:
         server.wait_for(lambda r: r["msg"] == "serving", "serving")
-        with Load(server.port, _requests(world), new_channel_each=True) as load:
+        with Load(server.ports()[0], _requests(world), new_channel_each=True) as load:
             time.sleep(0.5)
             started = time.monotonic()
             server.process.send_signal(signal.SIGTERM)
@@ -211,7 +162,7 @@ def test_sigterm_under_load_drains_and_exits(world: World, tmp_path: Path) -> No
         assert all(at >= started for at in load.failed_at)
         assert load.outcomes["answered"] > 0
     finally:
-        _stop(server)
+        server.stop()
 
 
 def test_sigkill_of_a_worker_under_load_is_bounded(world: World, tmp_path: Path) -> None:
@@ -219,7 +170,7 @@ def test_sigkill_of_a_worker_under_load_is_bounded(world: World, tmp_path: Path)
     server = _start(world, tmp_path, "--listen", "127.0.0.1:0", "--workers", "2")
     try:
         server.wait_for(lambda r: r["msg"] == "supervising", "the supervisor")
-        port = server.port
+        port = server.ports()[0]
         server.wait_for(lambda r: r["msg"] == "serving", "a worker")
         deadline = time.monotonic() + DEADLINE
         while len({r["pid"] for r in server.lines if r["msg"] == "serving"}) < 2:
@@ -238,4 +189,4 @@ def test_sigkill_of_a_worker_under_load_is_bounded(world: World, tmp_path: Path)
     finally:
         server.process.send_signal(signal.SIGTERM)
         server.process.wait(timeout=20)
-        _stop(server)
+        server.stop()

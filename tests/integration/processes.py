@@ -1,0 +1,73 @@
+"""A real ``authz serve`` process for tests: started, its JSON log lines collected, stopped."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEADLINE = 20.0
+
+Record = dict[str, object]
+
+
+@dataclass
+class ServeProcess:
+    """``python -m authz serve --config CONFIG ARGS``; every stderr JSON line lands in ``lines``."""
+
+    process: subprocess.Popen[str]
+    lines: list[Record] = field(default_factory=list)
+    reader: threading.Thread | None = None
+
+    @classmethod
+    def start(cls, config: Path, args: Sequence[str] = ()) -> ServeProcess:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "authz", "serve", "--config", str(config), *args],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+        running = cls(process)
+
+        def read() -> None:
+            assert process.stderr is not None
+            for line in process.stderr:
+                if line.startswith("{"):
+                    running.lines.append(json.loads(line))
+
+        running.reader = threading.Thread(target=read, daemon=True)
+        running.reader.start()
+        return running
+
+    def wait_for(self, predicate: Callable[[Record], bool], what: str, timeout: float = DEADLINE) -> Record:
+        """The first log record matching ``predicate`` (bounded wait)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if predicate(line):
+                    return line
+            if self.process.poll() is not None and not any(predicate(x) for x in self.lines):
+                raise AssertionError(f"server exited ({self.process.returncode}) before {what}")
+            time.sleep(0.02)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def ports(self) -> tuple[int, int | None]:
+        """(gRPC port, admin port) from the "serving" (or, with workers, "supervising") line."""
+        line = self.wait_for(lambda r: r["msg"] in ("serving", "supervising"), "serving")
+        admin = line.get("admin_port")
+        return int(line["port"]), (int(admin) if admin is not None else None)  # type: ignore[call-overload]
+
+    def stop(self) -> None:
+        """Kill if still running, then reap the process and close the pipe."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=10)
+        if self.reader is not None:
+            self.reader.join(timeout=10)
+        assert self.process.stderr is not None
+        self.process.stderr.close()
