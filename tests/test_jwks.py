@@ -571,3 +571,31 @@ async def test_unknown_kid_of_a_file_issuer_does_not_fetch_other_issuers(
     )
     assert await service_check(config, check_request(token=token)) == (16, 401, "signing_key_unknown")
     assert idp.total == before
+
+
+async def test_a_hanging_jwks_server_delays_no_check_beyond_its_bound(idp, ca_file, world, tmp_path) -> None:
+    """Under a load of checks, with the IdP hanging: unknown-kid checks wait at most the bound, others not at all."""
+    wait = 0.3
+    path = write_config(
+        tmp_path, world, uri=idp.url(), ca_file=ca_file,
+        issuer={"min_refetch_interval": 0.01}, server={"jwks_unknown_kid_wait": wait},
+    )  # fmt: skip
+    config = load_config(path)
+    assert await remote_of(config).fetch()
+    idp.mode = "hang"  # from now on every fetch hangs (until fetch_timeout)
+    service = AuthorizationService(SnapshotHolder(config), lambda: NOW)
+    unknown = remote_request(world, KEYS["k2"]).SerializeToString()  # a kid the IdP never served
+    other = check_request(token=world.token()).SerializeToString()  # acme: keys from a file
+
+    async def timed(data: bytes) -> tuple[float, int]:
+        start = time.monotonic()
+        response = await service.check(data, None)  # type: ignore[arg-type]
+        return time.monotonic() - start, response.status.code
+
+    results = await asyncio.gather(*(timed(unknown if i % 2 else other) for i in range(40)))
+    unknown_times = [t for i, (t, _) in enumerate(results) if i % 2]
+    other_results = [r for i, r in enumerate(results) if not i % 2]
+    assert all(code == 16 for i, (_, code) in enumerate(results) if i % 2)  # signing_key_unknown
+    assert all(code == 0 for _, code in other_results)
+    assert max(unknown_times) < wait + 0.5  # bounded by jwks_unknown_kid_wait, not by the hang
+    idp.stop()  # ends the hanging answer
