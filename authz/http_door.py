@@ -39,7 +39,7 @@ from authz.decision import Decision, reject
 from authz.errors import AuthzError
 from authz.request import AuthzRequest, from_http, http_request_id
 from authz.response import to_http_response
-from authz.service import Clock, SnapshotHolder, decide_request, refetch_issuer_keys
+from authz.service import Clock, SnapshotHolder, decide_request, refetch_issuer_keys, refetch_source
 from authz.telemetry import Telemetry, extract_parent
 
 __all__ = ["HttpDoor", "HttpSettings"]
@@ -127,8 +127,11 @@ class HttpDoor:
                 decision = early or reject("request_malformed")
             else:
                 decision = decide_request(config, request, self.clock, telemetry)
-        if decision.reason == "signing_key_unknown" and request is not None:
-            return asyncio.ensure_future(self._refetch_then_answer(config, request, decision, span, start))
+        if request is not None and refetch_source(config, decision) is not None:
+            # Only an issuer with a jwks_uri can learn a new kid: worth a (bounded) wait.
+            return asyncio.ensure_future(
+                self._refetch_then_answer(config, request, decision, span=span, parent=parent, start=start)
+            )
         request_id = request.request_id if request else http_request_id(headers)
         return self._finish(
             config, request, decision, span=span, parent=parent, start=start, request_id=request_id
@@ -139,13 +142,14 @@ class HttpDoor:
         config: Config | None,
         request: AuthzRequest,
         decision: Decision,
+        *,
         span: trace.Span | None,
+        parent: Context,
         start: float,
     ) -> bytes:
         if await refetch_issuer_keys(config, decision):
             with self.telemetry.active(span):
                 decision = decide_request(config, request, self.clock, self.telemetry)
-        parent = extract_parent((), request.headers)
         return self._finish(
             config, request, decision, span=span, parent=parent, start=start, request_id=request.request_id
         )

@@ -32,6 +32,7 @@ __all__ = [
     "parse",
     "read",
     "refetch_issuer_keys",
+    "refetch_source",
     "respond",
 ]
 
@@ -131,17 +132,21 @@ def respond(decision: Decision, request_id: str) -> CheckResponse:
         return _fallback_deny()
 
 
+def refetch_source(config: Config | None, decision: Decision) -> Any:
+    """The jwks_uri source worth refetching for this deny (an unknown signing kid), or None."""
+    if config is None or decision.reason != "signing_key_unknown" or decision.issuer is None:
+        return None
+    return getattr(config.token_keys.issuers.get(decision.issuer), "remote", None)
+
+
 async def refetch_issuer_keys(config: Config | None, decision: Decision, budget: float | None = None) -> bool:
     """A token named a signing kid its issuer lacks: refetch that issuer's jwks_uri.
 
     Rate-limited per source, and waits at most the configured bound; True when
     fresh keys arrived, so the request is worth evaluating once more.
     """
-    if config is None or decision.reason != "signing_key_unknown" or decision.issuer is None:
-        return False
-    keys = config.token_keys.issuers.get(decision.issuer)
-    remote = getattr(keys, "remote", None)
-    if remote is None:
+    remote = refetch_source(config, decision)
+    if remote is None or config is None:
         return False
     wait = config.server.jwks_unknown_kid_wait
     if budget is not None:
@@ -188,7 +193,9 @@ class AuthorizationService:
                 decision = reject("overloaded", "deadline passed before the check started")
             else:
                 decision = decide_request(config, request, self._clock, telemetry)
-                if await refetch_issuer_keys(config, decision, remaining):
+                if refetch_source(config, decision) is not None and await refetch_issuer_keys(
+                    config, decision, remaining
+                ):
                     decision = decide_request(config, request, self._clock, telemetry)
             telemetry.finish(
                 span,

@@ -599,3 +599,29 @@ async def test_a_hanging_jwks_server_delays_no_check_beyond_its_bound(idp, ca_fi
     assert all(code == 0 for _, code in other_results)
     assert max(unknown_times) < wait + 0.5  # bounded by jwks_unknown_kid_wait, not by the hang
     idp.stop()  # ends the hanging answer
+
+
+async def test_http_door_refetches_for_an_unknown_kid(idp, ca_file, world, tmp_path) -> None:
+    """The HTTP door, too, waits (bounded) for a refetch when a token names a new kid of its issuer."""
+    from authz.http_door import HttpDoor
+    from authz.telemetry import Telemetry
+
+    config = load_config(
+        write_config(tmp_path, world, uri=idp.url(), ca_file=ca_file, issuer={"min_refetch_interval": 0.01})
+    )
+    assert await remote_of(config).fetch()
+    idp.serve_keys([KEYS["k1"], KEYS["k2"]])
+    await asyncio.sleep(0.05)  # past min_refetch_interval (the first fetch counts against it)
+    door = HttpDoor(SnapshotHolder(config), lambda: NOW, Telemetry(), config.http)
+    headers = {"host": (REMOTE_HOST,), "authorization": (f"Bearer {remote_token(world, KEYS['k2'])}",)}
+    answer = door.answer("GET", "/orders", headers)
+    assert isinstance(answer, asyncio.Future)  # the unknown kid sends it to the refetch
+    assert (await answer).startswith(b"HTTP/1.1 200 ")
+    # A file-only issuer's unknown kid is answered at once, without a refetch.
+    stranger = mint(world.claims(), encryption_key=world.decryption_keys["enc-rsa-oaep-256"],
+                    signing_key=generate_key("ES256", "acme-unknown"))  # fmt: skip
+    at_once = door.answer(
+        "GET", "/orders", {"host": ("api.acme.test",), "authorization": (f"Bearer {stranger}",)}
+    )
+    assert isinstance(at_once, bytes)
+    assert at_once.startswith(b"HTTP/1.1 401 ")

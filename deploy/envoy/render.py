@@ -160,9 +160,8 @@ VARIANTS: tuple[Variant, ...] = (
             door="http",
         ),
         "Like demo.yaml, through authz's HTTP door (Envoy's http_service) instead of\n"
-        "gRPC (README, Deployment: Which door). Serve the demo with the door on, its\n"
-        f"path prefix ({HTTP_PATH_PREFIX}) in the config:\n"
-        f"  printf 'http:\\n  path_prefix: {HTTP_PATH_PREFIX}\\n' >> .demo/config.yaml\n"
+        "gRPC (README, Deployment: Which door). Serve the demo with the door on (the\n"
+        f"demo config already has its path prefix, {HTTP_PATH_PREFIX}):\n"
         "  .venv/bin/authz serve --config .demo/config.yaml --http-listen 127.0.0.1:9003\n"
         "then\n"
         "  envoy -c deploy/envoy/demo-http.yaml --concurrency 1 --disable-hot-restart\n"
