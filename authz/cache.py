@@ -64,6 +64,11 @@ class TokenCache:
         self.hits += 1
         return entry.token
 
+    def peek(self, key: bytes) -> VerifiedToken | None:
+        """The cached token under ``key``, without counting a lookup or checking its validity."""
+        entry = self._entries.get(key)
+        return entry.token if entry is not None else None
+
     def put(self, key: bytes, token: VerifiedToken, keys: TokenKeys, expires_at: float) -> None:
         """Cache a token whose claims validated; it is served until ``expires_at`` (its exp)."""
         if self.max_entries <= 0:

@@ -32,6 +32,10 @@ class Claims:
     subject: str | None
     audiences: tuple[str, ...]
     expires_at: float
+    # The window of ``now`` in which the time checks above pass (skew included):
+    # a decision on these claims holds, as far as time goes, from..until.
+    valid_from: float
+    valid_until: float
     tenant: str | None
     scopes: frozenset[str]
     roles: frozenset[str]
@@ -63,6 +67,8 @@ def validate_claims(payload: Mapping[str, Any], rules: ClaimRules, now: float) -
         subject=_optional_str(payload, "sub"),
         audiences=_audiences(payload.get("aud")),
         expires_at=exp,
+        valid_from=max(nbf if nbf is not None else -math.inf, iat if iat is not None else -math.inf) - skew,
+        valid_until=exp + skew,
         tenant=_optional_str(payload, rules.tenant_claim),
         scopes=_scopes(payload),
         roles=_str_list(payload.get("roles"), "roles"),

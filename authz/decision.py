@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import math
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -62,6 +63,9 @@ class Decision:
     decryption_key_id: str | None = None
     issuer: str | None = None  # a configured issuer the token named (verified, or a refetch hint)
     cache_hit: bool = False  # the token layer's result came from the verified-token cache
+    # An allow on a token holds, as far as time goes, while valid_from <= now < valid_until.
+    valid_from: float = -math.inf
+    valid_until: float = math.inf
     detail: str = ""  # for logs only
 
     @property
@@ -190,6 +194,8 @@ def _authorize(
         decryption_key_id=verified.decryption_kid,
         issuer=claims.issuer,
         cache_hit=progress.cache_hit,
+        valid_from=claims.valid_from,
+        valid_until=claims.valid_until,
     )
 
 

@@ -16,9 +16,20 @@ client through ``allowed_client_headers``).
 
 Hostile clients: request line and headers are bounded in size and count, and
 must arrive within ``header_timeout`` (a slowloris connection costs one socket
-and one timer); idle keep-alive connections close after ``idle_timeout`` and
+and one deadline); idle keep-alive connections close after ``idle_timeout`` and
 after ``max_requests_per_connection`` requests; connections are bounded; a
-malformed request is answered 400 and the connection closed.
+malformed request is answered 400 and the connection closed. Timeouts are
+deadlines on the connection, checked by one sweep per door (a fraction of the
+shortest timeout apart), not a timer per request.
+
+Repeated requests: Envoy asks about the same (method, path, host, token) over
+and over. With the token cache on and tracing off, an allow is kept, rendered,
+in a bounded answer memo of the snapshot and served again while it provably
+holds: same snapshot (a reload starts an empty memo), the token's entry in the
+verified-token cache unchanged (so a JWKS refresh, the token's expiry or an
+eviction retire it), and ``now`` inside the claims' time window. A repeat
+records the same metrics and decision log line as the first answer. Only
+allows are kept; anything else is decided afresh.
 """
 
 from __future__ import annotations
@@ -29,18 +40,20 @@ import contextlib
 import logging
 import socket
 import time
+from dataclasses import dataclass
 
 import httptools
 from opentelemetry import trace
 from opentelemetry.context import Context
 
 from authz.config import Config, HttpSettings
-from authz.decision import Decision, reject
+from authz.decision import Decision, Verdict, reject
 from authz.errors import AuthzError
-from authz.request import AuthzRequest, from_http, http_request_id
+from authz.request import AuthzRequest, bearer_token, from_http, http_request_id
 from authz.response import to_http_response
 from authz.service import Clock, SnapshotHolder, decide_request, refetch_issuer_keys, refetch_source
-from authz.telemetry import Telemetry, extract_parent
+from authz.telemetry import RepeatedAnswer, Telemetry, extract_parent, trace_id_of
+from authz.token import VerifiedToken
 
 __all__ = ["HttpDoor", "HttpSettings"]
 
@@ -59,6 +72,29 @@ _REASONS = {
     503: "Service Unavailable",
 }
 _MAX_PIPELINE = 32
+MEMO_MAX = 4096  # answers kept per snapshot (the oldest goes first); each holds its key's bytes
+# Request headers the door looks at before deciding whether it has seen this request already.
+_HOST, _AUTHORIZATION, _REQUEST_ID, _AUTHORITY = b"host", b"authorization", b"x-request-id", b":authority"
+_TRACE_HEADERS = frozenset(
+    {b"traceparent", b"tracestate", b"b3", b"x-b3-traceid", b"x-b3-spanid", b"x-b3-sampled", b"x-b3-flags",
+     b"x-b3-parentspanid"}
+)  # fmt: skip
+_NOTABLE = frozenset({_HOST, _AUTHORIZATION, _REQUEST_ID, _AUTHORITY}) | _TRACE_HEADERS
+
+MemoKey = tuple[bytes, bytes, bytes, bytes | None]  # method, request target, host, authorization
+RawHeaders = list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Memo:
+    """An allow answered once, kept to answer its repeats (see the module docstring)."""
+
+    response: bytes
+    record: RepeatedAnswer
+    valid_from: float
+    valid_until: float
+    cache_key: bytes | None  # the token's key in the verified-token cache; None: a public rule
+    verified: VerifiedToken | None  # the cache entry's token this answer was decided on
 
 
 class HttpDoor:
@@ -73,6 +109,10 @@ class HttpDoor:
         self.settings = settings
         self.connections: set[_Connection] = set()
         self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._memo: dict[MemoKey, _Memo] = {}
+        self._memo_config: Config | None = None
+        self.memo_hits = 0
 
     async def start(self, listen: str, *, reuse_port: bool = False) -> int:
         host, _, port = listen.rpartition(":")
@@ -85,13 +125,27 @@ class HttpDoor:
             backlog=1024,
         )
         sock = self._server.sockets[0]
+        self._sweep()
         return int(sock.getsockname()[1])
+
+    def _sweep(self) -> None:
+        """Close the connections whose header or idle deadline has passed; then again, a tick later."""
+        now = time.monotonic()
+        for connection in list(self.connections):
+            if 0.0 < connection.deadline <= now:
+                connection.expired()
+        settings = self.settings
+        tick = min(1.0, max(0.02, min(settings.header_timeout, settings.idle_timeout) / 8))
+        self._sweeper = asyncio.get_running_loop().call_later(tick, self._sweep)
 
     async def stop(self, grace: float) -> None:
         """Stop accepting; let answers in progress finish (bounded); close the rest."""
         if self._server is None:
             return
         self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         deadline = time.monotonic() + grace
         for connection in list(self.connections):
             connection.close_when_idle()
@@ -104,8 +158,113 @@ class HttpDoor:
 
     # -- one request -----------------------------------------------------------
 
+    def answer_raw(self, method: bytes, target: bytes, raw: RawHeaders) -> bytes | asyncio.Task[bytes]:
+        """Answer a request as the parser delivered it: from the memo if it is a repeat, else decide."""
+        start = time.perf_counter()
+        config = self.holder.current
+        key: MemoKey | None = None
+        if config is not None and self.telemetry.tracer is None and config.cache.max_entries > 0:
+            host = authorization = request_id = None
+            traced = False
+            for name, value in raw:
+                lowered = name.lower()
+                if lowered not in _NOTABLE:
+                    continue
+                if lowered == _HOST:
+                    if host is not None:
+                        break  # several: not a request the memo may answer
+                    host = value
+                elif lowered == _AUTHORIZATION:
+                    if authorization is not None:
+                        break
+                    authorization = value
+                elif lowered == _REQUEST_ID:
+                    request_id = request_id or value
+                elif lowered == _AUTHORITY:
+                    break
+                else:
+                    traced = True
+            else:
+                if host is not None:
+                    key = (method, target, host, authorization)
+                    answer = self._repeat(config, key, start, request_id, raw if traced else None)
+                    if answer is not None:
+                        return answer
+        headers: dict[str, list[str]] = {}
+        for name, value in raw:
+            headers.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
+        plain = {name: tuple(values) for name, values in headers.items()}
+        return self.answer(method.decode("latin-1"), target.decode("latin-1"), plain, memo_key=key)
+
+    def _repeat(
+        self, config: Config, key: MemoKey, start: float, request_id: bytes | None, traced: RawHeaders | None
+    ) -> bytes | None:
+        """The memo's answer to a repeated request, if it still holds; None to decide afresh."""
+        if config is not self._memo_config:
+            self._memo, self._memo_config = {}, config  # a new snapshot: nothing decided before holds
+            return None
+        memo = self._memo.get(key)
+        if memo is None:
+            return None
+        try:
+            now = self.clock()
+        except Exception:  # noqa: BLE001 - the full path answers a failing clock
+            return None
+        if not memo.valid_from <= now < memo.valid_until:
+            return None
+        # The verified-token cache decides whether the token's verification still holds
+        # (JWKS refresh, expiry, eviction); it also counts the hit.
+        if (
+            memo.cache_key is not None
+            and config.cache.get(memo.cache_key, config.token_keys, now) is not memo.verified
+        ):
+            return None
+        rid = request_id.decode("latin-1") if request_id else ""
+        rid = rid if http_request_id({"x-request-id": (rid,)}) else ""
+        trace_id = None
+        if traced is not None:
+            trace_id = trace_id_of({n.decode("latin-1").lower(): v.decode("latin-1") for n, v in traced})
+        self.memo_hits += 1
+        self.telemetry.repeat(
+            memo.record, request_id=rid, trace_id=trace_id, elapsed=time.perf_counter() - start
+        )
+        return memo.response
+
+    def _remember(
+        self, config: Config | None, key: MemoKey, request: AuthzRequest, decision: Decision, response: bytes
+    ) -> None:
+        """Keep an allow for its repeats (only what the memo can prove still holds; see _repeat)."""
+        if config is None or config is not self._memo_config or decision.verdict is not Verdict.ALLOW:
+            return
+        cache_key: bytes | None = None
+        verified: VerifiedToken | None = None
+        if decision.token_present:
+            token = bearer_token(request)
+            if token is None:
+                return
+            cache_key = config.cache.key(token)
+            verified = config.cache.peek(cache_key)
+            if verified is None:
+                return  # not cached (yet): nothing to tie the answer to
+        memo = self._memo
+        while len(memo) >= MEMO_MAX:
+            del memo[next(iter(memo))]
+        memo[key] = _Memo(
+            response=response,
+            record=RepeatedAnswer.of(decision, request, config.telemetry),
+            valid_from=decision.valid_from,
+            valid_until=decision.valid_until,
+            cache_key=cache_key,
+            verified=verified,
+        )
+
     def answer(
-        self, method: str, target: str, headers: dict[str, tuple[str, ...]]
+        self,
+        method: str,
+        target: str,
+        headers: dict[str, tuple[str, ...]],
+        *,
+        memo_key: MemoKey | None = None,
     ) -> bytes | asyncio.Task[bytes]:
         """The response bytes, or a task when an unknown kid makes a key refetch worth a wait."""
         start = time.perf_counter()
@@ -133,9 +292,12 @@ class HttpDoor:
                 self._refetch_then_answer(config, request, decision, span=span, parent=parent, start=start)
             )
         request_id = request.request_id if request else http_request_id(headers)
-        return self._finish(
+        response = self._finish(
             config, request, decision, span=span, parent=parent, start=start, request_id=request_id
         )
+        if memo_key is not None and request is not None and span is None:
+            self._remember(config, memo_key, request, decision, response)
+        return response
 
     async def _refetch_then_answer(
         self,
@@ -204,7 +366,7 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.url = b""
-        self.headers: dict[str, list[str]] = {}
+        self.headers: RawHeaders = []
         self.header_bytes = 0
         self.header_count = 0
         self.body_bytes = 0
@@ -213,7 +375,7 @@ class _Connection(asyncio.Protocol):
         self.rejected = 0  # the status of a limit a callback enforced
         self.in_message = False
         self.queue: collections.deque[tuple[asyncio.Future[bytes], bool]] = collections.deque()
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # monotonic time at which the current wait (headers, idle) ends; 0: none
 
     # -- asyncio.Protocol ----------------------------------------------------
 
@@ -253,7 +415,7 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.in_message = True
         self.url = b""
-        self.headers = {}
+        self.headers = []
         self.header_bytes = self.header_count = self.body_bytes = 0
 
     def on_url(self, url: bytes) -> None:
@@ -270,7 +432,7 @@ class _Connection(asyncio.Protocol):
             or self.header_count > self.settings.max_headers
         ):
             self._reject(431)
-        self.headers.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._disarm()
@@ -283,10 +445,8 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self.in_message = False
         self.requests += 1
-        method = (self.parser.get_method() or b"GET").decode("latin-1")
-        headers = {name: tuple(values) for name, values in self.headers.items()}
         try:
-            answer = self.door.answer(method, self.url.decode("latin-1"), headers)
+            answer = self.door.answer_raw(self.parser.get_method() or b"GET", self.url, self.headers)
         except Exception:  # noqa: BLE001 - never reached: answer() fails closed; still, no crash
             _log.exception("http door failed to answer")
             answer = _render(500, [], b"", close=True)
@@ -356,19 +516,16 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    # -- timers ----------------------------------------------------------------
+    # -- deadlines (checked by the door's sweep) --------------------------------
 
     def _arm(self, seconds: float) -> None:
-        self._disarm()
-        self.timer = asyncio.get_running_loop().call_later(seconds, self._expired)
+        self.deadline = time.monotonic() + seconds
 
     def _disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = 0.0
 
-    def _expired(self) -> None:
-        self.timer = None
+    def expired(self) -> None:
+        self.deadline = 0.0
         if self.transport is None or self.closing:
             return
         if self.in_message:

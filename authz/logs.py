@@ -3,24 +3,32 @@
 Callers pass fields through ``extra={"fields": {...}}``; the formatter never
 adds anything it was not given, so what reaches the log is exactly what the
 caller chose (and the decision path never passes tokens, keys or claims).
+
+The decision log writes one line per check, so it has a direct path: when a
+logger's records would reach exactly the handler :func:`setup_logging`
+installed (and nothing else: no filters, no other handlers), :func:`direct_sink`
+hands out that handler, and :func:`render_line` writes the very line
+:class:`JsonFormatter` would, in a fraction of ``logging``'s cost per record.
+Any other logging set-up (a test's ``caplog``, an embedding application's
+handlers) makes ``direct_sink`` return None and records go through ``logging``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
 
-__all__ = ["JsonFormatter", "setup_logging"]
+__all__ = ["JsonFormatter", "JsonHandler", "direct_sink", "render_line", "setup_logging"]
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": _timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "pid": record.process,
@@ -35,9 +43,80 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, separators=(",", ":"), default=str)
 
 
+class JsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The stderr handler of :func:`setup_logging`: JSON lines, and the decision log's direct path."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self.setFormatter(JsonFormatter())
+
+    def write_line(self, line: str) -> None:
+        """Write one rendered line (ending in a newline), as ``emit`` would, under the handler's lock."""
+        with self.lock:  # type: ignore[union-attr]
+            try:
+                self.stream.write(line)
+                self.stream.flush()
+            except Exception:  # noqa: BLE001 - as logging does: a full disk must not fail the check
+                self.handleError(logging.LogRecord("authz", logging.INFO, "", 0, "", None, None))
+
+
 def setup_logging(level: int = logging.INFO) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [JsonHandler()]
     root.setLevel(level)
+
+
+def direct_sink(logger: logging.Logger, level: int = logging.INFO) -> JsonHandler | None:
+    """The one handler a record of ``logger`` at ``level`` would reach, if it is a plain JsonHandler.
+
+    None when the record would be dropped, filtered, or reach any other handler:
+    then the caller logs through ``logging`` as usual.
+    """
+    if not logger.isEnabledFor(level):
+        return None
+    found: JsonHandler | None = None
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.filters:
+            return None
+        for handler in current.handlers:
+            if type(handler) is not JsonHandler or found is not None or handler.filters:
+                return None
+            if level < handler.level or type(handler.formatter) is not JsonFormatter:
+                return None
+            found = handler
+        if not current.propagate:
+            break
+        current = current.parent
+    return found
+
+
+_second = -1
+_second_text = ""
+
+
+def render_line(logger: str, msg: str, fields_json: str, when: float) -> str:
+    """The JsonFormatter line of an INFO record whose fields render to ``fields_json``.
+
+    ``fields_json`` is a JSON object (``"{...}"``) whose keys are not the
+    formatter's own (time, level, logger, pid, msg); ``logger`` and ``msg``
+    must need no JSON escaping.
+    """
+    global _second, _second_text  # one cached second: strftime is the slow part
+    whole = int(when)
+    if whole != _second:
+        _second, _second_text = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    millis = int((when - whole) * 1000)
+    head = (
+        f'{{"time":"{_second_text}.{millis:03d}Z","level":"info",'
+        f'"logger":"{logger}","pid":{os.getpid()},"msg":"{msg}"'
+    )
+    if fields_json == "{}":
+        return head + "}\n"
+    return f"{head},{fields_json[1:]}\n"
+
+
+def _timestamp(created: float) -> str:
+    whole = int(created)
+    millis = int((created - whole) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"

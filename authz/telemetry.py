@@ -19,11 +19,14 @@ subject only when the configuration enables it.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from opentelemetry import trace
@@ -39,22 +42,27 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from authz.config import Config, TelemetrySettings
 from authz.decision import Decision, Verdict
 from authz.errors import AuthzError
+from authz.logs import direct_sink, render_line
 from authz.metrics import Histogram, Registry, Sample
 from authz.reload import ReloadStatus
 from authz.request import AuthzRequest
 
 __all__ = [
     "CHECK_SPAN",
+    "RepeatedAnswer",
     "Telemetry",
     "config_metrics",
+    "decision_fields",
     "exporter_from_env",
     "extract_parent",
+    "trace_id_of",
     "tracer_provider_from_env",
 ]
 
 CHECK_SPAN = "envoy.service.auth.v3.Authorization/Check"
 _DEFAULT_SETTINGS = TelemetrySettings(log_subject=False, allow_log_sample_rate=1.0)
-_log = logging.getLogger("authz.decision")
+_LOGGER, _MSG = "authz.decision", "decision"
+_log = logging.getLogger(_LOGGER)
 
 # W3C wins over B3 when both are sent.
 _FORMATS: tuple[tuple[str, TextMapPropagator], ...] = (
@@ -138,6 +146,14 @@ def extract_parent(
     return Context()
 
 
+def trace_id_of(carrier: Mapping[str, str]) -> str | None:
+    """The trace id (32 hex digits) of the context in these headers (lower-case names), if any."""
+    context = _extract(carrier)
+    if context is None:
+        return None
+    return format(trace.get_current_span(context).get_span_context().trace_id, "032x")
+
+
 def _extract(carrier: Mapping[str, str]) -> Context | None:
     """W3C first, then B3 single, then B3 multi: only a format that was sent is parsed."""
     for key, propagator in _FORMATS:
@@ -146,6 +162,61 @@ def _extract(carrier: Mapping[str, str]) -> Context | None:
             if trace.get_current_span(context).get_span_context().is_valid:
                 return context
     return None
+
+
+def decision_fields(
+    decision: Decision, request: AuthzRequest | None, settings: TelemetrySettings
+) -> dict[str, Any]:
+    """The decision log fields after request and trace id: the same for every repeat of a decision."""
+    fields: dict[str, Any] = {
+        "tenant": decision.tenant,
+        "decision": decision.verdict.value,
+        "reason": decision.reason,
+        "rule": decision.rule,
+        "method": request.method if request else None,
+        "path": request.path if request else None,
+        "kid": decision.key_id,
+    }
+    if settings.log_subject:
+        fields["subject"] = decision.subject
+    if decision.detail:
+        fields["detail"] = decision.detail
+    return fields
+
+
+@dataclass(frozen=True, slots=True)
+class RepeatedAnswer:
+    """What recording a repeat of one decision needs, computed when it was first made."""
+
+    labels: tuple[str, str, str]  # authz_checks_total's tenant, decision, reason
+    verdict_label: tuple[str]  # authz_check_duration_seconds' decision
+    sample_rate: float  # 1.0 for anything but an allow (denies are always logged)
+    log_fields: Mapping[str, Any]  # decision_fields()
+    log_tail: str  # those fields as JSON, after the opening brace and request/trace ids
+
+    @classmethod
+    def of(
+        cls, decision: Decision, request: AuthzRequest | None, settings: TelemetrySettings | None
+    ) -> RepeatedAnswer:
+        settings = settings or _DEFAULT_SETTINGS
+        fields = decision_fields(decision, request, settings)
+        verdict = decision.verdict.value
+        rate = settings.allow_log_sample_rate if decision.verdict is Verdict.ALLOW else 1.0
+        tail = _json(fields)
+        return cls(
+            labels=(decision.tenant or "", verdict, decision.reason),
+            verdict_label=(verdict,),
+            sample_rate=rate,
+            log_fields=MappingProxyType(fields),
+            log_tail="}" if tail == "{}" else "," + tail[1:],
+        )
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+_json_str: Callable[[str], str] = json.encoder.encode_basestring_ascii  # what json.dumps does to a str
 
 
 class _Timer:
@@ -330,25 +401,42 @@ class Telemetry:
         # Denies are always logged; allows may be sampled.
         if decision.verdict is Verdict.ALLOW and rate < 1.0 and random.random() >= rate:  # noqa: S311
             return
-        if not _log.isEnabledFor(logging.INFO):
+        sink = direct_sink(_log)
+        if sink is None and not _log.isEnabledFor(logging.INFO):
             return
         context = (span or trace.get_current_span(parent)).get_span_context()
-        fields: dict[str, Any] = {
+        trace_id = format(context.trace_id, "032x") if context.is_valid else None
+        fields = {
             "request_id": request_id,
-            "trace_id": format(context.trace_id, "032x") if context.is_valid else None,
-            "tenant": decision.tenant,
-            "decision": decision.verdict.value,
-            "reason": decision.reason,
-            "rule": decision.rule,
-            "method": request.method if request else None,
-            "path": request.path if request else None,
-            "kid": decision.key_id,
+            "trace_id": trace_id,
+            **decision_fields(decision, request, settings),
         }
-        if settings.log_subject:
-            fields["subject"] = decision.subject
-        if decision.detail:
-            fields["detail"] = decision.detail
-        _log.info("decision", extra={"fields": fields})
+        if sink is not None:
+            sink.write_line(render_line(_LOGGER, _MSG, _json(fields), time.time()))
+        else:
+            _log.info(_MSG, extra={"fields": fields})
+
+    def repeat(
+        self, answer: RepeatedAnswer, *, request_id: str, trace_id: str | None, elapsed: float
+    ) -> None:
+        """Record a check answered from an earlier identical one: metrics and the decision log line.
+
+        Exactly what :meth:`finish` records for that decision (no span: the
+        answer memo is used only with tracing off), with the fields that do not
+        change from one repeat to the next rendered once.
+        """
+        self.checks.inc(answer.labels)
+        self.latency.observe(answer.verdict_label, elapsed)
+        if answer.sample_rate < 1.0 and random.random() >= answer.sample_rate:  # noqa: S311
+            return
+        sink = direct_sink(_log)
+        if sink is not None:
+            traced = "null" if trace_id is None else _json_str(trace_id)
+            ids = f'{{"request_id":{_json_str(request_id)},"trace_id":{traced}'
+            sink.write_line(render_line(_LOGGER, _MSG, ids + answer.log_tail, time.time()))
+        elif _log.isEnabledFor(logging.INFO):
+            fields = {"request_id": request_id, "trace_id": trace_id, **answer.log_fields}
+            _log.info(_MSG, extra={"fields": fields})
 
     def shutdown(self) -> None:
         """Flush and stop the exporter (on server shutdown)."""

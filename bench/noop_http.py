@@ -58,7 +58,13 @@ async def serve(listen: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listen", default="127.0.0.1:0")
-    return asyncio.run(serve(parser.parse_args(argv).listen))
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    args = parser.parse_args(argv)
+    if args.loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(serve(args.listen))
+    return asyncio.run(serve(args.listen))
 
 
 if __name__ == "__main__":

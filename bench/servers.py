@@ -165,17 +165,18 @@ class NoopServer:
 
     folder: Path
     script: str = "noop_authz.py"
+    args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
-        self.log = self.folder / f"{self.script}.log"
+        self.log = self.folder / f"{self.script}{'_'.join(('',) + self.args)}.log"
 
     def start(self) -> None:
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(  # noqa: S603
-                [sys.executable, str(ROOT / "bench" / self.script), "--listen", "127.0.0.1:0"],
+                [sys.executable, str(ROOT / "bench" / self.script), "--listen", "127.0.0.1:0", *self.args],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
