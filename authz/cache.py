@@ -64,6 +64,20 @@ class TokenCache:
         self.hits += 1
         return entry.token
 
+    def holds(self, key: bytes, token: VerifiedToken, keys: TokenKeys, now: float) -> bool:
+        """Whether ``token`` is still the valid entry under ``key`` (then counted as a hit).
+
+        False counts nothing: the caller goes on to a full lookup, which counts.
+        """
+        entry = self._entries.get(key)
+        if entry is None or entry.token is not token:
+            return False
+        if now >= entry.expires_at or _remote_keys(token, keys) is not entry.remote_keys:
+            return False
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return True
+
     def peek(self, key: bytes) -> VerifiedToken | None:
         """The cached token under ``key``, without counting a lookup or checking its validity."""
         entry = self._entries.get(key)

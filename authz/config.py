@@ -70,6 +70,7 @@ class HttpSettings:
     idle_timeout: float  # seconds a keep-alive connection may wait for its next request
     max_requests_per_connection: int
     max_connections: int
+    memo_size: int  # allows kept per snapshot to answer identical repeats; 0: every check decided
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +329,7 @@ class _Builder:
             idle_timeout=_seconds(http, "idle_timeout", 60.0),
             max_requests_per_connection=http.positive("max_requests_per_connection", 10000),
             max_connections=http.positive("max_connections", 4096),
+            memo_size=_non_negative(http, "memo_size", 4096),
         )
         http.finish()
         token = root.section("token")

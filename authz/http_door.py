@@ -72,7 +72,6 @@ _REASONS = {
     503: "Service Unavailable",
 }
 _MAX_PIPELINE = 32
-MEMO_MAX = 4096  # answers kept per snapshot (the oldest goes first); each holds its key's bytes
 # Request headers the door looks at before deciding whether it has seen this request already.
 _HOST, _AUTHORIZATION, _REQUEST_ID, _AUTHORITY = b"host", b"authorization", b"x-request-id", b":authority"
 _TRACE_HEADERS = frozenset(
@@ -93,8 +92,9 @@ class _Memo:
     record: RepeatedAnswer
     valid_from: float
     valid_until: float
-    cache_key: bytes | None  # the token's key in the verified-token cache; None: a public rule
-    verified: VerifiedToken | None  # the cache entry's token this answer was decided on
+    # The token's key in the verified-token cache and the entry's token this answer was
+    # decided on; None for a public rule's allow (no token involved).
+    token: tuple[bytes, VerifiedToken] | None
 
 
 class HttpDoor:
@@ -127,6 +127,11 @@ class HttpDoor:
         sock = self._server.sockets[0]
         self._sweep()
         return int(sock.getsockname()[1])
+
+    @property
+    def memo_entries(self) -> int:
+        """Answers kept for repeats, in the current snapshot's memo."""
+        return len(self._memo)
 
     def _sweep(self) -> None:
         """Close the connections whose header or idle deadline has passed; then again, a tick later."""
@@ -163,7 +168,12 @@ class HttpDoor:
         start = time.perf_counter()
         config = self.holder.current
         key: MemoKey | None = None
-        if config is not None and self.telemetry.tracer is None and config.cache.max_entries > 0:
+        if (
+            config is not None
+            and self.telemetry.tracer is None
+            and config.http.memo_size > 0
+            and config.cache.max_entries > 0
+        ):
             host = authorization = request_id = None
             traced = False
             for name, value in raw:
@@ -214,10 +224,7 @@ class HttpDoor:
             return None
         # The verified-token cache decides whether the token's verification still holds
         # (JWKS refresh, expiry, eviction); it also counts the hit.
-        if (
-            memo.cache_key is not None
-            and config.cache.get(memo.cache_key, config.token_keys, now) is not memo.verified
-        ):
+        if memo.token is not None and not config.cache.holds(*memo.token, config.token_keys, now):
             return None
         rid = request_id.decode("latin-1") if request_id else ""
         rid = rid if http_request_id({"x-request-id": (rid,)}) else ""
@@ -236,8 +243,7 @@ class HttpDoor:
         """Keep an allow for its repeats (only what the memo can prove still holds; see _repeat)."""
         if config is None or config is not self._memo_config or decision.verdict is not Verdict.ALLOW:
             return
-        cache_key: bytes | None = None
-        verified: VerifiedToken | None = None
+        cached: tuple[bytes, VerifiedToken] | None = None
         if decision.token_present:
             token = bearer_token(request)
             if token is None:
@@ -246,16 +252,16 @@ class HttpDoor:
             verified = config.cache.peek(cache_key)
             if verified is None:
                 return  # not cached (yet): nothing to tie the answer to
+            cached = (cache_key, verified)
         memo = self._memo
-        while len(memo) >= MEMO_MAX:
+        while len(memo) >= config.http.memo_size:
             del memo[next(iter(memo))]
         memo[key] = _Memo(
             response=response,
             record=RepeatedAnswer.of(decision, request, config.telemetry),
             valid_from=decision.valid_from,
             valid_until=decision.valid_until,
-            cache_key=cache_key,
-            verified=verified,
+            token=cached,
         )
 
     def answer(

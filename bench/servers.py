@@ -171,7 +171,7 @@ class NoopServer:
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
-        self.log = self.folder / f"{self.script}{'_'.join(('',) + self.args)}.log"
+        self.log = self.folder / f"{self.script}{'_'.join(('', *self.args))}.log"
 
     def start(self) -> None:
         with self.log.open("wb") as log:

@@ -43,10 +43,24 @@ def via_grpc(config: Config, *, method: str, path: str, host: str, headers: dict
     return Answer(int(denied.status.code), reason, {}, frozenset(), found.get("www-authenticate"))
 
 
-def via_http(config: Config, *, method: str, path: str, host: str, headers: dict[str, str]) -> Answer:
-    door = HttpDoor(SnapshotHolder(config), lambda: float(NOW), Telemetry(), config.http)
+def via_http(
+    config: Config,
+    *,
+    method: str,
+    path: str,
+    host: str,
+    headers: dict[str, str],
+    door: HttpDoor | None = None,
+) -> Answer:
+    """The HTTP door's answer; given a door, through its raw entry point (memo included)."""
     plain = {"host": (host,), "x-request-id": ("req-1",), **{k: (v,) for k, v in headers.items()}}
-    answer = door.answer(method, path, plain)
+    if door is None:
+        answer = HttpDoor(SnapshotHolder(config), lambda: float(NOW), Telemetry(), config.http).answer(
+            method, path, plain
+        )
+    else:
+        raw = [(k.encode(), v.encode("latin-1")) for k, values in plain.items() for v in values]
+        answer = door.answer_raw(method.encode(), path.encode(), raw)
     assert isinstance(answer, bytes)
     head, _, body = answer.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
@@ -114,6 +128,18 @@ def test_both_doors_decide_alike(
     """Decision, status, reason code, challenge and identity headers are the same through both doors."""
     spec = {"method": "GET", "path": "/orders", "host": "api.acme.test", **build(world)}
     assert via_http(config, **spec) == via_grpc(config, **spec)
+
+
+def test_repeats_through_the_memo_decide_alike(world: World, config: Config) -> None:
+    """Every case, three times over through one door (repeats may come from its memo): same as gRPC."""
+    door = HttpDoor(SnapshotHolder(config), lambda: float(NOW), Telemetry(), config.http)
+    specs = [
+        {"method": "GET", "path": "/orders", "host": "api.acme.test", **build(world)} for _, build in CASES
+    ]
+    expected = [via_grpc(config, **spec) for spec in specs]
+    for _ in range(3):
+        assert [via_http(config, **spec, door=door) for spec in specs] == expected
+    assert door.memo_hits > 0
 
 
 MATRIX = [(o, i, e) for o in OUTER_ALGS for i in INNER_ALGS for e in CONTENT_ENCRYPTIONS]

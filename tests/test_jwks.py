@@ -625,3 +625,32 @@ async def test_http_door_refetches_for_an_unknown_kid(idp, ca_file, world, tmp_p
     )
     assert isinstance(at_once, bytes)
     assert at_once.startswith(b"HTTP/1.1 401 ")
+
+
+async def test_http_door_memo_does_not_outlive_a_removed_signing_key(idp, ca_file, world, tmp_path) -> None:
+    """A repeat answered from the HTTP door's memo is denied once a refresh drops its signing key."""
+    from authz.http_door import HttpDoor
+    from authz.telemetry import Telemetry
+
+    idp.serve_keys([KEYS["k1"], KEYS["k2"]])
+    config = load_config(write_config(tmp_path, world, uri=idp.url(), ca_file=ca_file))
+    remote = remote_of(config)
+    assert await remote.fetch()
+    door = HttpDoor(SnapshotHolder(config), lambda: NOW, Telemetry(), config.http)
+    raw = [
+        (b"host", REMOTE_HOST.encode()),
+        (b"authorization", f"Bearer {remote_token(world, KEYS['k2'])}".encode()),
+    ]
+    for _ in range(2):
+        answer = door.answer_raw(b"GET", b"/orders", raw)
+        assert isinstance(answer, bytes)
+        assert answer.startswith(b"HTTP/1.1 200 ")
+    assert door.memo_hits == 1
+    idp.serve_keys([KEYS["k1"]])  # the issuer retires k2
+    assert await remote.fetch()
+    answer = door.answer_raw(b"GET", b"/orders", raw)
+    if not isinstance(answer, bytes):  # the unknown kid may be worth a (bounded) refetch
+        answer = await answer
+    assert answer.startswith(b"HTTP/1.1 401 ")
+    assert b'"reason": "signing_key_unknown"' in answer
+    assert door.memo_hits == 1

@@ -8,6 +8,7 @@ of invocation metadata, the only part of the context the handler reads.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import logging
@@ -25,7 +26,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from authz._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from authz.config import Config, load_config
 from authz.errors import AuthzError
-from authz.logs import JsonFormatter
+from authz.logs import JsonFormatter, JsonHandler, direct_sink
 from authz.service import AuthorizationService, SnapshotHolder
 from authz.telemetry import CHECK_SPAN, Telemetry, exporter_from_env, tracer_provider_from_env
 from tests.helpers import CONFIG, NOW, World, check_request
@@ -544,6 +545,47 @@ async def test_decision_log_holds_no_token_or_claims(service, checker: Checker, 
     for line in lines:
         json.loads(line)
         assert_no_secret(line, [token], CLAIM_VALUES)
+
+
+async def test_direct_decision_lines_equal_the_logging_lines(
+    subject_service, checker: Checker, caplog
+) -> None:
+    """With setup_logging's handler the decision log bypasses logging's machinery: same lines, bar the time."""
+    messages = [
+        (check_request(token=checker.token(), request_id="a-1"), [("traceparent", traceparent())]),
+        (check_request(token=checker.token(scope="profile-x7"), request_id="a-2"), []),
+        (check_request(path="/orders%2F..", request_id="a-3"), []),
+        (check_request(host="api.dry.test", token=checker.token(tenant="dry", scope="profile-x7")), []),
+    ]
+
+    async def run_all() -> None:
+        for message, metadata in messages:
+            await checker.run(subject_service, message, metadata)
+
+    caplog.set_level(logging.INFO, logger="authz.decision")
+    await run_all()
+    formatter = JsonFormatter()
+    through_logging = [json.loads(formatter.format(r)) for r in caplog.records if r.name == "authz.decision"]
+
+    stream = io.StringIO()
+    handler = JsonHandler()
+    handler.setStream(stream)
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
+    root.handlers[:], root.level = [handler], logging.INFO
+    try:
+        assert direct_sink(logging.getLogger("authz.decision")) is handler
+        await run_all()
+    finally:
+        root.handlers[:], root.level = saved, level
+    direct = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert len(direct) == len(through_logging) == 4
+    for line in (*direct, *through_logging):
+        del line["time"]
+        line.pop("trace_id")  # a new root span per check when none came in: differs run to run
+    assert direct == through_logging
+    assert [line["request_id"] for line in direct][:3] == ["a-1", "a-2", "a-3"]
+    assert "subject" in direct[0]
 
 
 # ------------------------------------------------------------------ OTEL_* environment

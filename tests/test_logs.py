@@ -1,0 +1,97 @@
+"""Structured logs: the decision log's direct path writes exactly the line logging would."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from authz.logs import JsonFormatter, JsonHandler, direct_sink, render_line, setup_logging
+
+
+def _record(name: str, msg: str, fields: dict[str, object], created: float) -> logging.LogRecord:
+    record = logging.LogRecord(name, logging.INFO, __file__, 1, msg, None, None)
+    record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
+    record.fields = fields
+    return record
+
+
+_values = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=40))
+
+
+@given(
+    fields=st.dictionaries(st.text(min_size=1, max_size=12).filter(lambda k: k not in {
+        "time", "level", "logger", "pid", "msg"}), _values, max_size=6),
+    created=st.floats(min_value=0, max_value=4e9, allow_nan=False),
+)  # fmt: skip
+def test_render_line_is_the_formatter_line(fields: dict[str, object], created: float) -> None:
+    """For any fields and time, the direct line equals JsonFormatter's (plus the newline)."""
+    expected = JsonFormatter().format(_record("authz.decision", "decision", fields, created))
+    fields_json = json.dumps(fields, separators=(",", ":"))
+    assert render_line("authz.decision", "decision", fields_json, created) == expected + "\n"
+
+
+@pytest.fixture
+def root() -> Iterator[logging.Logger]:
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
+    yield root
+    root.handlers[:] = saved
+    root.setLevel(level)
+
+
+def test_direct_sink_is_the_handler_setup_logging_installs(root: logging.Logger) -> None:
+    """After setup_logging, an INFO record of authz.decision reaches only its JsonHandler: direct path."""
+    setup_logging()
+    logger = logging.getLogger("authz.decision")
+    sink = direct_sink(logger)
+    assert sink is root.handlers[0]
+    assert isinstance(sink, JsonHandler)
+    assert direct_sink(logger, logging.DEBUG) is None  # below the root's level: dropped, not written
+
+
+@pytest.mark.parametrize(
+    "change", ["second-handler", "filter", "other-handler", "level", "formatter", "none"]
+)
+def test_direct_sink_steps_aside_for_any_other_logging_set_up(root: logging.Logger, change: str) -> None:
+    """Another handler, a filter, a level or formatter change: records go through logging instead."""
+    setup_logging()
+    logger = logging.getLogger("authz.decision")
+    handler = root.handlers[0]
+    if change == "second-handler":
+        logging.getLogger("authz").addHandler(logging.NullHandler())
+    elif change == "filter":
+        handler.addFilter(lambda record: True)
+    elif change == "other-handler":
+        root.handlers[:] = [logging.StreamHandler(io.StringIO())]
+    elif change == "level":
+        handler.setLevel(logging.WARNING)
+    elif change == "formatter":
+        handler.setFormatter(logging.Formatter())
+    else:
+        root.handlers[:] = []
+    try:
+        assert direct_sink(logger) is None
+    finally:
+        logging.getLogger("authz").handlers[:] = []
+
+
+def test_write_line_goes_to_the_handler_stream(root: logging.Logger) -> None:
+    """A direct line lands on the handler's stream, whole, between logging's own lines."""
+    stream = io.StringIO()
+    setup_logging()
+    handler = root.handlers[0]
+    assert isinstance(handler, JsonHandler)
+    handler.setStream(stream)
+    logging.getLogger("authz.server").info("before", extra={"fields": {"n": 1}})
+    handler.write_line(render_line("authz.decision", "decision", '{"reason":"ok"}', 1.5))
+    logging.getLogger("authz.server").info("after")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["msg"] for line in lines] == ["before", "decision", "after"]
+    assert lines[1] == {"time": "1970-01-01T00:00:01.500Z", "level": "info", "logger": "authz.decision",
+                        "pid": lines[0]["pid"], "msg": "decision", "reason": "ok"}  # fmt: skip
