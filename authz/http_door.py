@@ -386,8 +386,8 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)  # noqa: S101 - a TCP server's transport
-        self.transport = transport
+        # A TCP server's transport (uvloop's is not an asyncio.Transport subclass: no isinstance).
+        self.transport = transport  # type: ignore[assignment]
         if len(self.door.connections) >= self.settings.max_connections:
             transport.write(_render(503, [], b"", close=True))
             transport.close()

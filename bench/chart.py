@@ -16,7 +16,13 @@ from matplotlib.patches import Patch
 __all__ = ["draw"]
 
 _COLORS = {"grpc": "#4C72B0", "envoy": "#55A868"}
-_BASELINES = {"envoy_direct_response", "envoy_jwt_authn", "envoy_noop_ext_authz", "envoy_noop_http_ext_authz"}
+_BASELINES = {
+    "envoy_direct_response",
+    "envoy_jwt_authn",
+    "envoy_noop_ext_authz",
+    "envoy_noop_http_ext_authz",
+    "envoy_noop_http_uvloop_ext_authz",
+}
 
 
 def draw(results: Mapping[str, Any], path: Path) -> None:

@@ -84,6 +84,7 @@ class Settings:
     mode: str  # "quick", "full" (the defaults) or "custom"
     token_bench_args: list[str]
     tracing_bench_args: list[str]
+    http_door_bench_args: list[str]
     in_process_folder: Path | None = None  # where bench_token.py and bench_tracing.py write their JSON
     rate_tolerance: float = 0.1  # a paced run must reach the rate within this fraction
 
@@ -287,7 +288,10 @@ def _envoy_run(
         sample |= _verify_decisions(
             target.server, metrics_before, target.server.metrics(), answered, warm=target.warm
         )
-        sample["worker_cpu_shares"] = _cpu_shares(cpu_before, worker_cpu(target.server))
+        cpu_after = worker_cpu(target.server)
+        sample["worker_cpu_shares"] = _cpu_shares(cpu_before, cpu_after)
+        used = sum(cpu_after[p] - cpu_before.get(p, 0.0) for p in cpu_after)
+        sample["server_cpu_us_per_request"] = round(used / max(1, answered) * 1e6, 1)
     if target.cluster:
         sample["upstream_connections"] = stats_after.get(f"cluster.{target.cluster}.upstream_cx_active", 0)
     return sample
@@ -414,6 +418,7 @@ def in_process(folder: Path, settings: Settings) -> dict[str, Any]:
     for name, script, extra in (
         ("token", "bench_token.py", settings.token_bench_args),
         ("tracing", "bench_tracing.py", settings.tracing_bench_args),
+        ("http_door", "bench_http_door.py", settings.http_door_bench_args),
     ):
         out = folder / f"{name}.json"
         done = subprocess.run(  # noqa: S603
@@ -520,7 +525,8 @@ def run(settings: Settings, folder: Path) -> dict[str, Any]:
     mem = servers.AuthzServer("ours_memory", configs["warm"], 1, logs)
     noop = servers.NoopServer(logs)
     noop_http = servers.NoopServer(logs, "noop_http.py")
-    with servers.started(s1c, s1w, s2c, s2w, mem, noop, noop_http):
+    noop_uvloop = servers.NoopServer(logs, "noop_http.py", ("--loop", "uvloop"))
+    with servers.started(s1c, s1w, s2c, s2w, mem, noop, noop_http, noop_uvloop):
         listeners = [
             eb.listener("direct", []),
             eb.listener("jwt_authn", [eb.jwt_authn_filter(_ISSUER, "orders-api", _public_jwks(jws_key))]),
@@ -530,6 +536,7 @@ def run(settings: Settings, folder: Path) -> dict[str, Any]:
             eb.listener("ours_2w_one", [eb.ext_authz_filter("authz_2w_one")]),
             eb.listener("ours_2w_mcs", [eb.ext_authz_filter("authz_2w_mcs")]),
             eb.listener("noop_http", [eb.ext_authz_http_filter("http_noop", noop_http.port)]),
+            eb.listener("noop_uvloop", [eb.ext_authz_http_filter("http_noop_uvloop", noop_uvloop.port)]),
             eb.listener("ours_http_cold", [eb.ext_authz_http_filter("http_1w_cold", s1c.http_port)]),
             eb.listener("ours_http_warm", [eb.ext_authz_http_filter("http_1w_warm", s1w.http_port)]),
         ]
@@ -540,6 +547,7 @@ def run(settings: Settings, folder: Path) -> dict[str, Any]:
             eb.grpc_cluster("authz_2w_one", s2w.port),
             eb.grpc_cluster("authz_2w_mcs", s2w.port, max_concurrent_streams=MAX_CONCURRENT_STREAMS),
             eb.http_cluster("http_noop", noop_http.port),
+            eb.http_cluster("http_noop_uvloop", noop_uvloop.port),
             eb.http_cluster("http_1w_cold", s1c.http_port),
             eb.http_cluster("http_1w_warm", s1w.http_port),
         ]
@@ -562,6 +570,7 @@ def run(settings: Settings, folder: Path) -> dict[str, Any]:
             t_2w_one = target("ours_2w_one", filter_stat="ext_authz", server=s2w, cluster="authz_2w_one")
             t_2w_mcs = target("ours_2w_mcs", filter_stat="ext_authz", server=s2w, cluster="authz_2w_mcs")
             t_noop_http = target("noop_http", filter_stat="ext_authz")
+            t_noop_uvloop = target("noop_uvloop", filter_stat="ext_authz")
             t_http_cold = target("ours_http_cold", filter_stat="ext_authz", server=s1c, warm=False)
             t_http_warm = target("ours_http_warm", filter_stat="ext_authz", server=s1w)
             for server in (s1w, s2w):
@@ -569,6 +578,7 @@ def run(settings: Settings, folder: Path) -> dict[str, Any]:
             preflight(t_direct, must_deny_without_token=False)
             preflight(t_noop, must_deny_without_token=False)
             preflight(t_noop_http, must_deny_without_token=False)
+            preflight(t_noop_uvloop, must_deny_without_token=False)
             for t in (t_jwt, t_cold, t_warm, t_2w_one, t_2w_mcs, t_http_cold, t_http_warm):
                 preflight(t, must_deny_without_token=True)
 
@@ -603,6 +613,12 @@ def run(settings: Settings, folder: Path) -> dict[str, Any]:
                     "envoy_noop_http_ext_authz",
                     "Envoy + do-nothing asyncio+httptools HTTP ext_authz",
                     t_noop_http,
+                    settings,
+                ),
+                envoy_scenario(
+                    "envoy_noop_http_uvloop_ext_authz",
+                    "Envoy + do-nothing uvloop+httptools HTTP ext_authz",
+                    t_noop_uvloop,
                     settings,
                 ),
                 envoy_scenario(
@@ -685,6 +701,8 @@ def ratios(results: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
         "warm_envoy_vs_jwt_authn": rps["envoy_ours_warm"] / rps["envoy_jwt_authn"],
         "http_warm_envoy_vs_jwt_authn": rps["envoy_ours_http_warm"] / rps["envoy_jwt_authn"],
         "http_warm_envoy_vs_noop_http": rps["envoy_ours_http_warm"] / rps["envoy_noop_http_ext_authz"],
+        "noop_http_vs_jwt_authn": rps["envoy_noop_http_ext_authz"] / rps["envoy_jwt_authn"],
+        "noop_http_uvloop_vs_jwt_authn": rps["envoy_noop_http_uvloop_ext_authz"] / rps["envoy_jwt_authn"],
         "http_cold_vs_grpc_cold_envoy": rps["envoy_ours_http_cold"] / rps["envoy_ours_cold"],
         "grpc_2w_vs_1w_warm": rps["grpc_2w_warm"] / rps["grpc_1w_warm"],
         "grpc_2w_vs_1w_cold": rps["grpc_2w_cold"] / rps["grpc_1w_cold"],
@@ -780,6 +798,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
         mode="quick" if quick else ("full" if (args.seconds or 10, args.runs or 3) == (10, 3) else "custom"),
         token_bench_args=["--seconds", "0.01", "--rounds", "1"] if quick else ["--rounds", "3"],
         tracing_bench_args=["--checks", "30", "--rounds", "1"] if quick else ["--rounds", "3"],
+        http_door_bench_args=["--requests", "50", "--rounds", "1"] if quick else ["--rounds", "3"],
         in_process_folder=args.json.parent,
         rate_tolerance=0.3 if quick else 0.1,
     )

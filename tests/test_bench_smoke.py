@@ -32,6 +32,7 @@ SCENARIOS = {
     "envoy_ours_warm_2w_1conn",
     "envoy_ours_warm_2w_mcs",
     "envoy_noop_http_ext_authz",
+    "envoy_noop_http_uvloop_ext_authz",
     "envoy_ours_http_cold",
     "envoy_ours_http_warm",
 }
@@ -87,6 +88,8 @@ def test_quick_run_covers_every_scenario(tools, tmp_path):
     assert all(a["rejections_per_s"] > 0 and a["rejected"] > 0 for a in results["abuse"].values())
     assert results["in_process"]["token"]["pairs"]
     assert results["in_process"]["tracing"]["us_per_check"]["bare"] > 0
+    assert set(results["in_process"]["http_door"]["us_per_request"]) == {
+        "floor", "decided", "memo", "memo_log_sampled_0"}  # fmt: skip
     for name in (
         "warm_envoy_vs_noop_ext_authz",
         "warm_envoy_vs_jwt_authn",
