@@ -67,13 +67,20 @@ def validate_claims(payload: Mapping[str, Any], rules: ClaimRules, now: float) -
         subject=_optional_str(payload, "sub"),
         audiences=_audiences(payload.get("aud")),
         expires_at=exp,
-        valid_from=max(nbf if nbf is not None else -math.inf, iat if iat is not None else -math.inf) - skew,
+        valid_from=_valid_from(iat, nbf, exp, rules),
         valid_until=exp + skew,
         tenant=_optional_str(payload, rules.tenant_claim),
         scopes=_scopes(payload),
         roles=_str_list(payload.get("roles"), "roles"),
         raw=payload,
     )
+
+
+def _valid_from(iat: float | None, nbf: float | None, exp: float, rules: ClaimRules) -> float:
+    """The earliest ``now`` at which the checks above pass for these claims."""
+    if iat is None and nbf is None:
+        return exp - rules.max_lifetime  # the lifetime is counted from now: too early, too long
+    return max(t for t in (iat, nbf) if t is not None) - rules.clock_skew
 
 
 def _number(value: Any, name: str) -> float:

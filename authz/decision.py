@@ -15,7 +15,7 @@ import enum
 import math
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from authz.claims import Claims, validate_claims
 from authz.config import Config
@@ -176,7 +176,9 @@ def _authorize(
     if rule is None:
         raise AuthzError("no_matching_rule")
     if rule.public:
-        return _public(tenant, rule, config)
+        # Public, but reached through the token's tenant: the allow rests on the token
+        # (tenant binding), so it carries the token's validity like any token allow.
+        return replace(_public(tenant, rule, config), **_token_facts(verified, claims, progress))
     missing = require(rule, claims)
     if missing:
         return replace(_deny(progress, "scope_missing", "", config), missing_scopes=missing)
@@ -187,16 +189,23 @@ def _authorize(
         rule=rule.name,
         subject=claims.subject,
         scopes=tuple(sorted(claims.scopes)),
-        token_present=True,
         identity=True,
         strip_authorization=config.upstream.strip_authorization,
-        key_id=verified.signing_kid or verified.decryption_kid,
-        decryption_key_id=verified.decryption_kid,
-        issuer=claims.issuer,
-        cache_hit=progress.cache_hit,
-        valid_from=claims.valid_from,
-        valid_until=claims.valid_until,
+        **_token_facts(verified, claims, progress),
     )
+
+
+def _token_facts(verified: VerifiedToken, claims: Claims, progress: _Progress) -> dict[str, Any]:
+    """What an allow resting on a verified token records about it (and how long it holds)."""
+    return {
+        "token_present": True,
+        "key_id": verified.signing_kid or verified.decryption_kid,
+        "decryption_key_id": verified.decryption_kid,
+        "issuer": claims.issuer,
+        "cache_hit": progress.cache_hit,
+        "valid_from": claims.valid_from,
+        "valid_until": claims.valid_until,
+    }
 
 
 def _bind(tenant: Tenant, claims: Claims, token: VerifiedToken, shared: frozenset[str]) -> None:

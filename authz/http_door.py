@@ -23,13 +23,14 @@ deadlines on the connection, checked by one sweep per door (a fraction of the
 shortest timeout apart), not a timer per request.
 
 Repeated requests: Envoy asks about the same (method, path, host, token) over
-and over. With the token cache on and tracing off, an allow is kept, rendered,
-in a bounded answer memo of the snapshot and served again while it provably
-holds: same snapshot (a reload starts an empty memo), the token's entry in the
-verified-token cache unchanged (so a JWKS refresh, the token's expiry or an
-eviction retire it), and ``now`` inside the claims' time window. A repeat
-records the same metrics and decision log line as the first answer. Only
-allows are kept; anything else is decided afresh.
+and over. With the token cache on and tracing off, a token's allow is kept,
+rendered, in a bounded answer memo of the snapshot (keyed by a digest of the
+exact method, target, host and authorization bytes) and served again while it
+provably holds: same snapshot (a reload starts an empty memo), the token's
+entry in the verified-token cache unchanged (so a JWKS refresh, the token's
+expiry or an eviction retire it), and ``now`` inside the claims' time window.
+A repeat records the same metrics and decision log line as the first answer.
+Only allows of a verified token are kept; anything else is decided afresh.
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import logging
 import socket
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import httptools
 from opentelemetry import trace
@@ -80,8 +83,18 @@ _TRACE_HEADERS = frozenset(
 )  # fmt: skip
 _NOTABLE = frozenset({_HOST, _AUTHORIZATION, _REQUEST_ID, _AUTHORITY}) | _TRACE_HEADERS
 
-MemoKey = tuple[bytes, bytes, bytes, bytes | None]  # method, request target, host, authorization
 RawHeaders = list[tuple[bytes, bytes]]
+
+
+def memo_key(method: bytes, target: bytes, host: bytes, authorization: bytes) -> bytes:
+    """A digest of everything the decision reads from an HTTP-door request.
+
+    A digest, not the bytes themselves: an entry costs the same whatever the
+    size of the request target and token (the memo's memory is bounded by its
+    entry count). Length prefixes keep the fields apart.
+    """
+    lengths = b"%d:%d:%d:" % (len(method), len(target), len(host))
+    return hashlib.blake2b(lengths + method + target + host + authorization, digest_size=20).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +105,8 @@ class _Memo:
     record: RepeatedAnswer
     valid_from: float
     valid_until: float
-    # The token's key in the verified-token cache and the entry's token this answer was
-    # decided on; None for a public rule's allow (no token involved).
-    token: tuple[bytes, VerifiedToken] | None
+    # The token's key in the verified-token cache, and the entry's token this answer was decided on.
+    token: tuple[bytes, VerifiedToken]
 
 
 class HttpDoor:
@@ -110,7 +122,7 @@ class HttpDoor:
         self.connections: set[_Connection] = set()
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
-        self._memo: dict[MemoKey, _Memo] = {}
+        self._memo: dict[bytes, _Memo] = {}
         self._memo_config: Config | None = None
         self.memo_hits = 0
 
@@ -135,27 +147,34 @@ class HttpDoor:
 
     def _sweep(self) -> None:
         """Close the connections whose header or idle deadline has passed; then again, a tick later."""
-        now = time.monotonic()
-        for connection in list(self.connections):
-            if 0.0 < connection.deadline <= now:
-                connection.expired()
-        settings = self.settings
-        tick = min(1.0, max(0.02, min(settings.header_timeout, settings.idle_timeout) / 8))
-        self._sweeper = asyncio.get_running_loop().call_later(tick, self._sweep)
+        try:
+            now = time.monotonic()
+            for connection in list(self.connections):
+                if 0.0 < connection.deadline <= now:
+                    try:
+                        connection.expired()
+                    except Exception:  # noqa: BLE001 - one connection's fault must not stop every timeout
+                        _log.exception("http door: closing an expired connection failed")
+                        connection.abort()
+        finally:
+            settings = self.settings
+            tick = min(1.0, max(0.02, min(settings.header_timeout, settings.idle_timeout) / 8))
+            self._sweeper = asyncio.get_running_loop().call_later(tick, self._sweep)
 
     async def stop(self, grace: float) -> None:
         """Stop accepting; let answers in progress finish (bounded); close the rest."""
         if self._server is None:
             return
         self._server.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
         deadline = time.monotonic() + grace
         for connection in list(self.connections):
             connection.close_when_idle()
+        # The sweep keeps cutting slow and idle connections while the others drain.
         while self.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for connection in list(self.connections):
             connection.abort()
         await self._server.wait_closed()
@@ -167,7 +186,7 @@ class HttpDoor:
         """Answer a request as the parser delivered it: from the memo if it is a repeat, else decide."""
         start = time.perf_counter()
         config = self.holder.current
-        key: MemoKey | None = None
+        key: bytes | None = None
         if (
             config is not None
             and self.telemetry.tracer is None
@@ -189,25 +208,28 @@ class HttpDoor:
                         break
                     authorization = value
                 elif lowered == _REQUEST_ID:
-                    request_id = request_id or value
+                    if request_id is None:
+                        request_id = value  # the first, as the full path reads it
                 elif lowered == _AUTHORITY:
                     break
                 else:
                     traced = True
             else:
-                if host is not None:
-                    key = (method, target, host, authorization)
+                if host is not None and authorization is not None:
+                    key = memo_key(method, target, host, authorization)
                     answer = self._repeat(config, key, start, request_id, raw if traced else None)
                     if answer is not None:
                         return answer
+        elif self._memo_config is not None:
+            self._memo, self._memo_config = {}, None  # memo off now: let the old snapshot go
         headers: dict[str, list[str]] = {}
         for name, value in raw:
             headers.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
         plain = {name: tuple(values) for name, values in headers.items()}
-        return self.answer(method.decode("latin-1"), target.decode("latin-1"), plain, memo_key=key)
+        return self.answer(method.decode("latin-1"), target.decode("latin-1"), plain, remember_as=key)
 
     def _repeat(
-        self, config: Config, key: MemoKey, start: float, request_id: bytes | None, traced: RawHeaders | None
+        self, config: Config, key: bytes, start: float, request_id: bytes | None, traced: RawHeaders | None
     ) -> bytes | None:
         """The memo's answer to a repeated request, if it still holds; None to decide afresh."""
         if config is not self._memo_config:
@@ -224,44 +246,51 @@ class HttpDoor:
             return None
         # The verified-token cache decides whether the token's verification still holds
         # (JWKS refresh, expiry, eviction); it also counts the hit.
-        if memo.token is not None and not config.cache.holds(*memo.token, config.token_keys, now):
+        if not config.cache.holds(*memo.token, config.token_keys, now):
             return None
         rid = request_id.decode("latin-1") if request_id else ""
         rid = rid if http_request_id({"x-request-id": (rid,)}) else ""
         trace_id = None
         if traced is not None:
-            trace_id = trace_id_of({n.decode("latin-1").lower(): v.decode("latin-1") for n, v in traced})
+            carrier: dict[str, str] = {}
+            for name, value in traced:  # the first of each, as the full path reads them
+                carrier.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+            trace_id = trace_id_of(carrier)
         self.memo_hits += 1
+        self.telemetry.memo_hits.inc(())
         self.telemetry.repeat(
             memo.record, request_id=rid, trace_id=trace_id, elapsed=time.perf_counter() - start
         )
         return memo.response
 
     def _remember(
-        self, config: Config | None, key: MemoKey, request: AuthzRequest, decision: Decision, response: bytes
+        self, config: Config | None, key: bytes, request: AuthzRequest, decision: Decision, response: bytes
     ) -> None:
-        """Keep an allow for its repeats (only what the memo can prove still holds; see _repeat)."""
-        if config is None or config is not self._memo_config or decision.verdict is not Verdict.ALLOW:
+        """Keep a token's allow for its repeats (only what the memo can prove still holds; see _repeat)."""
+        if (
+            config is None
+            or config is not self._memo_config
+            or decision.verdict is not Verdict.ALLOW
+            or not decision.token_present  # a public rule by host: cheap to decide, tied to no token
+        ):
             return
-        cached: tuple[bytes, VerifiedToken] | None = None
-        if decision.token_present:
-            token = bearer_token(request)
-            if token is None:
-                return
-            cache_key = config.cache.key(token)
-            verified = config.cache.peek(cache_key)
-            if verified is None:
-                return  # not cached (yet): nothing to tie the answer to
-            cached = (cache_key, verified)
+        token = bearer_token(request)
+        if token is None:
+            return
+        cache_key = config.cache.key(token)
+        verified = config.cache.peek(cache_key)
+        if verified is None:
+            return  # not cached (yet): nothing to tie the answer to
         memo = self._memo
-        while len(memo) >= config.http.memo_size:
-            del memo[next(iter(memo))]
+        if key not in memo:
+            while len(memo) >= config.http.memo_size:
+                del memo[next(iter(memo))]  # the oldest first
         memo[key] = _Memo(
             response=response,
             record=RepeatedAnswer.of(decision, request, config.telemetry),
             valid_from=decision.valid_from,
             valid_until=decision.valid_until,
-            token=cached,
+            token=(cache_key, verified),
         )
 
     def answer(
@@ -270,7 +299,7 @@ class HttpDoor:
         target: str,
         headers: dict[str, tuple[str, ...]],
         *,
-        memo_key: MemoKey | None = None,
+        remember_as: bytes | None = None,
     ) -> bytes | asyncio.Task[bytes]:
         """The response bytes, or a task when an unknown kid makes a key refetch worth a wait."""
         start = time.perf_counter()
@@ -301,8 +330,11 @@ class HttpDoor:
         response = self._finish(
             config, request, decision, span=span, parent=parent, start=start, request_id=request_id
         )
-        if memo_key is not None and request is not None and span is None:
-            self._remember(config, memo_key, request, decision, response)
+        if remember_as is not None and request is not None and span is None:
+            try:
+                self._remember(config, remember_as, request, decision, response)
+            except Exception:  # noqa: BLE001 - the answer stands; only its repeats are not kept
+                _log.exception("http door: keeping an answer for its repeats failed")
         return response
 
     async def _refetch_then_answer(
@@ -387,7 +419,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A TCP server's transport (uvloop's is not an asyncio.Transport subclass: no isinstance).
-        self.transport = transport  # type: ignore[assignment]
+        transport = self.transport = cast(asyncio.Transport, transport)
         if len(self.door.connections) >= self.settings.max_connections:
             transport.write(_render(503, [], b"", close=True))
             transport.close()

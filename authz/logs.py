@@ -28,7 +28,8 @@ __all__ = ["JsonFormatter", "JsonHandler", "direct_sink", "render_line", "setup_
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": _timestamp(record.created),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "pid": record.process,
@@ -74,6 +75,12 @@ def direct_sink(logger: logging.Logger, level: int = logging.INFO) -> JsonHandle
     """
     if not logger.isEnabledFor(level):
         return None
+    if (
+        logging.getLogRecordFactory() is not logging.LogRecord
+        or not logging.logProcesses  # the formatter would write "pid": null
+        or logging.getLevelName(level) != "INFO"
+    ):
+        return None
     found: JsonHandler | None = None
     current: logging.Logger | None = logger
     while current is not None:
@@ -91,32 +98,29 @@ def direct_sink(logger: logging.Logger, level: int = logging.INFO) -> JsonHandle
     return found
 
 
-_second = -1
-_second_text = ""
+_second: tuple[int, str] = (-1, "")  # the last second rendered, swapped whole (threads may share it)
 
 
 def render_line(logger: str, msg: str, fields_json: str, when: float) -> str:
-    """The JsonFormatter line of an INFO record whose fields render to ``fields_json``.
+    """The JsonFormatter line of an INFO record created at ``when`` whose fields render to ``fields_json``.
+
+    (Milliseconds as ``LogRecord`` computes them on Python 3.11/3.12.)
 
     ``fields_json`` is a JSON object (``"{...}"``) whose keys are not the
     formatter's own (time, level, logger, pid, msg); ``logger`` and ``msg``
     must need no JSON escaping.
     """
-    global _second, _second_text  # one cached second: strftime is the slow part
+    global _second  # noqa: PLW0603 - one cached second: strftime is the slow part
     whole = int(when)
-    if whole != _second:
-        _second, _second_text = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    cached, text = _second
+    if whole != cached:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second = (whole, text)
     millis = int((when - whole) * 1000)
     head = (
-        f'{{"time":"{_second_text}.{millis:03d}Z","level":"info",'
+        f'{{"time":"{text}.{millis:03d}Z","level":"info",'
         f'"logger":"{logger}","pid":{os.getpid()},"msg":"{msg}"'
     )
     if fields_json == "{}":
         return head + "}\n"
     return f"{head},{fields_json[1:]}\n"
-
-
-def _timestamp(created: float) -> str:
-    whole = int(created)
-    millis = int((created - whole) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"

@@ -256,6 +256,9 @@ class Telemetry:
         self.latency = self.registry.histogram(
             "authz_check_duration_seconds", "Time to decide a check, by decision.", ("decision",)
         )
+        self.memo_hits = self.registry.counter(
+            "authz_http_memo_hits_total", "HTTP door checks answered from the answer memo (repeats).", ()
+        )
         self._timers: dict[str, _Timer] = {}
         self.step_latency = self.registry.histogram(
             "authz_token_step_duration_seconds",

@@ -6,6 +6,7 @@ and raw headers as bytes), with a clock the test moves.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -20,7 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from authz.config import Config, load_config
 from authz.http_door import HttpDoor, RawHeaders
-from authz.logs import JsonHandler
+from authz.logs import JsonFormatter, JsonHandler, direct_sink
 from authz.service import SnapshotHolder
 from authz.telemetry import Telemetry
 from tests.helpers import CONFIG, NOW, World
@@ -75,9 +76,13 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture
-def log_stream() -> Iterator[io.StringIO]:
-    """The decision log as the server writes it: setup_logging's handler, on a string stream."""
+@contextlib.contextmanager
+def direct_logging() -> Iterator[io.StringIO]:
+    """The decision log as the server writes it: setup_logging's handler alone, on a string stream.
+
+    Entered inside a test (pytest adds its own handlers for the test's call): the
+    handler must be the only one for the direct path to be taken.
+    """
     stream = io.StringIO()
     handler = JsonHandler()
     handler.setStream(stream)
@@ -85,9 +90,12 @@ def log_stream() -> Iterator[io.StringIO]:
     saved, level = root.handlers[:], root.level
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
-    yield stream
-    root.handlers[:] = saved
-    root.setLevel(level)
+    try:
+        assert direct_sink(logging.getLogger("authz.decision")) is handler
+        yield stream
+    finally:
+        root.handlers[:] = saved
+        root.setLevel(level)
 
 
 def decision_lines(stream: io.StringIO) -> list[dict[str, object]]:
@@ -109,20 +117,25 @@ def test_a_repeat_gets_the_same_answer_from_the_memo(world: World, config: Confi
     assert ask(door, headers) == first
     assert ask(door, raw(token, rid="req-2")) == first  # the request id is not in an allow
     assert door.memo_hits == 2
+    assert telemetry.memo_hits.values[()] == 2  # authz_http_memo_hits_total
     assert checks(telemetry) == 3
     assert config.cache.hits == hits_before + 2  # a repeat is a hit of the verified-token cache
 
 
 def test_a_repeat_logs_the_line_a_decision_logs(
-    world: World, config: Config, clock: Clock, log_stream: io.StringIO
+    world: World, config: Config, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Same decision log fields for a repeat as for the decision (request id and time of its own)."""
+    """A repeat's direct line equals the JsonFormatter line of the decision (bar request id and time)."""
     door = door_for(config, clock)
     token = world.token()
-    ask(door, raw(token, rid="first"))
-    ask(door, raw(token, rid="second"))
+    caplog.set_level(logging.INFO, logger="authz.decision")
+    ask(door, raw(token, rid="first"))  # the first answer: through logging's machinery
+    with direct_logging() as stream:
+        ask(door, raw(token, rid="second"))  # the repeat: the direct path
     assert door.memo_hits == 1
-    first, second = decision_lines(log_stream)
+    (record,) = [r for r in caplog.records if r.name == "authz.decision"]
+    first = json.loads(JsonFormatter().format(record))
+    (second,) = decision_lines(stream)
     assert (first["request_id"], second["request_id"]) == ("first", "second")
     for line in (first, second):
         del line["request_id"], line["time"]
@@ -149,16 +162,21 @@ def test_a_repeat_logs_through_logging_when_it_is_set_up_otherwise(
     }
 
 
-def test_a_repeat_takes_its_trace_id_from_its_own_headers(
-    world: World, config: Config, clock: Clock, log_stream: io.StringIO
-) -> None:
+def test_a_repeat_takes_its_trace_id_from_its_own_headers(world: World, config: Config, clock: Clock) -> None:
     """A repeat carrying a traceparent logs that trace id (tracing off here: only the log has it)."""
     door = door_for(config, clock)
     token = world.token()
-    ask(door, raw(token))
-    ask(door, raw(token, traceparent=TRACEPARENT))
-    assert door.memo_hits == 1
-    assert [line["trace_id"] for line in decision_lines(log_stream)] == [None, TRACEPARENT[3:35]]
+    other = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    with direct_logging() as stream:
+        ask(door, raw(token))
+        ask(door, raw(token, traceparent=TRACEPARENT))
+        ask(door, [*raw(token), (b"traceparent", TRACEPARENT.encode()), (b"traceparent", other.encode())])
+    assert door.memo_hits == 2
+    assert [line["trace_id"] for line in decision_lines(stream)] == [
+        None,
+        TRACEPARENT[3:35],
+        TRACEPARENT[3:35],
+    ]
 
 
 def test_the_memo_holds_only_inside_the_token_time_window(world: World, config: Config, clock: Clock) -> None:
@@ -269,14 +287,54 @@ def test_requests_the_memo_never_answers(world: World, config: Config, clock: Cl
     assert door.memo_entries == 0
 
 
-def test_public_rules_are_remembered_without_a_token(config: Config, clock: Clock) -> None:
-    """A public rule's allow does not depend on a token or the time: it is kept too."""
+def test_public_rules_by_host_are_decided_every_time(config: Config, clock: Clock) -> None:
+    """A public rule of the host's tenant rests on no token: cheap to decide, never kept."""
     door = door_for(config, clock)
     for _ in range(3):
         answer = ask(door, raw(), "/healthz")
         assert status(answer) == 200
-    assert door.memo_hits == 2
-    assert b"x-authz-subject: " not in answer
+        assert status(ask(door, raw("not-even-a-token"), "/healthz")) == 200
+    assert door.memo_hits == 0
+    assert door.memo_entries == 0
+
+
+def test_a_public_rule_reached_through_the_token_is_tied_to_the_token(
+    world: World, config: Config, clock: Clock
+) -> None:
+    """No tenant by host: the token's tenant's public rule allows, and that allow ends with the token."""
+    door = door_for(config, clock)
+    headers = raw(world.token(), host="unknown.test")
+    for _ in range(2):
+        answer = ask(door, headers, "/healthz")
+        assert status(answer) == 200
+        assert b"x-authz-tenant: acme\r\n" in answer
+    assert door.memo_hits == 1
+    clock.now = NOW + 300 + SKEW
+    answer = ask(door, headers, "/healthz")
+    assert (status(answer), reason(answer)) == (401, "token_expired")
+
+
+@pytest.mark.parametrize(
+    ("claims", "moment", "expected"),
+    [
+        ({"iat": None, "nbf": None}, NOW + 300 - 3600 - 1, "lifetime_exceeded"),  # counted from now
+        ({"iat": NOW + 20, "nbf": NOW - 100}, NOW + 20 - SKEW - 1, "iat_in_future"),  # iat is the later
+    ],
+    ids=["no-iat-no-nbf", "iat-after-nbf"],
+)
+def test_the_window_start_is_where_the_time_checks_start_to_pass(
+    world: World, config: Config, clock: Clock, claims: dict[str, int | None], moment: int, expected: str
+) -> None:
+    """The window's start follows whichever time check binds; a clock set back before it is decided afresh."""
+    door = door_for(config, clock)
+    headers = raw(world.token(world.claims(**claims)))
+    assert status(ask(door, headers)) == 200
+    clock.now = float(moment + 1)
+    assert status(ask(door, headers)) == 200
+    assert door.memo_hits == 1
+    clock.now = float(moment)
+    answer = ask(door, headers)
+    assert (status(answer), reason(answer)) == (401, expected)
 
 
 @pytest.mark.parametrize("setting", ["token:\n  cache_size: 0\n", "http:\n  memo_size: 0\n"])
@@ -323,3 +381,57 @@ def test_the_memo_is_bounded(world: World, tmp_path: Path, clock: Clock) -> None
     assert door.memo_hits == 1
     assert status(ask(door, headers, "/orders/0")) == 200  # forgotten: decided again
     assert door.memo_hits == 1
+
+
+async def test_the_sweep_survives_a_connection_that_fails_to_close(config: Config, clock: Clock) -> None:
+    """One expired connection raising does not stop the sweep: it is aborted, the others still expire."""
+
+    class Failing:
+        deadline = 1.0
+        aborted = False
+
+        def expired(self) -> None:
+            raise RuntimeError("boom")
+
+        def abort(self) -> None:
+            self.aborted = True
+
+    class Idle(Failing):
+        closed = False
+
+        def expired(self) -> None:
+            self.closed = True
+
+    door = door_for(config, clock)
+    failing, idle = Failing(), Idle()
+    door.connections = {failing, idle}  # type: ignore[arg-type]
+    door._sweep()
+    try:
+        assert failing.aborted
+        assert idle.closed
+        assert door._sweeper is not None  # rescheduled
+    finally:
+        door._sweeper.cancel()  # type: ignore[union-attr]
+
+
+async def test_stop_still_cuts_slow_clients_while_draining(
+    world: World, tmp_path: Path, clock: Clock
+) -> None:
+    """During stop()'s grace, a connection stuck in its headers is cut at header_timeout, not at the grace."""
+    import asyncio
+    import time
+
+    shutil.copytree(world.root / "keys", tmp_path / "keys")
+    (tmp_path / "config.yaml").write_text(CONFIG + "http:\n  header_timeout: 0.3\n")
+    config = load_config(tmp_path / "config.yaml")
+    door = door_for(config, clock)
+    port = await door.start("127.0.0.1:0")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /orders HTTP/1.1\r\nhost: api.acme.test\r\nx-slow: ")
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    await door.stop(10.0)
+    assert time.monotonic() - started < 3.0
+    assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 408 ")
+    writer.close()

@@ -26,11 +26,13 @@ class Answer:
     challenge: str | None
 
 
-def via_grpc(config: Config, *, method: str, path: str, host: str, headers: dict[str, str]) -> Answer:
+def via_grpc(
+    config: Config, *, method: str, path: str, host: str, headers: dict[str, str], now: float = NOW
+) -> Answer:
     response = check(
         SnapshotHolder(config),
         check_request(method=method, path=path, host=host, headers=headers),
-        lambda: float(NOW),
+        lambda: float(now),
     )
     reason = response.dynamic_metadata.fields["reason"].string_value
     if response.HasField("ok_response"):
@@ -51,11 +53,12 @@ def via_http(
     host: str,
     headers: dict[str, str],
     door: HttpDoor | None = None,
+    now: float = NOW,
 ) -> Answer:
     """The HTTP door's answer; given a door, through its raw entry point (memo included)."""
     plain = {"host": (host,), "x-request-id": ("req-1",), **{k: (v,) for k, v in headers.items()}}
     if door is None:
-        answer = HttpDoor(SnapshotHolder(config), lambda: float(NOW), Telemetry(), config.http).answer(
+        answer = HttpDoor(SnapshotHolder(config), lambda: float(now), Telemetry(), config.http).answer(
             method, path, plain
         )
     else:
@@ -69,19 +72,23 @@ def via_http(
     if status == 200:
         removed = frozenset(filter(None, found.get("x-envoy-auth-headers-to-remove", "").split(",")))
         identity = {k: v for k, v in found.items() if k.startswith("x-authz-")}
-        return Answer(200, _reason_of_allow(config, method, path, host, headers), identity, removed, None)
+        return Answer(
+            200, _reason_of_allow(config, method, path, host, headers, now), identity, removed, None
+        )
     reason = json.loads(body)["reason"]
     return Answer(status, reason, {}, frozenset(), found.get("www-authenticate"))
 
 
-def _reason_of_allow(config: Config, method: str, path: str, host: str, headers: dict[str, str]) -> str:
+def _reason_of_allow(
+    config: Config, method: str, path: str, host: str, headers: dict[str, str], now: float
+) -> str:
     # An allowed HTTP answer carries no reason (its body is empty); the decision log
     # has it. Allow and dry-run-deny both answer 200: take the reason from the decision.
     from authz.decision import decide
     from authz.request import from_http
 
     plain = {"host": (host,), **{k: (v,) for k, v in headers.items()}}
-    return decide(config, from_http(method, path, plain), NOW).reason
+    return decide(config, from_http(method, path, plain), now).reason
 
 
 Case = tuple[str, Callable[[World], dict[str, Any]]]

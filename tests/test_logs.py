@@ -13,27 +13,22 @@ from hypothesis import strategies as st
 
 from authz.logs import JsonFormatter, JsonHandler, direct_sink, render_line, setup_logging
 
-
-def _record(name: str, msg: str, fields: dict[str, object], created: float) -> logging.LogRecord:
-    record = logging.LogRecord(name, logging.INFO, __file__, 1, msg, None, None)
-    record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
-    record.fields = fields
-    return record
-
-
 _values = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=40))
+_names = st.text(min_size=1, max_size=12).filter(lambda k: k not in {"time", "level", "logger", "pid", "msg"})
 
 
-@given(
-    fields=st.dictionaries(st.text(min_size=1, max_size=12).filter(lambda k: k not in {
-        "time", "level", "logger", "pid", "msg"}), _values, max_size=6),
-    created=st.floats(min_value=0, max_value=4e9, allow_nan=False),
-)  # fmt: skip
-def test_render_line_is_the_formatter_line(fields: dict[str, object], created: float) -> None:
-    """For any fields and time, the direct line equals JsonFormatter's (plus the newline)."""
-    expected = JsonFormatter().format(_record("authz.decision", "decision", fields, created))
+@given(fields=st.dictionaries(_names, _values, max_size=6))
+def test_render_line_is_the_formatter_line(fields: dict[str, object]) -> None:
+    """For any fields, the direct line equals JsonFormatter's for a real record (time, ms and pid included)."""
+    record = logging.LogRecord("authz.decision", logging.INFO, __file__, 1, "decision", None, None)
+    record.fields = fields
+    expected = JsonFormatter().format(record)
     fields_json = json.dumps(fields, separators=(",", ":"))
-    assert render_line("authz.decision", "decision", fields_json, created) == expected + "\n"
+    assert render_line("authz.decision", "decision", fields_json, record.created) == expected + "\n"
+
+
+class _Record(logging.LogRecord):
+    """A record factory of an application's own."""
 
 
 @pytest.fixture
@@ -73,12 +68,18 @@ def test_direct_sink_steps_aside_for_any_other_logging_set_up(root: logging.Logg
         handler.setLevel(logging.WARNING)
     elif change == "formatter":
         handler.setFormatter(logging.Formatter())
+    elif change == "no-pid":
+        logging.logProcesses = False  # the formatter would write "pid": null
+    elif change == "record-factory":
+        logging.setLogRecordFactory(_Record)
     else:
         root.handlers[:] = []
     try:
         assert direct_sink(logger) is None
     finally:
         logging.getLogger("authz").handlers[:] = []
+        logging.logProcesses = True
+        logging.setLogRecordFactory(logging.LogRecord)
 
 
 def test_write_line_goes_to_the_handler_stream(root: logging.Logger) -> None:
