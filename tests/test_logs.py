@@ -82,13 +82,19 @@ def test_direct_sink_steps_aside_for_any_other_logging_set_up(root: logging.Logg
         logging.setLogRecordFactory(logging.LogRecord)
 
 
-def test_write_line_goes_to_the_handler_stream(root: logging.Logger) -> None:
-    """A direct line lands on the handler's stream, whole, between logging's own lines."""
-    stream = io.StringIO()
+def _installed(root: logging.Logger, stream: io.StringIO) -> JsonHandler:
+    """setup_logging's handler, writing to ``stream``."""
     setup_logging()
     handler = root.handlers[0]
     assert isinstance(handler, JsonHandler)
     handler.setStream(stream)
+    return handler
+
+
+def test_write_line_goes_to_the_handler_stream(root: logging.Logger) -> None:
+    """A direct line lands on the handler's stream, whole, between logging's own lines."""
+    stream = io.StringIO()
+    handler = _installed(root, stream)
     logging.getLogger("authz.server").info("before", extra={"fields": {"n": 1}})
     handler.write_line(render_line("authz.decision", "decision", '{"reason":"ok"}', 1.5))
     logging.getLogger("authz.server").info("after")
@@ -96,3 +102,36 @@ def test_write_line_goes_to_the_handler_stream(root: logging.Logger) -> None:
     assert [line["msg"] for line in lines] == ["before", "decision", "after"]
     assert lines[1] == {"time": "1970-01-01T00:00:01.500Z", "level": "info", "logger": "authz.decision",
                         "pid": lines[0]["pid"], "msg": "decision", "reason": "ok"}  # fmt: skip
+
+
+async def test_lines_written_on_a_loop_go_out_together_at_the_end_of_its_iteration(
+    root: logging.Logger,
+) -> None:
+    """On an event loop, direct lines are gathered and written once per iteration, in order."""
+    import asyncio
+
+    writes: list[str] = []
+
+    class Recording(io.StringIO):
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return super().write(text)
+
+    handler = _installed(root, Recording())
+    for n in range(3):
+        handler.write_line(render_line("authz.decision", "decision", f'{{"n":{n}}}', 1.0))
+    assert writes == []  # not yet: the loop's iteration is not over
+    await asyncio.sleep(0)
+    assert len(writes) == 1
+    assert [json.loads(line)["n"] for line in writes[0].splitlines()] == [0, 1, 2]
+    handler.write_line(render_line("authz.decision", "decision", '{"n":3}', 1.0))
+    handler.flush()  # logging.shutdown() at exit: what is gathered is written
+    assert json.loads(writes[-1])["n"] == 3
+
+
+def test_lines_written_off_a_loop_go_out_at_once(root: logging.Logger) -> None:
+    """Without a running event loop (library use, threads), each direct line is written at once."""
+    stream = io.StringIO()
+    handler = _installed(root, stream)
+    handler.write_line(render_line("authz.decision", "decision", '{"n":1}', 1.0))
+    assert json.loads(stream.getvalue())["n"] == 1
