@@ -54,7 +54,7 @@ def draw(results: Mapping[str, Any], path: Path) -> None:
         ("Envoy + ours (wrk)", _COLORS["envoy"]),
         ("baselines: Envoy alone, jwt_authn, do-nothing ext_authz", "#999999"),
     ]
-    bars.legend(handles=[Patch(color=c, label=label) for label, c in legend], loc="lower right", fontsize=8)
+    bars.legend(handles=[Patch(color=c, label=label) for label, c in legend], loc="upper right", fontsize=8)
 
     latency = results["latency"]
     kinds = ("envoy_direct_response", "envoy_ours_warm")
