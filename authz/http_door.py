@@ -482,6 +482,8 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.in_message = False
+        if self.closing:
+            return  # a request after the last answer (same bytes as the one it closed on): not answered
         self.requests += 1
         try:
             answer = self.door.answer_raw(self.parser.get_method() or b"GET", self.url, self.headers)
@@ -538,6 +540,8 @@ class _Connection(asyncio.Protocol):
             self._arm(self.settings.idle_timeout)
 
     def _fail(self, status: int) -> None:
+        if self.closing:
+            return  # the last answer is out (connection: close): nothing may follow it
         self.closing = True
         if self.transport is not None:
             self.transport.write(_render(status, [], b"", close=True))

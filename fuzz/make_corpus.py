@@ -20,6 +20,12 @@ runner, fuzz/run.py, then empties the working corpora made from older seeds).
   and public paths, both header forms, context extensions, smuggled identity
   headers, several or malformed authorization headers, dry-run and other
   tenants' hosts.
+- ``fuzz_http/``: a mode byte (where the first chunk ends) and HTTP/1.1 bytes
+  on one connection: repeated requests (answered from the memo), the same
+  cases as fuzz_check, pipelines, trace headers, malformed requests.
+
+``python -m fuzz.make_corpus --http-only`` writes only ``fuzz_http/``, from the
+``valid-*`` tokens already in ``fuzz_token/``.
 """
 
 from __future__ import annotations
@@ -150,7 +156,61 @@ def _requests(tokens: dict[str, str]) -> Iterable[tuple[str, CheckRequest]]:
     yield "header-map", raw
 
 
+def _http(
+    token: str | None = None, *, method: str = "GET", target: str = "/orders", host: str = "api.acme.test",
+    extra: str = "",
+) -> bytes:  # fmt: skip
+    auth = f"authorization: Bearer {token}\r\n" if token else ""
+    return f"{method} {target} HTTP/1.1\r\nhost: {host}\r\n{auth}x-request-id: fuzz-1\r\n{extra}\r\n".encode()
+
+
+def http_seeds(tokens: dict[str, str]) -> Iterable[tuple[str, bytes]]:
+    """Seeds of fuzz_http: a mode byte (the first chunk's share of the rest), then the bytes."""
+    token = tokens["acme-RSA-OAEP-256-A256GCM-ES256"]
+    traced = "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n"
+    seeds = {
+        "repeat": _http(token) * 3,
+        "repeat-paths": _http(token)
+        + _http(token, target="/admin/users")
+        + _http(token, target="/orders/7?x=1")
+        + _http(token),
+        "repeat-traced": _http(token) + _http(token, extra=traced),
+        "repeat-methods": _http(token) + _http(token, method="POST") + _http(token, method="HEAD"),
+        "admin": _http(tokens["acme-admin-ES256"], target="/admin/x") * 2,
+        "health": _http(target="/healthz") * 2,
+        "health-token-tenant": _http(token, target="/healthz", host="unknown.test") * 2,
+        "no-token": _http(),
+        "dry": _http(host="api.dry.test") + _http(tokens["globex-ES256"], host="api.dry.test"),
+        "globex": _http(tokens["globex-ES256"], host="api.globex.test") + _http(tokens["globex-ES256"]),
+        "legacy": _http(tokens["legacy-encrypt-only-dir"], host="api.legacy.test") * 2,
+        "two-authorizations": _http(token, extra=f"Authorization: Bearer {token}\r\n") * 2,
+        "two-hosts": _http(token, extra="Host: api.globex.test\r\n") * 2,
+        "smuggled": _http(token, extra="x-authz-subject: root\r\nx-authz-tenant: globex\r\n") * 2,
+        "dotdot": _http(token, target="/orders/../admin/users") + _http(token, target="/orders/%2e%2e/admin"),
+        "body": _http(token, method="POST", extra="content-length: 3\r\n") + b"abc" + _http(token),
+        "malformed": _http(token) + b"GET /orders HTTP/1.1\r\nhost api.acme.test\r\n\r\n",
+        "http10": _http(token).replace(b"HTTP/1.1", b"HTTP/1.0"),
+        "close": _http(token, extra="connection: close\r\n") + _http(token),
+    }
+    for name, data in seeds.items():
+        yield name, bytes([128]) + data
+
+
 def main() -> None:
+    import sys
+
+    if "--http-only" in sys.argv[1:]:
+        folder = CORPUS / "fuzz_http"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        tokens = {
+            path.name.removeprefix("valid-"): path.read_text("ascii")
+            for path in (CORPUS / "fuzz_token").glob("valid-*")
+        }
+        for name, data in http_seeds(tokens):
+            _write(folder, name, data)
+        print(f"fuzz_http: {len(list(folder.iterdir()))} seeds")
+        return
     world, handle = temporary_world()
     try:
         tokens = valid_tokens(world)
@@ -159,7 +219,7 @@ def main() -> None:
 
         for token in tokens.values():  # the seeds are what the targets will take as valid
             validate_token(token, config.token_keys)
-        for target in ("fuzz_token", "fuzz_inner", "fuzz_check"):
+        for target in ("fuzz_token", "fuzz_inner", "fuzz_check", "fuzz_http"):
             shutil.rmtree(CORPUS / target, ignore_errors=True)
             (CORPUS / target).mkdir(parents=True)
         folder = CORPUS / "fuzz_token"
@@ -210,7 +270,10 @@ def main() -> None:
         for name, message in _requests(tokens):
             data = message.SerializeToString(deterministic=True)
             _write(folder, f"{name}-{hashlib.sha256(data).hexdigest()[:8]}", data)
-        for target in ("fuzz_token", "fuzz_inner", "fuzz_check"):
+        folder = CORPUS / "fuzz_http"
+        for name, data in http_seeds(tokens):
+            _write(folder, name, data)
+        for target in ("fuzz_token", "fuzz_inner", "fuzz_check", "fuzz_http"):
             print(f"{target}: {len(list((CORPUS / target).iterdir()))} seeds")
     finally:
         handle.cleanup()

@@ -30,9 +30,9 @@ from pathlib import Path
 
 FUZZ = Path(__file__).resolve().parent
 ROOT = FUZZ.parent
-TARGETS = ("fuzz_token", "fuzz_inner", "fuzz_check")
+TARGETS = ("fuzz_token", "fuzz_inner", "fuzz_check", "fuzz_http")
 # The longest input worth trying: a little over the configured token limit (8192), and a request with one.
-MAX_LEN = {"fuzz_token": 9000, "fuzz_inner": 9000, "fuzz_check": 16384}
+MAX_LEN = {"fuzz_token": 9000, "fuzz_inner": 9000, "fuzz_check": 16384, "fuzz_http": 20000}
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS = ("fuzz_token", "fuzz_inner", "fuzz_check")
+TARGETS = ("fuzz_token", "fuzz_inner", "fuzz_check", "fuzz_http")
 SECONDS = 10
 
 

@@ -201,6 +201,46 @@ def _request(
     return f"GET {PREFIX}{path} HTTP/1.1\r\nhost: {host}\r\n{connection}{extra}\r\n".encode()
 
 
+class _RecordingTransport(asyncio.Transport):
+    """Keeps every write, even after close (a real transport may still send them if it has a backlog)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: Any) -> None:
+        self.written.append(bytes(data))
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("after", [b"", b"garbage\r\n\r\n"], ids=["request", "garbage"])
+async def test_nothing_follows_the_answer_to_connection_close(door, after: bytes) -> None:
+    """Bytes after a ``connection: close`` request (found by fuzz_http): one answer, then closed.
+
+    Neither a second answer nor a 400 for the trailing bytes is written after the
+    answer that said ``connection: close`` (asyncio drops such writes only when
+    its send buffer happens to be empty).
+    """
+    from authz.http_door import _Connection
+
+    server, _ = door
+    connection = _Connection(server)
+    transport = _RecordingTransport()
+    connection.connection_made(transport)
+    connection.data_received(_request("/healthz", keep=False) + (after or _request("/healthz")))
+    connection.connection_lost(None)
+    assert len(transport.written) == 1
+    assert transport.written[0].startswith(b"HTTP/1.1 200 ")
+    assert b"\r\nconnection: close\r\n" in transport.written[0]
+    assert transport.closed
+
+
 async def test_malformed_request_is_400_and_closed(door) -> None:
     """A request line that is not HTTP gets 400 and the connection is closed."""
     _, port = door

@@ -1,0 +1,211 @@
+"""Fuzz target: the HTTP door's connection on arbitrary bytes from a client.
+
+    python -m fuzz.fuzz_http [libFuzzer options] [corpus folders]   # or: make fuzz
+
+The input is one mode byte and what a client sends on one connection (any
+number of requests, pipelined, malformed or not), fed to a fresh connection of
+one door in two chunks (the mode byte says where the first ends). The door,
+and so its answer memo, lives across inputs: a seed's repeated requests are
+answered from the memo. Fixed world configuration, the tests' clock, no event
+loop (every answer is synchronous here: no issuer has a jwks_uri). A finding is:
+
+- an exception out of ``data_received``, or a connection left half-answered;
+- a written answer that is not one well-formed HTTP/1.1 response with a known
+  status and a content-length matching its body;
+- an answer that differs, byte for byte, from the full decision of the same
+  parsed request made at the same moment without the memo (``HttpDoor.answer``);
+- an allow that none of these explains: acme's public ``/healthz`` by host (no
+  subject or scopes passed), a dry-run deny of the dry tenant chosen by the
+  host, or one of our issuers' tokens (the seeds' ``valid-*``) in the
+  authorization header, for the tenant it names;
+- a decision log line that is not a JSON object (the direct path is used: the
+  log handler is setup_logging's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from typing import Any
+
+import atheris
+
+with atheris.instrument_imports(include=["authz", "httptools"]):
+    from authz.http_door import HttpDoor, RawHeaders, _Connection
+    from authz.logs import JsonHandler
+    from authz.request import normalize_path
+    from authz.service import SnapshotHolder
+    from authz.telemetry import Telemetry
+    from fuzz.harness import Finding, start
+    from tests.helpers import NOW
+
+STATE = start()
+DOOR = HttpDoor(SnapshotHolder(STATE.config), lambda: float(NOW), Telemetry(), STATE.config.http)
+TENANT_OF = {token: verified.claims.get("tenant") for token, verified in STATE.tokens.items()}
+STATUSES = {200, 400, 401, 403, 408, 413, 414, 431, 500, 503}
+ERROR_STATUSES = {400, 408, 413, 414, 431, 500, 503}  # answers the connection writes itself, then closes
+
+
+class LogLines:
+    """The decision log's stream: every line written must be a JSON object."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.lines += text.splitlines()
+        return len(text)
+
+    def flush(self) -> None:
+        return None
+
+    def check(self) -> None:
+        for line in self.lines:
+            if not isinstance(json.loads(line), dict):
+                raise Finding("a decision log line is not a JSON object")
+        self.lines.clear()
+
+
+LOG = LogLines()
+_handler = JsonHandler()
+_handler.setStream(LOG)  # type: ignore[arg-type]
+logging.getLogger().handlers[:] = [_handler]
+logging.getLogger().setLevel(logging.INFO)
+
+
+class Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:  # type: ignore[override]
+        if self.closed:
+            raise Finding("written after close")
+        self.written.append(bytes(data))
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        return None
+
+    def resume_reading(self) -> None:
+        return None
+
+
+class Recording(_Connection):
+    """The door's connection, recording each completed request with the answer it got."""
+
+    def __init__(self, door: HttpDoor) -> None:
+        super().__init__(door)
+        self.current: tuple[bytes, bytes, RawHeaders] | None = None
+        self.answered: list[tuple[tuple[bytes, bytes, RawHeaders], bytes]] = []
+
+    def on_message_complete(self) -> None:
+        self.current = (self.parser.get_method() or b"GET", self.url, list(self.headers))
+        super().on_message_complete()
+
+    def _send(self, answer: bytes | asyncio.Task[bytes], last: bool) -> None:
+        if not isinstance(answer, bytes):
+            raise Finding("an answer waits for a refetch: no issuer here has a jwks_uri")
+        if self.current is None:
+            raise Finding("an answer without a completed request")
+        self.answered.append((self.current, answer))
+        super()._send(answer, last)
+
+
+def decoded(raw: RawHeaders) -> dict[str, tuple[str, ...]]:
+    headers: dict[str, list[str]] = {}
+    for name, value in raw:
+        headers.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
+    return {name: tuple(values) for name, values in headers.items()}
+
+
+def parse_answer(data: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, sep, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if not sep or len(parts) != 3 or parts[0] != "HTTP/1.1" or not parts[1].isdigit():
+        raise Finding(f"not an HTTP/1.1 response: {data[:80]!r}")
+    fields: dict[str, str] = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(": ")
+        if not colon or name in fields:
+            raise Finding(f"bad or repeated response header line {line[:60]!r}")
+        fields[name] = value
+    status = int(parts[1])
+    if status not in STATUSES:
+        raise Finding(f"unknown status {status}")
+    if fields.get("content-length") != str(len(body)):
+        raise Finding("content-length does not match the body")
+    return status, fields, body
+
+
+def explain_allow(request: tuple[bytes, bytes, RawHeaders], fields: dict[str, str]) -> None:
+    method, target, raw = request
+    headers = decoded(raw)
+    tenant = fields.get("x-authz-tenant")
+    presented = [t for v in headers.get("authorization", ()) for t in TENANT_OF if t in v]
+    if presented:
+        if all(TENANT_OF[t] != tenant for t in presented) and tenant != "dry":
+            raise Finding(f"allowed for {tenant!r} with a token of another tenant")
+        return
+    host = " ".join(headers.get("host", ()) + headers.get(":authority", ())).lower()
+    if tenant == "dry" and "api.dry.test" in host:
+        return  # a dry-run deny, answered 200 by design
+    path = normalize_path(target.decode("latin-1"))
+    if tenant != "acme" or path != "/healthz":
+        raise Finding(f"allowed {method!r} {path!r} for {tenant!r} without one of our issuers' tokens")
+    if "x-authz-subject" in fields or "x-authz-scopes" in fields:
+        raise Finding("identity header set on a public allow")
+
+
+def test_one_input(data: bytes) -> None:
+    if not data:
+        return
+    rest = data[1:]
+    split = data[0] * len(rest) // 255
+    transport = Transport()
+    connection = Recording(DOOR)
+    connection.connection_made(transport)
+    for chunk in (rest[:split], rest[split:]):
+        if chunk and not transport.closed:
+            connection.data_received(chunk)
+    connection.connection_lost(None)
+    LOG.check()
+
+    answers = list(transport.written)
+    expected = len(connection.answered)
+    if len(answers) not in (expected, expected + 1):
+        raise Finding(f"{len(answers)} answers written for {expected} completed requests")
+    for index, (request, answer) in enumerate(connection.answered):
+        status, fields, _ = parse_answer(answers[index])
+        method, target, raw = request
+        reference = DOOR.answer(method.decode("latin-1"), target.decode("latin-1"), decoded(raw))
+        if reference != answer:
+            raise Finding(f"answer differs from the full decision: {answer[:120]!r} vs {reference[:120]!r}")
+        if status == 200:
+            explain_allow(request, fields)
+    if len(answers) == expected + 1:
+        status, fields, _ = parse_answer(answers[-1])
+        if status not in ERROR_STATUSES or fields.get("connection") != "close" or not transport.closed:
+            raise Finding(f"an extra answer that is not a closing error ({status})")
+    LOG.check()
+
+
+def main() -> None:
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
