@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from typing import Any
 
@@ -50,13 +51,14 @@ class JsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     Direct lines written on an event loop are gathered and written once per
     loop iteration (one write for every check answered in it, instead of one
-    each); elsewhere they are written at once.
+    each); elsewhere they are written at once. Each thread gathers its own (one
+    running loop per thread), so threads never share a list.
     """
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
         self.setFormatter(JsonFormatter())
-        self._pending: list[str] = []
+        self._local = threading.local()
 
     def write_line(self, line: str) -> None:
         """Write one rendered line (ending in a newline), as ``emit`` would, under the handler's lock."""
@@ -65,20 +67,25 @@ class JsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except RuntimeError:
             self._write(line)
             return
-        if not self._pending:
-            loop.call_soon(self.flush_lines)
-        self._pending.append(line)
-
-    def flush_lines(self) -> None:
-        """Write the gathered lines (the loop calls this at the end of the iteration that gathered them)."""
-        lines, self._pending = self._pending, []
-        if lines:
-            self._write("".join(lines))
+        pending: list[str] | None = getattr(self._local, "pending", None)
+        if pending is None:
+            pending = self._local.pending = []
+        if not pending:
+            loop.call_soon(self._write_pending, pending)
+        pending.append(line)
 
     def flush(self) -> None:
-        # logging.shutdown() flushes, and so does emit(): gathered lines go first, in order.
-        self.flush_lines()
+        # logging.shutdown() flushes, and so does emit(): this thread's gathered lines go first, in order.
+        pending: list[str] | None = getattr(self._local, "pending", None)
+        if pending:
+            self._write_pending(pending)
         super().flush()
+
+    def _write_pending(self, pending: list[str]) -> None:
+        if pending:
+            text = "".join(pending)
+            pending.clear()
+            self._write(text)
 
     def _write(self, text: str) -> None:
         with self.lock:  # type: ignore[union-attr]

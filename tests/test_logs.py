@@ -135,3 +135,29 @@ def test_lines_written_off_a_loop_go_out_at_once(root: logging.Logger) -> None:
     handler = _installed(root, stream)
     handler.write_line(render_line("authz.decision", "decision", '{"n":1}', 1.0))
     assert json.loads(stream.getvalue())["n"] == 1
+
+
+def test_loops_in_several_threads_lose_no_line(root: logging.Logger) -> None:
+    """Event loops in several threads write through one handler: every line once, whole."""
+    import asyncio
+    import threading
+
+    stream = io.StringIO()
+    handler = _installed(root, stream)
+
+    async def burst(thread: int) -> None:
+        for n in range(300):
+            handler.write_line(render_line("authz.decision", "decision", f'{{"t":{thread},"n":{n}}}', 1.0))
+            if n % 7 == 0:
+                await asyncio.sleep(0)
+
+    threads = [threading.Thread(target=asyncio.run, args=(burst(t),)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    handler.flush()
+    seen = [(line["t"], line["n"]) for line in map(json.loads, stream.getvalue().splitlines())]
+    assert sorted(seen) == [(t, n) for t in range(4) for n in range(300)]
+    for t in range(4):
+        assert [n for thread, n in seen if thread == t] == list(range(300))  # in order, per thread
