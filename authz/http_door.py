@@ -414,6 +414,8 @@ class _Connection(asyncio.Protocol):
         self.in_message = False
         self.queue: collections.deque[tuple[asyncio.Future[bytes], bool]] = collections.deque()
         self.deadline = 0.0  # monotonic time at which the current wait (headers, idle) ends; 0: none
+        self.finished = False  # the last answer is decided: no further request is answered
+        self.draining = False  # the door is stopping: close once the waiting answers are out
 
     # -- asyncio.Protocol ----------------------------------------------------
 
@@ -432,7 +434,7 @@ class _Connection(asyncio.Protocol):
         self._arm(self.settings.header_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self.closing or self.finished:
             return
         if not self.in_message:
             self._arm(self.settings.header_timeout)  # a new request: its headers must come in time
@@ -482,14 +484,15 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.in_message = False
-        if self.closing:
-            return  # a request after the last answer (same bytes as the one it closed on): not answered
+        if self.finished:
+            return  # after the request whose answer is the last (keep-alive bound, close): not answered
         self.requests += 1
         try:
             answer = self.door.answer_raw(self.parser.get_method() or b"GET", self.url, self.headers)
         except Exception:  # noqa: BLE001 - never reached: answer() fails closed; still, no crash
             _log.exception("http door failed to answer")
-            answer = _render(500, [], b"", close=True)
+            self._send(_render(500, [], b"", close=True), last=True)
+            return
         last = (
             not self.parser.should_keep_alive() or self.requests >= self.settings.max_requests_per_connection
         )
@@ -502,7 +505,13 @@ class _Connection(asyncio.Protocol):
     # -- answering -------------------------------------------------------------
 
     def _send(self, answer: bytes | asyncio.Task[bytes], last: bool) -> None:
-        """Answers leave in request order, even when one of them waits for a key refetch."""
+        """Answers leave in request order, even when one of them waits for a key refetch.
+
+        Once the last answer is decided (``last``), nothing else is answered on
+        this connection: it is written after those before it, then the connection closes.
+        """
+        if last:
+            self.finished = True
         if isinstance(answer, bytes) and not self.queue and self.transport is not None:
             self.transport.write(_closing(answer) if last else answer)
             self._after_response(last)
@@ -519,9 +528,13 @@ class _Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _flush(self) -> None:
+        if self.closing:
+            return
         last = False
         while self.queue and self.queue[0][0].done() and self.transport is not None:
             future, last = self.queue.popleft()
+            # Draining (close_when_idle): the answer that empties the queue is the last one.
+            last = last or (self.draining and not self.queue and not self.in_message)
             if not future.cancelled():
                 answer = future.result()
                 self.transport.write(_closing(answer) if last else answer)
@@ -533,25 +546,29 @@ class _Connection(asyncio.Protocol):
 
     def _after_response(self, last: bool) -> None:
         if last:
-            self.closing = True
+            self.closing = self.finished = True
+            for future, _ in self.queue:
+                future.cancel()  # nothing may follow the last answer
+            self.queue.clear()
             if self.transport is not None:
                 self.transport.close()
         else:
             self._arm(self.settings.idle_timeout)
 
     def _fail(self, status: int) -> None:
-        if self.closing:
-            return  # the last answer is out (connection: close): nothing may follow it
-        self.closing = True
-        if self.transport is not None:
-            self.transport.write(_render(status, [], b"", close=True))
-            self.transport.close()
+        """An error answer that ends the connection, after the answers still waiting (in order)."""
+        if self.finished:
+            return  # the last answer is decided: nothing may follow it
+        self._send(_render(status, [], b"", close=True), last=True)
+        if self.transport is not None and not self.closing:
+            self.transport.pause_reading()  # waiting for earlier answers: read nothing more
 
     def close_when_idle(self) -> None:
         if not self.in_message and not self.queue and self.transport is not None:
-            self.closing = True
+            self.closing = self.finished = True
             self.transport.close()
         else:
+            self.draining = True  # the answer that empties the queue closes the connection
             self.requests = self.settings.max_requests_per_connection  # the current one is the last
 
     def abort(self) -> None:

@@ -67,19 +67,33 @@ class JsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except RuntimeError:
             self._write(line)
             return
-        pending: list[str] | None = getattr(self._local, "pending", None)
+        local = self._local
+        pending: list[str] | None = getattr(local, "pending", None)
         if pending is None:
-            pending = self._local.pending = []
+            pending = local.pending = []
+        if pending and getattr(local, "loop", None) is not loop:
+            self._write_pending(pending)  # gathered on a loop that is gone: out now, in order
         if not pending:
+            local.loop = loop
             loop.call_soon(self._write_pending, pending)
         pending.append(line)
+        if len(pending) >= _MAX_GATHERED:
+            self._write_pending(pending)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # This thread's gathered lines were written first: they go out before the record.
+        self._write_gathered()
+        super().emit(record)
 
     def flush(self) -> None:
-        # logging.shutdown() flushes, and so does emit(): this thread's gathered lines go first, in order.
+        # logging.shutdown() flushes: this thread's gathered lines go out.
+        self._write_gathered()
+        super().flush()
+
+    def _write_gathered(self) -> None:
         pending: list[str] | None = getattr(self._local, "pending", None)
         if pending:
             self._write_pending(pending)
-        super().flush()
 
     def _write_pending(self, pending: list[str]) -> None:
         if pending:
@@ -94,6 +108,9 @@ class JsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 self.stream.flush()
             except Exception:  # noqa: BLE001 - as logging does: a full disk must not fail the check
                 self.handleError(logging.LogRecord("authz", logging.INFO, "", 0, "", None, None))
+
+
+_MAX_GATHERED = 256  # lines gathered before they are written, whatever the loop does
 
 
 def setup_logging(level: int = logging.INFO) -> None:

@@ -4,14 +4,18 @@
 
 The input is one mode byte and what a client sends on one connection (any
 number of requests, pipelined, malformed or not), fed to a fresh connection of
-one door in two chunks (the mode byte says where the first ends). The door,
+one door in two chunks (the mode byte's upper bits say where the first ends;
+its lowest bit starts a drain, ``close_when_idle``, between them). The door,
 and so its answer memo, lives across inputs: a seed's repeated requests are
-answered from the memo. Fixed world configuration, the tests' clock, no event
-loop (every answer is synchronous here: no issuer has a jwks_uri). A finding is:
+answered from the memo. Fixed world configuration with at most 3 requests per
+connection, the tests' clock, no event loop (every answer is synchronous here:
+no issuer has a jwks_uri). A finding is:
 
-- an exception out of ``data_received``, or a connection left half-answered;
+- an exception out of ``data_received`` or raised inside a parser callback
+  (httptools would otherwise turn it into a 400), a write after close;
 - a written answer that is not one well-formed HTTP/1.1 response with a known
-  status and a content-length matching its body;
+  status and a content-length matching its body, that is not the answer
+  recorded for its request, or that follows an answer saying ``connection: close``;
 - an answer that differs, byte for byte, from the full decision of the same
   parsed request made at the same moment without the memo (``HttpDoor.answer``);
 - an allow that none of these explains: acme's public ``/healthz`` by host (no
@@ -25,6 +29,7 @@ loop (every answer is synchronous here: no issuer has a jwks_uri). A finding is:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import sys
@@ -33,7 +38,7 @@ from typing import Any
 import atheris
 
 with atheris.instrument_imports(include=["authz", "httptools"]):
-    from authz.http_door import HttpDoor, RawHeaders, _Connection
+    from authz.http_door import HttpDoor, RawHeaders, _closing, _Connection
     from authz.logs import JsonHandler
     from authz.request import normalize_path
     from authz.service import SnapshotHolder
@@ -42,7 +47,8 @@ with atheris.instrument_imports(include=["authz", "httptools"]):
     from tests.helpers import NOW
 
 STATE = start()
-DOOR = HttpDoor(SnapshotHolder(STATE.config), lambda: float(NOW), Telemetry(), STATE.config.http)
+SETTINGS = dataclasses.replace(STATE.config.http, max_requests_per_connection=3)  # reach the bound
+DOOR = HttpDoor(SnapshotHolder(STATE.config), lambda: float(NOW), Telemetry(), SETTINGS)
 TENANT_OF = {token: verified.claims.get("tenant") for token, verified in STATE.tokens.items()}
 STATUSES = {200, 400, 401, 403, 408, 413, 414, 431, 500, 503}
 ERROR_STATUSES = {400, 408, 413, 414, 431, 500, 503}  # answers the connection writes itself, then closes
@@ -80,10 +86,11 @@ class Transport(asyncio.Transport):
         super().__init__()
         self.written: list[bytes] = []
         self.closed = False
+        self.late = 0  # writes after close (raising here would reach httptools, which makes it a 400)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:  # type: ignore[override]
         if self.closed:
-            raise Finding("written after close")
+            self.late += 1
         self.written.append(bytes(data))
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -109,17 +116,23 @@ class Recording(_Connection):
         super().__init__(door)
         self.current: tuple[bytes, bytes, RawHeaders] | None = None
         self.answered: list[tuple[tuple[bytes, bytes, RawHeaders], bytes]] = []
+        self.errors: list[BaseException] = []  # raised inside callbacks: httptools hides them
 
     def on_message_complete(self) -> None:
         self.current = (self.parser.get_method() or b"GET", self.url, list(self.headers))
-        super().on_message_complete()
+        try:
+            super().on_message_complete()
+        except BaseException as exc:
+            self.errors.append(exc)
+            raise
+        finally:
+            self.current = None
 
     def _send(self, answer: bytes | asyncio.Task[bytes], last: bool) -> None:
         if not isinstance(answer, bytes):
-            raise Finding("an answer waits for a refetch: no issuer here has a jwks_uri")
-        if self.current is None:
-            raise Finding("an answer without a completed request")
-        self.answered.append((self.current, answer))
+            self.errors.append(Finding("an answer waits for a refetch: no issuer here has a jwks_uri"))
+        elif self.current is not None:
+            self.answered.append((self.current, answer))
         super()._send(answer, last)
 
 
@@ -173,21 +186,33 @@ def test_one_input(data: bytes) -> None:
     if not data:
         return
     rest = data[1:]
-    split = data[0] * len(rest) // 255
+    split = (data[0] >> 1) * len(rest) // 127
     transport = Transport()
     connection = Recording(DOOR)
     connection.connection_made(transport)
-    for chunk in (rest[:split], rest[split:]):
-        if chunk and not transport.closed:
-            connection.data_received(chunk)
+    if rest[:split]:
+        connection.data_received(rest[:split])
+    if data[0] & 1:
+        connection.close_when_idle()
+    if rest[split:]:
+        connection.data_received(rest[split:])
     connection.connection_lost(None)
     LOG.check()
+    if connection.errors:
+        raise connection.errors[0]
+    if transport.late:
+        raise Finding(f"{transport.late} write(s) after the connection was closed")
 
     answers = list(transport.written)
     expected = len(connection.answered)
     if len(answers) not in (expected, expected + 1):
-        raise Finding(f"{len(answers)} answers written for {expected} completed requests")
+        raise Finding(f"{len(answers)} answers written for {expected} answered requests")
+    for index, written in enumerate(answers[:-1]):
+        if b"\r\nconnection: close\r\n" in written.partition(b"\r\n\r\n")[0] + b"\r\n":
+            raise Finding(f"answer {index + 1} of {len(answers)} said connection: close; more followed")
     for index, (request, answer) in enumerate(connection.answered):
+        if answers[index] not in (answer, _closing(answer)):
+            raise Finding("the bytes written are not the answer given")
         status, fields, _ = parse_answer(answers[index])
         method, target, raw = request
         reference = DOOR.answer(method.decode("latin-1"), target.decode("latin-1"), decoded(raw))

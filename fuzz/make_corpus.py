@@ -193,7 +193,9 @@ def http_seeds(tokens: dict[str, str]) -> Iterable[tuple[str, bytes]]:
         "close": _http(token, extra="connection: close\r\n") + _http(token),
     }
     for name, data in seeds.items():
-        yield name, bytes([128]) + data
+        yield name, bytes([128]) + data  # split in the middle, no drain
+    for name in ("repeat", "repeat-paths", "malformed"):
+        yield f"{name}-drain", bytes([129]) + seeds[name]  # close_when_idle between the two chunks
 
 
 def main() -> None:

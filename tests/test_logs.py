@@ -161,3 +161,36 @@ def test_loops_in_several_threads_lose_no_line(root: logging.Logger) -> None:
     assert sorted(seen) == [(t, n) for t in range(4) for n in range(300)]
     for t in range(4):
         assert [n for thread, n in seen if thread == t] == list(range(300))  # in order, per thread
+
+
+async def test_gathered_lines_go_out_before_a_record_logged_after_them(root: logging.Logger) -> None:
+    """A line gathered on the loop, then a logging record in the same iteration: the line comes first."""
+    stream = io.StringIO()
+    handler = _installed(root, stream)
+    handler.write_line(render_line("authz.decision", "decision", '{"n":1}', 1.0))
+    logging.getLogger("authz.server").info("after")
+    assert [json.loads(line)["msg"] for line in stream.getvalue().splitlines()] == ["decision", "after"]
+
+
+def test_a_line_gathered_on_a_loop_that_never_ran_again_is_not_stranded(root: logging.Logger) -> None:
+    """Gathered in a loop's last iteration (stopped, closed): written, in order, by the next loop's write."""
+    import asyncio
+
+    stream = io.StringIO()
+    handler = _installed(root, stream)
+    loop = asyncio.new_event_loop()
+
+    def last_callback() -> None:
+        loop.stop()
+        handler.write_line(render_line("authz.decision", "decision", '{"n":1}', 1.0))
+
+    loop.call_soon(last_callback)
+    loop.run_forever()
+    loop.close()
+    assert stream.getvalue() == ""  # gathered; that loop will not run again
+
+    async def later() -> None:
+        handler.write_line(render_line("authz.decision", "decision", '{"n":2}', 1.0))
+
+    asyncio.run(later())
+    assert [json.loads(line)["n"] for line in stream.getvalue().splitlines()] == [1, 2]

@@ -208,9 +208,20 @@ class _RecordingTransport(asyncio.Transport):
         super().__init__()
         self.written: list[bytes] = []
         self.closed = False
+        self.late = 0  # writes after close
 
     def write(self, data: Any) -> None:
+        self.late += self.closed
         self.written.append(bytes(data))
+
+    def pause_reading(self) -> None:
+        return None
+
+    def resume_reading(self) -> None:
+        return None
+
+    def abort(self) -> None:
+        self.closed = True
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
@@ -227,18 +238,89 @@ async def test_nothing_follows_the_answer_to_connection_close(door, after: bytes
     answer that said ``connection: close`` (asyncio drops such writes only when
     its send buffer happens to be empty).
     """
+    server, _ = door
+    connection, transport = _connect(server)
+    connection.data_received(_request("/healthz", keep=False) + (after or _request("/healthz")))
+    connection.connection_lost(None)
+    _ended_with(transport, [b"200"])
+
+
+def _connect(server: HttpDoor) -> tuple[Any, _RecordingTransport]:
     from authz.http_door import _Connection
 
-    server, _ = door
     connection = _Connection(server)
     transport = _RecordingTransport()
     connection.connection_made(transport)
-    connection.data_received(_request("/healthz", keep=False) + (after or _request("/healthz")))
-    connection.connection_lost(None)
-    assert len(transport.written) == 1
-    assert transport.written[0].startswith(b"HTTP/1.1 200 ")
-    assert b"\r\nconnection: close\r\n" in transport.written[0]
+    return connection, transport
+
+
+_OK = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+
+
+def _waiting(
+    server: HttpDoor, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, _RecordingTransport, asyncio.Future[bytes]]:
+    """A connection whose requests all get one answer that waits (as for a key refetch)."""
+    waiting: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    monkeypatch.setattr(server, "answer_raw", lambda *args: waiting)
+    return (*_connect(server), waiting)
+
+
+def _ended_with(transport: _RecordingTransport, statuses: list[bytes]) -> None:
+    """These answers, the last saying ``connection: close``, then closed, nothing written after."""
+    assert [a.split(b" ", 2)[1] for a in transport.written] == statuses
+    assert b"\r\nconnection: close\r\n" in transport.written[-1]
     assert transport.closed
+    assert transport.late == 0
+
+
+async def test_pipelined_past_the_keep_alive_bound_in_one_read(door) -> None:
+    """Five requests in one read, three per connection: three answers, the third says close, nothing after."""
+    server, _ = door
+    connection, transport = _connect(server)
+    connection.data_received(_request("/healthz") * 5)
+    _ended_with(transport, [b"200"] * 3)
+    connection.connection_lost(None)
+
+
+async def test_an_error_waits_behind_an_answer_that_waits(door, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request waiting for a key refetch, then garbage: its answer first, then the 400, then closed."""
+    connection, transport, waiting = _waiting(door[0], monkeypatch)
+    connection.data_received(_request("/orders") + b"garbage\r\n\r\n" + _request("/orders"))
+    assert transport.written == []
+    waiting.set_result(_OK)
+    await asyncio.sleep(0.01)
+    _ended_with(transport, [b"200", b"400"])
+    connection.connection_lost(None)
+
+
+async def test_a_fault_while_answering_ends_the_connection(door, monkeypatch: pytest.MonkeyPatch) -> None:
+    """answer_raw raising (never expected): one 500 with close, and the pipelined rest is not answered."""
+    server, _ = door
+    calls = []
+
+    def broken(*args: Any) -> bytes:
+        calls.append(args)
+        raise RuntimeError("fault")
+
+    monkeypatch.setattr(server, "answer_raw", broken)
+    connection, transport = _connect(server)
+    connection.data_received(_request("/healthz") * 2)
+    assert len(calls) == 1
+    _ended_with(transport, [b"500"])
+    connection.connection_lost(None)
+
+
+async def test_drain_closes_after_the_answer_that_was_waiting(door, monkeypatch: pytest.MonkeyPatch) -> None:
+    """close_when_idle while an answer waits: that answer says close, and the connection closes after it."""
+    connection, transport, waiting = _waiting(door[0], monkeypatch)
+    connection.data_received(_request("/orders"))
+    connection.close_when_idle()
+    assert not transport.closed
+    waiting.set_result(_OK)
+    await asyncio.sleep(0.01)
+    _ended_with(transport, [b"200"])
+    connection.connection_lost(None)
 
 
 async def test_malformed_request_is_400_and_closed(door) -> None:
