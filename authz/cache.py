@@ -56,7 +56,7 @@ class TokenCache:
         if entry is None:
             self.misses += 1
             return None
-        if now >= entry.expires_at or _remote_keys(entry.token, keys) is not entry.remote_keys:
+        if not _usable(entry, keys, now):
             del self._entries[key]
             self.misses += 1
             return None
@@ -70,9 +70,7 @@ class TokenCache:
         False counts nothing: the caller goes on to a full lookup, which counts.
         """
         entry = self._entries.get(key)
-        if entry is None or entry.token is not token:
-            return False
-        if now >= entry.expires_at or _remote_keys(token, keys) is not entry.remote_keys:
+        if entry is None or entry.token is not token or not _usable(entry, keys, now):
             return False
         self._entries.move_to_end(key)
         self.hits += 1
@@ -91,6 +89,11 @@ class TokenCache:
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
+
+
+def _usable(entry: _Entry, keys: TokenKeys, now: float) -> bool:
+    """Before the token's exp, and verified under the issuer's current fetched key set."""
+    return now < entry.expires_at and _remote_keys(entry.token, keys) is entry.remote_keys
 
 
 def _remote_keys(token: VerifiedToken, keys: TokenKeys) -> object | None:

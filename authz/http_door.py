@@ -124,7 +124,6 @@ class HttpDoor:
         self._sweeper: asyncio.TimerHandle | None = None
         self._memo: dict[bytes, _Memo] = {}
         self._memo_config: Config | None = None
-        self.memo_hits = 0
 
     async def start(self, listen: str, *, reuse_port: bool = False) -> int:
         host, _, port = listen.rpartition(":")
@@ -139,6 +138,11 @@ class HttpDoor:
         sock = self._server.sockets[0]
         self._sweep()
         return int(sock.getsockname()[1])
+
+    @property
+    def memo_hits(self) -> int:
+        """Checks answered from the memo (``authz_http_memo_hits_total``)."""
+        return int(self.telemetry.memo_hits.values.get((), 0))
 
     @property
     def memo_entries(self) -> int:
@@ -256,7 +260,6 @@ class HttpDoor:
             for name, value in traced:  # the first of each, as the full path reads them
                 carrier.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
             trace_id = trace_id_of(carrier)
-        self.memo_hits += 1
         self.telemetry.memo_hits.inc(())
         self.telemetry.repeat(
             memo.record, request_id=rid, trace_id=trace_id, elapsed=time.perf_counter() - start

@@ -131,18 +131,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths[name].write_text(base + extra)
     request = _request(world.token(outer="RSA-OAEP-256", inner="RS256"))
 
-    def run() -> dict[str, list[float]]:
-        variants = {"floor": _floor_feeder(request)}
-        variants |= {name: _door_feeder(path, request) for name, path in paths.items()}
-        for fn in variants.values():  # warm up
-            _time(fn, 500)
-        samples: dict[str, list[float]] = {name: [] for name in variants}
-        for _ in range(args.rounds):
-            for name, fn in variants.items():
-                samples[name].append(_time(fn, args.requests))
-        return samples
-
-    samples = run()
+    variants = {"floor": _floor_feeder(request)}
+    variants |= {name: _door_feeder(path, request) for name, path in paths.items()}
+    for fn in variants.values():  # warm up
+        _time(fn, 500)
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, fn in variants.items():
+            samples[name].append(_time(fn, args.requests))
     devnull.close()
     medians = {name: statistics.median(values) * 1e6 for name, values in samples.items()}
     floor = medians["floor"]
