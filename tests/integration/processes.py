@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,25 +18,32 @@ Record = dict[str, object]
 
 @dataclass
 class ServeProcess:
-    """``python -m authz serve --config CONFIG ARGS``; every stderr JSON line lands in ``lines``."""
+    """``python -m authz serve --config CONFIG ARGS``: every stderr line as written lands in ``raw``,
+    every JSON one, parsed, in ``lines``."""
 
     process: subprocess.Popen[str]
     lines: list[Record] = field(default_factory=list)
+    raw: list[str] = field(default_factory=list)
     reader: threading.Thread | None = None
 
     @classmethod
-    def start(cls, config: Path, args: Sequence[str] = ()) -> ServeProcess:
+    def start(
+        cls, config: Path, args: Sequence[str] = (), env: Mapping[str, str] | None = None
+    ) -> ServeProcess:
         process = subprocess.Popen(
             [sys.executable, "-m", "authz", "serve", "--config", str(config), *args],
+            stdin=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
+            env=dict(env) if env is not None else None,
         )
         running = cls(process)
 
         def read() -> None:
             assert process.stderr is not None
             for line in process.stderr:
+                running.raw.append(line)
                 if line.startswith("{"):
                     running.lines.append(json.loads(line))
 

@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from authz.config import Config
 from authz.server import RunningServer, run_server
 from authz.service import SnapshotHolder
 from tests.helpers import CONFIG, NOW, World
+from tests.integration.processes import ServeProcess
 
 AUTHORIZATION = "envoy.service.auth.v3.Authorization"
 HEALTH = "grpc.health.v1.Health"
@@ -363,41 +363,17 @@ def _wait_serving(port: int, process: subprocess.Popen[str], deadline: float) ->
 def served(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """`authz serve` on 127.0.0.1 port 0 (port read from its log), waited on until SERVING."""
     config_path = _serve_config(world, tmp_path_factory.mktemp("serve"))
-    process = subprocess.Popen(
-        _authz("serve", "--config", str(config_path), "--listen", "127.0.0.1:0"),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    running = ServeProcess.start(
+        config_path, ["--listen", "127.0.0.1:0"], env={**os.environ, "PYTHONUNBUFFERED": "1"}
     )
-    served = Served(process)
-    port_known = threading.Event()
-
-    def read() -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            served.lines.append(line)
-            if not port_known.is_set() and '"msg":"serving"' in line:
-                served.port = json.loads(line)["port"]
-                port_known.set()
-        port_known.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
     try:
         deadline = time.monotonic() + START_TIMEOUT
-        assert port_known.wait(START_TIMEOUT), "no 'serving' log line"
-        assert served.port, f"server did not start:\n{served.stderr()}"
-        _wait_serving(served.port, process, deadline)
+        port, _ = running.ports()
+        served = Served(running.process, running.raw, port)
+        _wait_serving(served.port, running.process, deadline)
         yield served
     finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
-        reader.join(timeout=10)
-        assert process.stderr is not None
-        process.stderr.close()
+        running.stop()
 
 
 def _real_clock_token(world: World, **claims: Any) -> str:

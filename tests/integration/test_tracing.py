@@ -15,8 +15,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ from authz.telemetry import CHECK_SPAN
 from tests.helpers import CONFIG, World, check_request
 from tests.integration.harness import EchoUpstream, envoy_config, http_request, run_envoy
 from tests.integration.otlp_receiver import OtlpReceiver, ReceivedSpan
+from tests.integration.processes import ServeProcess
 
 SERVICE_NAME = "authz-otel-under-test"
 START_TIMEOUT = 30.0
@@ -106,40 +105,14 @@ def authz_process(world: World, folder: Path, env: Mapping[str, str]) -> Iterato
     config_path.write_text(
         CONFIG.replace("keys/", f"{world.root}/keys/") + "server:\n  grace_seconds: 2\n", encoding="utf-8"
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "authz", "serve", "--config", str(config_path), "--listen", "127.0.0.1:0"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(env),
-    )
-    served = AuthzProcess(process)
-    started = threading.Event()
-
-    def read() -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            served.lines.append(line)
-            if not started.is_set() and '"msg":"serving"' in line:
-                served.serving = json.loads(line)
-                started.set()
-        started.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    running = ServeProcess.start(config_path, ["--listen", "127.0.0.1:0"], env=env)
     try:
-        assert started.wait(START_TIMEOUT), "no 'serving' line in time"
-        assert served.serving, f"server did not start:\n{''.join(served.lines)}"
+        serving = running.wait_for(lambda r: r["msg"] == "serving", "the serving line", START_TIMEOUT)
+        served = AuthzProcess(running.process, running.raw, serving)
         assert served.serving["tracing"] is True
         yield served
     finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
-        reader.join(timeout=10)
-        assert process.stderr is not None
-        process.stderr.close()
+        running.stop()
 
 
 @pytest.fixture(scope="module")
