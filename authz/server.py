@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from authz._proto import DESCRIPTOR_POOL
 from authz.admin import run_admin
 from authz.config import Config, ServerSettings, TlsSettings, load_config
+from authz.drain import drain
 from authz.errors import ConfigError
 from authz.http_door import HttpDoor
 from authz.jwks import JwksRegistry
@@ -70,7 +71,8 @@ async def run_server(
         maximum_concurrent_rpcs=settings.max_concurrent_checks,
     )
     _register_descriptors()
-    server.add_generic_rpc_handlers((AuthorizationService(holder, clock, telemetry).handler(),))
+    service = AuthorizationService(holder, clock, telemetry)
+    server.add_generic_rpc_handlers((service.handler(),))
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -99,7 +101,7 @@ async def run_server(
         # Health goes NOT_SERVING first so that probes and Envoy stop sending,
         # then in-flight checks get the grace period to finish.
         await health.enter_graceful_shutdown()
-        await server.stop(settings.grace_seconds)
+        await drain(server, service.in_flight, settings.grace_seconds)
 
 
 def _credentials(holder: SnapshotHolder, initial: TlsSettings) -> grpc.ServerCredentials:

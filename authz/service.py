@@ -18,6 +18,7 @@ from opentelemetry.context import Context
 from authz._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from authz.config import Config
 from authz.decision import NO_STEPS, Decision, Steps, decide, reject
+from authz.drain import InFlight
 from authz.errors import AuthzError
 from authz.request import AuthzRequest, from_check_request, request_id_of
 from authz.response import to_check_response
@@ -170,9 +171,12 @@ class AuthorizationService:
         self._holder = holder
         self._clock = clock
         self._telemetry = telemetry or Telemetry()
+        self.in_flight = InFlight()
 
     async def check(self, data: bytes, context: grpc.aio.ServicerContext[Any, Any] | None) -> CheckResponse:
         start = time.perf_counter()
+        if context is not None:
+            self.in_flight.begin(context)  # the drain waits for this answer to be sent
         telemetry = self._telemetry
         config = self._holder.current  # once: the whole check runs on this snapshot
         parsed = parse(data)
