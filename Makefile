@@ -14,19 +14,22 @@ DEMO_AUTHZ_ADMIN_PORT ?= 10092
 DEMO_UPSTREAM_PORT    ?= 10093
 DEMO_OTLP             ?= auto
 
-.PHONY: run test lint typecheck protos bench clean demo demo-stop
+.PHONY: run test lint typecheck protos bench clean demo demo-stop lock
 
-$(VENV)/.installed: pyproject.toml
+# Every install takes its versions from constraints.txt (make lock refreshes it).
+PIP_INSTALL := $(PY) -m pip install --quiet -c constraints.txt
+
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e .
+	$(PIP_INSTALL) -e .
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PY) -m pip install --quiet -e '.[test,lint,bench,fuzz]'
+	$(PIP_INSTALL) -e '.[test,lint,bench,fuzz]'
 	@# xds-protos (test-only) ships older copies of opentelemetry-proto's and googleapis-common-protos'
 	@# modules over theirs, depending on install order: put the owners' files back.
-	$(PY) -m pip install --quiet --force-reinstall --no-deps $$($(PY) -c "import importlib.metadata as m; \
+	$(PIP_INSTALL) --force-reinstall --no-deps $$($(PY) -c "import importlib.metadata as m; \
 	  print(' '.join(f'{d}=={m.version(d)}' for d in ('opentelemetry-proto', 'googleapis-common-protos')))")
 	$(PY) -c "from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope"
 	touch $@
@@ -51,13 +54,21 @@ typecheck: $(VENV)/.installed-dev
 protos: $(VENV)/.installed-dev
 	$(PY) protos/generate.py
 
+## lock: resolve the newest versions pyproject.toml allows in a scratch venv and write constraints.txt
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.lock-venv/bin/python -m pip install --quiet -e '.[test,lint,bench,fuzz]'
+	{ sed -n '1,2p' constraints.txt; .lock-venv/bin/python -m pip freeze --exclude-editable | grep -vi '^envoy-jwe-authz'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf .lock-venv
+
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache
 
 ## bench: benchmarks (not tests): numbers and ratios against baselines measured in the same run
 ## (about 10 minutes; wrk and h2load from apt; writes bench/results/*.json and docs/bench.png)
 bench: $(VENV)/.installed-dev
-	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PIP_INSTALL) -e '.[bench]'
 	command -v wrk >/dev/null && command -v h2load >/dev/null || \
 	  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk nghttp2-client; }
 	@# run.py calls bench/bench_tracing.py and bench/bench_token.py first (-> bench/results/tracing.json,
@@ -81,7 +92,7 @@ FUZZ_SECONDS ?= 60
 .PHONY: fuzz
 
 $(VENV)/.installed-fuzz: $(VENV)/.installed
-	$(PY) -m pip install --quiet -e '.[fuzz]'
+	$(PIP_INSTALL) -e '.[fuzz]'
 	touch $@
 
 fuzz: $(VENV)/.installed-fuzz

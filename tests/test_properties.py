@@ -661,11 +661,13 @@ def test_path_equivalences(segments, data):
 
 
 def reference_host(host: str) -> str:
+    """Lower case; an IPv6 literal up to its bracket; else no port, no whitespace around the
+    name (also before the port: "api :443"), and no single trailing dot."""
     host = host.strip().lower()
     if host.startswith("["):
         return host[: host.index("]") + 1] if "]" in host else host
     if host.count(":") == 1:
-        host = host.partition(":")[0]
+        host = host.partition(":")[0].strip()
     return host[:-1] if re.search(r"[^.]\.$", host) or host == "." else host
 
 
