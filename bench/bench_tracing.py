@@ -52,6 +52,9 @@ class _Context:
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return self._metadata
 
+    def add_done_callback(self, callback: object) -> None:
+        pass  # grpc would call it when the RPC ends
+
 
 async def _time(fn: Callable[[], Awaitable[object]], count: int) -> float:
     start = time.perf_counter()

@@ -980,7 +980,7 @@ def test_dockerfile_matches_the_manifests(overlays: dict[str, list[dict[str, Any
 
 
 def test_dockerfile_installs_what_ci_installs(tmp_path: Path) -> None:
-    """It installs the project as CI does (pip install of ".", no extras) from COPYed files that build."""
+    """It installs the project as CI does (pip install of ".", no extras, pinned) from COPYed files that build."""
     instructions = _instructions()
     installs = [
         args for kind, args in instructions if kind == "RUN" and "pip" in args and " install " in args
@@ -990,8 +990,10 @@ def test_dockerfile_installs_what_ci_installs(tmp_path: Path) -> None:
     target = words[-1]
     assert target == ".", "the project itself, without extras"
     assert "-r" not in words
+    assert words[words.index("-c") + 1] == "constraints.txt", "the versions CI tests"
     makefile = (REPO / "Makefile").read_text()
-    assert re.search(r"pip install --quiet -e \.$", makefile, re.MULTILINE), "CI's runtime install changed"
+    assert re.search(r"^PIP_INSTALL := .*pip install --quiet -c constraints\.txt$", makefile, re.MULTILINE)
+    assert re.search(r"\$\(PIP_INSTALL\) -e \.$", makefile, re.MULTILINE), "CI's runtime install changed"
 
     context = tmp_path / "context"
     context.mkdir()
@@ -1008,7 +1010,7 @@ def test_dockerfile_installs_what_ci_installs(tmp_path: Path) -> None:
                     shutil.copytree(REPO / source, target_path, ignore=shutil.ignore_patterns("__pycache__"))
                 else:
                     shutil.copy2(REPO / source, target_path)
-    assert set(copied) == {"pyproject.toml", "README.md", "authz"}
+    assert set(copied) == {"pyproject.toml", "README.md", "constraints.txt", "authz"}
     for secret in (
         ".demo",
         "deploy/kubernetes/base/demo-keys",

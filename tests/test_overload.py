@@ -11,7 +11,7 @@ from tests.helpers import NOW, World, check_request
 
 
 class Deadline:
-    """The part of a grpc.aio servicer context the handler reads: metadata and time left."""
+    """The part of a grpc.aio servicer context the handler uses: metadata, time left, done callbacks."""
 
     def __init__(self, remaining: float | None) -> None:
         self.remaining = remaining
@@ -21,6 +21,9 @@ class Deadline:
 
     def time_remaining(self) -> float | None:
         return self.remaining
+
+    def add_done_callback(self, callback: object) -> None:
+        """The drain's in-flight count registers here (grpc calls it when the RPC ends)."""
 
 
 async def _answer(config: Config, token: str, remaining: float | None) -> tuple[int, int, str]:

@@ -49,13 +49,16 @@ _config_names = itertools.count()
 
 
 class FakeContext:
-    """The part of grpc.aio.ServicerContext the handler reads: the invocation metadata."""
+    """The part of grpc.aio.ServicerContext the handler uses: invocation metadata, done callbacks."""
 
     def __init__(self, metadata: Sequence[tuple[str, str | bytes]] = ()) -> None:
         self._metadata = tuple(metadata)
 
     def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         return self._metadata
+
+    def add_done_callback(self, callback: object) -> None:
+        """The drain's in-flight count registers here (grpc calls it when the RPC ends)."""
 
 
 def traceparent(trace_id: str = TRACE_ID, span_id: str = SPAN_ID, flags: str = "01") -> str:
