@@ -1034,3 +1034,5 @@ def test_dockerfile_installs_what_ci_installs(tmp_path: Path) -> None:
         assert "authz = authz.cli:main" in archive.read(entry_points).decode()
     assert "authz/cli.py" in names
     assert any(n.startswith("authz/_proto/") for n in names)
+    # authz._proto builds its classes from this file at import: without it nothing imports.
+    assert "authz/_proto/descriptors.binpb" in names

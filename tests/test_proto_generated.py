@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from google.protobuf import descriptor_pb2
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "authz" / "_proto"
 GENERATOR = REPO / "protos" / "generate.py"
+# authz/_proto's files that are written by hand (protos/generate.py HAND_WRITTEN): the loader.
+HAND_WRITTEN = {"__init__.py"}
 
 
 def _tree(root: Path) -> dict[str, bytes]:
-    """Map each file under ``root`` (bytecode caches excluded) to its bytes."""
+    """Map each generated file under ``root`` (hand-written ones and bytecode excluded) to its bytes."""
     return {
-        path.relative_to(root).as_posix(): path.read_bytes()
+        name: path.read_bytes()
         for path in sorted(root.rglob("*"))
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+        if path.is_file()
+        and "__pycache__" not in path.parts
+        and path.suffix != ".pyc"
+        and (name := path.relative_to(root).as_posix()) not in HAND_WRITTEN
     }
 
 
@@ -68,23 +75,78 @@ def test_regeneration_is_deterministic(tmp_path: Path, regenerated: dict[str, by
     assert _tree(tmp_path / "_proto") == regenerated
 
 
-def test_generated_modules_use_the_private_pool_and_package_imports(
+def _imports(text: str) -> list[str]:
+    """Dotted names a module's import statements bind (``from a import b`` gives ``a.b``)."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.ImportFrom):
+            names.extend(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+    return names
+
+
+def test_generated_modules_take_their_classes_from_the_private_pool(
     regenerated: dict[str, bytes],
 ) -> None:
-    """No generated module uses the default descriptor pool or imports envoy/google.rpc top-level."""
+    """Each *_pb2.py only names classes of authz._proto's pool: no descriptors of its own, no builder."""
+    modules = [name for name in regenerated if name.endswith("_pb2.py")]
+    assert len(modules) == 10
+    for name in modules:
+        text = regenerated[name].decode("utf-8")
+        assert _imports(text) == ["authz._proto"], name
+        assert "DESCRIPTOR = _proto.file_descriptor(" in text, name
+        for forbidden in ("AddSerializedFile", "_descriptor_pool", "_builder", "_sym_db"):
+            assert forbidden not in text, (name, forbidden)
+
+
+def test_generated_code_imports_our_modules_never_the_top_level_ones(
+    regenerated: dict[str, bytes],
+) -> None:
+    """Stubs and gRPC modules import envoy/google.rpc/google.protobuf *_pb2 modules under authz._proto."""
     for name, data in regenerated.items():
-        text = data.decode("utf-8")
-        assert "_descriptor_pool.Default()" not in text, name
-        if name.endswith("_pb2.py"):
-            assert "from authz._proto import _builder as _builder\n" in text, name
-            assert "DESCRIPTOR = _PRIVATE_POOL.AddSerializedFile(" in text, name
-            assert "google.protobuf.internal import builder" not in text, name
-        for line in text.splitlines():
-            stripped = line.strip()
-            assert not stripped.startswith(("from envoy", "import envoy")), (name, line)
-            assert not stripped.startswith(("from google.rpc", "import google.rpc")), (name, line)
-            if stripped.startswith("from google.protobuf import "):
-                assert not stripped.split()[3].endswith("_pb2"), (name, line)
+        if not name.endswith((".py", ".pyi")):
+            continue
+        for imported in _imports(data.decode("utf-8")):
+            assert not imported.startswith(("envoy.", "google.rpc.")), (name, imported)
+            if imported.startswith("google.protobuf."):
+                assert not imported.endswith("_pb2"), (name, imported)
+
+
+def test_no_runtime_module_of_authz_imports_protobuf_internals() -> None:
+    """No .py file of authz/ (generated or not) imports google.protobuf.internal (stubs may name its types)."""
+    offenders = [
+        (path.relative_to(REPO).as_posix(), imported)
+        for path in sorted((REPO / "authz").rglob("*.py"))
+        for imported in _imports(path.read_text(encoding="utf-8"))
+        if imported == "google.protobuf.internal" or imported.startswith("google.protobuf.internal.")
+    ]
+    assert not offenders
+
+
+def test_descriptor_set_holds_our_protos_and_the_well_known_types_they_import(
+    regenerated: dict[str, bytes],
+) -> None:
+    """descriptors.binpb is a FileDescriptorSet of protos/ plus imports, under Envoy's file names."""
+    fds = descriptor_pb2.FileDescriptorSet.FromString(regenerated["descriptors.binpb"])
+    names = [file.name for file in fds.file]
+    ours = sorted(p.relative_to(REPO / "protos").as_posix() for p in (REPO / "protos").rglob("*.proto"))
+    assert sorted(set(names) - set(ours)) == [
+        "google/protobuf/any.proto",
+        "google/protobuf/struct.proto",
+        "google/protobuf/timestamp.proto",
+        "google/protobuf/wrappers.proto",
+    ]
+    assert set(ours) <= set(names)
+    assert len(names) == len(set(names))
+    # Dependencies come first (protoc's --include_imports order), so the set loads in one pass.
+    for index, file in enumerate(fds.file):
+        assert set(file.dependency) <= set(names[:index]), file.name
+    assert not any(file.HasField("source_code_info") for file in fds.file)
+    for name in names:
+        module = name.removesuffix(".proto") + "_pb2"
+        assert f"{module}.py" in regenerated
+        assert f"{module}.pyi" in regenerated
 
 
 def test_generator_refuses_to_wipe_a_foreign_directory(tmp_path: Path) -> None:

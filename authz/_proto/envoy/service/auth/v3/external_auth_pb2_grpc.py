@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from authz._proto.envoy.service.auth.v3 import external_auth_pb2 as envoy_dot_service_dot_auth_dot_v3_dot_external__auth__pb2
+from authz._proto.envoy.service.auth.v3 import external_auth_pb2 as authz_dot___proto_dot_envoy_dot_service_dot_auth_dot_v3_dot_external__auth__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in envoy/service/auth/v3/external_auth_pb2_grpc.py depends on'
+        + ' but the generated code in authz/_proto/envoy/service/auth/v3/external_auth_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -38,8 +38,8 @@ class AuthorizationStub:
         """
         self.Check = channel.unary_unary(
                 '/envoy.service.auth.v3.Authorization/Check',
-                request_serializer=envoy_dot_service_dot_auth_dot_v3_dot_external__auth__pb2.CheckRequest.SerializeToString,
-                response_deserializer=envoy_dot_service_dot_auth_dot_v3_dot_external__auth__pb2.CheckResponse.FromString,
+                request_serializer=authz_dot___proto_dot_envoy_dot_service_dot_auth_dot_v3_dot_external__auth__pb2.CheckRequest.SerializeToString,
+                response_deserializer=authz_dot___proto_dot_envoy_dot_service_dot_auth_dot_v3_dot_external__auth__pb2.CheckResponse.FromString,
                 _registered_method=True)
 
 
@@ -61,8 +61,8 @@ def add_AuthorizationServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Check': grpc.unary_unary_rpc_method_handler(
                     servicer.Check,
-                    request_deserializer=envoy_dot_service_dot_auth_dot_v3_dot_external__auth__pb2.CheckRequest.FromString,
-                    response_serializer=envoy_dot_service_dot_auth_dot_v3_dot_external__auth__pb2.CheckResponse.SerializeToString,
+                    request_deserializer=authz_dot___proto_dot_envoy_dot_service_dot_auth_dot_v3_dot_external__auth__pb2.CheckRequest.FromString,
+                    response_serializer=authz_dot___proto_dot_envoy_dot_service_dot_auth_dot_v3_dot_external__auth__pb2.CheckResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -92,8 +92,8 @@ class Authorization:
             request,
             target,
             '/envoy.service.auth.v3.Authorization/Check',
-            envoy_dot_service_dot_auth_dot_v3_dot_external__auth__pb2.CheckRequest.SerializeToString,
-            envoy_dot_service_dot_auth_dot_v3_dot_external__auth__pb2.CheckResponse.FromString,
+            authz_dot___proto_dot_envoy_dot_service_dot_auth_dot_v3_dot_external__auth__pb2.CheckRequest.SerializeToString,
+            authz_dot___proto_dot_envoy_dot_service_dot_auth_dot_v3_dot_external__auth__pb2.CheckResponse.FromString,
             options,
             channel_credentials,
             insecure,
