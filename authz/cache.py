@@ -4,10 +4,18 @@ Keyed by a hash of the token string, it holds what the token layer returned
 for a token that decrypted and verified (never a failure). It belongs to one
 configuration snapshot: a reload makes a new, empty cache, so a removed key or
 a tightened rule is effective from the swap on. Within a snapshot, a hit is
-used only while the issuer's ``jwks_uri`` key set is the one that verified it
-(a refresh may drop a signing key between reloads; any refresh empties the
-issuer's part of the cache), and only until the token's ``exp``. The claims'
-time checks and the whole policy run on every request, hit or not.
+used only while the issuer still serves the very key that verified the token
+(a ``jwks_uri`` refresh may drop or replace a signing key between reloads), and
+only until the token's ``exp``. The claims' time checks and the whole policy
+run on every request, hit or not.
+
+Checking the key costs nothing on a hit while the issuer's fetched key set is
+the object the entry last saw: a refetch that brings the same keys keeps that
+object (authz.keys.keyset_from_jwks), so neither the scheduled refresh nor a
+refetch forced by a made-up ``kid`` retires anything. When the set did change,
+the entry's first hit asks the issuer's keys which key verifies its ``kid`` now:
+the same ``Key`` object (kept for unchanged keys) keeps it, anything else
+retires it and the token is decrypted and verified again.
 
 Keying on the token's hash is safe here although JOSE token strings are
 malleable (an ECDSA signature has several encodings): the cache holds only
@@ -19,8 +27,10 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from authz.errors import AuthzError
+from authz.keys import KeySet
 from authz.token import TokenKeys, VerifiedToken
 
 __all__ = ["TokenCache"]
@@ -30,7 +40,9 @@ __all__ = ["TokenCache"]
 class _Entry:
     token: VerifiedToken
     expires_at: float
-    remote_keys: object | None  # the issuer's fetched KeySet when the token was verified
+    # The issuer's fetched key set when the entry was last known good (None: none
+    # fetched, or files only). While it is the current set, the entry holds.
+    remote_keys: KeySet | None
 
 
 class TokenCache:
@@ -56,8 +68,7 @@ class TokenCache:
         if entry is None:
             self.misses += 1
             return None
-        if not _usable(entry, keys, now):
-            del self._entries[key]
+        if not _usable(entry, keys, now) and not self._renew(key, entry, keys, now):
             self.misses += 1
             return None
         self._entries.move_to_end(key)
@@ -70,7 +81,9 @@ class TokenCache:
         False counts nothing: the caller goes on to a full lookup, which counts.
         """
         entry = self._entries.get(key)
-        if entry is None or entry.token is not token or not _usable(entry, keys, now):
+        if entry is None or entry.token is not token:
+            return False
+        if not _usable(entry, keys, now) and not self._renew(key, entry, keys, now):
             return False
         self._entries.move_to_end(key)
         self.hits += 1
@@ -85,19 +98,57 @@ class TokenCache:
         """Cache a token whose claims validated; it is served until ``expires_at`` (its exp)."""
         if self.max_entries <= 0:
             return
-        self._entries[key] = _Entry(token, expires_at, _remote_keys(token, keys))
+        # Read the set first, then check the key against the keys served now: a refresh
+        # that lands between the verification and here (a fetch thread swaps the set)
+        # either is seen by the check, or leaves an older set recorded, which the next
+        # hit checks again. A token whose key was replaced meanwhile is not cached.
+        remote_keys = _remote_keys(token, keys)
+        if not _still_served(token, keys):
+            return
+        self._entries[key] = _Entry(token, expires_at, remote_keys)
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
+    def _renew(self, key: bytes, entry: _Entry, keys: TokenKeys, now: float) -> bool:
+        """Off the fast path: keep an entry across a changed key set if its key is still served.
+
+        An expired entry, or one whose key was removed or replaced, is dropped (False).
+        """
+        remote_keys = _remote_keys(entry.token, keys)  # first, as in put
+        if now < entry.expires_at and _still_served(entry.token, keys):
+            self._entries[key] = replace(entry, remote_keys=remote_keys)  # later hits: the fast path
+            return True
+        del self._entries[key]
+        return False
+
 
 def _usable(entry: _Entry, keys: TokenKeys, now: float) -> bool:
-    """Before the token's exp, and verified under the issuer's current fetched key set."""
+    """The fast path: before the token's exp, and the issuer's fetched key set is the one last seen."""
     return now < entry.expires_at and _remote_keys(entry.token, keys) is entry.remote_keys
 
 
-def _remote_keys(token: VerifiedToken, keys: TokenKeys) -> object | None:
+def _remote_keys(token: VerifiedToken, keys: TokenKeys) -> KeySet | None:
     """The issuer's current fetched key set (None for issuers with key files only)."""
     issuer = keys.issuers.get(token.issuer) if token.issuer is not None else None
     remote = getattr(issuer, "remote", None)
     return getattr(remote, "keyset", None)
+
+
+def _still_served(token: VerifiedToken, keys: TokenKeys) -> bool:
+    """Whether the issuer's keys would now verify ``token`` with the very key that did.
+
+    The same lookup as a verification (files first, then the fetched set; by kid and
+    the key's pinned alg). An encrypt-only token rests on no issuer key.
+    """
+    signing_key = token.signing_key
+    if signing_key is None:
+        return not token.nested
+    lookup = keys.issuers.get(token.issuer) if token.issuer is not None else None
+    if lookup is None:
+        return False
+    try:
+        found = lookup.select(signing_key.kid, signing_key.alg)
+    except AuthzError:  # issuer_keys_unavailable: nothing fetched (cannot follow a fetch)
+        return False
+    return any(candidate is signing_key for candidate in found)

@@ -7,8 +7,12 @@ the last good set and is logged and counted. Until the first successful fetch
 the issuer's tokens are denied with ``issuer_keys_unavailable``: never open.
 
 Fetching never runs on the request path: requests read ``keyset``, one
-reference, swapped when a fetch succeeds. Sources are shared across config
-reloads through a :class:`JwksRegistry`, so a reload does not refetch.
+reference, swapped when a fetch brings different keys. A fetch of the same
+keys keeps the set object, and a changed set keeps the ``Key`` objects of its
+unchanged keys, so the verified-token cache retires only what a removed or
+replaced key verified: a made-up ``kid`` that forces a refetch costs no cached
+token its verification. Sources are shared across config reloads through a
+:class:`JwksRegistry`, so a reload does not refetch.
 """
 
 from __future__ import annotations
@@ -72,9 +76,12 @@ class RemoteJwks:
     def fetch_blocking(self) -> bool:
         """Fetch now in this thread; True when a good key set was stored."""
         self._last_attempt = time.monotonic()
+        previous = self.keyset
         try:
             data = _download(self.settings.uri, self._context, self.settings.timeout)
-            keyset = keyset_from_jwks(_parse(data), Purpose.VERIFY, self.settings.uri)
+            # Unchanged keys keep their objects, an unchanged set stays the same object:
+            # cached tokens verified by keys still served stay cached (authz.cache).
+            keyset = keyset_from_jwks(_parse(data), Purpose.VERIFY, self.settings.uri, previous)
         except ConfigError as exc:
             # The reason may quote values of the document (an unknown alg, a kid): clipped.
             return self._failed(f"invalid JWKS document ({exc.reason})")
@@ -90,6 +97,7 @@ class RemoteJwks:
                 "fields": {
                     "jwks_uri": self.settings.uri,
                     "keys": len(keyset),
+                    "keys_changed": _changes(previous, keyset),
                     "jwks_fetch": dict(self.results),
                 }
             },
@@ -209,6 +217,17 @@ class JwksRegistry:
         # A copy: a reload's load_config (a worker thread) may add sources during the awaits.
         for remote in list(self._sources.values()):
             await remote.stop()
+
+
+def _changes(previous: KeySet | None, current: KeySet) -> dict[str, int]:
+    """Keys added, removed and replaced (same kid, new content) by a fetch; never key material."""
+    before = previous.by_kid if previous is not None else {}
+    after = current.by_kid
+    return {
+        "added": sum(1 for kid in after if kid not in before),
+        "removed": sum(1 for kid in before if kid not in after),
+        "replaced": sum(1 for kid, key in after.items() if kid in before and before[kid] is not key),
+    }
 
 
 def _ssl_context(ca_file: str | None) -> ssl.SSLContext:

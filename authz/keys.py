@@ -10,6 +10,7 @@ PBES2-*, ``none``) cannot be configured at all.
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -127,6 +128,9 @@ class Key:
     # A ``dir`` key of an AES-GCM size is the CEK itself: its AESGCM object, built
     # once (pyca's AEAD objects are immutable and copy a base context per call).
     aead: AESGCM | None = field(default=None, repr=False, compare=False)
+    # sha256 of the JWK as given (canonical JSON): a refetched JWKS reuses this object
+    # when the same kid comes with the same content (see ``keyset_from_jwks``).
+    fingerprint: bytes = field(default=b"", repr=False, compare=False)
 
     @property
     def symmetric(self) -> bool:
@@ -234,14 +238,20 @@ def parse_keyset(raw: bytes, purpose: Purpose, source: str) -> KeySet:
     return keyset_from_jwks(data, purpose, source)
 
 
-def keyset_from_jwks(data: Any, purpose: Purpose, source: str) -> KeySet:
-    """Validate and import a parsed JWK Set (``{"keys": [...]}``)."""
+def keyset_from_jwks(data: Any, purpose: Purpose, source: str, previous: KeySet | None = None) -> KeySet:
+    """Validate and import a parsed JWK Set (``{"keys": [...]}``).
+
+    ``previous``: the set this document replaces (a JWKS refetch). A key whose kid
+    and content are unchanged is that set's very ``Key`` object, and when every key
+    is unchanged the result is ``previous`` itself: what was verified with a key
+    stays verified while that key is served (authz.cache compares identities).
+    """
     if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
         raise ConfigError(source, 'a JWK Set must be an object with a "keys" list')
     keys: list[Key] = []
     seen: set[str] = set()
     for index, entry in enumerate(data["keys"]):
-        key = _import_key(entry, purpose, f"{source}: key #{index}")
+        key = _unchanged(previous, entry) or _import_key(entry, purpose, f"{source}: key #{index}")
         if key.kid in seen:
             raise ConfigError(source, f"key #{index}: duplicate kid {key.kid!r}")
         seen.add(key.kid)
@@ -250,7 +260,31 @@ def keyset_from_jwks(data: Any, purpose: Purpose, source: str) -> KeySet:
     # is a secret handled as if it were public (Wycheproof "mixed symmetry" key set).
     if purpose is Purpose.VERIFY and len({key.symmetric for key in keys}) > 1:
         raise ConfigError(source, "an issuer key set must not mix shared secrets (oct) with public keys")
+    if (
+        previous is not None
+        and len(keys) == len(previous)
+        and all(previous.by_kid.get(k.kid) is k for k in keys)
+    ):
+        return previous  # the same keys (in any order): nothing changed
     return KeySet.of(keys)
+
+
+def _fingerprint(entry: Mapping[str, Any]) -> bytes:
+    """sha256 of a JWK's canonical JSON: equal for the same members and values, in any order."""
+    canonical = json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).digest()
+
+
+def _unchanged(previous: KeySet | None, entry: Any) -> Key | None:
+    """The key of ``previous`` that ``entry`` describes exactly (same kid, same content), or None.
+
+    Reusing it skips the import: the same content passed the same checks before.
+    """
+    if previous is None or not isinstance(entry, dict):
+        return None
+    kid = entry.get("kid")
+    old = previous.by_kid.get(kid) if isinstance(kid, str) else None
+    return old if old is not None and old.fingerprint == _fingerprint(entry) else None
 
 
 def _import_key(entry: Any, purpose: Purpose, where: str) -> Key:
@@ -292,6 +326,7 @@ def _import_key(entry: Any, purpose: Purpose, where: str) -> Key:
         jwk=jwk,
         material=material,
         aead=aead,
+        fingerprint=_fingerprint(entry),
     )
 
 

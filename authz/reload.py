@@ -15,6 +15,13 @@ with one assignment: requests in flight keep the snapshot they started with.
 A failed build keeps the last good snapshot, logs one error with file, line
 and reason, and counts; the file it names is watched from then on (a new key
 file the config names may appear or be fixed later).
+
+A few settings are fixed when the process starts (whether the gRPC listener
+speaks TLS, and whether it requires client certificates). A snapshot that
+changes one is still swapped in, but that part is not applied: the reload logs
+``restart required: SETTING CHANGE`` (an error) with what stays in effect, and
+``authz_config_restart_required{setting}`` is 1 until a restart (or a config
+that matches the running listener again).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from typing import Protocol
 from authz.config import Config, load_config
 from authz.errors import ConfigError
 
-__all__ = ["ReloadStatus", "Reloader", "fingerprint"]
+__all__ = ["RESTART_SETTINGS", "Deferred", "ReloadStatus", "Reloader", "fingerprint"]
 
 _log = logging.getLogger("authz.reload")
 _MAX_SETTLE = 1.5  # seconds: a change is loaded within about interval + this
@@ -66,6 +73,20 @@ def _content_digest(paths: Sequence[str]) -> str | None:
     return digest.hexdigest()
 
 
+# Settings a reload cannot change in a running process (authz.server decides which
+# differ); authz_config_restart_required has one series for each.
+RESTART_SETTINGS = ("tls", "tls.client_ca")
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """A change of the loaded config that the running process cannot apply until a restart."""
+
+    setting: str  # one of RESTART_SETTINGS
+    change: str  # "added", "removed"
+    in_effect: str  # what is served meanwhile, for the log
+
+
 @dataclass(frozen=True, slots=True)
 class ReloadStatus:
     """What an operator needs to know about the loaded configuration."""
@@ -75,6 +96,7 @@ class ReloadStatus:
     loaded_at: float  # wall-clock time of the last successful load
     results: dict[str, int]  # config_reload counter by result: success, failure, unchanged
     last_error: str | None
+    restart_required: tuple[Deferred, ...] = ()  # parts of the loaded config not in effect
 
 
 class Reloader:
@@ -89,8 +111,10 @@ class Reloader:
         debounce: float = 0.3,
         loader: Callable[[str], Config] = load_config,
         prepare: Callable[[Config], Awaitable[None]] | None = None,
+        restart_required: Callable[[Config], tuple[Deferred, ...]] | None = None,
     ) -> None:
         self._holder = holder
+        self._restart_required = restart_required
         self._path = path
         self._interval = interval
         self._debounce = debounce
@@ -118,7 +142,11 @@ class Reloader:
             loaded_at=self._loaded_at,
             results=dict(self._results),
             last_error=self._last_error,
+            restart_required=self._deferred(config),
         )
+
+    def _deferred(self, config: Config | None) -> tuple[Deferred, ...]:
+        return self._restart_required(config) if config is not None and self._restart_required else ()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="authz-reload")
@@ -151,6 +179,7 @@ class Reloader:
         self._results["success"] += 1
         self._loaded_at = time.time()
         self._last_error = None
+        deferred = self._deferred(config)
         _log.info(
             "config reloaded",
             extra={
@@ -159,9 +188,24 @@ class Reloader:
                     "generation": self._holder.generation,
                     "config_sha256": config.digest,
                     "config_reload": dict(self._results),
+                    "restart_required": [f"{d.setting} {d.change}" for d in deferred],
                 }
             },
         )
+        for item in deferred:
+            # An error, not a warning: the file says one thing, the listener does another.
+            _log.error(
+                f"restart required: {item.setting} {item.change}",
+                extra={
+                    "fields": {
+                        "setting": item.setting,
+                        "change": item.change,
+                        "in_effect": item.in_effect,
+                        "applied": "the rest of the configuration",
+                        "generation": self._holder.generation,
+                    }
+                },
+            )
         return True
 
     def _failed(self, error: str) -> bool:

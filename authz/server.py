@@ -24,12 +24,12 @@ from authz.drain import drain
 from authz.errors import ConfigError
 from authz.http_door import HttpDoor
 from authz.jwks import JwksRegistry
-from authz.reload import Reloader
+from authz.reload import Deferred, Reloader
 from authz.service import AUTHORIZATION_SERVICE, AuthorizationService, Clock, SnapshotHolder
 from authz.telemetry import Telemetry, config_metrics, tracer_provider_from_env
 from authz.workers import WorkerLink
 
-__all__ = ["AUTHORIZATION_SERVICE", "RunningServer", "run_server", "serve"]
+__all__ = ["AUTHORIZATION_SERVICE", "RunningServer", "run_server", "serve", "tls_restart_required"]
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 _log = logging.getLogger("authz.server")
@@ -109,25 +109,73 @@ def _credentials(holder: SnapshotHolder, initial: TlsSettings) -> grpc.ServerCre
 
     gRPC asks the fetcher before each new handshake; a reload that brings new
     certificate files is picked up by the next connection, in-flight ones keep
-    theirs. Turning TLS on or off, or mTLS on or off, needs a restart.
+    theirs. Whether client certificates are required is fixed when the listener
+    is made (``require_client_authentication``): a snapshot that adds or removes
+    ``client_ca`` (or ``tls``) rotates the certificate only, and the reload says
+    so (:func:`tls_restart_required`).
     """
     served = [initial]
+    mutual = initial.client_ca is not None
 
     def certificate(tls: TlsSettings) -> Any:
         return grpc.ssl_server_certificate_configuration([(tls.private_key, tls.cert_chain)], tls.client_ca)
 
     def fetch() -> Any:
         config = holder.current
-        tls = config.tls if config is not None else None
-        if tls is None or tls == served[0]:
+        wanted = config.tls if config is not None else None
+        if wanted is None:
+            return None  # tls removed: the listener stays TLS until a restart, with its certificate
+        # What this listener can serve of it: the certificate; a client CA only while
+        # client certificates are required (mTLS removed: keep verifying with the last one).
+        client_ca = (wanted.client_ca or served[0].client_ca) if mutual else None
+        tls = TlsSettings(wanted.cert_chain, wanted.private_key, client_ca)
+        if tls == served[0]:
             return None  # unchanged: keep the current certificate
+        rotated = [
+            name
+            for name, old, new in (
+                ("cert", served[0].cert_chain, tls.cert_chain),
+                ("key", served[0].private_key, tls.private_key),
+                ("client_ca", served[0].client_ca, tls.client_ca),
+            )
+            if old != new
+        ]
         served[0] = tls
-        _log.info("tls certificate rotated")
+        _log.info("tls certificate rotated", extra={"fields": {"rotated": rotated}})
         return certificate(tls)
 
     return grpc.dynamic_ssl_server_credentials(
-        certificate(initial), fetch, require_client_authentication=initial.client_ca is not None
+        certificate(initial), fetch, require_client_authentication=mutual
     )
+
+
+def _tls_mode(tls: TlsSettings | None) -> str:
+    return "plaintext" if tls is None else "mTLS" if tls.client_ca is not None else "TLS"
+
+
+_IN_EFFECT = {
+    "plaintext": "plaintext gRPC",
+    "TLS": "TLS, client certificates not requested",
+    "mTLS": "mTLS, client certificates required (from the client CA in effect)",
+}
+
+
+def tls_restart_required(started: TlsSettings | None, config: Config) -> tuple[Deferred, ...]:
+    """What of ``config.tls`` the listener started with ``started`` cannot do before a restart.
+
+    A plaintext port cannot become TLS (nor the reverse) without a new listener, and
+    gRPC fixes whether client certificates are required when the credentials are made.
+    Rebinding the port under live traffic (refused connections in between, a port
+    another process may take) is worse than a restart the operator controls, so the
+    reload applies everything else and reports this part.
+    """
+    before, after = _tls_mode(started), _tls_mode(config.tls)
+    if before == after:
+        return ()
+    in_effect = _IN_EFFECT[before]
+    if "plaintext" in (before, after):
+        return (Deferred("tls", "added" if before == "plaintext" else "removed", in_effect),)
+    return (Deferred("tls.client_ca", "added" if after == "mTLS" else "removed", in_effect),)
 
 
 def _register_descriptors() -> None:
@@ -222,6 +270,7 @@ async def serve(
                 config_path,
                 loader=functools.partial(load_config, registry=registry),
                 prepare=functools.partial(_prepare, registry),
+                restart_required=functools.partial(tls_restart_required, config.tls),
             )
             reloader.start()
             _log.info(

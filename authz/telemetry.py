@@ -44,7 +44,7 @@ from authz.decision import Decision, Verdict
 from authz.errors import AuthzError
 from authz.logs import direct_sink, render_line
 from authz.metrics import Histogram, Registry, Sample
-from authz.reload import ReloadStatus
+from authz.reload import RESTART_SETTINGS, ReloadStatus
 from authz.request import AuthzRequest
 
 __all__ = [
@@ -479,6 +479,16 @@ def config_metrics(
                     "Last good config load.",
                     (),
                     loaded,
+                )
+            )
+            pending = {deferred.setting for deferred in status.restart_required}
+            samples.append(
+                Sample(
+                    "authz_config_restart_required",
+                    "gauge",
+                    "1 while the loaded config changes a setting that only a restart applies.",
+                    ("setting",),
+                    [((setting,), float(setting in pending)) for setting in RESTART_SETTINGS],
                 )
             )
         if config is None:

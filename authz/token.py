@@ -64,7 +64,7 @@ import binascii
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from cryptography.hazmat.primitives import hashes
@@ -170,6 +170,9 @@ class VerifiedToken:
     decryption_symmetric: bool
     signing_kid: str | None
     issuer: str | None
+    # The issuer key that verified the inner JWS (None: encrypt-only). The token cache
+    # keeps an entry while the issuer still serves this very key (authz.cache).
+    signing_key: Key | None = field(default=None, repr=False, compare=False)
 
 
 def validate_token(token: str, keys: TokenKeys) -> VerifiedToken:
@@ -250,7 +253,7 @@ def _open(header: Mapping[str, Any], plaintext: bytes, outer_key: Key, keys: Tok
         if exc.code == "signing_key_unknown":
             raise AuthzError(exc.code, exc.detail, issuer=issuer) from None
         raise
-    return VerifiedToken(claims, True, outer_key.kid, outer_key.symmetric, key.kid, issuer)
+    return VerifiedToken(claims, True, outer_key.kid, outer_key.symmetric, key.kid, issuer, key)
 
 
 def decrypt_compact(token: str, keyset: KeySet, allowed_enc: frozenset[str]) -> DecryptedToken:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -12,9 +12,10 @@ import pytest
 from authz.cache import TokenCache
 from authz.config import Config, load_config
 from authz.decision import Decision, Verdict, decide
-from authz.keys import IssuerKeys, KeySet
+from authz.issuer import generate_key, public_jwks
+from authz.keys import IssuerKeys, KeySet, Purpose, keyset_from_jwks
 from authz.request import from_check_request
-from authz.token import TokenKeys, validate_token
+from authz.token import TokenKeys, VerifiedToken, validate_token
 from tests.helpers import CONFIG, NOW, World, check_request
 
 
@@ -95,8 +96,8 @@ class _Remote:
         return False
 
 
-def test_a_jwks_refresh_invalidates_that_issuers_entries(world: World, config: Config) -> None:
-    """An entry verified with a fetched key set is not served after the set is replaced."""
+def _remote_acme(config: Config) -> tuple[TokenKeys, _Remote, KeySet]:
+    """Token keys where acme's signing keys come from a (stand-in) jwks_uri, with acme's file keys."""
     acme = config.token_keys.issuers["https://idp.acme.test"]
     assert isinstance(acme, IssuerKeys)
     remote = _Remote(acme.static)
@@ -107,15 +108,72 @@ def test_a_jwks_refresh_invalidates_that_issuers_entries(world: World, config: C
         max_bytes=config.token_keys.max_bytes,
         allowed_typ=config.token_keys.allowed_typ,
     )
-    cache = TokenCache(10)
-    token = world.token()
+    return keys, remote, acme.static
+
+
+def _cached(
+    world: World, keys: TokenKeys, cache: TokenCache, inner: str = "ES256"
+) -> tuple[bytes, VerifiedToken]:
+    token = world.token(inner=inner)
     verified = validate_token(token, keys)
     key = cache.key(token)
     cache.put(key, verified, keys, NOW + 300)
     assert cache.get(key, keys, NOW) is verified
-    remote.keyset = KeySet.of(acme.static.by_kid.values())  # a refresh: a new key set object
-    assert cache.get(key, keys, NOW) is None
+    return key, verified
+
+
+def test_a_refresh_keeps_entries_whose_key_is_still_served(world: World, config: Config) -> None:
+    """A new key set object that still serves the verifying Key (a key added beside it): still a hit."""
+    keys, remote, acme = _remote_acme(config)
+    cache = TokenCache(10)
+    key, verified = _cached(world, keys, cache)
+    added = keyset_from_jwks(public_jwks([generate_key("ES256", "added")]), Purpose.VERIFY, "test")
+    remote.keyset = KeySet.of([*acme.by_kid.values(), *added.by_kid.values()])
+    assert cache.get(key, keys, NOW) is verified
+    assert cache.holds(key, verified, keys, NOW)
+    assert (cache.hits, cache.misses, len(cache)) == (3, 0, 1)
+
+
+@pytest.mark.parametrize("change", ["removed", "replaced"])
+def test_a_refresh_retires_entries_of_a_removed_or_replaced_key(world: World, config: Config, change) -> None:
+    """The verifying kid gone, or served as another Key (here: equal fields, a new object): the
+    entries that key verified are not served; an entry of another key is."""
+    keys, remote, acme = _remote_acme(config)
+    cache = TokenCache(10)
+    es_key, es_verified = _cached(world, keys, cache, "ES256")
+    rs_key, rs_verified = _cached(world, keys, cache, "RS256")
+    kid = es_verified.signing_kid
+    assert kid is not None
+    others = [k for k in acme.by_kid.values() if k.kid != kid]
+    remote.keyset = KeySet.of(others if change == "removed" else [*others, replace(acme.by_kid[kid])])
+    assert not cache.holds(es_key, es_verified, keys, NOW)
+    assert cache.get(es_key, keys, NOW) is None
+    assert cache.get(rs_key, keys, NOW) is rs_verified
+    assert len(cache) == 1
+
+
+def test_a_key_replaced_between_verification_and_put_is_not_cached(world: World, config: Config) -> None:
+    """A fetch that replaces the verifying key while the token is being checked: the result is not kept."""
+    keys, remote, acme = _remote_acme(config)
+    cache = TokenCache(10)
+    token = world.token()
+    verified = validate_token(token, keys)
+    kid = verified.signing_kid
+    remote.keyset = KeySet.of([replace(k) if k.kid == kid else k for k in acme.by_kid.values()])
+    cache.put(cache.key(token), verified, keys, NOW + 300)
     assert len(cache) == 0
+
+
+def test_encrypt_only_entries_rest_on_no_issuer_key(world: World, config: Config) -> None:
+    """An encrypt-only token (our symmetric key, no inner JWS) stays cached whatever its issuer's JWKS does."""
+    keys, remote, _ = _remote_acme(config)
+    cache = TokenCache(10)
+    token = world.token(world.claims(tenant="legacy"), outer="A256KW", inner=None)
+    verified = validate_token(token, keys)
+    assert verified.signing_key is None
+    cache.put(cache.key(token), verified, keys, NOW + 300)
+    remote.keyset = KeySet.of(())
+    assert cache.get(cache.key(token), keys, NOW) is verified
 
 
 def test_entries_stop_at_exp(world: World, config: Config) -> None:

@@ -654,3 +654,143 @@ async def test_http_door_memo_does_not_outlive_a_removed_signing_key(idp, ca_fil
     assert answer.startswith(b"HTTP/1.1 401 ")
     assert b'"reason": "signing_key_unknown"' in answer
     assert door.memo_hits == 1
+
+
+# ------------------------------------------------------------------ refetches and the token cache
+#
+# A cached token stays a hit while its issuer serves the very key that verified it: a fetch of
+# the same keys (scheduled, or forced by a made-up kid) or one that adds keys retires nothing;
+# a removed or replaced key retires exactly the tokens it verified. Hits are counted by the
+# snapshot's cache (config.cache.hits): a hit is a check that decrypted and verified nothing.
+
+
+def _same_keys_reshuffled(keys: list[JWK]) -> bytes:
+    """The public JWKS of ``keys``, keys and members in reverse order: other bytes, same content."""
+    entries = public_jwks(keys)["keys"]
+    return json.dumps({"keys": [dict(reversed(list(e.items()))) for e in reversed(entries)]}).encode()
+
+
+@pytest.mark.parametrize("how", ["refetch", "scheduled"])
+async def test_a_fetch_of_the_same_keys_keeps_cached_tokens(how, idp, ca_file, world, tmp_path) -> None:
+    """Refetched (or refreshed on schedule), the same keys are the same key set: cached tokens stay hits."""
+    idp.serve_keys([KEYS["k1"], KEYS["k2"]])
+    interval = 0.1 if how == "scheduled" else 300
+    config = load_config(
+        write_config(tmp_path, world, uri=idp.url(), ca_file=ca_file, issuer={"refresh_interval": interval})
+    )
+    remote = remote_of(config)
+    assert await remote.fetch()
+    first = remote.keyset
+    request = remote_request(world, KEYS["k1"])
+    assert sync_check(config, request) == ALLOWED
+    assert (config.cache.hits, config.cache.misses) == (0, 1)
+    idp.document = _same_keys_reshuffled([KEYS["k1"], KEYS["k2"]])
+    if how == "refetch":
+        for _ in range(3):
+            assert await remote.fetch()
+    else:
+        remote.start()
+        try:
+            await until(lambda: remote.results["success"] >= 4, "three scheduled refreshes")
+        finally:
+            await remote.stop()
+    assert remote.keyset is first
+    for _ in range(3):
+        assert sync_check(config, request) == ALLOWED
+    assert (config.cache.hits, config.cache.misses) == (3, 1)
+
+
+async def test_a_fetch_that_adds_a_key_keeps_cached_tokens(idp, ca_file, world, tmp_path) -> None:
+    """The issuer adds k2: tokens verified by k1 stay hits; k2's tokens are verified and allowed."""
+    config = load_config(write_config(tmp_path, world, uri=idp.url(), ca_file=ca_file))
+    remote = remote_of(config)
+    assert await remote.fetch()
+    first = remote.keyset
+    old = remote_request(world, KEYS["k1"])
+    assert sync_check(config, old) == ALLOWED
+    idp.serve_keys([KEYS["k2"], KEYS["k1"]])
+    assert await remote.fetch()
+    assert remote.keyset is not first
+    assert remote.keyset.by_kid["k1"] is first.by_kid["k1"]  # the unchanged key is the same object
+    assert sync_check(config, old) == ALLOWED
+    assert sync_check(config, old) == ALLOWED
+    assert (config.cache.hits, config.cache.misses) == (2, 1)
+    assert sync_check(config, remote_request(world, KEYS["k2"])) == ALLOWED
+    assert (config.cache.hits, config.cache.misses) == (2, 2)
+
+
+@pytest.mark.parametrize("change", ["removed", "replaced", "member-added"])
+async def test_a_removed_or_changed_key_retires_the_tokens_it_verified(
+    change, idp, ca_file, world, tmp_path
+) -> None:
+    """k2 removed, replaced under its kid, or re-served with one member more: k2's cached tokens are
+    decrypted and verified again (denied if k2's key is gone); k1's stay hits."""
+    idp.serve_keys([KEYS["k1"], KEYS["k2"]])
+    config = load_config(write_config(tmp_path, world, uri=idp.url(), ca_file=ca_file))
+    remote = remote_of(config)
+    assert await remote.fetch()
+    by_k1, by_k2 = remote_request(world, KEYS["k1"]), remote_request(world, KEYS["k2"])
+    assert sync_check(config, by_k1) == sync_check(config, by_k2) == ALLOWED
+    assert (config.cache.hits, config.cache.misses) == (0, 2)
+    new_k2 = generate_key("ES256", "k2")
+    if change == "removed":
+        idp.serve_keys([KEYS["k1"]])
+    elif change == "replaced":
+        idp.serve_keys([KEYS["k1"], new_k2])
+    else:  # the same key material, with "key_ops" added: content compared as a whole
+        document = public_jwks([KEYS["k1"], KEYS["k2"]])
+        document["keys"][1]["key_ops"] = ["verify"]
+        idp.document = json.dumps(document).encode()
+    assert await remote.fetch()
+    expected = {
+        "removed": KID_UNKNOWN,
+        "replaced": (16, 401, "signature_invalid"),
+        "member-added": ALLOWED,
+    }[change]
+    assert sync_check(config, by_k2) == expected  # a miss: verified again
+    assert (config.cache.hits, config.cache.misses) == (0, 3)
+    assert sync_check(config, by_k1) == ALLOWED  # a hit
+    assert (config.cache.hits, config.cache.misses) == (1, 3)
+    if change == "replaced":
+        assert sync_check(config, remote_request(world, new_k2)) == ALLOWED
+
+
+async def test_made_up_kids_forcing_refetches_do_not_make_cached_tokens_verify_again(
+    idp, ca_file, world, tmp_path
+) -> None:
+    """The attack of issue 19 (5): tokens encrypted to our public key with made-up inner kids force
+    refetches of an unchanged JWKS; a cached valid token stays a hit on both doors."""
+    from authz.http_door import HttpDoor
+    from authz.telemetry import Telemetry
+
+    window = 0.05
+    config = load_config(
+        write_config(tmp_path, world, uri=idp.url(), ca_file=ca_file, issuer={"min_refetch_interval": window})
+    )
+    remote = remote_of(config)
+    assert await remote.fetch()
+    valid = remote_request(world, KEYS["k1"])
+    assert await service_check(config, valid) == ALLOWED  # verified, cached
+    door = HttpDoor(SnapshotHolder(config), lambda: NOW, Telemetry(), config.http)
+    raw = [
+        (b"host", REMOTE_HOST.encode()),
+        (b"authorization", f"Bearer {remote_token(world, KEYS['k1'])}".encode()),
+    ]
+    assert door.answer_raw(b"GET", b"/orders", raw).startswith(b"HTTP/1.1 200 ")  # type: ignore[union-attr]
+    hits, misses, fetches = config.cache.hits, config.cache.misses, idp.total
+    rounds = 4
+    for number in range(rounds):
+        # Past the refetch rate limit (a rate limit is time): each forged token gets its fetch.
+        await asyncio.sleep(window * 1.5)
+        forged = remote_request(world, generate_key("ES256", f"made-up-{number}"))
+        assert await service_check(config, forged) == KID_UNKNOWN
+        assert await service_check(config, valid) == ALLOWED
+        answer = door.answer_raw(b"GET", b"/orders", raw)
+        assert isinstance(answer, bytes)  # from the memo: no refetch, no verification
+        assert answer.startswith(b"HTTP/1.1 200 ")
+    assert idp.total == fetches + rounds  # every forged token did force a fetch
+    # The valid token: a hit each round on the gRPC door, and each memo answer counts a hit;
+    # the only misses are the forged tokens (twice each: before and after their refetch).
+    assert config.cache.hits == hits + 2 * rounds
+    assert config.cache.misses == misses + 2 * rounds
+    assert door.memo_hits == rounds

@@ -564,4 +564,6 @@ def test_serve_admin_port_from_the_serving_line(served_admin, world: World) -> N
     assert metrics.value("authz_keys", set="decryption", issuer="") == 7
     assert metrics.types["authz_config_reloads_total"] == "counter"
     assert metrics.value("authz_config_last_success_timestamp_seconds") > 1_600_000_000
+    assert metrics.value("authz_config_restart_required", setting="tls") == 0
+    assert metrics.value("authz_config_restart_required", setting="tls.client_ca") == 0
     assert_histogram_consistent(metrics, "authz_check_duration_seconds")

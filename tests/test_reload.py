@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from authz.config import load_config
+from authz.config import Config, load_config
 from authz.decision import Decision, Verdict
 from authz.issuer import generate_key, mint
 from authz.logs import JsonFormatter
@@ -263,6 +263,51 @@ async def test_status_counts_every_result_from_the_start(world: World, tmp_path:
     path = copy_world(world, tmp_path)
     async with watching(path) as (_holder, reloader):
         assert reloader.status.results == {"success": 0, "failure": 0, "unchanged": 0}
+
+
+async def test_a_part_that_needs_a_restart_is_reported_and_the_rest_applies(
+    world: World, tmp_path: Path, token: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A snapshot the restart_required hook objects to is swapped in (the policy applies), the log
+    says "restart required: ...", the status and its gauge carry it until a config without it."""
+    from authz.reload import Deferred
+    from authz.telemetry import config_metrics
+
+    path = copy_world(world, tmp_path)
+    holder = SnapshotHolder(load_config(path))
+
+    def hook(config: Config) -> tuple[Deferred, ...]:  # a stand-in: the write scope "needs a restart"
+        wants = "orders:write" in config.tenants.by_name["acme"].rules[1].scopes
+        return (
+            (Deferred("tls.client_ca", "added", "TLS, client certificates not requested"),) if wants else ()
+        )
+
+    reloader = Reloader(holder, str(path), restart_required=hook)
+    gauge = config_metrics(holder, lambda: reloader.status)
+
+    def pending() -> dict[str, float]:
+        (sample,) = [s for s in gauge() if s.name == "authz_config_restart_required"]
+        return {labels[0]: value for labels, value in sample.values}
+
+    assert reloader.status.restart_required == ()
+    assert pending() == {"tls": 0.0, "tls.client_ca": 0.0}
+    write_in_place(path, config_text(tmp_path / "keys", scope="orders:write"))
+    with caplog.at_level(logging.INFO, logger="authz.reload"):
+        assert await reloader.reload()
+    assert_new_policy(holder, token)
+    (line,) = [r for r in caplog.records if r.getMessage().startswith("restart required")]
+    assert (line.levelname, line.getMessage()) == ("ERROR", "restart required: tls.client_ca added")
+    fields = line.fields  # type: ignore[attr-defined]
+    assert fields["in_effect"] == "TLS, client certificates not requested"
+    assert fields["applied"] == "the rest of the configuration"
+    reloaded = next(r for r in caplog.records if r.getMessage() == "config reloaded")
+    assert reloaded.fields["restart_required"] == ["tls.client_ca added"]  # type: ignore[attr-defined]
+    assert [d.setting for d in reloader.status.restart_required] == ["tls.client_ca"]
+    assert pending() == {"tls": 0.0, "tls.client_ca": 1.0}
+    write_in_place(path, config_text(tmp_path / "keys"))
+    assert await reloader.reload()
+    assert reloader.status.restart_required == ()
+    assert pending() == {"tls": 0.0, "tls.client_ca": 0.0}
 
 
 # ------------------------------------------------------------------ ways of writing a file

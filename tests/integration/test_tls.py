@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 import ssl
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,8 @@ from authz.service import SnapshotHolder
 from tests.helpers import CONFIG, NOW, World, check_request
 from tests.https_jwks import CertificateAuthority
 from tests.integration.harness import EchoUpstream, envoy_config, http_request, run_envoy
+from tests.integration.processes import ServeProcess
+from tests.test_metrics import parse_exposition
 
 TLS = """
 tls:
@@ -200,3 +204,228 @@ async def test_envoy_as_the_mtls_client(served, pki, world: World, tmp_path: Pat
             )  # fmt: skip
         assert reply.status == status
         assert len(upstream.requests) == (1 if status == 200 else 0)
+
+
+def test_which_tls_changes_need_a_restart(world: World) -> None:
+    """Every pair of modes (plaintext, TLS, mTLS): only a change of mode is reported, as the setting
+    that changed; a change of certificate or client CA content within a mode is not."""
+    from dataclasses import replace
+
+    from authz.config import TlsSettings
+    from authz.server import tls_restart_required
+
+    config = world.config()
+    modes = {
+        "plaintext": None,
+        "TLS": TlsSettings(b"cert", b"key", None),
+        "mTLS": TlsSettings(b"cert", b"key", b"ca"),
+    }
+    expected = {
+        ("plaintext", "TLS"): ("tls", "added"),
+        ("plaintext", "mTLS"): ("tls", "added"),
+        ("TLS", "plaintext"): ("tls", "removed"),
+        ("mTLS", "plaintext"): ("tls", "removed"),
+        ("TLS", "mTLS"): ("tls.client_ca", "added"),
+        ("mTLS", "TLS"): ("tls.client_ca", "removed"),
+    }
+    for started, tls in modes.items():
+        for loaded, wanted in modes.items():
+            deferred = tls_restart_required(tls, replace(config, tls=wanted))
+            found = [(d.setting, d.change) for d in deferred]
+            assert found == ([expected[started, loaded]] if (started, loaded) in expected else []), (
+                started,
+                loaded,
+            )
+            assert all(
+                d.in_effect.startswith(started.replace("plaintext", "plaintext gRPC")) for d in deferred
+            )
+    rotated = TlsSettings(b"new cert", b"new key", b"new ca")
+    assert tls_restart_required(modes["mTLS"], replace(config, tls=rotated)) == ()
+
+
+# ------------------------------------------------------------------ TLS mode changes by reload
+#
+# A running `authz serve` keeps the TLS mode its listener started with (plaintext, TLS, mTLS):
+# a reload that adds or removes `tls` or `tls.client_ca` applies everything else, logs
+# "restart required: SETTING CHANGE" with what stays in effect, and sets
+# authz_config_restart_required{setting} to 1; it rotates only what the listener can serve.
+
+TLS_ONLY = """
+tls:
+  cert: tls/server.pem
+  key: tls/server.key
+"""
+MODES = {"plaintext": "", "TLS": TLS_ONLY, "mTLS": TLS}
+# Another part of the config changed in the same reload: /status becomes a public rule.
+WITH_STATUS = CONFIG.replace("        paths: [/healthz]\n", "        paths: [/healthz, /status]\n")
+ANSWERED_WITHIN = 5.0  # one RPC: a handshake and a decision on a busy machine
+
+
+def _write_config(root: Path, text: str) -> None:
+    """Replace config.yaml in one rename, as an editor or a ConfigMap swap does."""
+    tmp = root / "config.yaml.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, root / "config.yaml")
+
+
+def _answer(port: int, pki: dict[str, Any], client: str, path: str = "/healthz") -> int | None:
+    """The Check's gRPC status code as a client of kind ``client`` gets it; None: no answer at all.
+
+    ``client``: "plaintext", "no-cert" (TLS, no client certificate), "cert" (TLS with the
+    client certificate of the configured client CA).
+    """
+    target = f"127.0.0.1:{port}"
+    if client == "plaintext":
+        channel = grpc.insecure_channel(target)
+    else:
+        credentials = _credentials(pki, "client" if client == "cert" else None)
+        channel = grpc.secure_channel(target, credentials, [("grpc.ssl_target_name_override", "localhost")])
+    with channel:
+        stub = AuthorizationStub(channel)  # type: ignore[no-untyped-call]
+        try:
+            response = stub.Check(check_request(path=path), timeout=ANSWERED_WITHIN)
+        except grpc.RpcError as failure:
+            refused = failure.code()  # type: ignore[attr-defined]
+        else:
+            return int(response.status.code)
+    assert refused is grpc.StatusCode.UNAVAILABLE, refused  # refused at the handshake, nothing else
+    return None
+
+
+def _restart_metric(admin_port: int, setting: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as response:
+        metrics = parse_exposition(response.read().decode())
+    return metrics.value("authz_config_restart_required", setting=setting)
+
+
+def _start(root: Path) -> tuple[ServeProcess, int, int]:
+    server = ServeProcess.start(
+        root / "config.yaml", ["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]
+    )
+    port, admin = server.ports()
+    assert admin is not None
+    return server, port, admin
+
+
+def _decisions(server: ServeProcess) -> int:
+    return sum(1 for r in list(server.lines) if r["msg"] == "decision")
+
+
+def _clients_answered(server: ServeProcess, port: int, pki: dict[str, Any]) -> dict[str, bool]:
+    """Which kinds of client get an answer now (each on a new connection: a new handshake).
+
+    Returns after the decision lines of the answered ones are in: a "tls certificate rotated"
+    line, written during a handshake, is then in ``server.lines`` too.
+    """
+    before = _decisions(server)
+    answered = {client: _answer(port, pki, client) is not None for client in ("plaintext", "no-cert", "cert")}
+    expected = before + sum(answered.values())
+    server.wait_for(lambda _: _decisions(server) >= expected, "the decision lines")
+    return answered
+
+
+ANSWERED_IN = {
+    "plaintext": {"plaintext": True, "no-cert": False, "cert": False},
+    "TLS": {"plaintext": False, "no-cert": True, "cert": True},
+    "mTLS": {"plaintext": False, "no-cert": False, "cert": True},
+}
+
+
+@pytest.mark.parametrize(
+    ("start", "reload", "setting", "change"),
+    [
+        ("TLS", "mTLS", "tls.client_ca", "added"),
+        ("mTLS", "TLS", "tls.client_ca", "removed"),
+        ("plaintext", "TLS", "tls", "added"),
+        ("plaintext", "mTLS", "tls", "added"),
+        ("mTLS", "plaintext", "tls", "removed"),
+        ("TLS", "plaintext", "tls", "removed"),
+    ],
+)
+def test_a_tls_mode_change_by_reload_waits_for_a_restart(
+    world: World, pki: dict[str, Any], tmp_path: Path, start: str, reload: str, setting: str, change: str
+) -> None:
+    """The listener keeps its mode (who is answered does not change), the rest of the reload
+    applies, the log says "restart required" and what is in effect, no line says the TLS
+    changed, the metric is 1; after a restart the new mode is in effect and the metric 0."""
+    root = tmp_path / "srv"
+    shutil.copytree(world.root / "keys", root / "keys")
+    _install(root, pki, "first")
+    _write_config(root, CONFIG + MODES[start])
+    server, port, admin = _start(root)
+    try:
+        assert _clients_answered(server, port, pki) == ANSWERED_IN[start]
+        assert _restart_metric(admin, setting) == 0
+        _write_config(root, WITH_STATUS + MODES[reload])
+        server.wait_for(lambda r: r["msg"] == "config reloaded", "the reload")
+        line = server.wait_for(lambda r: str(r["msg"]).startswith("restart required"), "restart required")
+        assert line["msg"] == f"restart required: {setting} {change}"
+        assert (line["level"], line["setting"], line["change"]) == ("error", setting, change)
+        assert str(line["in_effect"]).startswith(start)
+        reloaded = next(r for r in server.lines if r["msg"] == "config reloaded")
+        assert reloaded["restart_required"] == [f"{setting} {change}"]
+        # Who gets an answer is what the running listener was started with.
+        assert _clients_answered(server, port, pki) == ANSWERED_IN[start]
+        assert not any(r["msg"] == "tls certificate rotated" for r in server.lines)
+        assert _restart_metric(admin, setting) == 1
+        other = "tls" if setting == "tls.client_ca" else "tls.client_ca"
+        assert _restart_metric(admin, other) == 0
+        # The rest of the configuration is in effect: /status is public now.
+        client = "plaintext" if start == "plaintext" else "cert"
+        assert _answer(port, pki, client, "/status") == 0
+    finally:
+        server.stop()
+    restarted, port, admin = _start(root)
+    try:
+        assert _clients_answered(restarted, port, pki) == ANSWERED_IN[reload]
+        assert _restart_metric(admin, setting) == 0
+    finally:
+        restarted.stop()
+
+
+def test_a_certificate_rotation_beside_an_mtls_change_rotates_the_certificate_only(
+    world: World, pki: dict[str, Any], tmp_path: Path
+) -> None:
+    """mTLS turned on together with new certificate files: the certificate is rotated (and the log
+    says just that), clients without a certificate are still answered until a restart."""
+    root = tmp_path / "srv"
+    shutil.copytree(world.root / "keys", root / "keys")
+    _install(root, pki, "first")
+    _write_config(root, CONFIG + TLS_ONLY)
+    server, port, admin = _start(root)
+    try:
+        assert _served_certificate(port, pki) == _der(pki["first"][0])
+        _install(root, pki, "second")
+        _write_config(root, CONFIG + TLS)
+        server.wait_for(lambda r: r["msg"] == "restart required: tls.client_ca added", "restart required")
+        assert _served_certificate(port, pki) == _der(pki["second"][0])
+        rotated = server.wait_for(lambda r: r["msg"] == "tls certificate rotated", "the rotation")
+        assert rotated["rotated"] == ["cert", "key"]
+        assert _clients_answered(server, port, pki) == ANSWERED_IN["TLS"]
+        assert _restart_metric(admin, "tls.client_ca") == 1
+    finally:
+        server.stop()
+
+
+def test_certificate_rotation_by_reload_in_a_served_process(
+    world: World, pki: dict[str, Any], tmp_path: Path
+) -> None:
+    """mTLS unchanged, new certificate files: served from the next handshake, mTLS still required,
+    no restart asked for."""
+    root = tmp_path / "srv"
+    shutil.copytree(world.root / "keys", root / "keys")
+    _install(root, pki, "first")
+    _write_config(root, CONFIG + TLS)
+    server, port, admin = _start(root)
+    try:
+        assert _served_certificate(port, pki) == _der(pki["first"][0])
+        _install(root, pki, "second")
+        server.wait_for(lambda r: r["msg"] == "config reloaded", "the reload")
+        assert _served_certificate(port, pki) == _der(pki["second"][0])
+        rotated = server.wait_for(lambda r: r["msg"] == "tls certificate rotated", "the rotation")
+        assert rotated["rotated"] == ["cert", "key"]
+        assert _clients_answered(server, port, pki) == ANSWERED_IN["mTLS"]
+        assert not any(str(r["msg"]).startswith("restart required") for r in server.lines)
+        assert _restart_metric(admin, "tls.client_ca") == _restart_metric(admin, "tls") == 0
+    finally:
+        server.stop()
