@@ -815,6 +815,44 @@ def test_istio_authorization_policy_matches_its_crd_schema(istio_docs: list[dict
         validator.validate({"spec": {**policy["spec"], "provder": {"name": "x"}}})
 
 
+def test_istio_gateway_drops_headers_with_underscores_as_our_envoys_do(
+    istio_docs: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """Istio renders its gateway's Envoy: the EnvoyFilter validates against Istio's CRD schema
+    (v1alpha3, strict), selects the gateway the policy selects, and merges into its connection
+    manager the action our Envoys use; merged into one of ours, Envoy accepts the result."""
+    schema = _strict(
+        json.loads((ISTIO_SCHEMAS / "envoyfilter.networking.istio.io_v1alpha3.schema.json").read_text())
+    )
+    validator = jsonschema.Draft7Validator(schema)
+    (envoy_filter,) = _of(istio_docs, "EnvoyFilter")
+    assert envoy_filter["apiVersion"] == "networking.istio.io/v1alpha3"
+    validator.validate({"spec": envoy_filter["spec"]})
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate({"spec": {**envoy_filter["spec"], "workloadSelectors": {}}})
+    (policy,) = _of(istio_docs, "AuthorizationPolicy")
+    assert envoy_filter["metadata"]["namespace"] == policy["metadata"]["namespace"]
+    assert envoy_filter["spec"]["workloadSelector"]["labels"] == policy["spec"]["selector"]["matchLabels"]
+    (patch,) = envoy_filter["spec"]["configPatches"]
+    assert patch["applyTo"] == "NETWORK_FILTER"
+    assert patch["match"]["context"] == "GATEWAY"
+    assert patch["match"]["listener"]["filterChain"]["filter"]["name"] == (
+        "envoy.filters.network.http_connection_manager"
+    )
+    assert patch["patch"]["operation"] == "MERGE"
+    typed_config = patch["patch"]["value"]["typed_config"]
+    assert set(typed_config) == {"@type", "common_http_protocol_options"}
+    assert typed_config["common_http_protocol_options"] == {
+        "headers_with_underscores_action": render.UNDERSCORE_HEADERS_ACTION
+    }
+    config = yaml.safe_load((DEPLOY / "envoy" / "demo.yaml").read_text())
+    hcm = _hcm(config)
+    assert typed_config["@type"] == hcm["@type"]
+    hcm.pop("common_http_protocol_options")
+    hcm.update(copy.deepcopy(typed_config))
+    _envoy_validate(json.dumps(config), tmp_path, "merged.json")
+
+
 def _providers(istio_docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     operator = _one(istio_docs, "IstioOperator", "jwe-authz-provider")
     return {p["name"]: p for p in operator["spec"]["meshConfig"]["extensionProviders"]}
@@ -902,6 +940,9 @@ def test_istio_http_provider_agrees_with_the_http_door(
     assert sent >= set(render.HTTP_CHECK_HEADERS)
     assert {h for h in sent if h.startswith("x-b3-")} >= {"x-b3-traceid", "x-b3-spanid", "x-b3-sampled"}
     assert not any(h.startswith("x-authz-") for h in sent)
+    # Every spelling of an identity header with an underscore (Istio: prefixes, case ignored),
+    # so that authz can name it for removal should the gateway not drop it.
+    assert {"x_authz*", "x-authz_*"} <= sent
 
 
 def test_istio_network_policy_is_valid_and_opens_only_the_doors(istio_docs: list[dict[str, Any]]) -> None:
