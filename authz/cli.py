@@ -281,8 +281,8 @@ def _explain(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    decision, _request, request_id = evaluate(SnapshotHolder(config), _check_request(args), time.time)
-    response = to_check_response(decision, request_id)
+    decision, request, request_id = evaluate(SnapshotHolder(config), _check_request(args), time.time)
+    response = to_check_response(decision, request_id, request.headers if request else ())
     result = {
         "decision": decision.verdict.value,
         "reason": decision.reason,

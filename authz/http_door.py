@@ -30,7 +30,9 @@ provably holds: same snapshot (a reload starts an empty memo), the token's
 entry in the verified-token cache unchanged (so a JWKS refresh, the token's
 expiry or an eviction retire it), and ``now`` inside the claims' time window.
 A repeat records the same metrics and decision log line as the first answer.
-Only allows of a verified token are kept; anything else is decided afresh.
+Only allows of a verified token are kept; anything else is decided afresh, and
+so is a request carrying another spelling of an identity header (its answer
+names that header for removal).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from authz.config import Config, HttpSettings
 from authz.decision import Decision, Verdict, reject
 from authz.errors import AuthzError
 from authz.request import AuthzRequest, bearer_token, from_http, http_request_id
-from authz.response import to_http_response
+from authz.response import IDENTITY_HEADERS, identity_spellings, to_http_response
 from authz.service import Clock, SnapshotHolder, decide_request, refetch_issuer_keys, refetch_source
 from authz.telemetry import RepeatedAnswer, Telemetry, extract_parent, trace_id_of
 from authz.token import VerifiedToken
@@ -82,6 +84,9 @@ _TRACE_HEADERS = frozenset(
      b"x-b3-parentspanid"}
 )  # fmt: skip
 _NOTABLE = frozenset({_HOST, _AUTHORIZATION, _REQUEST_ID, _AUTHORITY}) | _TRACE_HEADERS
+# Another spelling of an identity header (x_authz_subject) is named in its answer's removals,
+# so a request that carries one is no repeat of one that did not: the memo never answers it.
+_SPELLING_LENGTHS = frozenset(len(name) for name in IDENTITY_HEADERS)
 
 RawHeaders = list[tuple[bytes, bytes]]
 
@@ -202,6 +207,12 @@ class HttpDoor:
             for name, value in raw:
                 lowered = name.lower()
                 if lowered not in _NOTABLE:
+                    if (
+                        len(lowered) in _SPELLING_LENGTHS
+                        and lowered[2:7] == b"authz"
+                        and identity_spellings((lowered.decode("latin-1"),))
+                    ):
+                        break  # not a request the memo may answer (see _SPELLING_LENGTHS)
                     continue
                 if lowered == _HOST:
                     if host is not None:
@@ -379,7 +390,7 @@ class HttpDoor:
         )
         if span is not None:
             span.end()
-        status, headers, body = to_http_response(decision, request_id)
+        status, headers, body = to_http_response(decision, request_id, request.headers if request else ())
         return _render(status, headers, body)
 
 

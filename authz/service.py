@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
@@ -121,13 +121,13 @@ def check(
         elapsed=time.perf_counter() - start,
         settings=config.telemetry if config else None,
     )
-    return respond(decision, request_id)
+    return respond(decision, request_id, request.headers if request else ())
 
 
-def respond(decision: Decision, request_id: str) -> CheckResponse:
-    """The CheckResponse of a decision. Never raises."""
+def respond(decision: Decision, request_id: str, carried: Iterable[str] = ()) -> CheckResponse:
+    """The CheckResponse of a decision (``carried``: the request's header names). Never raises."""
     try:
-        return to_check_response(decision, request_id)
+        return to_check_response(decision, request_id, carried)
     except Exception:  # noqa: BLE001 - even a fault here must be a deny, not an RPC error
         _log.exception("building the response failed")
         return _fallback_deny()
@@ -210,7 +210,7 @@ class AuthorizationService:
                 elapsed=time.perf_counter() - start,
                 settings=config.telemetry if config else None,
             )
-        return respond(decision, request_id)
+        return respond(decision, request_id, request.headers if request else ())
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(

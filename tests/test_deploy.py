@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import copy
 import fnmatch
-import importlib.util
 import json
 import os
 import re
@@ -21,7 +20,6 @@ import sys
 import tomllib
 import zipfile
 from pathlib import Path, PurePosixPath
-from types import ModuleType
 from typing import Any
 
 import jsonschema
@@ -29,7 +27,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.integration.harness import find_envoy
+from authz.response import identity_spellings
+from tests.integration.harness import find_envoy, load_render
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -46,17 +45,7 @@ EXT_AUTHZ = "envoy.filters.http.ext_authz"
 HTTP_PORT = 9003  # authz's HTTP door in the standalone-http overlay
 
 
-def _load_render() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("deploy_envoy_render", DEPLOY / "envoy" / "render.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-render = _load_render()
+render = load_render()
 
 
 def _kubectl() -> str:
@@ -211,8 +200,13 @@ def _ext_authz(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _patterns(matcher: dict[str, Any]) -> set[str]:
-    """A ListStringMatcher of exact names and prefixes as {"name", "prefix*"}."""
-    return {p["exact"] if "exact" in p else p["prefix"] + "*" for p in matcher["patterns"]}
+    """A ListStringMatcher of exact names, prefixes and regexes as {"name", "prefix*", "re:regex"}."""
+    found = set()
+    for pattern in matcher["patterns"]:
+        assert len(pattern) == 1, pattern  # no ignore_case: Envoy's header names are lower case
+        (kind, value), *_ = pattern.items()
+        found.add({"exact": value, "prefix": f"{value}*"}.get(kind) or f"re:{value['regex']}")
+    return found
 
 
 def _seconds(duration: str) -> float:
@@ -346,8 +340,37 @@ def test_envoy_ext_authz_filter_settings(variant: Any) -> None:
     sent = _patterns(settings["allowed_headers"])
     assert sent >= {"authorization", "x-request-id", "traceparent", "tracestate", "b3", "x-b3-*"}
     assert not any(h.startswith("x-authz-") for h in sent)  # the client's copies stay out of the check
+    # ...but every other spelling of them goes in, so that authz can name it for removal.
+    assert f"re:{render.IDENTITY_SPELLINGS_REGEX}" in sent
     # No per-route context_extensions in this protocol: the tenant comes from the Host.
     assert "check_settings" not in json.dumps(hcm["route_config"])
+
+
+@pytest.mark.parametrize(
+    ("name", "sent"),
+    [("x_authz_subject", True), ("x-authz_scopes", True), ("x_authz-tenant", True), ("x.authz.subject", True),
+     ("x-authz~tenant", True), ("x-authz-subject", False), ("x-authz-scopes", False), ("x_authz_roles", False),
+     ("x_authz_subjects", False), ("xx_authz_subject", False), ("authorization", False)],
+)  # fmt: skip
+def test_http_door_is_sent_every_other_spelling_of_an_identity_header(name: str, sent: bool) -> None:
+    """The allowed_headers regex (RE2, matched whole; this one reads the same in Python) selects
+    exactly the names authz would name for removal: all that a CGI upstream reads as ours but ours."""
+    assert bool(re.fullmatch(render.IDENTITY_SPELLINGS_REGEX, name)) is sent
+    assert bool(identity_spellings([name])) is sent
+
+
+@pytest.mark.parametrize("variant", render.VARIANTS, ids=_variant_id)
+def test_envoy_is_the_edge_and_drops_headers_with_underscores(variant: Any) -> None:
+    """Every connection manager drops client headers with underscores (x_authz_subject would read as
+    ours upstream) and generates its own x-request-id (no peer trusted as internal)."""
+    hcm = _hcm(yaml.safe_load(variant.path.read_text()))
+    assert hcm["common_http_protocol_options"]["headers_with_underscores_action"] == "DROP_HEADER"
+    assert hcm["use_remote_address"] is True
+    assert hcm["preserve_external_request_id"] is False
+    assert hcm.get("generate_request_id", True) is True
+    # An internal_address_config without cidr_ranges trusts RFC 1918 and loopback peers again.
+    assert "internal_address_config" not in hcm
+    assert not hcm.get("xff_num_trusted_hops")
 
 
 @pytest.mark.parametrize("variant", render.VARIANTS, ids=_variant_id)
@@ -792,6 +815,44 @@ def test_istio_authorization_policy_matches_its_crd_schema(istio_docs: list[dict
         validator.validate({"spec": {**policy["spec"], "provder": {"name": "x"}}})
 
 
+def test_istio_gateway_drops_headers_with_underscores_as_our_envoys_do(
+    istio_docs: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """Istio renders its gateway's Envoy: the EnvoyFilter validates against Istio's CRD schema
+    (v1alpha3, strict), selects the gateway the policy selects, and merges into its connection
+    manager the action our Envoys use; merged into one of ours, Envoy accepts the result."""
+    schema = _strict(
+        json.loads((ISTIO_SCHEMAS / "envoyfilter.networking.istio.io_v1alpha3.schema.json").read_text())
+    )
+    validator = jsonschema.Draft7Validator(schema)
+    (envoy_filter,) = _of(istio_docs, "EnvoyFilter")
+    assert envoy_filter["apiVersion"] == "networking.istio.io/v1alpha3"
+    validator.validate({"spec": envoy_filter["spec"]})
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate({"spec": {**envoy_filter["spec"], "workloadSelectors": {}}})
+    (policy,) = _of(istio_docs, "AuthorizationPolicy")
+    assert envoy_filter["metadata"]["namespace"] == policy["metadata"]["namespace"]
+    assert envoy_filter["spec"]["workloadSelector"]["labels"] == policy["spec"]["selector"]["matchLabels"]
+    (patch,) = envoy_filter["spec"]["configPatches"]
+    assert patch["applyTo"] == "NETWORK_FILTER"
+    assert patch["match"]["context"] == "GATEWAY"
+    assert patch["match"]["listener"]["filterChain"]["filter"]["name"] == (
+        "envoy.filters.network.http_connection_manager"
+    )
+    assert patch["patch"]["operation"] == "MERGE"
+    typed_config = patch["patch"]["value"]["typed_config"]
+    assert set(typed_config) == {"@type", "common_http_protocol_options"}
+    assert typed_config["common_http_protocol_options"] == {
+        "headers_with_underscores_action": render.UNDERSCORE_HEADERS_ACTION
+    }
+    config = yaml.safe_load((DEPLOY / "envoy" / "demo.yaml").read_text())
+    hcm = _hcm(config)
+    assert typed_config["@type"] == hcm["@type"]
+    hcm.pop("common_http_protocol_options")
+    hcm.update(copy.deepcopy(typed_config))
+    _envoy_validate(json.dumps(config), tmp_path, "merged.json")
+
+
 def _providers(istio_docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     operator = _one(istio_docs, "IstioOperator", "jwe-authz-provider")
     return {p["name"]: p for p in operator["spec"]["meshConfig"]["extensionProviders"]}
@@ -879,6 +940,9 @@ def test_istio_http_provider_agrees_with_the_http_door(
     assert sent >= set(render.HTTP_CHECK_HEADERS)
     assert {h for h in sent if h.startswith("x-b3-")} >= {"x-b3-traceid", "x-b3-spanid", "x-b3-sampled"}
     assert not any(h.startswith("x-authz-") for h in sent)
+    # Every spelling of an identity header with an underscore (Istio: prefixes, case ignored),
+    # so that authz can name it for removal should the gateway not drop it.
+    assert {"x_authz*", "x-authz_*"} <= sent
 
 
 def test_istio_network_policy_is_valid_and_opens_only_the_doors(istio_docs: list[dict[str, Any]]) -> None:

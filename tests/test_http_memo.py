@@ -287,6 +287,27 @@ def test_requests_the_memo_never_answers(world: World, config: Config, clock: Cl
     assert door.memo_entries == 0
 
 
+@pytest.mark.parametrize("spelling", [b"x_authz_subject", b"X-Authz_Scopes", b"x.authz.tenant"])
+def test_a_request_with_another_spelling_of_an_identity_header_is_decided(
+    world: World, config: Config, clock: Clock, spelling: bytes
+) -> None:
+    """Its answer names that header for removal: the memo's answer to the same request without it
+    would let the client's copy through. Such a request is neither answered from the memo nor kept."""
+    door = door_for(config, clock)
+    token = world.token()
+    first = ask(door, raw(token))
+    assert ask(door, raw(token)) == first
+    assert door.memo_hits == 1
+    for _ in range(2):
+        answer = ask(door, [*raw(token), (spelling, b"forged")])
+        assert status(answer) == 200
+        removed = answer.partition(b"x-envoy-auth-headers-to-remove: ")[2].split(b"\r\n")[0].split(b",")
+        assert spelling.lower() in removed
+    assert door.memo_hits == 1
+    assert ask(door, raw(token)) == first  # and the memo still answers the request without it
+    assert door.memo_hits == 2
+
+
 def test_public_rules_by_host_are_decided_every_time(config: Config, clock: Clock) -> None:
     """A public rule of the host's tenant rests on no token: cheap to decide, never kept."""
     door = door_for(config, clock)

@@ -92,6 +92,13 @@ def _reason_of_allow(
 
 
 Case = tuple[str, Callable[[World], dict[str, Any]]]
+# Spellings an upstream that follows CGI reads as ours (lower case: both doors see Envoy's names).
+SPELLINGS = {
+    "x_authz_subject": "root",
+    "x-authz_scopes": "admin:all",
+    "x_authz-tenant": "globex",
+    "x.authz.subject": "r",
+}
 
 
 def _bearer(token: str) -> dict[str, str]:
@@ -125,6 +132,10 @@ CASES: list[Case] = [
     ("encrypt-only-refused", lambda w: {"headers": _bearer(w.token(outer="A256KW", inner=None))}),
     ("two-tokens", lambda w: {"headers": {"authorization": f"Bearer {w.token()} x"}}),
     ("forged-identity", lambda w: {"headers": {**_bearer(w.token()), "x-authz-tenant": "globex", "x-authz-subject": "root"}}),
+    ("forged-spellings", lambda w: {"headers": {**_bearer(w.token()), **SPELLINGS}}),
+    ("public-forged-spellings", lambda w: {"path": "/healthz", "headers": SPELLINGS}),
+    ("dry-run-forged-spellings", lambda w: {"host": "api.dry.test", "headers": SPELLINGS}),
+    ("deny-forged-spellings", lambda w: {"headers": {**_bearer(w.token(w.claims(scope="other"))), **SPELLINGS}}),
 ]  # fmt: skip
 
 

@@ -38,7 +38,9 @@ __all__ = [
     "HTTP_CHECK_HEADERS",
     "HTTP_PATH_PREFIX",
     "IDENTITY_HEADERS",
+    "IDENTITY_SPELLINGS_REGEX",
     "TENANTS",
+    "UNDERSCORE_HEADERS_ACTION",
     "VARIANTS",
     "Params",
     "Variant",
@@ -65,6 +67,14 @@ HTTP_CHECK_HEADER_PREFIXES = ("x-b3-",)
 # Copied from an allow to the upstream request, overwriting the client's copies (authz
 # lists the ones it does not set in x-envoy-auth-headers-to-remove: Envoy drops them).
 IDENTITY_HEADERS = ("x-authz-tenant", "x-authz-subject", "x-authz-scopes")
+# Every other spelling of an identity header (x_authz_subject, x-authz.scopes; Envoy's names
+# are lower case) also goes to the HTTP door: an upstream that follows CGI reads it as ours,
+# so authz names it in the answer's x-envoy-auth-headers-to-remove. Envoy drops those with
+# underscores itself first (UNDERSCORE_HEADERS_ACTION); this covers the others, and the
+# underscores when that setting is changed. The client's dashed copies stay out of the check.
+IDENTITY_SPELLINGS_REGEX = "x(-authz[^a-z0-9-]|[^a-z0-9-]authz[^a-z0-9])({})".format(
+    "|".join(name.removeprefix("x-authz-") for name in IDENTITY_HEADERS)
+)
 # Passed from a deny to the client, with its JSON body.
 DENY_HEADERS = ("www-authenticate", "content-type", "cache-control")
 # Envoy retires its HTTP/1.1 connections to the door before authz would close them
@@ -72,6 +82,16 @@ DENY_HEADERS = ("www-authenticate", "content-type", "cache-control")
 # connection the server closes while Envoy sends a check on it fails that check.
 HTTP_MAX_REQUESTS_PER_CONNECTION = 1000
 HTTP_IDLE_TIMEOUT = "30s"
+
+# What Envoy does with a client header whose name has an underscore. Upstreams that
+# follow CGI/WSGI (Python's wsgiref, PHP, many frameworks) read x_authz_subject and
+# x-authz-subject as one key (HTTP_X_AUTHZ_SUBJECT): a forged underscore copy would
+# travel beside authz's value. DROP_HEADER removes such headers before any filter, so
+# neither authz nor the upstream sees them, and clients that send harmless ones (SDK
+# baggage, CDN headers) keep working; Envoy counts each in
+# http1/http2.dropped_headers_with_underscores. REJECT_REQUEST (Envoy's edge
+# recommendation) would answer those clients 400 (HTTP/2: a stream reset) instead.
+UNDERSCORE_HEADERS_ACTION = "DROP_HEADER"
 
 # Tenant -> Envoy domains. The per-route context_extensions name the tenant, so a
 # request on these hosts is checked against that tenant's policy whatever else
@@ -410,8 +430,15 @@ def _access_log(door: str) -> list[dict[str, Any]]:
     ]
 
 
-def _exact(names: tuple[str, ...], prefixes: tuple[str, ...] = ()) -> dict[str, Any]:
-    return {"patterns": [{"exact": n} for n in names] + [{"prefix": p} for p in prefixes]}
+def _matcher(
+    names: tuple[str, ...], prefixes: tuple[str, ...] = (), regexes: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """A ListStringMatcher: exact names, prefixes and (RE2, whole-name) regexes."""
+    return {
+        "patterns": [{"exact": n} for n in names]
+        + [{"prefix": p} for p in prefixes]
+        + [{"safe_regex": {"regex": r}} for r in regexes]
+    }
 
 
 def _ext_authz(params: Params) -> dict[str, Any]:
@@ -435,8 +462,8 @@ def _ext_authz(params: Params) -> dict[str, Any]:
             "server_uri": {"uri": f"http://{params.authz}", "cluster": "authz", "timeout": AUTHZ_TIMEOUT},
             "path_prefix": HTTP_PATH_PREFIX,
             "authorization_response": {
-                "allowed_upstream_headers": _exact(IDENTITY_HEADERS),
-                "allowed_client_headers": _exact(DENY_HEADERS),
+                "allowed_upstream_headers": _matcher(IDENTITY_HEADERS),
+                "allowed_client_headers": _matcher(DENY_HEADERS),
             },
             # A check is idempotent: one more try, on another pod, when a connection
             # fails or is reset (an HTTP/1.1 connection closed by authz as Envoy used it).
@@ -455,7 +482,9 @@ def _ext_authz(params: Params) -> dict[str, Any]:
                 "host_selection_retry_max_attempts": 3,
             },
         },
-        "allowed_headers": _exact(HTTP_CHECK_HEADERS, HTTP_CHECK_HEADER_PREFIXES),
+        "allowed_headers": _matcher(
+            HTTP_CHECK_HEADERS, HTTP_CHECK_HEADER_PREFIXES, (IDENTITY_SPELLINGS_REGEX,)
+        ),
         "failure_mode_allow": False,  # fail closed: authz unreachable, slow or 5xx is a deny
         "status_on_error": {"code": "ServiceUnavailable"},  # ...a 503, not a misleading 403
         # with_request_body is not set: the body is never buffered nor sent to authz.
@@ -484,6 +513,15 @@ def render(params: Params) -> dict[str, Any]:
         "merge_slashes": True,
         "path_with_escaped_slashes_action": "REJECT_REQUEST",
         "strip_any_host_port": True,
+        "common_http_protocol_options": {"headers_with_underscores_action": UNDERSCORE_HEADERS_ACTION},
+        # This Envoy is the edge: the client is the TCP peer, and no peer is "internal"
+        # (Envoy >= 1.33 trusts no address without internal_address_config; careful: one
+        # without cidr_ranges falls back to RFC 1918 and loopback). So every request is an
+        # external one: Envoy replaces a client's x-request-id with its own (the id that
+        # joins Envoy's and authz's logs is Envoy's) and ignores x-envoy-* control headers
+        # a client sends. Behind a trusted proxy, see README: Request ids.
+        "use_remote_address": True,
+        "preserve_external_request_id": False,
         "access_log": _access_log(params.door),
     }
     if params.otlp is not None:

@@ -1,4 +1,5 @@
-"""End-to-end harness: real Envoy with ext_authz (gRPC) in front of an echo upstream.
+"""End-to-end harness: real Envoy with ext_authz (gRPC) in front of an echo upstream
+(``EchoUpstream``) or a WSGI application (``WsgiUpstream``, headers as CGI reads them).
 
 Everything binds to 127.0.0.1 only and every wait is bounded.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import importlib.util
 import itertools
 import json
 import os
@@ -25,6 +27,7 @@ import re
 import shutil
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
 import threading
@@ -33,9 +36,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any, NamedTuple, Self
+from types import MappingProxyType, ModuleType
+from typing import Any, Generic, NamedTuple, Self, TypeVar
 from urllib.parse import quote
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 __all__ = [
     "DEFAULT_TENANTS_BY_DOMAIN",
@@ -48,10 +52,13 @@ __all__ = [
     "HeadersArg",
     "HttpResponse",
     "RecordedRequest",
+    "WsgiRequest",
+    "WsgiUpstream",
     "envoy_config",
     "find_envoy",
     "free_port",
     "http_request",
+    "load_render",
     "raw_request",
     "refused_port",
     "run_envoy",
@@ -122,6 +129,7 @@ class RecordedRequest:
 
 
 _MAX_LINE = 65537
+_Record = TypeVar("_Record")
 
 
 class _EchoHandler(BaseHTTPRequestHandler):
@@ -188,32 +196,31 @@ class _EchoServer(ThreadingHTTPServer):
         super().__init__((LOOPBACK, 0), _EchoHandler)
 
 
-class EchoUpstream:
-    """Threaded HTTP/1.1 echo server on 127.0.0.1 recording every request it gets.
-
-    Every request is answered ``200`` with a JSON body
-    ``{"method", "path", "headers", "body"}``; ``headers`` maps lower-cased names to
-    the list of values received (duplicates kept, in order).
-    """
+class _RecordingServer(Generic[_Record]):
+    """A threaded server on 127.0.0.1:0 that records every request it answers (see subclasses)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # guards _requests (appended by handler threads)
-        self._requests: list[RecordedRequest] = []
-        self._server: _EchoServer | None = None
+        self._requests: list[_Record] = []
+        self._server: socketserver.TCPServer | None = None
         self._thread: threading.Thread | None = None
+        self._name = type(self).__name__
 
-    def _record(self, request: RecordedRequest) -> None:
+    def _record(self, request: _Record) -> None:
         with self._lock:
             self._requests.append(request)
+
+    def _make_server(self) -> socketserver.TCPServer:
+        raise NotImplementedError
 
     def start(self) -> Self:
         """Bind to 127.0.0.1:0 and serve from a daemon thread (idempotent)."""
         if self._server is None:
-            self._server = _EchoServer(self._record)
+            self._server = self._make_server()
             self._thread = threading.Thread(
                 target=self._server.serve_forever,
                 kwargs={"poll_interval": 0.05},
-                name="echo-upstream",
+                name=self._name,
                 daemon=True,
             )
             self._thread.start()
@@ -239,13 +246,13 @@ class EchoUpstream:
     def port(self) -> int:
         """The bound port (only while started)."""
         if self._server is None:
-            msg = "EchoUpstream is not running"
+            msg = f"{self._name} is not running"
             raise RuntimeError(msg)
         port: int = self._server.server_address[1]
         return port
 
     @property
-    def requests(self) -> list[RecordedRequest]:
+    def requests(self) -> list[_Record]:
         """A snapshot copy of the requests received so far, oldest first."""
         with self._lock:
             return list(self._requests)
@@ -256,7 +263,82 @@ class EchoUpstream:
             self._requests.clear()
 
 
+class EchoUpstream(_RecordingServer[RecordedRequest]):
+    """Threaded HTTP/1.1 echo server on 127.0.0.1 recording every request it gets.
+
+    Every request is answered ``200`` with a JSON body
+    ``{"method", "path", "headers", "body"}``; ``headers`` maps lower-cased names to
+    the list of values received (duplicates kept, in order).
+    """
+
+    def _make_server(self) -> socketserver.TCPServer:
+        return _EchoServer(self._record)
+
+
+# WSGI upstream ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WsgiRequest:
+    """One request as a WSGI application saw it: how CGI-style upstreams read headers.
+
+    ``environ`` holds the ``HTTP_*`` keys only. The server upper-cases each header
+    name and turns ``-`` into ``_``, so ``x-authz-subject`` and ``x_authz_subject``
+    are one key, their values joined with ``,`` in arrival order.
+    """
+
+    method: str
+    path: str
+    environ: dict[str, str]
+
+    def starting(self, prefix: str) -> dict[str, str]:
+        """The ``environ`` entries whose key starts with ``prefix`` (e.g. ``HTTP_X_AUTHZ_``)."""
+        return {key: value for key, value in self.environ.items() if key.startswith(prefix)}
+
+
+class _QuietWsgiHandler(WSGIRequestHandler):
+    def log_message(self, *args: object) -> None:
+        """Silence the default per-request stderr logging."""
+
+
+class _ThreadingWsgiServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class WsgiUpstream(_RecordingServer[WsgiRequest]):
+    """The standard library's WSGI server (``wsgiref``), threaded, on 127.0.0.1.
+
+    Its application records each request's ``HTTP_*`` environ and answers ``200``
+    with it as a JSON object: the view of an upstream written against WSGI, PHP or
+    CGI, which reads header names case-insensitively and ``-`` as ``_``.
+    """
+
+    def _application(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        seen = {key: str(value) for key, value in environ.items() if key.startswith("HTTP_")}
+        self._record(WsgiRequest(str(environ["REQUEST_METHOD"]), str(environ["PATH_INFO"]), seen))
+        body = json.dumps(seen).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    def _make_server(self) -> socketserver.TCPServer:
+        return make_server(
+            LOOPBACK, 0, self._application, server_class=_ThreadingWsgiServer, handler_class=_QuietWsgiHandler
+        )
+
+
 # Envoy config -----------------------------------------------------------------------
+
+
+def load_render() -> ModuleType:
+    """deploy/envoy/render.py, the one source of the shipped Envoy configs, as a module."""
+    path = Path(__file__).resolve().parents[2] / "deploy" / "envoy" / "render.py"
+    spec = importlib.util.spec_from_file_location("deploy_envoy_render", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 def _socket_address(port: int) -> dict[str, Any]:

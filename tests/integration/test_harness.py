@@ -13,6 +13,7 @@ from .harness import (
     EchoUpstream,
     EnvoyError,
     EnvoyProcess,
+    WsgiUpstream,
     envoy_config,
     http_request,
     raw_request,
@@ -233,3 +234,17 @@ def test_envoy_host_normalisation(
     assert resp.status == 200
     assert resp.json()["headers"]["host"] == [authority]
     assert [r.header("host") for r in upstream.requests] == [authority]
+
+
+def test_wsgi_upstream_reads_headers_as_cgi_does() -> None:
+    """The premise of the identity-spelling attack: ``x-authz-subject`` and ``x_authz_subject`` are
+    one key for a WSGI application, values joined in arrival order; other separators stay apart."""
+    with WsgiUpstream() as upstream:
+        headers = [("x_authz_subject", "forged"), ("X-Authz-Subject", "user-1"), ("x.authz.tenant", "t")]
+        reply = http_request(upstream.port, "GET", "/p", headers=headers)
+        assert reply.status == 200
+        (seen,) = upstream.requests
+        assert (seen.method, seen.path) == ("GET", "/p")
+        assert seen.starting("HTTP_X_AUTHZ_") == {"HTTP_X_AUTHZ_SUBJECT": "forged,user-1"}
+        assert seen.environ["HTTP_X.AUTHZ.TENANT"] == "t"
+        assert reply.json() == seen.environ
