@@ -548,11 +548,7 @@ class _Builder:
             mode = Mode(mode_text)
         except ValueError:
             raise item.error("mode", "must be enforce or dry-run") from None
-        encrypt_only = item.strings("encrypt_only_keys", required=False)
-        for kid in encrypt_only:
-            key = keys.by_kid.get(kid)
-            if key is None or not key.symmetric:
-                raise item.error("encrypt_only_keys", f"{kid!r} is not a symmetric decryption key")
+        encrypt_only = self._encrypt_only(item, keys, tenant_issuers)
         rules: list[Rule] = []
         for rule_item, _line in item.items("rules"):
             rule = _rule(rule_item)
@@ -567,8 +563,53 @@ class _Builder:
             hosts=tuple(hosts),
             mode=mode,
             rules=tuple(rules),
-            encrypt_only_keys=frozenset(encrypt_only),
+            encrypt_only_keys=MappingProxyType(encrypt_only),
         )
+
+    def _encrypt_only(
+        self, item: _Section, keys: KeySet, tenant_issuers: list[str]
+    ) -> dict[str, frozenset[str]]:
+        """``encrypt_only_keys``: each symmetric kid with the issuers its tokens may name.
+
+        Without a JWS the shared key is the only proof of who made a token, so a key
+        speaks for the issuers it is bound to, not for every issuer of the tenant. A
+        bare kid is bound to the tenant's one issuer; with several it must say which.
+        """
+        entries: list[Any] = item.get("encrypt_only_keys", list, [])
+        lines = (
+            entries.lines if isinstance(entries, _List) else [item.line("encrypt_only_keys")] * len(entries)
+        )
+        bound: dict[str, frozenset[str]] = {}
+        for index, (entry, line) in enumerate(zip(entries, lines, strict=True)):
+            where = f"{item.where}.encrypt_only_keys[{index}]"
+            if isinstance(entry, str) and entry:
+                if len(tenant_issuers) != 1:
+                    raise ConfigError(
+                        self.source,
+                        f"{where}: the tenant has {len(tenant_issuers)} issuers: bind the key to the ones "
+                        f"it may speak for, e.g. {{kid: {entry}, issuers: [{tenant_issuers[0]}]}}",
+                        line,
+                    )
+                kid, issuers = entry, list(tenant_issuers)
+            elif isinstance(entry, _Map):
+                section = _Section(entry, self.source, where, line)
+                kid = section.get("kid", str)
+                issuers = section.strings("issuers")
+                for issuer in issuers:
+                    if issuer not in tenant_issuers:
+                        raise section.error(
+                            "issuers", f"issuer {issuer!r} is not one of this tenant's issuers"
+                        )
+                section.finish()
+            else:
+                raise ConfigError(self.source, f"{where}: must be a kid or a mapping {{kid, issuers}}", line)
+            key = keys.by_kid.get(kid)
+            if key is None or not key.symmetric:
+                raise ConfigError(self.source, f"{where}: {kid!r} is not a symmetric decryption key", line)
+            if kid in bound:
+                raise ConfigError(self.source, f"{where}: {kid!r} is listed twice", line)
+            bound[kid] = frozenset(issuers)
+        return bound
 
 
 def _rule(item: _Section) -> Rule:
