@@ -30,6 +30,7 @@ from authz.token import TokenKeys
 __all__ = [
     "Config",
     "HttpSettings",
+    "RequestSettings",
     "ServerSettings",
     "TelemetrySettings",
     "TlsSettings",
@@ -42,6 +43,15 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _HOST = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
 _T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSettings:
+    """How requests are read, the same for both doors."""
+
+    # A path segment may carry parameters (";..."): they are removed before matching,
+    # as Servlet containers remove them. False (the default): path_invalid.
+    allow_path_parameters: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +110,7 @@ class Config:
     http_listen: str | None  # the HTTP door; None: gRPC only
     tls: TlsSettings | None  # None: plaintext gRPC (a sidecar on localhost, or a mesh's mTLS)
     http: HttpSettings
+    request: RequestSettings
     claim_rules: ClaimRules
     token_keys: TokenKeys
     tenants: TenantIndex
@@ -332,6 +343,12 @@ class _Builder:
             memo_size=_non_negative(http, "memo_size", 4096),
         )
         http.finish()
+        request = root.section("request")
+        parameters = request.get("path_parameters", str, "reject")
+        if parameters not in ("reject", "strip"):
+            raise request.error("path_parameters", "must be reject or strip")
+        request_settings = RequestSettings(allow_path_parameters=parameters == "strip")
+        request.finish()
         token = root.section("token")
         claim_rules = ClaimRules(
             clock_skew=_non_negative(token, "clock_skew", 30),
@@ -401,6 +418,7 @@ class _Builder:
             tls=tls_settings,
             http_listen=http_listen,
             http=http_settings,
+            request=request_settings,
             claim_rules=claim_rules,
             token_keys=token_keys,
             tenants=tenants,

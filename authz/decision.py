@@ -119,6 +119,10 @@ def reject(code: str, detail: str = "") -> Decision:
 
 
 def _decide(config: Config, request: AuthzRequest, now: float, progress: _Progress, steps: Steps) -> Decision:
+    if request.path_parameters and not config.request.allow_path_parameters:
+        # "/healthz/..;/admin": Servlet containers read "/admin". A request check, before
+        # any tenant: a 400 that dry-run never relaxes.
+        raise AuthzError("path_invalid", "path segment with parameters (;)")
     tenants = config.tenants
     tenant = tenants.for_request(request.context_extensions.get("tenant"), request.host)
     progress.tenant = tenant

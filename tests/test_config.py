@@ -31,6 +31,8 @@ issuers:
     jwks: keys/acme-idp.jwks.json    # public signing keys; every key has kid and alg
 upstream:
   strip_authorization: false         # remove the authorization header before the upstream
+request:                             # how both doors read a request
+  path_parameters: reject            # ";" in a path segment: reject (400 path_invalid) or strip
 server:
   max_concurrent_checks: 256         # concurrent RPCs; more get RESOURCE_EXHAUSTED (Envoy denies)
   max_message_bytes: 1048576         # largest CheckRequest
@@ -128,6 +130,7 @@ def test_world_config_loads(config):
         "enc-a256kw": {ACME_IDP},
         "enc-dir": {ACME_IDP},
     }
+    assert config.request.allow_path_parameters is False
     assert (config.claim_rules.clock_skew, config.claim_rules.max_lifetime) == (30, 3600)
     assert config.upstream.strip_authorization is True
     assert len(config.token_keys.decryption) == 7
@@ -146,6 +149,7 @@ def test_spec_config_loads(folder):
     assert config.token_keys.allowed_typ == frozenset()
     assert set(config.token_keys.issuers) == {ACME_IDP}
     assert config.upstream.strip_authorization is False
+    assert config.request.allow_path_parameters is False
     assert (config.server.max_concurrent_checks, config.server.max_message_bytes) == (256, 1048576)
     acme = config.tenants.by_name["acme"]
     assert [r.name for r in acme.rules] == ["health", "read-orders", "admin"]
@@ -201,6 +205,13 @@ def test_encrypt_only_keys_name_their_issuers(folder):
         "enc-a256kw": {ACME_IDP, SHARED_IDP},
     }
     assert tenants["globex"].encrypt_only_keys == {"enc-dir": {ACME_IDP}}
+
+
+def test_request_path_parameters_strip(folder):
+    """request.path_parameters: strip allows ';' parameters (removed before matching)."""
+    path = folder / "config.yaml"
+    path.write_text(edit("  path_parameters: reject ", "  path_parameters: strip "), encoding="utf-8")
+    assert load_config(path).request.allow_path_parameters is True
 
 
 def test_relative_paths_resolve_against_config_folder(folder, tmp_path_factory, monkeypatch):
@@ -418,6 +429,21 @@ CONFIG_ERRORS = [
         ),
         "config.tenants[0].encrypt_only_keys[0]: 'enc-rsa-oaep-256' is not a symmetric decryption key",
         id="encrypt-only-mapping-rsa-key",
+    ),
+    pytest.param(
+        edit("  path_parameters: reject ", f"  path_parameters: allow {MARK}"),
+        "config.request.path_parameters: must be reject or strip",
+        id="path-parameters-unknown",
+    ),
+    pytest.param(
+        edit("  path_parameters: reject ", f"  path_parameters: true {MARK}"),
+        "config.request.path_parameters: must be a string",
+        id="path-parameters-bool",
+    ),
+    pytest.param(
+        edit("  path_parameters: reject ", f"  path_params: strip {MARK}"),
+        "config.request.path_params: unknown key",
+        id="path-parameters-typo",
     ),
     pytest.param(
         SPEC_CONFIG.split("tenants:", maxsplit=1)[0] + f"tenants: [] {MARK}\n",

@@ -642,7 +642,8 @@ class InvalidPathError(Exception):
 
 
 def reference_normalize(raw: str) -> str:
-    """Decode unreserved escapes, merge slashes, RFC 3986 5.2.4 remove_dot_segments (no climbing)."""
+    """Decode unreserved escapes, drop segment parameters, merge slashes, RFC 3986 5.2.4
+    remove_dot_segments (no climbing)."""
     path = re.split(r"[?#]", raw, maxsplit=1)[0]
     if not path.startswith("/") or len(path) > 8192:
         raise InvalidPathError
@@ -656,11 +657,12 @@ def reference_normalize(raw: str) -> str:
         value = int(code, 16)
         if chr(value) in _UNRESERVED:
             return chr(value)
-        if value in (0x2F, 0x5C) or value < 0x20 or value == 0x7F:
+        if value in (0x2F, 0x5C, 0x3B) or value < 0x20 or value == 0x7F:
             raise InvalidPathError
         return "%" + code.upper()
 
     path = re.sub(r"%.{0,2}", decode, path, flags=re.DOTALL)
+    path = re.sub(r";[^/]*", "", path)  # as a Servlet container does: "/..;x/" is "/../"
     path = re.sub(r"/+", "/", path)
     out: list[str] = []  # segments, each with its leading "/"
     rest = path
@@ -683,7 +685,7 @@ def reference_normalize(raw: str) -> str:
 PATH_PIECES = st.sampled_from(
     ["/", "//", "/.", "/..", ".", "..", "a", "B9", "-", "~", "_", "%2e", "%2E", "%2f", "%5C", "%00", "%41",
      "%7e", "%3a", "%3A", "%25", "%c3%a9", "%", "%4", "%zz", "%1f", "%7F", "%80", "?", "#", "?a/../..", "\\",
-     "\x00", "\x1f", "\x7f", "\x85", " ", "é", ";", ":", "@", "+", "*", "(", "\u2028"]
+     "\x00", "\x1f", "\x7f", "\x85", " ", "é", ";", ":", "@", "+", "*", "(", "\u2028", "..;", ";x=1", "%3b", "%3B"]
 )  # fmt: skip
 raw_paths = st.one_of(
     st.lists(PATH_PIECES, max_size=14).map("".join),
@@ -714,7 +716,7 @@ def test_normalize_path_matches_the_reference(raw):
 @FAST
 @given(raw=raw_paths)
 def test_normalize_path_is_idempotent_and_safe(raw):
-    """A normalized path normalizes to itself and holds no dot segment, '//', escape of / \\ NUL, control."""
+    """A normalized path normalizes to itself and holds no dot segment, '//', ';', escape of / \\ ; NUL, control."""
     try:
         path = normalize_path(raw)
     except AuthzError:
@@ -723,7 +725,8 @@ def test_normalize_path_is_idempotent_and_safe(raw):
     assert path.startswith("/")
     assert "//" not in path
     assert not {".", ".."} & set(path.split("/"))
-    assert not re.search(r"%(2f|5c|00|[01][0-9a-f]|7f)", path, re.IGNORECASE)
+    assert not re.search(r"%(2f|5c|00|3b|[01][0-9a-f]|7f)", path, re.IGNORECASE)
+    assert ";" not in path  # parameters removed: "..;" can never hide a dot segment
     assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in path)
 
 
