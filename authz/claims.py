@@ -3,11 +3,19 @@
 jwcrypto's own claim checks are partial (``iat`` never compared to the clock,
 no maximum lifetime, ``exp`` optional unless asked), so this is its own step,
 with an injectable clock: tests never sleep.
+
+Values that become identity headers for the upstream are taken exactly as the
+standards write them, never normalized: ``scope`` (and ``scp``) is RFC 6749
+§3.3, scope tokens of NQCHAR separated by single spaces; ``sub`` and the tenant
+claim are header values that need no trimming or encoding: printable US-ASCII
+with no leading or trailing space. Anything else is ``claims_malformed``, so
+both doors send the upstream the same bytes, or nothing.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +23,12 @@ from typing import Any
 from authz.errors import AuthzError
 
 __all__ = ["ClaimRules", "Claims", "validate_claims"]
+
+# RFC 6749 §3.3: scope = scope-token *( SP scope-token ); scope-token = 1*NQCHAR,
+# NQCHAR = %x21 / %x23-5B / %x5D-7E. Separators are single U+0020 only.
+_NQCHARS = r"[\x21\x23-\x5b\x5d-\x7e]+"
+_SCOPE = re.compile(f"{_NQCHARS}(?: {_NQCHARS})*")
+_NONE: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,14 +78,14 @@ def validate_claims(payload: Mapping[str, Any], rules: ClaimRules, now: float) -
         raise AuthzError("lifetime_exceeded")
     return Claims(
         issuer=issuer,
-        subject=_optional_str(payload, "sub"),
+        subject=_identity(payload, "sub"),
         audiences=_audiences(payload.get("aud")),
         expires_at=exp,
         valid_from=_valid_from(iat, nbf, exp, rules),
         valid_until=exp + skew,
-        tenant=_optional_str(payload, rules.tenant_claim),
+        tenant=_identity(payload, rules.tenant_claim),
         scopes=_scopes(payload),
-        roles=_str_list(payload.get("roles"), "roles"),
+        roles=_roles(payload.get("roles")),
         raw=payload,
     )
 
@@ -96,16 +110,20 @@ def _number(value: Any, name: str) -> float:
     return number
 
 
-def _optional_str(payload: Mapping[str, Any], name: str) -> str | None:
+def _identity(payload: Mapping[str, Any], name: str) -> str | None:
+    """A claim that becomes an identity header: absent (None), or a header value as it is."""
     value = payload.get(name)
-    if value is not None and not (isinstance(value, str) and _printable(value)):
-        raise AuthzError("claims_malformed", f"{name} is not a printable string")
-    return value
+    if value is None or (isinstance(value, str) and _sendable(value)):
+        return value
+    raise AuthzError("claims_malformed", f"{name} is not printable US-ASCII without surrounding spaces")
 
 
-def _printable(value: str) -> bool:
-    # Values that become upstream header values: no control characters.
-    return value.isprintable()
+def _sendable(value: str) -> bool:
+    # RFC 9110 field-content limited to US-ASCII: no obs-text (the doors and the
+    # upstreams would read its bytes differently: Latin-1 or UTF-8), no controls,
+    # no space at either end (HTTP trims it: " admin " would arrive as "admin").
+    # str methods, not a regex: this runs on every check and is twice as fast.
+    return bool(value) and value.isascii() and value.isprintable() and value[0] != " " and value[-1] != " "
 
 
 def _audiences(value: Any) -> tuple[str, ...]:
@@ -123,16 +141,46 @@ def _scopes(payload: Mapping[str, Any]) -> frozenset[str]:
     if scope is not None:
         if not isinstance(scope, str):
             raise AuthzError("claims_malformed", "scope is not a string")
-        # Split first, then check each scope as for scp: they become a header value.
-        return _str_list(scope.split(), "scope")
-    return _str_list(payload.get("scp"), "scp")
+        return _scope_string(scope, "scope")
+    scp = payload.get("scp")
+    if scp is None:
+        return _NONE
+    if isinstance(scp, str):  # some issuers send scp as a scope string
+        return _scope_string(scp, "scp")
+    if isinstance(scp, list):
+        if not scp:
+            return _NONE
+        # One match for the whole list: joined by single spaces, the items are the
+        # grammar's tokens exactly when the only spaces are the ones joining them.
+        try:
+            joined = " ".join(scp)
+        except TypeError:  # an item that is not a string
+            joined = ""
+        if _SCOPE.fullmatch(joined) and joined.count(" ") == len(scp) - 1:
+            return frozenset(scp)
+    raise AuthzError("claims_malformed", "scp is not a list of scope tokens (RFC 6749 3.3)")
 
 
-def _str_list(value: Any, name: str) -> frozenset[str]:
+def _scope_string(value: str, name: str) -> frozenset[str]:
+    # The grammar exactly: no leading, trailing or repeated spaces, no other
+    # whitespace. The empty string is no scopes (it cannot add or hide one).
+    if not value:
+        return _NONE
+    if _SCOPE.fullmatch(value):
+        return frozenset(value.split(" "))
+    raise AuthzError(
+        "claims_malformed", f"{name} is not scope tokens separated by single spaces (RFC 6749 3.3)"
+    )
+
+
+def _roles(value: Any) -> frozenset[str]:
+    """``roles``: a list of printable strings, or one string split on single spaces as scope is."""
     if value is None:
-        return frozenset()
+        return _NONE
     if isinstance(value, str):
-        value = value.split()
-    if isinstance(value, list) and all(isinstance(v, str) and _printable(v) for v in value):
+        value = value.split(" ") if value else []
+        if not all(value):  # leading, trailing or repeated spaces
+            raise AuthzError("claims_malformed", "roles string has empty entries")
+    if isinstance(value, list) and all(isinstance(v, str) and v.isprintable() for v in value):
         return frozenset(value)
-    raise AuthzError("claims_malformed", f"{name} is not a list of printable strings")
+    raise AuthzError("claims_malformed", "roles is not a list of printable strings")

@@ -30,6 +30,7 @@ from authz.token import TokenKeys
 __all__ = [
     "Config",
     "HttpSettings",
+    "RequestSettings",
     "ServerSettings",
     "TelemetrySettings",
     "TlsSettings",
@@ -42,6 +43,15 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _HOST = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
 _T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSettings:
+    """How requests are read, the same for both doors."""
+
+    # A path segment may carry parameters (";..."): they are removed before matching,
+    # as Servlet containers remove them. False (the default): path_invalid.
+    allow_path_parameters: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +110,7 @@ class Config:
     http_listen: str | None  # the HTTP door; None: gRPC only
     tls: TlsSettings | None  # None: plaintext gRPC (a sidecar on localhost, or a mesh's mTLS)
     http: HttpSettings
+    request: RequestSettings
     claim_rules: ClaimRules
     token_keys: TokenKeys
     tenants: TenantIndex
@@ -332,6 +343,12 @@ class _Builder:
             memo_size=_non_negative(http, "memo_size", 4096),
         )
         http.finish()
+        request = root.section("request")
+        parameters = request.get("path_parameters", str, "reject")
+        if parameters not in ("reject", "strip"):
+            raise request.error("path_parameters", "must be reject or strip")
+        request_settings = RequestSettings(allow_path_parameters=parameters == "strip")
+        request.finish()
         token = root.section("token")
         claim_rules = ClaimRules(
             clock_skew=_non_negative(token, "clock_skew", 30),
@@ -401,6 +418,7 @@ class _Builder:
             tls=tls_settings,
             http_listen=http_listen,
             http=http_settings,
+            request=request_settings,
             claim_rules=claim_rules,
             token_keys=token_keys,
             tenants=tenants,
@@ -548,11 +566,7 @@ class _Builder:
             mode = Mode(mode_text)
         except ValueError:
             raise item.error("mode", "must be enforce or dry-run") from None
-        encrypt_only = item.strings("encrypt_only_keys", required=False)
-        for kid in encrypt_only:
-            key = keys.by_kid.get(kid)
-            if key is None or not key.symmetric:
-                raise item.error("encrypt_only_keys", f"{kid!r} is not a symmetric decryption key")
+        encrypt_only = self._encrypt_only(item, keys, tenant_issuers)
         rules: list[Rule] = []
         for rule_item, _line in item.items("rules"):
             rule = _rule(rule_item)
@@ -567,8 +581,53 @@ class _Builder:
             hosts=tuple(hosts),
             mode=mode,
             rules=tuple(rules),
-            encrypt_only_keys=frozenset(encrypt_only),
+            encrypt_only_keys=MappingProxyType(encrypt_only),
         )
+
+    def _encrypt_only(
+        self, item: _Section, keys: KeySet, tenant_issuers: list[str]
+    ) -> dict[str, frozenset[str]]:
+        """``encrypt_only_keys``: each symmetric kid with the issuers its tokens may name.
+
+        Without a JWS the shared key is the only proof of who made a token, so a key
+        speaks for the issuers it is bound to, not for every issuer of the tenant. A
+        bare kid is bound to the tenant's one issuer; with several it must say which.
+        """
+        entries: list[Any] = item.get("encrypt_only_keys", list, [])
+        lines = (
+            entries.lines if isinstance(entries, _List) else [item.line("encrypt_only_keys")] * len(entries)
+        )
+        bound: dict[str, frozenset[str]] = {}
+        for index, (entry, line) in enumerate(zip(entries, lines, strict=True)):
+            where = f"{item.where}.encrypt_only_keys[{index}]"
+            if isinstance(entry, str) and entry:
+                if len(tenant_issuers) != 1:
+                    raise ConfigError(
+                        self.source,
+                        f"{where}: the tenant has {len(tenant_issuers)} issuers: bind the key to the ones "
+                        f"it may speak for, e.g. {{kid: {entry}, issuers: [{tenant_issuers[0]}]}}",
+                        line,
+                    )
+                kid, issuers = entry, list(tenant_issuers)
+            elif isinstance(entry, _Map):
+                section = _Section(entry, self.source, where, line)
+                kid = section.get("kid", str)
+                issuers = section.strings("issuers")
+                for issuer in issuers:
+                    if issuer not in tenant_issuers:
+                        raise section.error(
+                            "issuers", f"issuer {issuer!r} is not one of this tenant's issuers"
+                        )
+                section.finish()
+            else:
+                raise ConfigError(self.source, f"{where}: must be a kid or a mapping {{kid, issuers}}", line)
+            key = keys.by_kid.get(kid)
+            if key is None or not key.symmetric:
+                raise ConfigError(self.source, f"{where}: {kid!r} is not a symmetric decryption key", line)
+            if kid in bound:
+                raise ConfigError(self.source, f"{where}: {kid!r} is listed twice", line)
+            bound[kid] = frozenset(issuers)
+        return bound
 
 
 def _rule(item: _Section) -> Rule:

@@ -119,6 +119,10 @@ def reject(code: str, detail: str = "") -> Decision:
 
 
 def _decide(config: Config, request: AuthzRequest, now: float, progress: _Progress, steps: Steps) -> Decision:
+    if request.path_parameters and not config.request.allow_path_parameters:
+        # "/healthz/..;/admin": Servlet containers read "/admin". A request check, before
+        # any tenant: a 400 that dry-run never relaxes.
+        raise AuthzError("path_invalid", "path segment with parameters (;)")
     tenants = config.tenants
     tenant = tenants.for_request(request.context_extensions.get("tenant"), request.host)
     progress.tenant = tenant
@@ -218,8 +222,13 @@ def _bind(tenant: Tenant, claims: Claims, token: VerifiedToken, shared: frozense
         raise AuthzError("issuer_not_allowed")
     if not tenant.audiences.intersection(claims.audiences):
         raise AuthzError("audience_mismatch")
-    if not token.nested and token.decryption_kid not in tenant.encrypt_only_keys:
-        raise AuthzError("encrypt_only_not_allowed", "tenant does not accept this key without JWS")
+    if not token.nested:
+        issuers = tenant.encrypt_only_keys.get(token.decryption_kid)
+        if issuers is None:
+            raise AuthzError("encrypt_only_not_allowed", "tenant does not accept this key without JWS")
+        if claims.issuer not in issuers:
+            # Without a JWS, iss is whatever the key holder wrote: it must be one the key is bound to.
+            raise AuthzError("encrypt_only_not_allowed", "key is not bound to the token's issuer")
 
 
 def _public(tenant: Tenant, rule: Rule, config: Config) -> Decision:

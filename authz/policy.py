@@ -49,7 +49,9 @@ class Tenant:
     hosts: tuple[str, ...]
     mode: Mode
     rules: tuple[Rule, ...]
-    encrypt_only_keys: frozenset[str]  # decryption kids allowed for tokens without a JWS
+    # Decryption kids allowed for tokens without a JWS -> the issuers such a token may
+    # name: the shared key is the only proof of its maker, so it speaks for those alone.
+    encrypt_only_keys: Mapping[str, frozenset[str]]
 
     def match(self, method: str, path: str) -> Rule | None:
         for rule in self.rules:

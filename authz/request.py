@@ -1,11 +1,14 @@
 """CheckRequest -> AuthzRequest: method, normalized path, host, headers, bearer token.
 
 Path normalization is what the rules match against: the query is dropped,
-percent-encoded unreserved characters are decoded, repeated slashes merged and
-dot segments removed. A path that cannot be normalized safely (an encoded
-``/`` or ``\\``, NUL or another control character, a ``..`` that climbs out of
-the root, a bad escape) raises ``path_invalid``: the upstream might read it
-differently from us, so we refuse to guess.
+percent-encoded unreserved characters are decoded, path parameters (``;...``
+in a segment) removed, repeated slashes merged and dot segments removed. A
+path that cannot be normalized safely (an encoded ``/``, ``\\`` or ``;``, NUL or
+another control character, a ``..`` that climbs out of the root, a bad escape)
+raises ``path_invalid``: the upstream might read it differently from us, so we
+refuse to guess. Whether a path may carry parameters at all is the
+configuration's choice (``request.path_parameters``, enforced by the decision):
+the request records that it did.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ __all__ = [
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _HEX = frozenset("0123456789abcdefABCDEF")
 _FORBIDDEN_ESCAPES = frozenset({"2F", "5C", "00"})
+# ";" and what follows it up to the next "/": a segment's parameters (RFC 3986 §3.3).
+_PARAMETERS = re.compile(r";[^/]*")
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _MAX_PATH = 8192
@@ -52,6 +57,9 @@ class AuthzRequest:
     context_extensions: Mapping[str, str]
     peer_principal: str
     request_id: str
+    # The raw path had segment parameters (";"), removed from ``path``: the
+    # decision refuses the request unless the configuration allows them.
+    path_parameters: bool = False
 
     @property
     def authorization(self) -> tuple[str, ...]:
@@ -66,15 +74,17 @@ def from_check_request(message: CheckRequest) -> AuthzRequest:
     method = (http.method or _first(headers, ":method")).upper()
     host = http.host or _first(headers, ":authority") or _first(headers, "host")
     request_id = _first(headers, "x-request-id") or http.id
+    path, parameters = _normalize(raw_path)
     return AuthzRequest(
         method=method,
-        path=normalize_path(raw_path),
+        path=path,
         host=normalize_host(host),
         scheme=http.scheme or _first(headers, ":scheme"),
         headers=headers,
         context_extensions=MappingProxyType(dict(message.attributes.context_extensions)),
         peer_principal=message.attributes.source.principal,
         request_id=request_id if _REQUEST_ID.fullmatch(request_id) else "",
+        path_parameters=parameters,
     )
 
 
@@ -93,15 +103,17 @@ def from_http(
             raise AuthzError("path_invalid", "path does not start with the configured prefix")
         target = target[len(path_prefix) :] or "/"
     request_id = http_request_id(headers)
+    path, parameters = _normalize(target)
     return AuthzRequest(
         method=method.upper(),
-        path=normalize_path(target),
+        path=path,
         host=normalize_host(_first(headers, "host") or _first(headers, ":authority")),
         scheme=_first(headers, "x-forwarded-proto"),
         headers=headers,
         context_extensions=MappingProxyType({}),
         peer_principal="",
         request_id=request_id,
+        path_parameters=parameters,
     )
 
 
@@ -163,12 +175,23 @@ def normalize_host(host: str) -> str:
 
 def normalize_path(raw: str) -> str:
     """Normalize a request path for matching, or raise AuthzError(path_invalid)."""
+    return _normalize(raw)[0]
+
+
+def _normalize(raw: str) -> tuple[str, bool]:
+    """The normalized path, and whether the raw path had segment parameters."""
     path = raw.split("?", 1)[0].split("#", 1)[0]
     if not path.startswith("/") or len(path) > _MAX_PATH:
         raise AuthzError("path_invalid", "path must be absolute and bounded")
     if "\\" in path or any(_is_control(c) for c in path):
         raise AuthzError("path_invalid", "backslash or control character")
     decoded = _decode_unreserved(path)
+    parameters = ";" in decoded
+    if parameters:
+        # Servlet containers (Tomcat, Jetty, Spring) drop each segment's ";..."
+        # before they resolve dot segments: "/healthz/..;/admin" is "/admin" to
+        # them. Match what they see. (No escape decodes to ";": %3B is refused.)
+        decoded = _PARAMETERS.sub("", decoded)
     segments: list[str] = []
     for segment in decoded.split("/")[1:]:
         if segment == "..":
@@ -178,7 +201,7 @@ def normalize_path(raw: str) -> str:
         elif segment not in (".", ""):
             segments.append(segment)
     trailing = decoded.endswith(("/", "/.", "/..")) and bool(segments)
-    return "/" + "/".join(segments) + ("/" if trailing else "")
+    return "/" + "/".join(segments) + ("/" if trailing else ""), parameters
 
 
 def _is_control(char: str) -> bool:
@@ -203,6 +226,9 @@ def _decode_unreserved(path: str) -> str:
         upper = pair.upper()
         if upper in _FORBIDDEN_ESCAPES:
             raise AuthzError("path_invalid", "encoded slash, backslash or NUL")
+        if upper == "3B":
+            # Upstreams disagree on whether a decoded ";" starts parameters.
+            raise AuthzError("path_invalid", "encoded semicolon")
         decoded = chr(int(upper, 16))
         if decoded in _UNRESERVED:
             out.append(decoded)

@@ -170,26 +170,122 @@ def test_audiences(aud, audiences):
     ("overrides", "scopes"),
     [
         ({"scope": "orders:read orders:write"}, {"orders:read", "orders:write"}),
-        ({"scope": "  orders:read   admin "}, {"orders:read", "admin"}),
+        ({"scope": "orders:read"}, {"orders:read"}),
         ({"scope": ""}, set()),
+        ({"scope": "a!#$%&'()*+,-./:;<=>?@[]^_`{|}~ x"}, {"a!#$%&'()*+,-./:;<=>?@[]^_`{|}~", "x"}),
         ({"scp": ["orders:read", "admin"]}, {"orders:read", "admin"}),
+        ({"scp": "orders:read admin"}, {"orders:read", "admin"}),
         ({"scp": []}, set()),
         ({"scope": "a", "scp": ["b"]}, {"a"}),
         ({}, set()),
     ],
 )
 def test_scopes(overrides, scopes):
-    """Scopes come from scope (space-separated) or, without it, from scp (list)."""
+    """Scopes come from scope (space-separated) or, without it, from scp (list, or a scope string)."""
     assert validate_claims(payload(**overrides), RULES, NOW).scopes == scopes
 
 
 @pytest.mark.parametrize(
+    "overrides",
+    [
+        # Issue 19, finding 6: one scope string that "contains" orders:read and orders:write
+        # when split on any whitespace; RFC 6749 separates scope tokens by U+0020 only.
+        {"scope": "profile\x1forders:read\u3000orders:write"},
+        {"scope": "orders:read\torders:write"},
+        {"scope": "orders:read\norders:write"},
+        {"scope": "orders:read\xa0orders:write"},  # no-break space
+        {"scope": "orders:read\u2028orders:write"},
+        {"scope": "orders:read\x85orders:write"},  # NEL
+        # Empty scope tokens: RFC 6749 §3.3 has exactly one space between tokens.
+        {"scope": " orders:read"},
+        {"scope": "orders:read "},
+        {"scope": "orders:read  orders:write"},
+        {"scope": " "},
+        # Characters outside NQCHAR: the double quote, the backslash, anything not ASCII.
+        {"scope": 'orders:"read"'},
+        {"scope": "orders\\read"},
+        {"scope": "commandes:lecture-\xe9t\xe9"},
+        {"scope": "orders:read \u7528\u6237"},
+        {"scp": ["orders:read orders:write"]},
+        {"scp": [""]},
+        {"scp": ["orders:read", " admin"]},
+        {"scp": ["orders:read", "\u7528\u6237"]},
+        {"scp": "orders:read\u3000orders:write"},
+        {"scp": "orders:read  admin"},
+        {"scope": None, "scp": ['x"y']},
+    ],
+)
+def test_scope_grammar_is_rfc_6749(overrides):
+    """scope/scp: NQCHAR tokens separated by single spaces, or claims_malformed; never re-split."""
+    assert reason(payload(**overrides)) == "claims_malformed"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"sub": "  admin  "},  # issue 19: HTTP trims it, and the upstream would read "admin"
+        {"sub": " admin"},
+        {"sub": "admin "},
+        {"sub": "admin\t"},
+        {"sub": "\tadmin"},
+        {"sub": "ad\tmin"},
+        {"sub": ""},
+        {"sub": " "},
+        {"sub": "\u7528\u6237-1"},  # 用户-1: the HTTP door could not send it as Latin-1
+        {"sub": "jos\xe9"},  # Latin-1, but the gRPC door hands Envoy UTF-8: the bytes would differ
+        {"sub": "admin\u3000"},
+        {"sub": "\u00a0admin"},
+        {"sub": "admin\x85"},
+        {"sub": "admin\u200b"},  # zero-width space: looks like "admin"
+        {"tenant": " acme"},
+        {"tenant": "acme "},
+        {"tenant": ""},
+        {"tenant": "acm\xe9"},
+    ],
+)
+def test_identity_values_are_sent_as_they_are_or_refused(overrides):
+    """sub and the tenant claim: printable US-ASCII, no surrounding whitespace; else claims_malformed."""
+    assert reason(payload(**overrides)) == "claims_malformed"
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "user-1",
+        "user 1",
+        "a",
+        "~",
+        "248289761001",
+        "mailto:a.b@example.com",
+        "https://idp.test/u/1?x=1",
+        'a"b\\c',
+    ],
+)
+def test_identity_values_are_kept_exactly(subject):
+    """An accepted subject is the claim, byte for byte: nothing trimmed or rewritten."""
+    assert validate_claims(payload(sub=subject), RULES, NOW).subject == subject
+
+
+@pytest.mark.parametrize(
     ("roles", "expected"),
-    [(["admin", "user"], {"admin", "user"}), ([], set()), (None, set())],
+    [
+        (["admin", "user"], {"admin", "user"}),
+        ([], set()),
+        (None, set()),
+        ("admin user", {"admin", "user"}),
+        ("", set()),
+        (["Order Admin"], {"Order Admin"}),  # list entries are compared as they are
+    ],
 )
 def test_roles(roles, expected):
-    """Roles come from the roles list."""
+    """Roles come from the roles list, or a string split on single spaces."""
     assert validate_claims(payload(roles=roles), RULES, NOW).roles == expected
+
+
+@pytest.mark.parametrize("roles", ["admin\u3000user", "admin\tuser", "admin  user", " admin", "admin "])
+def test_roles_string_is_split_on_single_spaces_only(roles):
+    """A roles string is not split on other whitespace, nor has empty entries: claims_malformed."""
+    assert reason(payload(roles=roles)) == "claims_malformed"
 
 
 def test_typed_claims():
@@ -236,7 +332,10 @@ def test_configured_tenant_claim_name():
         ({"aud": ["billing", "orders-api"]}, "ok"),
         ({"aud": 5}, "claims_malformed"),
         ({"sub": "user\x01"}, "claims_malformed"),
+        ({"sub": "  admin  "}, "claims_malformed"),
+        ({"sub": "\u7528\u6237-1"}, "claims_malformed"),
         ({"scope": "orders:read \x00"}, "claims_malformed"),
+        ({"scope": "profile\x1forders:read\u3000orders:write"}, "claims_malformed"),
         ({"scope": None, "scp": ["orders:read"]}, "ok"),
     ],
 )

@@ -31,6 +31,8 @@ issuers:
     jwks: keys/acme-idp.jwks.json    # public signing keys; every key has kid and alg
 upstream:
   strip_authorization: false         # remove the authorization header before the upstream
+request:                             # how both doors read a request
+  path_parameters: reject            # ";" in a path segment: reject (400 path_invalid) or strip
 server:
   max_concurrent_checks: 256         # concurrent RPCs; more get RESOURCE_EXHAUSTED (Envoy denies)
   max_message_bytes: 1048576         # largest CheckRequest
@@ -55,6 +57,13 @@ tenants:
         roles: [admin]               # any of
         claims: {email_verified: true}   # each claim equal (or contained in a list claim)
 """
+
+# The reference with the shared IdP configured too (a tenant may then name two issuers).
+SHARED_ISSUER_CONFIG = SPEC_CONFIG.replace(
+    "    jwks: keys/acme-idp.jwks.json    # public signing keys; every key has kid and alg\n",
+    "    jwks: keys/acme-idp.jwks.json    # public signing keys; every key has kid and alg\n"
+    "  - issuer: https://idp.shared.test\n    jwks: keys/shared-idp.jwks.json\n",
+)
 
 GLOBEX = """\
   - name: globex
@@ -116,7 +125,12 @@ def test_world_config_loads(config):
     assert config.tenants.by_suffix[0][0] == ".acme.test"
     assert config.tenants.shared_issuers == {ACME_IDP, SHARED_IDP}
     assert config.tenants.by_name["dry"].mode is Mode.DRY_RUN
-    assert config.tenants.by_name["legacy"].encrypt_only_keys == {"enc-a256kw", "enc-dir"}
+    # Bare kids of a one-issuer tenant are bound to that issuer.
+    assert config.tenants.by_name["legacy"].encrypt_only_keys == {
+        "enc-a256kw": {ACME_IDP},
+        "enc-dir": {ACME_IDP},
+    }
+    assert config.request.allow_path_parameters is False
     assert (config.claim_rules.clock_skew, config.claim_rules.max_lifetime) == (30, 3600)
     assert config.upstream.strip_authorization is True
     assert len(config.token_keys.decryption) == 7
@@ -135,6 +149,7 @@ def test_spec_config_loads(folder):
     assert config.token_keys.allowed_typ == frozenset()
     assert set(config.token_keys.issuers) == {ACME_IDP}
     assert config.upstream.strip_authorization is False
+    assert config.request.allow_path_parameters is False
     assert (config.server.max_concurrent_checks, config.server.max_message_bytes) == (256, 1048576)
     acme = config.tenants.by_name["acme"]
     assert [r.name for r in acme.rules] == ["health", "read-orders", "admin"]
@@ -167,6 +182,36 @@ tenants:
     assert config.token_keys.content_encryption == {"A256GCM", "A128GCM", "A256CBC-HS512", "A128CBC-HS256"}
     assert config.tenants.by_name["acme"].mode is Mode.ENFORCE
     assert config.server.grace_seconds == 10.0
+
+
+def test_encrypt_only_keys_name_their_issuers(folder):
+    """encrypt_only_keys entries bind a symmetric kid to issuers; a bare kid of a one-issuer tenant to that one."""
+    text = edit(
+        "    issuers: [https://idp.acme.test]\n    audiences",
+        "    issuers: [https://idp.acme.test, https://idp.shared.test]\n    audiences",
+        edit(
+            "    encrypt_only_keys: []",
+            "    encrypt_only_keys:\n"
+            "      - kid: enc-dir\n        issuers: [https://idp.shared.test]\n"
+            "      - {kid: enc-a256kw, issuers: [https://idp.acme.test, https://idp.shared.test]}",
+            SHARED_ISSUER_CONFIG,
+        ),
+    )
+    path = folder / "config.yaml"
+    path.write_text(text + GLOBEX.replace("    rules: []", "    encrypt_only_keys: [enc-dir]\n    rules: []"))
+    tenants = load_config(path).tenants.by_name
+    assert tenants["acme"].encrypt_only_keys == {
+        "enc-dir": {SHARED_IDP},
+        "enc-a256kw": {ACME_IDP, SHARED_IDP},
+    }
+    assert tenants["globex"].encrypt_only_keys == {"enc-dir": {ACME_IDP}}
+
+
+def test_request_path_parameters_strip(folder):
+    """request.path_parameters: strip allows ';' parameters (removed before matching)."""
+    path = folder / "config.yaml"
+    path.write_text(edit("  path_parameters: reject ", "  path_parameters: strip "), encoding="utf-8")
+    assert load_config(path).request.allow_path_parameters is True
 
 
 def test_relative_paths_resolve_against_config_folder(folder, tmp_path_factory, monkeypatch):
@@ -331,6 +376,74 @@ CONFIG_ERRORS = [
         edit("    encrypt_only_keys: []", f"    encrypt_only_keys: [nobody] {MARK}"),
         "'nobody' is not a symmetric decryption key",
         id="encrypt-only-unknown-kid",
+    ),
+    pytest.param(
+        edit("    encrypt_only_keys: []", f"    encrypt_only_keys: [enc-dir, enc-dir] {MARK}"),
+        "config.tenants[0].encrypt_only_keys[1]: 'enc-dir' is listed twice",
+        id="encrypt-only-twice",
+    ),
+    pytest.param(
+        edit("    encrypt_only_keys: []", f"    encrypt_only_keys: [5] {MARK}"),
+        "config.tenants[0].encrypt_only_keys[0]: must be a kid or a mapping {kid, issuers}",
+        id="encrypt-only-not-a-kid",
+    ),
+    pytest.param(
+        edit(
+            "    issuers: [https://idp.acme.test]\n    audiences",
+            "    issuers: [https://idp.acme.test, https://idp.shared.test]\n    audiences",
+            edit(
+                "    encrypt_only_keys: []", f"    encrypt_only_keys: [enc-dir] {MARK}", SHARED_ISSUER_CONFIG
+            ),
+        ),
+        "config.tenants[0].encrypt_only_keys[0]: the tenant has 2 issuers: bind the key to the ones it may "
+        "speak for, e.g. {kid: enc-dir, issuers: [https://idp.acme.test]}",
+        id="encrypt-only-bare-kid-several-issuers",
+    ),
+    pytest.param(
+        edit(
+            "    encrypt_only_keys: []",
+            f"    encrypt_only_keys:\n      - kid: enc-dir\n        issuers: [https://idp.shared.test] {MARK}",
+        ),
+        "config.tenants[0].encrypt_only_keys[0].issuers: issuer 'https://idp.shared.test' is not one of "
+        "this tenant's issuers",
+        id="encrypt-only-issuer-of-another-tenant",
+    ),
+    pytest.param(
+        edit("    encrypt_only_keys: []", f"    encrypt_only_keys:\n      - kid: enc-dir {MARK}"),
+        "config.tenants[0].encrypt_only_keys[0]: missing required key 'issuers'",
+        id="encrypt-only-mapping-without-issuers",
+    ),
+    pytest.param(
+        edit(
+            "    encrypt_only_keys: []",
+            f"    encrypt_only_keys:\n      - kid: enc-dir\n        issuers: [https://idp.acme.test]\n"
+            f"        issuer: x {MARK}",
+        ),
+        "config.tenants[0].encrypt_only_keys[0].issuer: unknown key",
+        id="encrypt-only-mapping-unknown-key",
+    ),
+    pytest.param(
+        edit(
+            "    encrypt_only_keys: []",
+            f"    encrypt_only_keys:\n      - kid: enc-rsa-oaep-256 {MARK}\n        issuers: [https://idp.acme.test]",
+        ),
+        "config.tenants[0].encrypt_only_keys[0]: 'enc-rsa-oaep-256' is not a symmetric decryption key",
+        id="encrypt-only-mapping-rsa-key",
+    ),
+    pytest.param(
+        edit("  path_parameters: reject ", f"  path_parameters: allow {MARK}"),
+        "config.request.path_parameters: must be reject or strip",
+        id="path-parameters-unknown",
+    ),
+    pytest.param(
+        edit("  path_parameters: reject ", f"  path_parameters: true {MARK}"),
+        "config.request.path_parameters: must be a string",
+        id="path-parameters-bool",
+    ),
+    pytest.param(
+        edit("  path_parameters: reject ", f"  path_params: strip {MARK}"),
+        "config.request.path_params: unknown key",
+        id="path-parameters-typo",
     ),
     pytest.param(
         SPEC_CONFIG.split("tenants:", maxsplit=1)[0] + f"tenants: [] {MARK}\n",

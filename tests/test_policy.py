@@ -480,6 +480,73 @@ def test_encrypt_only_not_allowed(world, config, outer, host, tenant):
     assert_denied(run(config, token, host=host, path="/orders"), "encrypt_only_not_allowed", 401, 16)
 
 
+@pytest.fixture(scope="module")
+def partners_config(world, tmp_path_factory):
+    """A tenant with two issuers and one encrypt-only key bound to each (real key files, the loader)."""
+    keys = world.root / "keys"
+    path = tmp_path_factory.mktemp("partners") / "config.yaml"
+    path.write_text(
+        f"""\
+decryption:
+  keys: [{keys / "decrypt.jwks.json"}]
+issuers:
+  - issuer: https://idp.acme.test
+    jwks: {keys / "acme-idp.jwks.json"}
+  - issuer: https://idp.globex.test
+    jwks: {keys / "globex-idp.jwks.json"}
+tenants:
+  - name: partners
+    issuers: [https://idp.acme.test, https://idp.globex.test]
+    audiences: [orders-api]
+    hosts: [api.partners.test]
+    encrypt_only_keys:
+      - kid: enc-a256kw
+        issuers: [https://idp.acme.test]
+      - kid: enc-dir
+        issuers: [https://idp.globex.test]
+    rules:
+      - name: everything
+        paths: ["/**"]
+""",
+        encoding="utf-8",
+    )
+    return load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("outer", "issuer", "reason"),
+    [
+        ("A256KW", "https://idp.acme.test", "ok"),
+        ("dir", "https://idp.globex.test", "ok"),
+        # Issue 19: the holder of one tenant key claimed another issuer of the tenant.
+        ("A256KW", "https://idp.globex.test", "encrypt_only_not_allowed"),
+        ("dir", "https://idp.acme.test", "encrypt_only_not_allowed"),
+        # Keys the tenant did not opt in stay refused whatever the issuer.
+        ("A128GCMKW", "https://idp.acme.test", "encrypt_only_not_allowed"),
+    ],
+)
+def test_encrypt_only_key_speaks_only_for_its_issuers(world, partners_config, outer, issuer, reason):
+    """An encrypt-only token is accepted only when its iss is one its key is bound to."""
+    token = world.token(world.claims(iss=issuer, tenant="partners"), outer=outer, inner=None)
+    result = run(partners_config, token, host="api.partners.test", path="/anything")
+    if reason == "ok":
+        assert result.allowed
+        assert result.meta["tenant"] == "partners"
+    else:
+        assert_denied(result, reason, 401, 16)
+
+
+def test_signed_tokens_of_both_issuers_are_unaffected(world, partners_config):
+    """The binding is about encrypt-only tokens: nested tokens of either issuer, with either key, pass."""
+    for outer in ("A256KW", "dir"):
+        acme = world.token(world.claims(tenant="partners"), outer=outer)
+        globex = world.token(
+            world.claims(iss=GLOBEX_IDP, tenant="partners"), outer=outer, signing_kid="globex-es256"
+        )
+        assert run(partners_config, acme, host="api.partners.test").allowed
+        assert run(partners_config, globex, host="api.partners.test").allowed
+
+
 def test_nested_token_with_symmetric_key_at_acme(world, config):
     """A nested (signed) token is fine with a symmetric outer key for any tenant."""
     assert run(config, world.token(outer="A256KW")).allowed

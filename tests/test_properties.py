@@ -527,12 +527,109 @@ def test_validate_claims_raises_only_authz_error(payload):
     if code != "ok":
         return
     assert isinstance(claims.issuer, str)
-    assert claims.subject is None or (isinstance(claims.subject, str) and claims.subject.isprintable())
-    assert claims.tenant is None or (isinstance(claims.tenant, str) and claims.tenant.isprintable())
+    assert claims.subject is None or reference_header_value(claims.subject)
+    assert claims.tenant is None or reference_header_value(claims.tenant)
     assert all(isinstance(a, str) for a in claims.audiences)
-    for values in (claims.scopes, claims.roles):
-        assert all(isinstance(v, str) and v.isprintable() for v in values)
+    assert all(isinstance(v, str) and v and set(v) <= set(NQCHAR) for v in claims.scopes)
+    assert all(isinstance(v, str) and v.isprintable() for v in claims.roles)
     assert reference_time_ok(payload, NOW)
+
+
+# -- claims that become identity headers ---------------------------------------------
+
+NQCHAR = "".join(chr(c) for c in range(0x21, 0x7F) if c not in (0x22, 0x5C))  # RFC 6749 §3.3
+# Characters a loose split or trim would treat as separators, and look-alikes of them.
+WHITESPACE_LIKE = (
+    " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u200a\u200b\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+claim_text = st.one_of(
+    st.lists(
+        st.sampled_from([*NQCHAR[:8], "orders:read", '"', "\\", "é", "用户", *WHITESPACE_LIKE]), max_size=10
+    ).map("".join),
+    st.text(max_size=20),
+)
+scope_tokens = st.lists(st.text(NQCHAR, min_size=1, max_size=8), min_size=1, max_size=5)
+
+
+def reference_scopes(value: str) -> frozenset[str] | None:
+    """RFC 6749 §3.3 read literally (None: not that grammar); "" is no scopes."""
+    if value == "":
+        return frozenset()
+    tokens = value.split(" ")
+    if all(token and all(c in NQCHAR for c in token) for token in tokens):
+        return frozenset(tokens)
+    return None
+
+
+def reference_header_value(value: str) -> bool:
+    """Sendable as it is by both doors: printable US-ASCII, not empty, no space at either end."""
+    return bool(value) and all(" " <= c <= "~" for c in value) and value[0] != " " and value[-1] != " "
+
+
+def claims_or_code(**claims: Any) -> Any:
+    try:
+        return validate_claims({"iss": "https://idp.acme.test", "exp": NOW + 60, **claims}, RULES, NOW)
+    except AuthzError as exc:
+        return exc.code
+
+
+@FAST
+@given(value=claim_text)
+@example(value="profile\x1forders:read\u3000orders:write")
+@example(value="orders:read  orders:write")
+@example(value=" orders:read")
+@example(value="")
+def test_scope_string_is_the_rfc_6749_grammar(value):
+    """scope: exactly the RFC 6749 grammar (split on U+0020 only, NQCHAR tokens), else claims_malformed."""
+    expected = reference_scopes(value)
+    for name in ("scope", "scp"):  # scp as a string is read as a scope string
+        got = claims_or_code(**{name: value})
+        assert (got if isinstance(got, str) else got.scopes) == (
+            expected if expected is not None else "claims_malformed"
+        )
+
+
+@FAST
+@given(tokens=scope_tokens, data=st.data())
+def test_scope_tokens_round_trip_and_any_other_separator_is_refused(tokens, data):
+    """Tokens joined by single spaces give exactly those scopes; any other separator is claims_malformed."""
+    assert claims_or_code(scope=" ".join(tokens)).scopes == frozenset(tokens)
+    assert claims_or_code(scp=tokens).scopes == frozenset(tokens)
+    separator = data.draw(st.sampled_from([*WHITESPACE_LIKE[1:], "  ", '"', "\\", "é"]))
+    index = data.draw(st.integers(0, len(tokens)))
+    joined = " ".join(tokens[:index]) + separator + " ".join(tokens[index:])
+    assert claims_or_code(scope=joined) == "claims_malformed"
+
+
+@FAST
+@given(items=st.lists(claim_text, max_size=4))
+@example(items=["orders:read orders:write"])
+@example(items=[""])
+def test_scp_list_items_are_scope_tokens(items):
+    """scp as a list: each item one NQCHAR token, nothing split, else claims_malformed."""
+    ok = all(item and all(c in NQCHAR for c in item) for item in items)
+    got = claims_or_code(scp=items)
+    assert (got.scopes == frozenset(items)) if ok else (got == "claims_malformed")
+
+
+@FAST
+@given(value=claim_text)
+@example(value="  admin  ")
+@example(value="用户-1")
+@example(value="josé")
+@example(value="user 1")
+def test_subject_and_tenant_are_header_values_as_they_are(value):
+    """sub and the tenant claim: kept byte for byte when sendable as they are, else claims_malformed."""
+    for name in ("sub", "tenant"):
+        got = claims_or_code(**{name: value})
+        if not reference_header_value(value):
+            assert got == "claims_malformed"
+            continue
+        kept = got.subject if name == "sub" else got.tenant
+        assert kept == value
+        # What both doors then send is the same bytes, and HTTP's trimming changes nothing.
+        assert kept.encode("latin-1") == kept.encode("utf-8")
+        assert kept.strip(" \t") == kept
 
 
 # -- request: path, host, bearer -------------------------------------------------------
@@ -545,7 +642,8 @@ class InvalidPathError(Exception):
 
 
 def reference_normalize(raw: str) -> str:
-    """Decode unreserved escapes, merge slashes, RFC 3986 5.2.4 remove_dot_segments (no climbing)."""
+    """Decode unreserved escapes, drop segment parameters, merge slashes, RFC 3986 5.2.4
+    remove_dot_segments (no climbing)."""
     path = re.split(r"[?#]", raw, maxsplit=1)[0]
     if not path.startswith("/") or len(path) > 8192:
         raise InvalidPathError
@@ -559,11 +657,12 @@ def reference_normalize(raw: str) -> str:
         value = int(code, 16)
         if chr(value) in _UNRESERVED:
             return chr(value)
-        if value in (0x2F, 0x5C) or value < 0x20 or value == 0x7F:
+        if value in (0x2F, 0x5C, 0x3B) or value < 0x20 or value == 0x7F:
             raise InvalidPathError
         return "%" + code.upper()
 
     path = re.sub(r"%.{0,2}", decode, path, flags=re.DOTALL)
+    path = re.sub(r";[^/]*", "", path)  # as a Servlet container does: "/..;x/" is "/../"
     path = re.sub(r"/+", "/", path)
     out: list[str] = []  # segments, each with its leading "/"
     rest = path
@@ -586,7 +685,7 @@ def reference_normalize(raw: str) -> str:
 PATH_PIECES = st.sampled_from(
     ["/", "//", "/.", "/..", ".", "..", "a", "B9", "-", "~", "_", "%2e", "%2E", "%2f", "%5C", "%00", "%41",
      "%7e", "%3a", "%3A", "%25", "%c3%a9", "%", "%4", "%zz", "%1f", "%7F", "%80", "?", "#", "?a/../..", "\\",
-     "\x00", "\x1f", "\x7f", "\x85", " ", "é", ";", ":", "@", "+", "*", "(", "\u2028"]
+     "\x00", "\x1f", "\x7f", "\x85", " ", "é", ";", ":", "@", "+", "*", "(", "\u2028", "..;", ";x=1", "%3b", "%3B"]
 )  # fmt: skip
 raw_paths = st.one_of(
     st.lists(PATH_PIECES, max_size=14).map("".join),
@@ -617,7 +716,7 @@ def test_normalize_path_matches_the_reference(raw):
 @FAST
 @given(raw=raw_paths)
 def test_normalize_path_is_idempotent_and_safe(raw):
-    """A normalized path normalizes to itself and holds no dot segment, '//', escape of / \\ NUL, control."""
+    """A normalized path normalizes to itself and holds no dot segment, '//', ';', escape of / \\ ; NUL, control."""
     try:
         path = normalize_path(raw)
     except AuthzError:
@@ -626,7 +725,8 @@ def test_normalize_path_is_idempotent_and_safe(raw):
     assert path.startswith("/")
     assert "//" not in path
     assert not {".", ".."} & set(path.split("/"))
-    assert not re.search(r"%(2f|5c|00|[01][0-9a-f]|7f)", path, re.IGNORECASE)
+    assert not re.search(r"%(2f|5c|00|3b|[01][0-9a-f]|7f)", path, re.IGNORECASE)
+    assert ";" not in path  # parameters removed: "..;" can never hide a dot segment
     assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in path)
 
 

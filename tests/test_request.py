@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from authz._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from authz.errors import AuthzError
-from authz.request import bearer_token, from_check_request, normalize_host, normalize_path
+from authz.request import bearer_token, from_check_request, from_http, normalize_host, normalize_path
 from authz.service import SnapshotHolder, check
 from tests.helpers import NOW, check_request
 
@@ -64,6 +64,17 @@ NORMALIZED = [
     ("/%c3%a9t%C3%A9", "/%C3%A9t%C3%A9"),
     ("/a%3F/b", "/a%3F/b"),
     ("/caf\u00e9/\u00a0", "/caf\u00e9/\u00a0"),
+    # Segment parameters are removed before dot segments, as Servlet containers do
+    # (whether a request may carry them at all is request.path_parameters).
+    ("/orders;jsessionid=ABC", "/orders"),
+    ("/healthz/..;/admin", "/admin"),
+    ("/healthz/..;x=1/admin", "/admin"),
+    ("/healthz;/../admin", "/admin"),
+    ("/a;x/b;y=1;z/", "/a/b/"),
+    ("/a/b/..;", "/a/"),
+    ("/a/;x/b", "/a/b"),
+    ("/a/.;x/b", "/a/b"),
+    ("/orders;x?y=;z", "/orders"),
 ]
 
 
@@ -107,6 +118,10 @@ INVALID_PATHS = [
     pytest.param("*", id="asterisk-form"),
     pytest.param("?x=/", id="query-only"),
     pytest.param("/" + "a" * 8192, id="too-long"),
+    pytest.param("/..;/admin", id="dotdot-parameters-escapes"),
+    pytest.param("/a%3Bb", id="encoded-semicolon-upper"),
+    pytest.param("/a%3bb", id="encoded-semicolon-lower"),
+    pytest.param("/healthz/..%3B/admin", id="dotdot-encoded-semicolon"),
 ]
 
 
@@ -143,7 +158,26 @@ def test_normalize_path_property(raw):
     assert not {".", ".."} & set(path.split("/"))
     assert "?" not in path
     assert "#" not in path
+    assert ";" not in path
     assert normalize_path(path) == path
+
+
+@pytest.mark.parametrize(
+    ("raw", "parameters"),
+    [
+        ("/orders", False),
+        ("/orders?a=;", False),
+        ("/orders;x", True),
+        ("/healthz/..;/admin", True),
+        ("/;", True),
+    ],
+)
+def test_requests_record_path_parameters(raw, parameters):
+    """Both doors' requests say whether the raw path had segment parameters (the decision refuses them)."""
+    assert from_check_request(check_request(path=raw)).path_parameters is parameters
+    http = from_http("GET", raw, {"host": ("api.acme.test",)})
+    assert http.path_parameters is parameters
+    assert http.path == from_check_request(check_request(path=raw)).path
 
 
 # -- headers ------------------------------------------------------------------

@@ -244,6 +244,9 @@ async def test_acme_token_on_globex_host_is_403(envoy, upstream, token) -> None:
         ("/orders/%5c..%5cadmin", 400, "path_invalid"),
         ("/../admin", 400, "path_invalid"),
         ("/orders/..", 403, "no_matching_rule"),
+        ("/orders;jsessionid=1", 400, "path_invalid"),  # segment parameters: refused by default
+        ("/orders/..;/admin", 400, "path_invalid"),
+        ("/orders/..%3Badmin", 400, "path_invalid"),
     ],
 )
 async def test_path_tricks_never_reach_upstream(envoy, upstream, token, *, path, status, reason) -> None:
@@ -257,6 +260,7 @@ async def test_path_tricks_never_reach_upstream(envoy, upstream, token, *, path,
         ("/healthz/../admin", 401, "token_missing"),
         ("//healthz/../admin/x", 401, "token_missing"),
         ("/healthz/..%2Fadmin", 400, "path_invalid"),
+        ("/healthz/..;/admin", 400, "path_invalid"),  # Tomcat would serve /admin
     ],
 )
 async def test_public_path_tricks_need_a_token(envoy, upstream, path: str, status: int, reason: str) -> None:

@@ -142,6 +142,8 @@ async def test_public_path_removes_forged_identity(stack) -> None:
         ("/orders", "a.b.c.d.e", 401, "token_malformed", 'Bearer error="invalid_token"'),
         ("/admin/users", "valid", 403, "role_missing", None),
         ("/orders%2Fadmin", "valid", 400, "path_invalid", None),
+        ("/healthz/..;/admin", None, 400, "path_invalid", None),  # Tomcat would serve /admin
+        ("/orders;jsessionid=1", "valid", 400, "path_invalid", None),
     ],
 )
 async def test_denies_reach_the_client_not_the_upstream(
