@@ -12,13 +12,22 @@ here) and the headers its ``allowed_headers`` let through (``host`` and
 span). Allow is 200 with the ``x-authz-*`` identity headers (Envoy copies those
 named in ``allowed_upstream_headers``) and ``x-envoy-auth-headers-to-remove``;
 deny is 401/403/400 with ``www-authenticate`` and the JSON body (passed to the
-client through ``allowed_client_headers``).
+client through ``allowed_client_headers``). A HEAD check gets the same status
+and headers, ``content-length`` included, without the body (RFC 9110 §9.3.2):
+Envoy reads no body after a HEAD, and extra bytes would cost it the connection.
+
+An answer is built before it is recorded: if building it fails (a header value
+that cannot be sent, say), the check is answered with an ``internal_error``
+deny, and that deny is what the metrics, span and decision log record.
 
 Hostile clients: request line and headers are bounded in size and count, and
 must arrive within ``header_timeout`` (a slowloris connection costs one socket
 and one deadline); idle keep-alive connections close after ``idle_timeout`` and
 after ``max_requests_per_connection`` requests; connections are bounded; a
-malformed request is answered 400 and the connection closed. Timeouts are
+malformed request is answered 400 and the connection closed, and so is a
+request to switch protocols (``CONNECT``, or ``Upgrade`` named in
+``Connection``: websocket, h2c): a check never upgrades, and the bytes after
+such a request are not HTTP. Timeouts are
 deadlines on the connection, checked by one sweep per door (a fraction of the
 shortest timeout apart), not a timer per request.
 
@@ -41,6 +50,7 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import json
 import logging
 import socket
 import time
@@ -56,7 +66,14 @@ from authz.decision import Decision, Verdict, reject
 from authz.errors import AuthzError
 from authz.request import AuthzRequest, bearer_token, from_http, http_request_id
 from authz.response import IDENTITY_HEADERS, identity_spellings, to_http_response
-from authz.service import Clock, SnapshotHolder, decide_request, refetch_issuer_keys, refetch_source
+from authz.service import (
+    Clock,
+    SnapshotHolder,
+    answer_failed,
+    decide_request,
+    refetch_issuer_keys,
+    refetch_source,
+)
 from authz.telemetry import RepeatedAnswer, Telemetry, extract_parent, trace_id_of
 from authz.token import VerifiedToken
 
@@ -335,17 +352,22 @@ class HttpDoor:
                 decision = early or reject("request_malformed")
             else:
                 decision = decide_request(config, request, self.clock, telemetry)
+        head = method == "HEAD"
         if request is not None and refetch_source(config, decision) is not None:
             # Only an issuer with a jwks_uri can learn a new kid: worth a (bounded) wait.
             return asyncio.ensure_future(
-                self._refetch_then_answer(config, request, decision, span=span, parent=parent, start=start)
+                self._refetch_then_answer(
+                    config, request, decision, span=span, parent=parent, start=start, head=head
+                )
             )
         request_id = request.request_id if request else http_request_id(headers)
-        response = self._finish(
-            config, request, decision, span=span, parent=parent, start=start, request_id=request_id
+        response, decision = self._finish(
+            config, request, decision, span=span, parent=parent, start=start, request_id=request_id, head=head
         )
         if remember_as is not None and request is not None and span is None:
             try:
+                # The decision answered (an allow whose answer could not be built is
+                # an internal_error deny by now): only an allow is ever kept.
                 self._remember(config, remember_as, request, decision, response)
             except Exception:  # noqa: BLE001 - the answer stands; only its repeats are not kept
                 _log.exception("http door: keeping an answer for its repeats failed")
@@ -360,13 +382,22 @@ class HttpDoor:
         span: trace.Span | None,
         parent: Context,
         start: float,
+        head: bool,
     ) -> bytes:
         if await refetch_issuer_keys(config, decision):
             with self.telemetry.active(span):
                 decision = decide_request(config, request, self.clock, self.telemetry)
-        return self._finish(
-            config, request, decision, span=span, parent=parent, start=start, request_id=request.request_id
+        response, _ = self._finish(
+            config,
+            request,
+            decision,
+            span=span,
+            parent=parent,
+            start=start,
+            request_id=request.request_id,
+            head=head,
         )
+        return response
 
     def _finish(
         self,
@@ -378,7 +409,17 @@ class HttpDoor:
         parent: Context,
         start: float,
         request_id: str,
-    ) -> bytes:
+        head: bool,
+    ) -> tuple[bytes, Decision]:
+        """Build the answer, then record what it says: (the answer, the decision it answers)."""
+        try:
+            carried = request.headers if request else ()
+            status, headers, body = to_http_response(decision, request_id, carried)
+            response = _render(status, headers, body, head=head)
+        except Exception as exc:  # noqa: BLE001 - e.g. a header value Latin-1 cannot carry
+            _log.exception("http door: building the answer failed; answered internal_error")
+            decision = answer_failed(decision, exc)
+            response = _internal_error(request_id, head=head)
         self.telemetry.finish(
             span,
             decision,
@@ -390,8 +431,7 @@ class HttpDoor:
         )
         if span is not None:
             span.end()
-        status, headers, body = to_http_response(decision, request_id, request.headers if request else ())
-        return _render(status, headers, body)
+        return response, decision
 
 
 def _closing(answer: bytes) -> bytes:
@@ -401,12 +441,33 @@ def _closing(answer: bytes) -> bytes:
     return answer.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n", 1)
 
 
-def _render(status: int, headers: list[tuple[str, str]], body: bytes, *, close: bool = False) -> bytes:
+def _render(
+    status: int, headers: list[tuple[str, str]], body: bytes, *, close: bool = False, head: bool = False
+) -> bytes:
+    """The response bytes; for a HEAD request, everything but the body (its length is still said)."""
     lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}", f"content-length: {len(body)}"]
     lines += [f"{name}: {value}" for name, value in headers]
     if close:
         lines.append("connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else body)
+
+
+_INTERNAL_ERROR_HEAD = (
+    b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: %d\r\n"
+    b"content-type: application/json\r\ncache-control: no-store\r\n\r\n"
+)
+
+
+def _internal_error(request_id: str, *, head: bool) -> bytes:
+    """The ``internal_error`` deny, built from constants: it cannot fail as the answer it replaces did.
+
+    The same bytes as rendering ``reject("internal_error")`` (tests hold them
+    equal); ``json.dumps`` escapes any character of the request id to ASCII.
+    """
+    body = b'{"error": "server_error", "reason": "internal_error", "request_id": %s}' % (
+        json.dumps(request_id).encode("ascii")
+    )
+    return _INTERNAL_ERROR_HEAD % len(body) + (b"" if head else body)
 
 
 class _Connection(asyncio.Protocol):
@@ -457,6 +518,9 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError:
             # httptools wraps what a callback raises; a limit we enforced says its status.
             self._fail(self.rejected or 400)
+        except httptools.HttpParserUpgrade:
+            # Not reached (on_headers_complete refuses an upgrade first); never let it out.
+            self._fail(400)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.door.connections.discard(self)
@@ -490,6 +554,12 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._disarm()
+        if self.parser.should_upgrade():
+            # CONNECT, or Upgrade named in Connection (websocket, h2c): a check never
+            # switches protocols, and what follows such a request is not HTTP. 400 and
+            # close, like any request that is not a check; undecided, so never a 200.
+            # Envoy does not forward Upgrade/Connection to the door (allowed_headers).
+            self._reject(400)
 
     def on_body(self, body: bytes) -> None:
         self.body_bytes += len(body)

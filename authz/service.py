@@ -2,22 +2,27 @@
 
 It reads the current snapshot once per request (a reload swaps the reference,
 so a request finishes on the snapshot it started with), never raises, and
-writes one decision log line.
+writes one decision log line. The response is built before the decision is
+recorded: one that cannot be built is answered, and recorded, as the
+``internal_error`` deny it became (:func:`answer_failed`), in both doors.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 import grpc
 from opentelemetry.context import Context
 
+from authz._proto.envoy.config.core.v3.base_pb2 import HeaderValueOption
 from authz._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from authz.config import Config
-from authz.decision import NO_STEPS, Decision, Steps, decide, reject
+from authz.decision import NO_STEPS, Decision, Steps, Verdict, decide, reject
 from authz.drain import InFlight
 from authz.errors import AuthzError
 from authz.request import AuthzRequest, from_check_request, request_id_of
@@ -28,6 +33,8 @@ __all__ = [
     "AUTHORIZATION_SERVICE",
     "AuthorizationService",
     "SnapshotHolder",
+    "answer_failed",
+    "build_response",
     "check",
     "evaluate",
     "parse",
@@ -112,6 +119,7 @@ def check(
     telemetry = telemetry or _DEFAULT_TELEMETRY
     config = holder.current  # once: decision and telemetry settings from the same snapshot
     decision, request, request_id = evaluate(config, message, clock, telemetry)
+    response, decision = build_response(decision, request_id, request.headers if request else ())
     telemetry.finish(
         None,
         decision,
@@ -121,16 +129,45 @@ def check(
         elapsed=time.perf_counter() - start,
         settings=config.telemetry if config else None,
     )
-    return respond(decision, request_id, request.headers if request else ())
+    return response
 
 
 def respond(decision: Decision, request_id: str, carried: Iterable[str] = ()) -> CheckResponse:
     """The CheckResponse of a decision (``carried``: the request's header names). Never raises."""
+    return build_response(decision, request_id, carried)[0]
+
+
+def build_response(
+    decision: Decision, request_id: str, carried: Iterable[str] = ()
+) -> tuple[CheckResponse, Decision]:
+    """(the CheckResponse, the decision it answers). Never raises.
+
+    When the response of ``decision`` cannot be built, the answer is the
+    ``internal_error`` deny it became, and that is the decision to record.
+    """
     try:
-        return to_check_response(decision, request_id, carried)
-    except Exception:  # noqa: BLE001 - even a fault here must be a deny, not an RPC error
-        _log.exception("building the response failed")
-        return _fallback_deny()
+        return to_check_response(decision, request_id, carried), decision
+    except Exception as exc:  # noqa: BLE001 - even a fault here must be a deny, not an RPC error
+        _log.exception("building the response failed; answered internal_error")
+        return _fallback_deny(request_id), answer_failed(decision, exc)
+
+
+def answer_failed(decision: Decision, exc: BaseException) -> Decision:
+    """The deny a decision became because its answer could not be built: what is answered and recorded.
+
+    Tenant, rule and key ids stay (whose check failed, and where); the identity
+    goes: it may be the very value that could not be sent.
+    """
+    return replace(
+        decision,
+        verdict=Verdict.DENY,
+        reason="internal_error",
+        subject=None,
+        scopes=(),
+        identity=False,
+        missing_scopes=(),
+        detail=f"building the answer failed ({type(exc).__name__})",
+    )
 
 
 def refetch_source(config: Config | None, decision: Decision) -> Any:
@@ -201,6 +238,8 @@ class AuthorizationService:
                     config, decision, remaining
                 ):
                     decision = decide_request(config, request, self._clock, telemetry)
+            # Built first, recorded second: what is recorded is what is answered.
+            response, decision = build_response(decision, request_id, request.headers if request else ())
             telemetry.finish(
                 span,
                 decision,
@@ -210,7 +249,7 @@ class AuthorizationService:
                 elapsed=time.perf_counter() - start,
                 settings=config.telemetry if config else None,
             )
-        return respond(decision, request_id, request.headers if request else ())
+        return response
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
@@ -236,9 +275,24 @@ def _time_remaining(context: grpc.aio.ServicerContext[Any, Any] | None) -> float
     return None if remaining is None else float(remaining)
 
 
-def _fallback_deny() -> CheckResponse:
+def _fallback_deny(request_id: str) -> CheckResponse:
+    """The ``internal_error`` deny, built from constants: it cannot fail as the response it replaces did.
+
+    The same message as ``to_check_response(reject("internal_error"), request_id)``
+    (tests hold them equal); ``json.dumps`` escapes the request id to ASCII.
+    """
     response = CheckResponse()
-    response.status.code = 13
-    response.denied_response.status.code = 500  # type: ignore[assignment]
-    response.denied_response.body = '{"error":"server_error","reason":"internal_error"}'
+    fields = response.dynamic_metadata.fields
+    fields["decision"].string_value = "deny"
+    fields["reason"].string_value = "internal_error"
+    response.status.code = 13  # INTERNAL
+    denied = response.denied_response
+    denied.status.code = 500  # type: ignore[assignment]
+    for name, value in (("content-type", "application/json"), ("cache-control", "no-store")):
+        option = denied.headers.add()
+        option.header.key = name
+        option.header.value = value
+        option.append_action = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+    rid = json.dumps(request_id)
+    denied.body = f'{{"error": "server_error", "reason": "internal_error", "request_id": {rid}}}'
     return response
