@@ -14,7 +14,8 @@ no issuer has a jwks_uri). A finding is:
 - an exception out of ``data_received`` or raised inside a parser callback
   (httptools would otherwise turn it into a 400), a write after close;
 - a written answer that is not one well-formed HTTP/1.1 response with a known
-  status and a content-length matching its body, that is not the answer
+  status and a content-length matching its body (an answer to HEAD: no body, and
+  the length of the one it would have, 0 for an allow), that is not the answer
   recorded for its request, or that follows an answer saying ``connection: close``;
 - an answer that differs, byte for byte, from the full decision of the same
   parsed request made at the same moment without the memo (``HttpDoor.answer``);
@@ -143,7 +144,7 @@ def decoded(raw: RawHeaders) -> dict[str, tuple[str, ...]]:
     return {name: tuple(values) for name, values in headers.items()}
 
 
-def parse_answer(data: bytes) -> tuple[int, dict[str, str], bytes]:
+def parse_answer(data: bytes, *, to_head: bool = False) -> tuple[int, dict[str, str], bytes]:
     head, sep, body = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
@@ -158,7 +159,13 @@ def parse_answer(data: bytes) -> tuple[int, dict[str, str], bytes]:
     status = int(parts[1])
     if status not in STATUSES:
         raise Finding(f"unknown status {status}")
-    if fields.get("content-length") != str(len(body)):
+    if to_head:
+        # No body after a HEAD (the client reads none: more bytes would be a protocol error);
+        # the length is the body's the answer has: none for an allow, the JSON of a deny.
+        length = fields.get("content-length", "")
+        if body or not length.isdigit() or (length == "0") != (status == 200):
+            raise Finding(f"answer to HEAD with a body or a wrong content-length ({length!r})")
+    elif fields.get("content-length") != str(len(body)):
         raise Finding("content-length does not match the body")
     return status, fields, body
 
@@ -213,8 +220,8 @@ def test_one_input(data: bytes) -> None:
     for index, (request, answer) in enumerate(connection.answered):
         if answers[index] not in (answer, _closing(answer)):
             raise Finding("the bytes written are not the answer given")
-        status, fields, _ = parse_answer(answers[index])
         method, target, raw = request
+        status, fields, _ = parse_answer(answers[index], to_head=method == b"HEAD")
         reference = DOOR.answer(method.decode("latin-1"), target.decode("latin-1"), decoded(raw))
         if reference != answer:
             raise Finding(f"answer differs from the full decision: {answer[:120]!r} vs {reference[:120]!r}")

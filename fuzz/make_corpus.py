@@ -191,6 +191,17 @@ def http_seeds(tokens: dict[str, str]) -> Iterable[tuple[str, bytes]]:
         "malformed": _http(token) + b"GET /orders HTTP/1.1\r\nhost api.acme.test\r\n\r\n",
         "http10": _http(token).replace(b"HTTP/1.1", b"HTTP/1.0"),
         "close": _http(token, extra="connection: close\r\n") + _http(token),
+        # HEAD: answers without a body, framing intact for the next request (issue 19, 3).
+        "head": _http(method="HEAD")
+        + _http(token, method="HEAD") * 2
+        + _http(token, method="HEAD", target="/admin/x"),
+        # Upgrades: refused 400 and closed, never a fault out of data_received (issue 19, 7).
+        "upgrade": _http(token) + _http(token, extra="connection: Upgrade\r\nupgrade: websocket\r\n"),
+        "upgrade-h2c": _http(
+            extra="connection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-settings: AAMA\r\n"
+        ),
+        "connect": _http(target="/healthz")
+        + b"CONNECT api.acme.test:443 HTTP/1.1\r\nhost: api.acme.test:443\r\n\r\n",
     }
     for name, data in seeds.items():
         yield name, bytes([128]) + data  # split in the middle, no drain
