@@ -8,12 +8,14 @@ every deny the test asserts the upstream recorded nothing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import authz.service
 from authz.config import Config
 from authz.server import RunningServer, run_server
 from authz.service import SnapshotHolder
@@ -342,3 +344,19 @@ async def test_envoy_request_id_in_deny_body(envoy, upstream) -> None:
     ids = [assert_denied(r, upstream, 401, "token_missing")["request_id"] for r in (first, second)]
     assert ids[0] != ids[1]
     assert all(len(i) == 36 for i in ids)  # Envoy's UUID4s
+
+
+async def test_unbuildable_answer_reaches_the_client_as_our_500(
+    envoy, upstream, token, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An allow whose response cannot be built (a subject protobuf cannot encode): our 500 internal_error
+    deny, body included, reaches the client (Envoy relays a gRPC deny as it is), the upstream nothing."""
+    real = authz.service.to_check_response
+
+    def unsendable(decision: Any, request_id: str) -> Any:
+        subject = "\ud800" if decision.subject else None  # a lone surrogate: UTF-8 cannot carry it
+        return real(dataclasses.replace(decision, subject=subject), request_id)
+
+    monkeypatch.setattr(authz.service, "to_check_response", unsendable)
+    response = await send(envoy, token=token)
+    assert assert_denied(response, upstream, 500, "internal_error")["error"] == "server_error"
