@@ -20,9 +20,9 @@ no issuer has a jwks_uri). A finding is:
 - an answer that differs, byte for byte, from the full decision of the same
   parsed request made at the same moment without the memo (``HttpDoor.answer``);
 - an allow that none of these explains: acme's public ``/healthz`` by host (no
-  subject or scopes passed), a dry-run deny of the dry tenant chosen by the
-  host, or one of our issuers' tokens (the seeds' ``valid-*``) in the
-  authorization header, for the tenant it names;
+  subject or scopes passed, whatever token is sent), a dry-run deny of the dry
+  tenant chosen by the host, or one of our issuers' tokens (the seeds'
+  ``valid-*``) in the authorization header, for the tenant it names;
 - a decision log line that is not a JSON object (the direct path is used: the
   log handler is setup_logging's).
 """
@@ -175,16 +175,16 @@ def explain_allow(request: tuple[bytes, bytes, RawHeaders], fields: dict[str, st
     headers = decoded(raw)
     tenant = fields.get("x-authz-tenant")
     presented = [t for v in headers.get("authorization", ()) for t in TENANT_OF if t in v]
-    if presented:
-        if all(TENANT_OF[t] != tenant for t in presented) and tenant != "dry":
-            raise Finding(f"allowed for {tenant!r} with a token of another tenant")
+    if any(TENANT_OF[t] == tenant for t in presented) or (presented and tenant == "dry"):
         return
+    # No token of this tenant: none, or another tenant's, which a public rule by host never reads.
     host = " ".join(headers.get("host", ()) + headers.get(":authority", ())).lower()
     if tenant == "dry" and "api.dry.test" in host:
         return  # a dry-run deny, answered 200 by design
     path = normalize_path(target.decode("latin-1"))
     if tenant != "acme" or path != "/healthz":
-        raise Finding(f"allowed {method!r} {path!r} for {tenant!r} without one of our issuers' tokens")
+        token = "with a token of another tenant" if presented else "without one of our issuers' tokens"
+        raise Finding(f"allowed {method!r} {path!r} for {tenant!r} {token}")
     if "x-authz-subject" in fields or "x-authz-scopes" in fields:
         raise Finding("identity header set on a public allow")
 
