@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-import authz.service
+from authz import service
 from authz.config import Config
 from authz.server import RunningServer, run_server
 from authz.service import SnapshotHolder
@@ -351,12 +351,12 @@ async def test_unbuildable_answer_reaches_the_client_as_our_500(
 ) -> None:
     """An allow whose response cannot be built (a subject protobuf cannot encode): our 500 internal_error
     deny, body included, reaches the client (Envoy relays a gRPC deny as it is), the upstream nothing."""
-    real = authz.service.to_check_response
+    real = service.to_check_response
 
     def unsendable(decision: Any, request_id: str) -> Any:
         subject = "\ud800" if decision.subject else None  # a lone surrogate: UTF-8 cannot carry it
         return real(dataclasses.replace(decision, subject=subject), request_id)
 
-    monkeypatch.setattr(authz.service, "to_check_response", unsendable)
+    monkeypatch.setattr(service, "to_check_response", unsendable)
     response = await send(envoy, token=token)
     assert assert_denied(response, upstream, 500, "internal_error")["error"] == "server_error"
