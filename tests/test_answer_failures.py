@@ -62,8 +62,8 @@ def unsendable_http(monkeypatch: pytest.MonkeyPatch) -> None:
     """The HTTP door's renderer, given a subject its Latin-1 header encoding cannot carry."""
     real = authz.http_door.to_http_response
 
-    def render(decision: Decision, request_id: str) -> tuple[int, list[tuple[str, str]], bytes]:
-        return real(replace(decision, subject=NOT_LATIN_1) if decision.subject else decision, request_id)
+    def render(decision: Decision, *args: Any) -> tuple[int, list[tuple[str, str]], bytes]:
+        return real(replace(decision, subject=NOT_LATIN_1) if decision.subject else decision, *args)
 
     monkeypatch.setattr(authz.http_door, "to_http_response", render)
 
@@ -73,8 +73,8 @@ def unsendable_grpc(monkeypatch: pytest.MonkeyPatch) -> None:
     """The gRPC door's renderer, given a subject protobuf cannot encode (UTF-8 refuses lone surrogates)."""
     real = authz.service.to_check_response
 
-    def render(decision: Decision, request_id: str) -> CheckResponse:
-        return real(replace(decision, subject=LONE_SURROGATE) if decision.subject else decision, request_id)
+    def render(decision: Decision, *args: Any) -> CheckResponse:
+        return real(replace(decision, subject=LONE_SURROGATE) if decision.subject else decision, *args)
 
     monkeypatch.setattr(authz.service, "to_check_response", render)
 

@@ -353,9 +353,9 @@ async def test_unbuildable_answer_reaches_the_client_as_our_500(
     deny, body included, reaches the client (Envoy relays a gRPC deny as it is), the upstream nothing."""
     real = service.to_check_response
 
-    def unsendable(decision: Any, request_id: str) -> Any:
+    def unsendable(decision: Any, *args: Any) -> Any:
         subject = "\ud800" if decision.subject else None  # a lone surrogate: UTF-8 cannot carry it
-        return real(dataclasses.replace(decision, subject=subject), request_id)
+        return real(dataclasses.replace(decision, subject=subject), *args)
 
     monkeypatch.setattr(service, "to_check_response", unsendable)
     response = await send(envoy, token=token)

@@ -122,9 +122,9 @@ async def test_head_checks_keep_envoys_connection(stack, world: World) -> None:
         ({"authorization": "Bearer a.b.c.d.e"}, 401),  # token_malformed
         ({"authorization": f"Bearer {token}"}, 200),  # allowed: the upstream answers the HEAD
     ]
-    for round_ in range(10):
+    for _ in range(10):
         for headers, expected in cases:
-            reply = await send(envoy, "HEAD", "/orders", x_request_id=f"head-{round_}", **headers)
+            reply = await send(envoy, "HEAD", "/orders", **headers)
             assert (reply.status, reply.body) == (expected, b"")
         reply = await send(envoy, "HEAD", "/admin/users", authorization=f"Bearer {token}")
         assert (reply.status, reply.body) == (403, b"")
@@ -300,17 +300,16 @@ async def test_unbuildable_answer_through_envoy_is_a_recorded_deny(
     envoy, upstream = stack
     real = authz.http_door.to_http_response
 
-    def unsendable(decision: Decision, request_id: str) -> Any:
-        return real(replace(decision, subject="用户-1") if decision.subject else decision, request_id)
+    def unsendable(decision: Decision, *args: Any) -> Any:
+        return real(replace(decision, subject="用户-1") if decision.subject else decision, *args)
 
     monkeypatch.setattr(authz.http_door, "to_http_response", unsendable)
     caplog.set_level(logging.INFO, logger="authz.decision")
     assert (await send(envoy, "GET", "/orders")).status == 401  # the connection to the door, open
     before = authz_cluster(envoy)
     upstream.clear()
-    reply = await send(
-        envoy, "GET", "/orders/u", authorization=f"Bearer {world.token()}", x_request_id="rid-u"
-    )
+    # The rendered Envoy makes its own x-request-id: this check's line is found by its path.
+    reply = await send(envoy, "GET", "/orders/unsendable", authorization=f"Bearer {world.token()}")
     # Envoy treats an authorization server's 5xx as a failed check, not a deny: it answers
     # the rendered status_on_error (503) without our body. The door's own answer is a clean
     # 500 on a connection that goes on (test_answer_failures.py reads it straight).
@@ -319,10 +318,10 @@ async def test_unbuildable_answer_through_envoy_is_a_recorded_deny(
     (line,) = [
         r.fields  # type: ignore[attr-defined]
         for r in caplog.records
-        if r.getMessage() == "decision" and r.fields["request_id"] == "rid-u"  # type: ignore[attr-defined]
+        if r.getMessage() == "decision" and r.fields["path"] == "/orders/unsendable"  # type: ignore[attr-defined]
     ]
     assert (line["decision"], line["reason"], line["tenant"]) == ("deny", "internal_error", "acme")
-    assert door.telemetry.checks.values[("acme", "deny", "internal_error")] >= 1
+    assert door.telemetry.checks.values[("acme", "deny", "internal_error")] == 1
     after = authz_cluster(envoy)
     assert after.get("upstream_cx_protocol_error", 0) == before.get("upstream_cx_protocol_error", 0)
     assert after["upstream_cx_total"] == before["upstream_cx_total"]
