@@ -11,7 +11,7 @@ run on every request, hit or not.
 
 Checking the key costs nothing on a hit while the issuer's fetched key set is
 the object the entry last saw: a refetch that brings the same keys keeps that
-object (authz.keys.keyset_from_jwks), so neither the scheduled refresh nor a
+object (authz.jose.keys.keyset_from_jwks), so neither the scheduled refresh nor a
 refetch forced by a made-up ``kid`` retires anything. When the set did change,
 the entry's first hit asks the issuer's keys which key verifies its ``kid`` now:
 the same ``Key`` object (kept for unchanged keys) keeps it, anything else
@@ -30,8 +30,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 from authz.errors import AuthzError
-from authz.keys import KeySet
-from authz.token import TokenKeys, VerifiedToken
+from authz.jose.keys import KeySet
+from authz.jose.nested import TokenKeys, VerifiedToken
 
 __all__ = ["TokenCache"]
 

@@ -150,7 +150,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    from authz.issuer import generate_key, public_jwks, write_jwks
+    from authz.jose.mint import generate_key, public_jwks, write_jwks
 
     try:
         key = generate_key(args.alg, args.kid, size=args.size, crv=args.crv)
@@ -201,7 +201,7 @@ def _read_set(path: Path, kid: str) -> dict[str, Any] | None:
 def _mint(args: argparse.Namespace) -> int:
     from jwcrypto.common import JWException
 
-    from authz.issuer import mint, read_jwks
+    from authz.jose.mint import mint, read_jwks
 
     if not args.encrypt_only and args.signing_key is None:
         print("error: --signing-key is required unless --encrypt-only", file=sys.stderr)

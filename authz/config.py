@@ -22,10 +22,10 @@ import yaml
 from authz.cache import TokenCache
 from authz.claims import ClaimRules
 from authz.errors import ConfigError
+from authz.jose.keys import CONTENT_ENCRYPTION_ALGS, IssuerKeys, KeySet, Purpose, parse_keyset
+from authz.jose.nested import TokenKeys
 from authz.jwks import JwksRegistry, JwksSettings, RemoteJwks
-from authz.keys import CONTENT_ENCRYPTION_ALGS, IssuerKeys, KeySet, Purpose, parse_keyset
 from authz.policy import Mode, Rule, Tenant, TenantIndex, compile_path
-from authz.token import TokenKeys
 
 __all__ = [
     "Config",

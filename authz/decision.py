@@ -20,9 +20,9 @@ from typing import Any, Protocol
 from authz.claims import Claims, validate_claims
 from authz.config import Config
 from authz.errors import REASONS, AuthzError, Outcome
+from authz.jose.nested import VerifiedToken, decrypt_token, open_token
 from authz.policy import Mode, Rule, Tenant, require
 from authz.request import AuthzRequest, bearer_token
-from authz.token import VerifiedToken, decrypt_token, open_token
 
 __all__ = ["NO_STEPS", "Decision", "Steps", "Verdict", "decide", "reject"]
 

@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from authz.issuer import generate_key, public_jwks, write_jwks
+from authz.jose.mint import generate_key, public_jwks, write_jwks
 
 __all__ = ["DEMO_CONFIG", "setup_demo"]
 

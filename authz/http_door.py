@@ -64,6 +64,7 @@ from opentelemetry.context import Context
 from authz.config import Config, HttpSettings
 from authz.decision import Decision, Verdict, reject
 from authz.errors import AuthzError
+from authz.jose.nested import VerifiedToken
 from authz.request import AuthzRequest, bearer_token, from_http, http_request_id
 from authz.response import IDENTITY_HEADERS, identity_spellings, to_http_response
 from authz.service import (
@@ -75,7 +76,6 @@ from authz.service import (
     refetch_source,
 )
 from authz.telemetry import RepeatedAnswer, Telemetry, extract_parent, trace_id_of
-from authz.token import VerifiedToken
 
 __all__ = ["HttpDoor", "HttpSettings"]
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from authz.errors import ConfigError
-from authz.keys import KeySet, Purpose, keyset_from_jwks
+from authz.jose.keys import KeySet, Purpose, keyset_from_jwks
 
 __all__ = ["JwksRegistry", "JwksSettings", "RemoteJwks"]
 
@@ -287,7 +287,7 @@ def _download(uri: str, context: ssl.SSLContext, timeout: float) -> bytes:
 
 
 def _parse(data: bytes) -> Any:
-    from authz.token import parse_json_object
+    from authz.jose.encoding import parse_json_object
 
     return parse_json_object(data)
 

@@ -229,7 +229,7 @@ class Reloader:
         """Watch the file a failed load names: the config may name a key file that is
         missing or bad; its appearance or fix must trigger the next reload. Kept until
         the next successful load replaces the watch list."""
-        path = file.partition(": key #")[0]  # authz.keys names a bad key "FILE: key #N (kid ...)"
+        path = file.partition(": key #")[0]  # authz.jose.keys names a bad key "FILE: key #N (kid ...)"
         if os.path.isabs(path) and path not in self._watched:
             self._watched = (*self._watched, path)
 

@@ -13,7 +13,7 @@ For each algorithm pair, on the same token:
             (``EllipticCurvePublicNumbers(x, y, curve).public_key()``: pyca's
             point validation, the invalid-curve defence) and the exchange with
             that new key object (OpenSSL's per-key setup, which raw skips).
-- ours:     authz.token.validate_token + authz.claims.validate_claims (cold:
+- ours:     authz.jose.nested.validate_token + authz.claims.validate_claims (cold:
             every call parses, decrypts and verifies from scratch)
 - jwcrypto: jwcrypto's high-level API (jwt.JWT for the JWE, then for the JWS)
 - joserfc:  joserfc's high-level API (jwe.decrypt_compact, then jwt.decode)
@@ -50,7 +50,7 @@ from jwcrypto import jwt as jwcrypto_jwt
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from authz.claims import validate_claims
-from authz.token import validate_token
+from authz.jose.nested import validate_token
 from tests.helpers import INNER_ALGS, NOW, OUTER_ALGS, World, build_world
 
 PAIRS = (("RSA-OAEP-256", "RS256"), ("ECDH-ES+A256KW", "ES256"), ("dir", "ES256"))

@@ -20,7 +20,7 @@ from typing import Any
 
 from jwcrypto.jwk import JWK
 
-from authz.issuer import generate_key, mint
+from authz.jose.mint import generate_key, mint
 from tests.helpers import INNER_ALGS, OUTER_ALGS, World, build_world
 
 __all__ = [

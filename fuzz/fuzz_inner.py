@@ -42,7 +42,7 @@ with atheris.instrument_imports(include=["authz", "jwcrypto"]):
 
     from authz.claims import validate_claims
     from authz.errors import AuthzError
-    from authz.token import validate_token
+    from authz.jose.nested import validate_token
     from fuzz.harness import Finding, boundary_failure, start
     from tests.helpers import NOW
 

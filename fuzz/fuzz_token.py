@@ -23,7 +23,7 @@ import atheris
 
 with atheris.instrument_imports(include=["authz", "jwcrypto"]):
     from authz.errors import AuthzError
-    from authz.token import VerifiedToken, decrypt_token, open_token, validate_token
+    from authz.jose.nested import VerifiedToken, decrypt_token, open_token, validate_token
     from fuzz.harness import Finding, boundary_failure, start
 
 STATE = start()

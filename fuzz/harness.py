@@ -13,7 +13,7 @@ from jwcrypto.jwe import JWE
 
 from authz.config import Config
 from authz.errors import AuthzError
-from authz.token import VerifiedToken, validate_token
+from authz.jose.nested import VerifiedToken, validate_token
 from fuzz.world import CORPUS, known_tokens, temporary_world
 from tests.helpers import World
 

@@ -228,7 +228,7 @@ def main() -> None:
     try:
         tokens = valid_tokens(world)
         config = world.config()
-        from authz.token import validate_token
+        from authz.jose.nested import validate_token
 
         for token in tokens.values():  # the seeds are what the targets will take as valid
             validate_token(token, config.token_keys)

@@ -21,7 +21,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwcrypto.jwk import JWK
 
-from authz.issuer import public_jwks, write_jwks
+from authz.jose.mint import public_jwks, write_jwks
 from tests.helpers import ACME_IDP, CONFIG, GLOBEX_IDP, INNER_ALGS, OUTER_ALGS, SHARED_IDP, World
 
 __all__ = ["CORPUS", "FUZZ", "build_fixed_world", "known_tokens", "temporary_world"]

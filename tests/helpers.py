@@ -18,8 +18,8 @@ from jwcrypto.jwk import JWK
 from authz._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from authz.config import Config, load_config
 from authz.errors import REASONS, AuthzError
-from authz.issuer import generate_key, mint, public_jwks, write_jwks
-from authz.token import TokenKeys, validate_token
+from authz.jose.mint import generate_key, mint, public_jwks, write_jwks
+from authz.jose.nested import TokenKeys, validate_token
 
 NOW = 1_900_000_000  # the tests' clock: tokens are minted and checked against it
 

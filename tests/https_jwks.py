@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from jwcrypto.jwk import JWK
 
-from authz.issuer import public_jwks
+from authz.jose.mint import public_jwks
 
 __all__ = ["BODY_MARKER", "CertificateAuthority", "JwksServer"]
 

@@ -12,10 +12,10 @@ import pytest
 from authz.cache import TokenCache
 from authz.config import Config, load_config
 from authz.decision import Decision, Verdict, decide
-from authz.issuer import generate_key, public_jwks
-from authz.keys import IssuerKeys, KeySet, Purpose, keyset_from_jwks
+from authz.jose.keys import IssuerKeys, KeySet, Purpose, keyset_from_jwks
+from authz.jose.mint import generate_key, public_jwks
+from authz.jose.nested import TokenKeys, VerifiedToken, validate_token
 from authz.request import from_check_request
-from authz.token import TokenKeys, VerifiedToken, validate_token
 from tests.helpers import CONFIG, NOW, World, check_request
 
 

@@ -13,7 +13,7 @@ import pytest
 from authz.cli import main
 from authz.config import load_config
 from authz.demo import setup_demo
-from authz.keys import Purpose, load_keyset
+from authz.jose.keys import Purpose, load_keyset
 
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
 

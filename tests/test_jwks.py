@@ -31,7 +31,7 @@ from jwcrypto.jwk import JWK
 from authz._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from authz.config import Config, load_config
 from authz.errors import ConfigError
-from authz.issuer import generate_key, mint, public_jwks, write_jwks
+from authz.jose.mint import generate_key, mint, public_jwks, write_jwks
 from authz.jwks import JwksRegistry, RemoteJwks
 from authz.service import AuthorizationService, SnapshotHolder, check
 from tests.helpers import NOW, World, check_request

@@ -58,8 +58,8 @@ from jwcrypto.jwe import JWE
 from jwcrypto.jwk import JWK
 
 from authz.config import Config
+from authz.jose.nested import TokenKeys, validate_token
 from authz.service import SnapshotHolder, check
-from authz.token import TokenKeys, validate_token
 from tests.helpers import (
     CONTENT_ENCRYPTIONS,
     GLOBEX_IDP,

@@ -36,16 +36,12 @@ from hypothesis import strategies as st
 from authz.claims import ClaimRules, validate_claims
 from authz.config import Config
 from authz.errors import REASONS, AuthzError
+from authz.jose.encoding import parse_json_object
+from authz.jose.jwe import DecryptedToken
+from authz.jose.nested import TokenKeys, decrypt_token, open_token
 from authz.policy import Rule, compile_path
 from authz.request import AuthzRequest, bearer_token, normalize_host, normalize_path
 from authz.service import SnapshotHolder, check
-from authz.token import (
-    DecryptedToken,
-    TokenKeys,
-    decrypt_token,
-    open_token,
-    parse_json_object,
-)
 from tests.helpers import NOW, World, check_request, token_outcome
 
 FAST = settings(max_examples=300, deadline=None, derandomize=True)

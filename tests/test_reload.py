@@ -23,7 +23,7 @@ import pytest
 
 from authz.config import Config, load_config
 from authz.decision import Decision, Verdict
-from authz.issuer import generate_key, mint
+from authz.jose.mint import generate_key, mint
 from authz.logs import JsonFormatter
 from authz.reload import Reloader
 from authz.service import AuthorizationService, SnapshotHolder, evaluate

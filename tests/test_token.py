@@ -31,10 +31,12 @@ from jwcrypto.jwk import JWK
 
 from authz.config import Config
 from authz.errors import AuthzError, ConfigError
-from authz.keys import MAX_KIDLESS_CANDIDATES, Purpose, keyset_from_jwks
+from authz.jose.encoding import parse_json_object
+from authz.jose.jws import verify_compact
+from authz.jose.keys import MAX_KIDLESS_CANDIDATES, Purpose, keyset_from_jwks
+from authz.jose.nested import TokenKeys, validate_token
 from authz.logs import JsonFormatter
 from authz.service import SnapshotHolder, check, evaluate
-from authz.token import TokenKeys, parse_json_object, validate_token, verify_compact
 from tests.helpers import (
     ACME_IDP,
     CONTENT_ENCRYPTIONS,
@@ -1233,7 +1235,7 @@ def test_pbes2_and_rsa1_5_are_refused_before_any_key_work(world, config, monkeyp
         signing_alg = staticmethod(JWA.signing_alg)
 
     monkeypatch.setattr(jwcrypto.jwa, "PBKDF2HMAC", counting_pbkdf2)
-    monkeypatch.setattr("authz.token.JWA", CountingJWA)
+    monkeypatch.setattr("authz.jose.jwe.JWA", CountingJWA)
 
     # The spy sees PBKDF2 when jwcrypto itself is asked to decrypt a (cheap) PBES2 token.
     password = JWK(kty="oct", k=b64(b"correct horse battery staple"))
@@ -1330,7 +1332,7 @@ def test_kidless_lookup_is_bounded(world, config, monkeypatch):
         encryption_alg = staticmethod(JWA.encryption_alg)
         signing_alg = staticmethod(JWA.signing_alg)
 
-    monkeypatch.setattr("authz.token.JWA", CountingJWA)
+    monkeypatch.setattr("authz.jose.jwe.JWA", CountingJWA)
     keys = oct_keys(MAX_KIDLESS_CANDIDATES + 1)
     target = keys[MAX_KIDLESS_CANDIDATES - 1]  # the last key of the bounded few is the right one
     token = encrypt(world, sign(world, world.claims()).encode("ascii"), key=target, header={"kid": None})

@@ -1,6 +1,6 @@
 """The token layer's fast strict decoders against plain reference implementations.
 
-``_b64decode`` (translate + ``a2b_base64(strict_mode=True)`` + an O(1) check of the
+``b64decode`` (translate + ``a2b_base64(strict_mode=True)`` + an O(1) check of the
 last character) must accept and refuse exactly what the obvious implementation
 does (alphabet regex, padding, decode, re-encode and compare). ``parse_json_object``
 (one shared decoder, depth walk only past 15 brackets) must agree with a
@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from authz.errors import AuthzError
-from authz.token import _b64decode, parse_json_object
+from authz.jose.encoding import b64decode, parse_json_object
 
 URLSAFE = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
@@ -44,7 +44,7 @@ def ours_b64(part: str) -> bytes | None:
     if not part.isascii():
         return None
     try:
-        return _b64decode(part.encode("ascii"), "token_malformed")
+        return b64decode(part.encode("ascii"), "token_malformed")
     except AuthzError as exc:
         code = exc.code
     assert code == "token_malformed"

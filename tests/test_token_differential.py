@@ -42,9 +42,9 @@ from jwcrypto.jwa import JWA
 from jwcrypto.jwe import JWE
 
 from authz.errors import AuthzError
-from authz.issuer import generate_key, mint
-from authz.keys import KEY_MANAGEMENT_ALGS, SIGNATURE_ALGS, Purpose, keyset_from_jwks
-from authz.token import TokenKeys, validate_token
+from authz.jose.keys import KEY_MANAGEMENT_ALGS, SIGNATURE_ALGS, Purpose, keyset_from_jwks
+from authz.jose.mint import generate_key, mint
+from authz.jose.nested import TokenKeys, validate_token
 from tests.helpers import CONTENT_ENCRYPTIONS, INNER_ALGS, OUTER_ALGS, World
 
 # Our reason codes for tokens jwcrypto's high-level API accepts, each a rule we hold on

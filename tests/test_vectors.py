@@ -23,8 +23,10 @@ from typing import Any
 import pytest
 
 from authz.errors import AuthzError, ConfigError
-from authz.keys import CONTENT_ENCRYPTION_ALGS, KeySet, Purpose, keyset_from_jwks
-from authz.token import TokenKeys, decrypt_compact, validate_token, verify_compact
+from authz.jose.jwe import decrypt_compact
+from authz.jose.jws import verify_compact
+from authz.jose.keys import CONTENT_ENCRYPTION_ALGS, KeySet, Purpose, keyset_from_jwks
+from authz.jose.nested import TokenKeys, validate_token
 
 VECTORS = Path(__file__).parent / "vectors"
 EMPTY = KeySet.of([])

@@ -17,7 +17,7 @@ from jwcrypto.jwe import JWE
 from jwcrypto.jwk import JWK
 from jwcrypto.jws import JWS
 
-from authz.keys import KEY_MANAGEMENT_ALGS, SIGNATURE_ALGS
+from authz.jose.keys import KEY_MANAGEMENT_ALGS, SIGNATURE_ALGS
 
 __all__ = ["generate_key", "mint", "public_jwks", "read_jwks", "write_jwks"]
 
