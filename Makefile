@@ -50,8 +50,8 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(VENV)/bin/mypy
 
-## protos: regenerate authz/_proto from protos/ (pinned grpcio-tools): descriptor set, modules, stubs;
-## authz/_proto/__init__.py, which loads the set, is written by hand and kept
+## protos: regenerate authz/grpc/_proto from protos/ (pinned grpcio-tools): descriptor set, modules, stubs;
+## authz/grpc/_proto/__init__.py, which loads the set, is written by hand and kept
 protos: $(VENV)/.installed-dev
 	$(PY) protos/generate.py
 

@@ -109,20 +109,20 @@ def _request_args(p: argparse.ArgumentParser) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from authz.logs import setup_logging
-    from authz.server import serve
+    from authz.app.serve import serve
+    from authz.telemetry.logs import setup_logging
 
     setup_logging()
     if args.workers < 1:
         print("error: --workers must be at least 1", file=sys.stderr)
         return 2
     if args.workers > 1:
-        from authz.workers import supervise
+        from authz.app.workers import supervise
 
         return asyncio.run(
             supervise(args.config, args.listen, args.admin_listen, args.workers, args.http_listen)
         )
-    from authz.workers import WorkerLink
+    from authz.app.workers import WorkerLink
 
     link = WorkerLink.from_env()
     return asyncio.run(
@@ -139,11 +139,11 @@ def _check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    tenants = config.tenants.by_name
+    tenants, keys = config.snapshot.tenants.by_name, config.snapshot.token_keys
     rules = sum(len(t.rules) for t in tenants.values())
     print(
         f"ok: {config.source}: {len(tenants)} tenant(s), {rules} rule(s), "
-        f"{len(config.token_keys.decryption)} decryption key(s), {len(config.token_keys.issuers)} issuer(s); "
+        f"{len(keys.decryption)} decryption key(s), {len(keys.issuers)} issuer(s); "
         f"sha256 {config.digest}"
     )
     return 0
@@ -247,7 +247,7 @@ def _pick(keys: list[Any], kid: str | None) -> Any:
 
 
 def _check_request(args: argparse.Namespace) -> Any:
-    from authz._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
+    from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 
     message = CheckRequest()
     http = message.attributes.request.http
@@ -271,10 +271,10 @@ def _check_request(args: argparse.Namespace) -> Any:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from authz.config import load_config
+    from authz.config import SnapshotHolder, load_config
     from authz.errors import ConfigError
-    from authz.response import to_check_response
-    from authz.service import SnapshotHolder, evaluate
+    from authz.grpc.messages import to_check_response
+    from authz.grpc.servicer import evaluate
 
     try:
         config = load_config(args.config)
@@ -299,7 +299,7 @@ def _explain(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     import grpc
 
-    from authz._proto.envoy.service.auth.v3.external_auth_pb2_grpc import AuthorizationStub
+    from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2_grpc import AuthorizationStub
 
     with grpc.insecure_channel(args.server) as channel:
         try:
@@ -337,7 +337,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from authz.demo import setup_demo
+    from authz.app.demo import setup_demo
 
     print(setup_demo(args.dir, args.listen))
     return 0

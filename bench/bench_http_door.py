@@ -37,11 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import noop_http
 
-from authz.config import load_config
-from authz.http_door import HttpDoor, _Connection
-from authz.logs import JsonHandler
-from authz.service import SnapshotHolder
-from authz.telemetry import Telemetry
+from authz.config import SnapshotHolder, load_config
+from authz.http.door import HttpDoor
+from authz.http.protocol import Connection
+from authz.telemetry.logs import JsonHandler
+from authz.telemetry.recorder import Telemetry
 from tests.helpers import NOW, build_world
 
 PREFIX = "/ext-authz"
@@ -78,7 +78,7 @@ def _request(token: str) -> bytes:
 def _door_feeder(config_path: Path, request: bytes) -> Callable[[], None]:
     config = load_config(config_path)
     door = HttpDoor(SnapshotHolder(config), lambda: float(NOW), Telemetry(), config.http)
-    connection = _Connection(door)
+    connection = Connection(door)
     sink = _Sink()
     connection.connection_made(sink)
 
@@ -93,7 +93,7 @@ def _door_feeder(config_path: Path, request: bytes) -> Callable[[], None]:
 
 
 def _floor_feeder(request: bytes) -> Callable[[], None]:
-    connection = noop_http._Connection()
+    connection = noop_http.Connection()
     connection.connection_made(_Sink())
     return lambda: connection.data_received(request)
 

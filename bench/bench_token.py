@@ -49,7 +49,7 @@ from jwcrypto import jwt as jwcrypto_jwt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from authz.claims import validate_claims
+from authz.core.claims import validate_claims
 from authz.jose.nested import validate_token
 from tests.helpers import INNER_ALGS, NOW, OUTER_ALGS, World, build_world
 
@@ -124,8 +124,8 @@ def ours(world: World, token: str, validate: Callable[..., Any] = validate_token
     config = world.config()
 
     def run() -> object:
-        verified = validate(token, config.token_keys)
-        return validate_claims(verified.claims, config.claim_rules, NOW)
+        verified = validate(token, config.snapshot.token_keys)
+        return validate_claims(verified.claims, config.snapshot.claim_rules, NOW)
 
     return run
 

@@ -31,9 +31,11 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from authz.decision import decide
-from authz.service import AuthorizationService, SnapshotHolder, parse, read, respond
-from authz.telemetry import Telemetry
+from authz.config import SnapshotHolder
+from authz.core.decision import decide
+from authz.grpc.messages import parse, read, to_check_response
+from authz.grpc.servicer import AuthorizationService
+from authz.telemetry.recorder import Telemetry
 from tests.helpers import NOW, build_world, check_request
 
 
@@ -87,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     async def bare() -> object:
         request, early, request_id = read(parse(data))  # type: ignore[arg-type]
-        return respond(decide(config, request, NOW) if request else early, request_id)  # type: ignore[arg-type]
+        return to_check_response(decide(config.snapshot, request, NOW) if request else early, request_id)  # type: ignore[arg-type]
 
     variants: dict[str, Callable[[], Awaitable[object]]] = {
         "bare": bare,

@@ -279,7 +279,7 @@ class GrpcResult:
 
 
 async def _run_grpc(port: int, requests: Sequence[bytes], concurrency: int, deadline_s: float) -> GrpcResult:
-    from authz._proto.envoy.service.auth.v3.external_auth_pb2 import CheckResponse
+    from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckResponse
 
     result = GrpcResult()
     stop_at = time.monotonic() + deadline_s

@@ -23,7 +23,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from authz._proto.envoy.service.auth.v3.external_auth_pb2 import CheckResponse
+from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckResponse
 
 SERVICE = "envoy.service.auth.v3.Authorization"
 OK_RESPONSE = CheckResponse()

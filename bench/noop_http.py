@@ -20,7 +20,7 @@ import httptools
 _OK = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
 
 
-class _Connection(asyncio.Protocol):
+class Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
@@ -42,7 +42,7 @@ class _Connection(asyncio.Protocol):
 
 async def serve(listen: str) -> int:
     host, _, port = listen.rpartition(":")
-    server = await asyncio.get_running_loop().create_server(_Connection, host, int(port))
+    server = await asyncio.get_running_loop().create_server(Connection, host, int(port))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

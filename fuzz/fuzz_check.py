@@ -27,11 +27,13 @@ import sys
 import atheris
 
 with atheris.instrument_imports(include=["authz", "jwcrypto"]):
-    from authz._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
-    from authz.logs import JsonFormatter
-    from authz.request import normalize_path
-    from authz.service import AuthorizationService, SnapshotHolder, parse, read
-    from authz.telemetry import Telemetry
+    from authz.config import SnapshotHolder
+    from authz.core.request import normalize_path
+    from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+    from authz.grpc.messages import parse, read
+    from authz.grpc.servicer import AuthorizationService
+    from authz.telemetry.logs import JsonFormatter
+    from authz.telemetry.recorder import Telemetry
     from fuzz.harness import Finding, start
     from tests.helpers import NOW
 

@@ -39,11 +39,13 @@ from typing import Any
 import atheris
 
 with atheris.instrument_imports(include=["authz", "httptools"]):
-    from authz.http_door import HttpDoor, RawHeaders, _closing, _Connection
-    from authz.logs import JsonHandler
-    from authz.request import normalize_path
-    from authz.service import SnapshotHolder
-    from authz.telemetry import Telemetry
+    from authz.config import SnapshotHolder
+    from authz.core.request import normalize_path
+    from authz.http.door import HttpDoor
+    from authz.http.protocol import Connection, RawHeaders
+    from authz.http.wire import closing
+    from authz.telemetry.logs import JsonHandler
+    from authz.telemetry.recorder import Telemetry
     from fuzz.harness import Finding, start
     from tests.helpers import NOW
 
@@ -110,7 +112,7 @@ class Transport(asyncio.Transport):
         return None
 
 
-class Recording(_Connection):
+class Recording(Connection):
     """The door's connection, recording each completed request with the answer it got."""
 
     def __init__(self, door: HttpDoor) -> None:
@@ -218,7 +220,7 @@ def test_one_input(data: bytes) -> None:
         if b"\r\nconnection: close\r\n" in written.partition(b"\r\n\r\n")[0] + b"\r\n":
             raise Finding(f"answer {index + 1} of {len(answers)} said connection: close; more followed")
     for index, (request, answer) in enumerate(connection.answered):
-        if answers[index] not in (answer, _closing(answer)):
+        if answers[index] not in (answer, closing(answer)):
             raise Finding("the bytes written are not the answer given")
         method, target, raw = request
         status, fields, _ = parse_answer(answers[index], to_head=method == b"HEAD")

@@ -40,15 +40,15 @@ with atheris.instrument_imports(include=["authz", "jwcrypto"]):
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     from jwcrypto.jwa import JWA
 
-    from authz.claims import validate_claims
+    from authz.core.claims import validate_claims
     from authz.errors import AuthzError
     from authz.jose.nested import validate_token
     from fuzz.harness import Finding, boundary_failure, start
     from tests.helpers import NOW
 
 STATE = start()
-KEYS = STATE.config.token_keys
-RULES = STATE.config.claim_rules
+KEYS = STATE.config.snapshot.token_keys
+RULES = STATE.config.snapshot.claim_rules
 SIGNED = STATE.inner_jws()
 IV = bytes(12)
 

@@ -27,7 +27,7 @@ with atheris.instrument_imports(include=["authz", "jwcrypto"]):
     from fuzz.harness import Finding, boundary_failure, start
 
 STATE = start()
-KEYS = STATE.config.token_keys
+KEYS = STATE.config.snapshot.token_keys
 
 
 def outcome(run: Callable[[], VerifiedToken]) -> VerifiedToken | str:

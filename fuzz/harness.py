@@ -48,7 +48,7 @@ class Start:
         self.tokens: dict[str, VerifiedToken] = {}
         for token in known_tokens():
             try:
-                self.tokens[token] = validate_token(token, self.config.token_keys)
+                self.tokens[token] = validate_token(token, self.config.snapshot.token_keys)
             except AuthzError as exc:
                 sys.exit(
                     f"seed token does not validate ({exc.code}): regenerate with python -m fuzz.make_corpus"

@@ -36,7 +36,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from authz._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
+from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from fuzz.world import CORPUS, temporary_world
 from tests.helpers import (
     CONTENT_ENCRYPTIONS,
@@ -231,7 +231,7 @@ def main() -> None:
         from authz.jose.nested import validate_token
 
         for token in tokens.values():  # the seeds are what the targets will take as valid
-            validate_token(token, config.token_keys)
+            validate_token(token, config.snapshot.token_keys)
         for target in ("fuzz_token", "fuzz_inner", "fuzz_check", "fuzz_http"):
             shutil.rmtree(CORPUS / target, ignore_errors=True)
             (CORPUS / target).mkdir(parents=True)

@@ -15,9 +15,9 @@ from typing import Any
 
 from jwcrypto.jwk import JWK
 
-from authz._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from authz.config import Config, load_config
 from authz.errors import REASONS, AuthzError
+from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from authz.jose.mint import generate_key, mint, public_jwks, write_jwks
 from authz.jose.nested import TokenKeys, validate_token
 

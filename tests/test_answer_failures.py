@@ -25,19 +25,20 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-import authz.http_door
-import authz.service
-from authz._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
-from authz.config import Config
-from authz.decision import Decision, reject
-from authz.http_door import HttpDoor, _internal_error, _render
-from authz.response import to_check_response, to_http_response
-from authz.server import run_server
-from authz.service import SnapshotHolder, _fallback_deny, check
-from authz.telemetry import CHECK_SPAN, Telemetry
+import authz.grpc.servicer
+import authz.http.wire
+from authz.config import Config, SnapshotHolder
+from authz.core.decision import Decision, reject
+from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+from authz.grpc.messages import fallback_deny, to_check_response
+from authz.grpc.server import run_server
+from authz.grpc.servicer import check
+from authz.http.door import HttpDoor
+from authz.http.wire import internal_error, render, to_http_response
+from authz.telemetry.recorder import Telemetry
+from authz.telemetry.tracing import CHECK_SPAN, HTTP_SPAN
 from tests.helpers import NOW, World, check_request
 
-HTTP_SPAN = authz.http_door.HTTP_SPAN
 NOT_LATIN_1 = "用户-1"  # issue 19's subject
 LONE_SURROGATE = "\ud800"  # json.loads('"\\ud800"') gives one; protobuf cannot encode it
 INTERNAL_BODY = {"error": "server_error", "reason": "internal_error"}
@@ -60,23 +61,23 @@ def provider(exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
 @pytest.fixture
 def unsendable_http(monkeypatch: pytest.MonkeyPatch) -> None:
     """The HTTP door's renderer, given a subject its Latin-1 header encoding cannot carry."""
-    real = authz.http_door.to_http_response
+    real = authz.http.wire.to_http_response
 
     def render(decision: Decision, *args: Any) -> tuple[int, list[tuple[str, str]], bytes]:
         return real(replace(decision, subject=NOT_LATIN_1) if decision.subject else decision, *args)
 
-    monkeypatch.setattr(authz.http_door, "to_http_response", render)
+    monkeypatch.setattr(authz.http.wire, "to_http_response", render)
 
 
 @pytest.fixture
 def unsendable_grpc(monkeypatch: pytest.MonkeyPatch) -> None:
     """The gRPC door's renderer, given a subject protobuf cannot encode (UTF-8 refuses lone surrogates)."""
-    real = authz.service.to_check_response
+    real = authz.grpc.servicer.to_check_response
 
     def render(decision: Decision, *args: Any) -> CheckResponse:
         return real(replace(decision, subject=LONE_SURROGATE) if decision.subject else decision, *args)
 
-    monkeypatch.setattr(authz.service, "to_check_response", render)
+    monkeypatch.setattr(authz.grpc.servicer, "to_check_response", render)
 
 
 def decision_lines(caplog: pytest.LogCaptureFixture) -> dict[str, dict[str, Any]]:
@@ -202,7 +203,7 @@ def test_http_door_memo_keeps_the_allow_once_it_can_be_sent(world: World, config
 def test_http_fallback_is_the_rendered_internal_error(rid: str, head: bool) -> None:
     """The constant-built fallback is byte for byte what rendering reject("internal_error") gives."""
     status, headers, body = to_http_response(reject("internal_error"), rid)
-    assert _internal_error(rid, head=head) == _render(status, headers, body, head=head)
+    assert internal_error(rid, head=head) == render(status, headers, body, head=head)
 
 
 # -- the gRPC door -----------------------------------------------------------------
@@ -258,4 +259,4 @@ def test_library_check_records_the_deny_it_became(
 @pytest.mark.parametrize("rid", ["", "rid-1", 'ü☃"\\\x7f'])
 def test_grpc_fallback_is_the_built_internal_error(rid: str) -> None:
     """The constant-built fallback is the message to_check_response builds for reject("internal_error")."""
-    assert _fallback_deny(rid) == to_check_response(reject("internal_error"), rid)
+    assert fallback_deny(rid) == to_check_response(reject("internal_error"), rid)

@@ -9,18 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from authz.cache import TokenCache
 from authz.config import Config, load_config
-from authz.decision import Decision, Verdict, decide
+from authz.core.cache import TokenCache
+from authz.core.decision import Decision, Verdict, decide
+from authz.grpc.messages import from_check_request
 from authz.jose.keys import IssuerKeys, KeySet, Purpose, keyset_from_jwks
 from authz.jose.mint import generate_key, public_jwks
 from authz.jose.nested import TokenKeys, VerifiedToken, validate_token
-from authz.request import from_check_request
 from tests.helpers import CONFIG, NOW, World, check_request
 
 
 def _decide(config: Config, token: str, *, path: str = "/orders", now: float = NOW) -> Decision:
-    return decide(config, from_check_request(check_request(path=path, token=token)), now)
+    return decide(config.snapshot, from_check_request(check_request(path=path, token=token)), now)
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def test_second_check_of_a_token_is_a_hit(world: World, fresh: Config) -> None:
     first, second = _decide(fresh, token), _decide(fresh, token)
     assert (first.reason, first.cache_hit) == ("ok", False)
     assert (second.reason, second.cache_hit) == ("ok", True)
-    assert (fresh.cache.hits, fresh.cache.misses, len(fresh.cache)) == (1, 1, 1)
+    assert (fresh.snapshot.cache.hits, fresh.snapshot.cache.misses, len(fresh.snapshot.cache)) == (1, 1, 1)
 
 
 def test_time_checks_run_on_every_hit(world: World, fresh: Config) -> None:
@@ -62,7 +62,7 @@ def test_failures_are_never_cached(world: World, fresh: Config) -> None:
     expired = world.token(world.claims(exp=NOW - 100, iat=NOW - 200, nbf=NOW - 200))
     for token in (tampered, tampered, expired, expired):
         assert _decide(fresh, token).verdict is Verdict.DENY
-    assert len(fresh.cache) == 0
+    assert len(fresh.snapshot.cache) == 0
 
 
 def test_a_reload_starts_with_an_empty_cache(world: World, tmp_path: Path) -> None:
@@ -82,7 +82,7 @@ def test_a_reload_starts_with_an_empty_cache(world: World, tmp_path: Path) -> No
         CONFIG.replace("encrypt_only_keys: [enc-a256kw, enc-dir]", "encrypt_only_keys: [enc-dir]")
     )
     after = load_config(root / "config.yaml")
-    assert len(after.cache) == 0
+    assert len(after.snapshot.cache) == 0
     assert _decide(after, token).reason == "decryption_key_unknown"
 
 
@@ -98,15 +98,18 @@ class _Remote:
 
 def _remote_acme(config: Config) -> tuple[TokenKeys, _Remote, KeySet]:
     """Token keys where acme's signing keys come from a (stand-in) jwks_uri, with acme's file keys."""
-    acme = config.token_keys.issuers["https://idp.acme.test"]
+    acme = config.snapshot.token_keys.issuers["https://idp.acme.test"]
     assert isinstance(acme, IssuerKeys)
     remote = _Remote(acme.static)
     keys = TokenKeys(
-        decryption=config.token_keys.decryption,
-        content_encryption=config.token_keys.content_encryption,
-        issuers={**config.token_keys.issuers, "https://idp.acme.test": IssuerKeys(KeySet.of(()), remote)},
-        max_bytes=config.token_keys.max_bytes,
-        allowed_typ=config.token_keys.allowed_typ,
+        decryption=config.snapshot.token_keys.decryption,
+        content_encryption=config.snapshot.token_keys.content_encryption,
+        issuers={
+            **config.snapshot.token_keys.issuers,
+            "https://idp.acme.test": IssuerKeys(KeySet.of(()), remote),
+        },
+        max_bytes=config.snapshot.token_keys.max_bytes,
+        allowed_typ=config.snapshot.token_keys.allowed_typ,
     )
     return keys, remote, acme.static
 
@@ -180,26 +183,26 @@ def test_entries_stop_at_exp(world: World, config: Config) -> None:
     """An entry is dropped once its exp has passed, whatever the claims step would say."""
     cache = TokenCache(10)
     token = world.token()
-    verified = validate_token(token, config.token_keys)
+    verified = validate_token(token, config.snapshot.token_keys)
     key = cache.key(token)
-    cache.put(key, verified, config.token_keys, NOW + 10)
-    assert cache.get(key, config.token_keys, NOW + 9.9) is verified
-    assert cache.get(key, config.token_keys, NOW + 10) is None
+    cache.put(key, verified, config.snapshot.token_keys, NOW + 10)
+    assert cache.get(key, config.snapshot.token_keys, NOW + 9.9) is verified
+    assert cache.get(key, config.snapshot.token_keys, NOW + 10) is None
 
 
 def test_the_cache_is_bounded_lru(world: World, config: Config) -> None:
     """Past its bound the least recently used entry goes first."""
     cache = TokenCache(2)
     tokens = [world.token(world.claims(sub=f"user-{i}")) for i in range(3)]
-    verified = [validate_token(t, config.token_keys) for t in tokens]
+    verified = [validate_token(t, config.snapshot.token_keys) for t in tokens]
     keys = [cache.key(t) for t in tokens]
-    cache.put(keys[0], verified[0], config.token_keys, NOW + 300)
-    cache.put(keys[1], verified[1], config.token_keys, NOW + 300)
-    assert cache.get(keys[0], config.token_keys, NOW) is verified[0]  # 0 is now the most recent
-    cache.put(keys[2], verified[2], config.token_keys, NOW + 300)
+    cache.put(keys[0], verified[0], config.snapshot.token_keys, NOW + 300)
+    cache.put(keys[1], verified[1], config.snapshot.token_keys, NOW + 300)
+    assert cache.get(keys[0], config.snapshot.token_keys, NOW) is verified[0]  # 0 is now the most recent
+    cache.put(keys[2], verified[2], config.snapshot.token_keys, NOW + 300)
     assert len(cache) == 2
-    assert cache.get(keys[1], config.token_keys, NOW) is None
-    assert cache.get(keys[0], config.token_keys, NOW) is verified[0]
+    assert cache.get(keys[1], config.snapshot.token_keys, NOW) is None
+    assert cache.get(keys[0], config.snapshot.token_keys, NOW) is verified[0]
 
 
 def test_cache_size_zero_disables_it(world: World, tmp_path: Path) -> None:
@@ -212,7 +215,7 @@ def test_cache_size_zero_disables_it(world: World, tmp_path: Path) -> None:
     config = load_config(root / "config.yaml")
     token = world.token()
     assert [_decide(config, token).cache_hit for _ in range(2)] == [False, False]
-    assert len(config.cache) == 0
+    assert len(config.snapshot.cache) == 0
 
 
 async def test_a_hit_is_visible_in_the_span_and_skips_the_crypto_steps(world: World, fresh: Config) -> None:
@@ -221,8 +224,9 @@ async def test_a_hit_is_visible_in_the_span_and_skips_the_crypto_steps(world: Wo
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from authz.service import AuthorizationService, SnapshotHolder
-    from authz.telemetry import Telemetry
+    from authz.config import SnapshotHolder
+    from authz.grpc.servicer import AuthorizationService
+    from authz.telemetry.recorder import Telemetry
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()

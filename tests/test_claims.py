@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from authz.claims import ClaimRules, validate_claims
+from authz.config import SnapshotHolder
+from authz.core.claims import ClaimRules, validate_claims
 from authz.errors import AuthzError
-from authz.service import SnapshotHolder, check
+from authz.grpc.servicer import check
 from tests.helpers import ACME_IDP, NOW, check_request
 
 SKEW = 30

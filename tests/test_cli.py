@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from authz.app.demo import setup_demo
 from authz.cli import main
 from authz.config import load_config
-from authz.demo import setup_demo
 from authz.jose.keys import Purpose, load_keyset
 
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}

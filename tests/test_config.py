@@ -10,8 +10,8 @@ import pytest
 from jwcrypto.jwk import JWK
 
 from authz.config import load_config
+from authz.core.policy import Mode
 from authz.errors import ConfigError
-from authz.policy import Mode
 from tests.helpers import ACME_IDP, SHARED_IDP
 
 # The configuration reference of the README, verbatim (comments included).
@@ -118,22 +118,22 @@ def public(key: JWK) -> dict:
 
 def test_world_config_loads(config):
     """The test world's config loads with every tenant, index and setting."""
-    assert set(config.tenants.by_name) == {"acme", "globex", "initech", "dry", "legacy"}
-    assert set(config.tenants.by_host) == {
+    assert set(config.snapshot.tenants.by_name) == {"acme", "globex", "initech", "dry", "legacy"}
+    assert set(config.snapshot.tenants.by_host) == {
         "api.acme.test", "api.globex.test", "api.initech.test", "api.dry.test", "api.legacy.test",
     }  # fmt: skip
-    assert config.tenants.by_suffix[0][0] == ".acme.test"
-    assert config.tenants.shared_issuers == {ACME_IDP, SHARED_IDP}
-    assert config.tenants.by_name["dry"].mode is Mode.DRY_RUN
+    assert config.snapshot.tenants.by_suffix[0][0] == ".acme.test"
+    assert config.snapshot.tenants.shared_issuers == {ACME_IDP, SHARED_IDP}
+    assert config.snapshot.tenants.by_name["dry"].mode is Mode.DRY_RUN
     # Bare kids of a one-issuer tenant are bound to that issuer.
-    assert config.tenants.by_name["legacy"].encrypt_only_keys == {
+    assert config.snapshot.tenants.by_name["legacy"].encrypt_only_keys == {
         "enc-a256kw": {ACME_IDP},
         "enc-dir": {ACME_IDP},
     }
-    assert config.request.allow_path_parameters is False
-    assert (config.claim_rules.clock_skew, config.claim_rules.max_lifetime) == (30, 3600)
-    assert config.upstream.strip_authorization is True
-    assert len(config.token_keys.decryption) == 7
+    assert config.snapshot.allow_path_parameters is False
+    assert (config.snapshot.claim_rules.clock_skew, config.snapshot.claim_rules.max_lifetime) == (30, 3600)
+    assert config.snapshot.strip_authorization is True
+    assert len(config.snapshot.token_keys.decryption) == 7
     assert len(config.digest) == 64
 
 
@@ -143,15 +143,15 @@ def test_spec_config_loads(folder):
     path.write_text(SPEC_CONFIG, encoding="utf-8")
     config = load_config(path)
     assert config.listen == "0.0.0.0:9001"
-    assert (config.claim_rules.clock_skew, config.claim_rules.max_lifetime) == (30, 86400)
-    assert config.claim_rules.tenant_claim == "tenant"
-    assert config.token_keys.max_bytes == 8192
-    assert config.token_keys.allowed_typ == frozenset()
-    assert set(config.token_keys.issuers) == {ACME_IDP}
-    assert config.upstream.strip_authorization is False
-    assert config.request.allow_path_parameters is False
+    assert (config.snapshot.claim_rules.clock_skew, config.snapshot.claim_rules.max_lifetime) == (30, 86400)
+    assert config.snapshot.claim_rules.tenant_claim == "tenant"
+    assert config.snapshot.token_keys.max_bytes == 8192
+    assert config.snapshot.token_keys.allowed_typ == frozenset()
+    assert set(config.snapshot.token_keys.issuers) == {ACME_IDP}
+    assert config.snapshot.strip_authorization is False
+    assert config.snapshot.allow_path_parameters is False
     assert (config.server.max_concurrent_checks, config.server.max_message_bytes) == (256, 1048576)
-    acme = config.tenants.by_name["acme"]
+    acme = config.snapshot.tenants.by_name["acme"]
     assert [r.name for r in acme.rules] == ["health", "read-orders", "admin"]
     assert acme.rules[0].public
     assert acme.rules[1].methods == {"GET", "HEAD"}
@@ -178,9 +178,14 @@ tenants:
     path.write_text(text, encoding="utf-8")
     config = load_config(path)
     assert config.listen is None
-    assert config.claim_rules.max_lifetime == 86400
-    assert config.token_keys.content_encryption == {"A256GCM", "A128GCM", "A256CBC-HS512", "A128CBC-HS256"}
-    assert config.tenants.by_name["acme"].mode is Mode.ENFORCE
+    assert config.snapshot.claim_rules.max_lifetime == 86400
+    assert config.snapshot.token_keys.content_encryption == {
+        "A256GCM",
+        "A128GCM",
+        "A256CBC-HS512",
+        "A128CBC-HS256",
+    }
+    assert config.snapshot.tenants.by_name["acme"].mode is Mode.ENFORCE
     assert config.server.grace_seconds == 10.0
 
 
@@ -199,7 +204,7 @@ def test_encrypt_only_keys_name_their_issuers(folder):
     )
     path = folder / "config.yaml"
     path.write_text(text + GLOBEX.replace("    rules: []", "    encrypt_only_keys: [enc-dir]\n    rules: []"))
-    tenants = load_config(path).tenants.by_name
+    tenants = load_config(path).snapshot.tenants.by_name
     assert tenants["acme"].encrypt_only_keys == {
         "enc-dir": {SHARED_IDP},
         "enc-a256kw": {ACME_IDP, SHARED_IDP},
@@ -211,7 +216,7 @@ def test_request_path_parameters_strip(folder):
     """request.path_parameters: strip allows ';' parameters (removed before matching)."""
     path = folder / "config.yaml"
     path.write_text(edit("  path_parameters: reject ", "  path_parameters: strip "), encoding="utf-8")
-    assert load_config(path).request.allow_path_parameters is True
+    assert load_config(path).snapshot.allow_path_parameters is True
 
 
 def test_relative_paths_resolve_against_config_folder(folder, tmp_path_factory, monkeypatch):
@@ -232,7 +237,7 @@ def test_yaml_aliases_are_shared(folder):
     text += GLOBEX.replace("audiences: [orders-api]", "audiences: *aud")
     path = folder / "config.yaml"
     path.write_text(text, encoding="utf-8")
-    assert load_config(path).tenants.by_name["globex"].audiences == {"orders-api"}
+    assert load_config(path).snapshot.tenants.by_name["globex"].audiences == {"orders-api"}
 
 
 # -- errors in config.yaml: file, line, reason ----------------------------------------------

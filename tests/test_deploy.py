@@ -27,7 +27,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from authz.response import identity_spellings
+from authz.core.answer import identity_spellings
 from tests.integration.harness import find_envoy, load_render
 
 REPO = Path(__file__).resolve().parents[1]
@@ -1097,6 +1097,6 @@ def test_dockerfile_installs_what_ci_installs(tmp_path: Path) -> None:
         (entry_points,) = [n for n in names if n.endswith("entry_points.txt")]
         assert "authz = authz.cli:main" in archive.read(entry_points).decode()
     assert "authz/cli.py" in names
-    assert any(n.startswith("authz/_proto/") for n in names)
-    # authz._proto builds its classes from this file at import: without it nothing imports.
-    assert "authz/_proto/descriptors.binpb" in names
+    assert any(n.startswith("authz/grpc/_proto/") for n in names)
+    # authz.grpc._proto builds its classes from this file at import: without it nothing imports.
+    assert "authz/grpc/_proto/descriptors.binpb" in names

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from authz.drain import SETTLE_SECONDS, InFlight, drain
+from authz.grpc.drain import SETTLE_SECONDS, InFlight, drain
 
 
 class _Context:

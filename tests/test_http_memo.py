@@ -19,11 +19,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from authz.config import Config, load_config
-from authz.http_door import HttpDoor, RawHeaders
-from authz.logs import JsonFormatter, JsonHandler, direct_sink
-from authz.service import SnapshotHolder
-from authz.telemetry import Telemetry
+from authz.config import Config, SnapshotHolder, load_config
+from authz.http.door import HttpDoor
+from authz.http.protocol import RawHeaders
+from authz.telemetry.logs import JsonFormatter, JsonHandler, direct_sink
+from authz.telemetry.recorder import Telemetry
 from tests.helpers import CONFIG, NOW, World
 
 SKEW = 30  # CONFIG's clock_skew
@@ -113,13 +113,13 @@ def test_a_repeat_gets_the_same_answer_from_the_memo(world: World, config: Confi
     assert status(first) == 200
     assert b"x-authz-subject: user-1\r\n" in first
     assert door.memo_hits == 0
-    hits_before = config.cache.hits
+    hits_before = config.snapshot.cache.hits
     assert ask(door, headers) == first
     assert ask(door, raw(token, rid="req-2")) == first  # the request id is not in an allow
     assert door.memo_hits == 2
     assert telemetry.memo_hits.values[()] == 2  # authz_http_memo_hits_total
     assert checks(telemetry) == 3
-    assert config.cache.hits == hits_before + 2  # a repeat is a hit of the verified-token cache
+    assert config.snapshot.cache.hits == hits_before + 2  # a repeat is a hit of the verified-token cache
 
 
 def test_a_repeat_logs_the_line_a_decision_logs(
@@ -229,11 +229,11 @@ def test_a_token_leaving_the_cache_retires_its_answers(world: World, tmp_path: P
     first, second = raw(world.token()), raw(world.token(world.claims(sub="user-2")))
     ask(door, first)
     ask(door, second)  # evicts the first token from the one-entry cache
-    misses = config.cache.misses
+    misses = config.snapshot.cache.misses
     answer = ask(door, first)
     assert status(answer) == 200
     assert door.memo_hits == 0
-    assert config.cache.misses == misses + 1  # verified again, not served from the memo
+    assert config.snapshot.cache.misses == misses + 1  # verified again, not served from the memo
 
 
 @pytest.mark.parametrize(

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from authz.config import Config
-from authz.http_door import HttpDoor
-from authz.service import SnapshotHolder, check
-from authz.telemetry import Telemetry
+from authz.config import Config, SnapshotHolder
+from authz.grpc.servicer import check
+from authz.http.door import HttpDoor
+from authz.telemetry.recorder import Telemetry
 from tests.helpers import CONTENT_ENCRYPTIONS, INNER_ALGS, NOW, OUTER_ALGS, World, check_request
 
 
@@ -84,11 +84,11 @@ def _reason_of_allow(
 ) -> str:
     # An allowed HTTP answer carries no reason (its body is empty); the decision log
     # has it. Allow and dry-run-deny both answer 200: take the reason from the decision.
-    from authz.decision import decide
-    from authz.request import from_http
+    from authz.core.decision import decide
+    from authz.http.wire import from_http
 
     plain = {"host": (host,), **{k: (v,) for k, v in headers.items()}}
-    return decide(config, from_http(method, path, plain), now).reason
+    return decide(config.snapshot, from_http(method, path, plain), now).reason
 
 
 Case = tuple[str, Callable[[World], dict[str, Any]]]

@@ -28,12 +28,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from jwcrypto.jwk import JWK
 
-from authz._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
-from authz.config import Config, load_config
+from authz.app.jwks import JwksRegistry, RemoteJwks
+from authz.config import Config, SnapshotHolder, load_config
 from authz.errors import ConfigError
+from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+from authz.grpc.servicer import AuthorizationService, check
 from authz.jose.mint import generate_key, mint, public_jwks, write_jwks
-from authz.jwks import JwksRegistry, RemoteJwks
-from authz.service import AuthorizationService, SnapshotHolder, check
 from tests.helpers import NOW, World, check_request
 from tests.https_jwks import BODY_MARKER, CertificateAuthority, JwksServer
 
@@ -157,7 +157,7 @@ def outcome(response: CheckResponse) -> tuple[int, int, str]:
 
 
 def sync_check(config: Config, message: CheckRequest) -> tuple[int, int, str]:
-    """authz.service.check: no refetch, just the keys as they are."""
+    """authz.grpc.servicer.check: no refetch, just the keys as they are."""
     return outcome(check(SnapshotHolder(config), message, lambda: NOW))
 
 
@@ -167,8 +167,17 @@ async def service_check(config: Config, message: CheckRequest) -> tuple[int, int
     return outcome(await service.check(message.SerializeToString(), context=None))  # type: ignore[arg-type]
 
 
+def load_fetched(path: Path | str, registry: JwksRegistry | None = None) -> Config:
+    """load_config with the server's fetchers: each jwks_uri gets a RemoteJwks of its own."""
+    return load_config(path, registry or JwksRegistry())
+
+
 def remote_of(config: Config) -> RemoteJwks:
-    (remote,) = config.remote_jwks
+    """The one jwks_uri source of the config's issuers."""
+    (remote,) = (
+        keys.remote for keys in config.snapshot.token_keys.issuers.values() if keys.remote is not None
+    )
+    assert isinstance(remote, RemoteJwks)
     return remote
 
 
@@ -185,7 +194,7 @@ async def until(condition: Callable[[], bool], what: str, timeout: float = DEADL
 
 async def test_first_fetch_makes_served_keys_usable(idp, ca_file, world, tmp_path) -> None:
     """The first good fetch stores the served keys; a token signed by one of them is allowed."""
-    config = load_config(write_config(tmp_path, world, uri=idp.url(), ca_file=ca_file))
+    config = load_fetched(write_config(tmp_path, world, uri=idp.url(), ca_file=ca_file))
     remote = remote_of(config)
     assert remote.keyset is None
     assert await remote.fetch()
@@ -200,7 +209,7 @@ async def test_first_fetch_makes_served_keys_usable(idp, ca_file, world, tmp_pat
 async def test_scheduled_refresh_picks_up_new_key(idp, ca_file, world, tmp_path) -> None:
     """With a short refresh_interval, a key the issuer adds becomes usable without any request."""
     path = write_config(tmp_path, world, uri=idp.url(), ca_file=ca_file, issuer={"refresh_interval": 0.2})
-    config = load_config(path)
+    config = load_fetched(path)
     remote = remote_of(config)
     remote.start()
     try:
@@ -224,7 +233,7 @@ async def test_unknown_kid_refetch_is_rate_limited(idp, ca_file, world, tmp_path
         ca_file=ca_file,
         issuer={"min_refetch_interval": interval},
     )
-    config = load_config(path)
+    config = load_fetched(path)
     remote = remote_of(config)
     assert await remote.fetch()
     fetched = time.monotonic()
@@ -275,7 +284,7 @@ FAILURES = {
 @pytest.mark.parametrize("mode", list(FAILURES))
 async def test_failed_fetch_keeps_last_good_keys(mode, idp, ca_file, world, tmp_path, caplog) -> None:
     """A failed fetch keeps the last good keys, counts a failure, logs a short error without the body."""
-    config = load_config(write_config(tmp_path, world, uri=idp.url(), ca_file=ca_file))
+    config = load_fetched(write_config(tmp_path, world, uri=idp.url(), ca_file=ca_file))
     remote = remote_of(config)
     assert await remote.fetch()
     good = remote.keyset
@@ -307,7 +316,7 @@ async def test_failed_fetch_keeps_last_good_keys(mode, idp, ca_file, world, tmp_
 
 async def test_never_fetched_issuer_is_denied_unavailable(idp, ca_file, world, tmp_path) -> None:
     """Before a good fetch the issuer's tokens are denied issuer_keys_unavailable (503, gRPC 14)."""
-    config = load_config(write_config(tmp_path, world, uri=idp.url(), ca_file=ca_file))
+    config = load_fetched(write_config(tmp_path, world, uri=idp.url(), ca_file=ca_file))
     remote = remote_of(config)
     assert sync_check(config, remote_request(world, KEYS["k1"])) == UNAVAILABLE
     assert await service_check(config, remote_request(world, KEYS["k1"])) == UNAVAILABLE
@@ -323,7 +332,7 @@ async def test_never_fetched_issuer_is_denied_unavailable(idp, ca_file, world, t
 async def test_untrusted_server_certificate_is_a_fetch_failure(trust, idp, pki, world, tmp_path) -> None:
     """A server certificate the configured trust does not verify: the fetch fails, no keys, no request."""
     ca_file = pki["other_ca_file"] if trust == "other-ca" else None
-    config = load_config(write_config(tmp_path, world, uri=idp.url(), ca_file=ca_file))
+    config = load_fetched(write_config(tmp_path, world, uri=idp.url(), ca_file=ca_file))
     remote = remote_of(config)
     assert not await remote.fetch()
     assert remote.keyset is None
@@ -343,7 +352,7 @@ def test_http_jwks_uri_is_rejected_with_its_line(world, tmp_path) -> None:
     text = path.read_text(encoding="utf-8")
     line = text.splitlines().index("    jwks_uri: http://127.0.0.1:1/jwks.json") + 1
     with pytest.raises(ConfigError) as caught:
-        load_config(path)
+        load_fetched(path)
     assert (caught.value.file, caught.value.line) == (str(path), line)
     assert "jwks_uri" in caught.value.reason
     assert "https://" in caught.value.reason
@@ -355,7 +364,7 @@ def test_unusable_ca_file_is_a_config_error(world, tmp_path) -> None:
     bad.write_text("this is not PEM\n", encoding="utf-8")
     path = write_config(tmp_path, world, uri="https://127.0.0.1:1/jwks.json", ca_file=bad)
     with pytest.raises(ConfigError) as caught:
-        load_config(path)
+        load_fetched(path)
     assert caught.value.file == str(bad)
     assert "CA bundle" in caught.value.reason
 
@@ -366,7 +375,7 @@ async def test_issuer_with_files_and_uri_uses_files_first(idp, ca_file, world, t
     write_jwks(static, public_jwks([KEYS["s1"], KEYS["b-file"]]), private=False)
     idp.serve_keys([KEYS["k1"], KEYS["b-remote"]])
     path = write_config(tmp_path, world, uri=idp.url(), ca_file=ca_file, jwks_file=static)
-    config = load_config(path)
+    config = load_fetched(path)
 
     assert sync_check(config, remote_request(world, KEYS["s1"])) == ALLOWED
     assert sync_check(config, remote_request(world, KEYS["b-file"])) == ALLOWED
@@ -389,11 +398,11 @@ async def test_registry_shares_one_source_across_loads(idp, ca_file, world, tmp_
     registry = JwksRegistry()
     try:
         first = load_config(path, registry)
-        await registry.start(first.remote_jwks, DEADLINE)
+        await registry.start(first.jwks, DEADLINE)
         assert idp.total == 1
         second = load_config(path, registry)
         assert remote_of(second) is remote_of(first)
-        await registry.start(second.remote_jwks, DEADLINE)
+        await registry.start(second.jwks, DEADLINE)
         assert idp.total == 1
         assert sync_check(second, remote_request(world, KEYS["k1"])) == ALLOWED
     finally:
@@ -408,10 +417,10 @@ async def test_registry_start_stops_sources_no_longer_wanted(idp, ca_file, world
     registry = JwksRegistry()
     try:
         config_a = load_config(path_a, registry)
-        await registry.start(config_a.remote_jwks, DEADLINE)
+        await registry.start(config_a.jwks, DEADLINE)
         await until(lambda: idp.requests["/a"] >= 2, "source a to refresh")
         config_b = load_config(path_b, registry)
-        await registry.start(config_b.remote_jwks, DEADLINE)
+        await registry.start(config_b.jwks, DEADLINE)
         a_after, b_after = idp.requests["/a"], idp.requests["/b"]
         await until(lambda: idp.requests["/b"] >= b_after + 3, "source b to refresh")
         assert idp.requests["/a"] <= a_after + 1  # at most one fetch that was already in flight
@@ -429,12 +438,12 @@ async def test_registry_new_settings_keep_keys_of_same_uri(idp, ca_file, world, 
     registry = JwksRegistry()
     try:
         config_a = load_config(path_a, registry)
-        await registry.start(config_a.remote_jwks, DEADLINE)
+        await registry.start(config_a.jwks, DEADLINE)
         assert remote_of(config_a).keyset is not None
         idp.stop()
         config_b = load_config(path_b, registry)
         assert remote_of(config_b) is not remote_of(config_a)
-        await registry.start(config_b.remote_jwks, DEADLINE)
+        await registry.start(config_b.jwks, DEADLINE)
         assert remote_of(config_b).results["failure"] == 1
         assert sync_check(config_b, remote_request(world, KEYS["k1"])) == ALLOWED
     finally:
@@ -560,7 +569,7 @@ async def test_unknown_kid_of_a_file_issuer_does_not_fetch_other_issuers(
     idp, ca_file, world, tmp_path
 ) -> None:
     """An unknown kid from an issuer with key files only refetches nobody's jwks_uri."""
-    config = load_config(write_config(tmp_path, world, uri=idp.url(), ca_file=ca_file))
+    config = load_fetched(write_config(tmp_path, world, uri=idp.url(), ca_file=ca_file))
     assert await remote_of(config).fetch()
     before = idp.total
     stranger = generate_key("ES256", "acme-unknown")
@@ -580,7 +589,7 @@ async def test_a_hanging_jwks_server_delays_no_check_beyond_its_bound(idp, ca_fi
         tmp_path, world, uri=idp.url(), ca_file=ca_file,
         issuer={"min_refetch_interval": 0.01}, server={"jwks_unknown_kid_wait": wait},
     )  # fmt: skip
-    config = load_config(path)
+    config = load_fetched(path)
     assert await remote_of(config).fetch()
     idp.mode = "hang"  # from now on every fetch hangs (until fetch_timeout)
     service = AuthorizationService(SnapshotHolder(config), lambda: NOW)
@@ -603,10 +612,10 @@ async def test_a_hanging_jwks_server_delays_no_check_beyond_its_bound(idp, ca_fi
 
 async def test_http_door_refetches_for_an_unknown_kid(idp, ca_file, world, tmp_path) -> None:
     """The HTTP door, too, waits (bounded) for a refetch when a token names a new kid of its issuer."""
-    from authz.http_door import HttpDoor
-    from authz.telemetry import Telemetry
+    from authz.http.door import HttpDoor
+    from authz.telemetry.recorder import Telemetry
 
-    config = load_config(
+    config = load_fetched(
         write_config(tmp_path, world, uri=idp.url(), ca_file=ca_file, issuer={"min_refetch_interval": 0.01})
     )
     assert await remote_of(config).fetch()
@@ -629,11 +638,11 @@ async def test_http_door_refetches_for_an_unknown_kid(idp, ca_file, world, tmp_p
 
 async def test_http_door_memo_does_not_outlive_a_removed_signing_key(idp, ca_file, world, tmp_path) -> None:
     """A repeat answered from the HTTP door's memo is denied once a refresh drops its signing key."""
-    from authz.http_door import HttpDoor
-    from authz.telemetry import Telemetry
+    from authz.http.door import HttpDoor
+    from authz.telemetry.recorder import Telemetry
 
     idp.serve_keys([KEYS["k1"], KEYS["k2"]])
-    config = load_config(write_config(tmp_path, world, uri=idp.url(), ca_file=ca_file))
+    config = load_fetched(write_config(tmp_path, world, uri=idp.url(), ca_file=ca_file))
     remote = remote_of(config)
     assert await remote.fetch()
     door = HttpDoor(SnapshotHolder(config), lambda: NOW, Telemetry(), config.http)
@@ -661,7 +670,7 @@ async def test_http_door_memo_does_not_outlive_a_removed_signing_key(idp, ca_fil
 # A cached token stays a hit while its issuer serves the very key that verified it: a fetch of
 # the same keys (scheduled, or forced by a made-up kid) or one that adds keys retires nothing;
 # a removed or replaced key retires exactly the tokens it verified. Hits are counted by the
-# snapshot's cache (config.cache.hits): a hit is a check that decrypted and verified nothing.
+# snapshot's cache (config.snapshot.cache.hits): a hit is a check that decrypted and verified nothing.
 
 
 def _same_keys_reshuffled(keys: list[JWK]) -> bytes:
@@ -675,7 +684,7 @@ async def test_a_fetch_of_the_same_keys_keeps_cached_tokens(how, idp, ca_file, w
     """Refetched (or refreshed on schedule), the same keys are the same key set: cached tokens stay hits."""
     idp.serve_keys([KEYS["k1"], KEYS["k2"]])
     interval = 0.1 if how == "scheduled" else 300
-    config = load_config(
+    config = load_fetched(
         write_config(tmp_path, world, uri=idp.url(), ca_file=ca_file, issuer={"refresh_interval": interval})
     )
     remote = remote_of(config)
@@ -683,7 +692,7 @@ async def test_a_fetch_of_the_same_keys_keeps_cached_tokens(how, idp, ca_file, w
     first = remote.keyset
     request = remote_request(world, KEYS["k1"])
     assert sync_check(config, request) == ALLOWED
-    assert (config.cache.hits, config.cache.misses) == (0, 1)
+    assert (config.snapshot.cache.hits, config.snapshot.cache.misses) == (0, 1)
     idp.document = _same_keys_reshuffled([KEYS["k1"], KEYS["k2"]])
     if how == "refetch":
         for _ in range(3):
@@ -697,12 +706,12 @@ async def test_a_fetch_of_the_same_keys_keeps_cached_tokens(how, idp, ca_file, w
     assert remote.keyset is first
     for _ in range(3):
         assert sync_check(config, request) == ALLOWED
-    assert (config.cache.hits, config.cache.misses) == (3, 1)
+    assert (config.snapshot.cache.hits, config.snapshot.cache.misses) == (3, 1)
 
 
 async def test_a_fetch_that_adds_a_key_keeps_cached_tokens(idp, ca_file, world, tmp_path) -> None:
     """The issuer adds k2: tokens verified by k1 stay hits; k2's tokens are verified and allowed."""
-    config = load_config(write_config(tmp_path, world, uri=idp.url(), ca_file=ca_file))
+    config = load_fetched(write_config(tmp_path, world, uri=idp.url(), ca_file=ca_file))
     remote = remote_of(config)
     assert await remote.fetch()
     first = remote.keyset
@@ -714,9 +723,9 @@ async def test_a_fetch_that_adds_a_key_keeps_cached_tokens(idp, ca_file, world, 
     assert remote.keyset.by_kid["k1"] is first.by_kid["k1"]  # the unchanged key is the same object
     assert sync_check(config, old) == ALLOWED
     assert sync_check(config, old) == ALLOWED
-    assert (config.cache.hits, config.cache.misses) == (2, 1)
+    assert (config.snapshot.cache.hits, config.snapshot.cache.misses) == (2, 1)
     assert sync_check(config, remote_request(world, KEYS["k2"])) == ALLOWED
-    assert (config.cache.hits, config.cache.misses) == (2, 2)
+    assert (config.snapshot.cache.hits, config.snapshot.cache.misses) == (2, 2)
 
 
 @pytest.mark.parametrize("change", ["removed", "replaced", "member-added"])
@@ -726,12 +735,12 @@ async def test_a_removed_or_changed_key_retires_the_tokens_it_verified(
     """k2 removed, replaced under its kid, or re-served with one member more: k2's cached tokens are
     decrypted and verified again (denied if k2's key is gone); k1's stay hits."""
     idp.serve_keys([KEYS["k1"], KEYS["k2"]])
-    config = load_config(write_config(tmp_path, world, uri=idp.url(), ca_file=ca_file))
+    config = load_fetched(write_config(tmp_path, world, uri=idp.url(), ca_file=ca_file))
     remote = remote_of(config)
     assert await remote.fetch()
     by_k1, by_k2 = remote_request(world, KEYS["k1"]), remote_request(world, KEYS["k2"])
     assert sync_check(config, by_k1) == sync_check(config, by_k2) == ALLOWED
-    assert (config.cache.hits, config.cache.misses) == (0, 2)
+    assert (config.snapshot.cache.hits, config.snapshot.cache.misses) == (0, 2)
     new_k2 = generate_key("ES256", "k2")
     if change == "removed":
         idp.serve_keys([KEYS["k1"]])
@@ -748,9 +757,9 @@ async def test_a_removed_or_changed_key_retires_the_tokens_it_verified(
         "member-added": ALLOWED,
     }[change]
     assert sync_check(config, by_k2) == expected  # a miss: verified again
-    assert (config.cache.hits, config.cache.misses) == (0, 3)
+    assert (config.snapshot.cache.hits, config.snapshot.cache.misses) == (0, 3)
     assert sync_check(config, by_k1) == ALLOWED  # a hit
-    assert (config.cache.hits, config.cache.misses) == (1, 3)
+    assert (config.snapshot.cache.hits, config.snapshot.cache.misses) == (1, 3)
     if change == "replaced":
         assert sync_check(config, remote_request(world, new_k2)) == ALLOWED
 
@@ -760,11 +769,11 @@ async def test_made_up_kids_forcing_refetches_do_not_make_cached_tokens_verify_a
 ) -> None:
     """The attack of issue 19 (5): tokens encrypted to our public key with made-up inner kids force
     refetches of an unchanged JWKS; a cached valid token stays a hit on both doors."""
-    from authz.http_door import HttpDoor
-    from authz.telemetry import Telemetry
+    from authz.http.door import HttpDoor
+    from authz.telemetry.recorder import Telemetry
 
     window = 0.05
-    config = load_config(
+    config = load_fetched(
         write_config(tmp_path, world, uri=idp.url(), ca_file=ca_file, issuer={"min_refetch_interval": window})
     )
     remote = remote_of(config)
@@ -777,7 +786,7 @@ async def test_made_up_kids_forcing_refetches_do_not_make_cached_tokens_verify_a
         (b"authorization", f"Bearer {remote_token(world, KEYS['k1'])}".encode()),
     ]
     assert door.answer_raw(b"GET", b"/orders", raw).startswith(b"HTTP/1.1 200 ")  # type: ignore[union-attr]
-    hits, misses, fetches = config.cache.hits, config.cache.misses, idp.total
+    hits, misses, fetches = config.snapshot.cache.hits, config.snapshot.cache.misses, idp.total
     rounds = 4
     for number in range(rounds):
         # Past the refetch rate limit (a rate limit is time): each forged token gets its fetch.
@@ -791,6 +800,6 @@ async def test_made_up_kids_forcing_refetches_do_not_make_cached_tokens_verify_a
     assert idp.total == fetches + rounds  # every forged token did force a fetch
     # The valid token: a hit each round on the gRPC door, and each memo answer counts a hit;
     # the only misses are the forged tokens (twice each: before and after their refetch).
-    assert config.cache.hits == hits + 2 * rounds
-    assert config.cache.misses == misses + 2 * rounds
+    assert config.snapshot.cache.hits == hits + 2 * rounds
+    assert config.snapshot.cache.misses == misses + 2 * rounds
     assert door.memo_hits == rounds

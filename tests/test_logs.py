@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from authz.logs import JsonFormatter, JsonHandler, direct_sink, render_line, setup_logging
+from authz.telemetry.logs import JsonFormatter, JsonHandler, direct_sink, render_line, setup_logging
 
 _values = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=40))
 _names = st.text(min_size=1, max_size=12).filter(lambda k: k not in {"time", "level", "logger", "pid", "msg"})

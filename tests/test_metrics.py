@@ -26,13 +26,14 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 
-from authz._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
-from authz.admin import run_admin
-from authz.config import Config
-from authz.metrics import DEFAULT_BUCKETS, Registry, Sample
-from authz.server import _ready
-from authz.service import AuthorizationService, SnapshotHolder
-from authz.telemetry import Telemetry, config_metrics
+from authz.app.admin import run_admin
+from authz.app.jwks import JwksRegistry
+from authz.app.serve import _ready, config_metrics
+from authz.config import Config, SnapshotHolder
+from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+from authz.grpc.servicer import AuthorizationService
+from authz.telemetry.metrics import DEFAULT_BUCKETS, Registry, Sample
+from authz.telemetry.recorder import Telemetry
 from tests.helpers import ACME_IDP, CONFIG, GLOBEX_IDP, NOW, SHARED_IDP, World, check_request
 
 LOOPBACK = "127.0.0.1"
@@ -324,7 +325,7 @@ async def admin_server(config: Config | None) -> AsyncIterator[Admin]:
     telemetry = Telemetry()
     holder = SnapshotHolder(config)
     stopping = asyncio.Event()
-    telemetry.registry.collector(config_metrics(holder, lambda: None))
+    telemetry.registry.collector(config_metrics(holder, JwksRegistry(), lambda: None))
     service = AuthorizationService(holder, lambda: NOW, telemetry)
     ready = functools.partial(_ready, holder, stopping)
     async with run_admin(f"{LOOPBACK}:0", telemetry.registry, ready) as port:

@@ -24,7 +24,7 @@ The oracle: a mutant is accepted only when it is byte for byte a token our
 issuers minted (a recombination can give back an original), or, for the inner
 class, when the re-encrypted inner JWS is byte for byte an issued one. Every
 mutant goes through ``validate_token`` (AuthzError, never ``token_invalid``)
-and through the Check handler (``authz.service.check``: denied =
+and through the Check handler (``authz.grpc.servicer.check``: denied =
 ``status.code != 0``, on acme's protected ``GET /orders``).
 
 ECDSA malleability: ``(r, n - s)`` is a second valid signature of the same
@@ -57,9 +57,9 @@ from jwcrypto.jwa import JWA
 from jwcrypto.jwe import JWE
 from jwcrypto.jwk import JWK
 
-from authz.config import Config
+from authz.config import Config, SnapshotHolder
+from authz.grpc.servicer import check
 from authz.jose.nested import TokenKeys, validate_token
-from authz.service import SnapshotHolder, check
 from tests.helpers import (
     CONTENT_ENCRYPTIONS,
     GLOBEX_IDP,
@@ -139,7 +139,7 @@ def issued(world: World) -> Issued:
 
 @pytest.fixture(scope="module")
 def keys(config: Config) -> TokenKeys:
-    return config.token_keys
+    return config.snapshot.token_keys
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from authz.config import Config
-from authz.service import AuthorizationService, SnapshotHolder
-from authz.telemetry import Telemetry
+from authz.config import Config, SnapshotHolder
+from authz.grpc.servicer import AuthorizationService
+from authz.telemetry.recorder import Telemetry
 from tests.helpers import NOW, World, check_request
 
 
@@ -40,7 +40,7 @@ async def test_a_check_past_its_deadline_is_shed(world: World, config: Config) -
     """No time left when the check starts: 503 overloaded (gRPC UNAVAILABLE), no token work."""
     fresh = world.config()
     assert await _answer(fresh, world.token(), 0.0) == (14, 503, "overloaded")
-    assert (fresh.cache.hits, fresh.cache.misses) == (0, 0)  # the token was never looked at
+    assert (fresh.snapshot.cache.hits, fresh.snapshot.cache.misses) == (0, 0)  # the token was never looked at
 
 
 async def test_a_check_with_time_left_is_decided(world: World, config: Config) -> None:

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from authz._proto.envoy.config.core.v3.base_pb2 import HeaderValueOption
-from authz._proto.envoy.service.auth.v3.external_auth_pb2 import CheckResponse
-from authz.config import load_config
-from authz.decision import Verdict, decide
-from authz.request import from_check_request
-from authz.service import SnapshotHolder, check
+from authz.config import SnapshotHolder, load_config
+from authz.core.decision import Verdict, decide
+from authz.grpc._proto.envoy.config.core.v3.base_pb2 import HeaderValueOption
+from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckResponse
+from authz.grpc.messages import from_check_request
+from authz.grpc.servicer import check
 from tests.helpers import GLOBEX_IDP, NOW, SHARED_IDP, check_request
 
 IDENTITY = ("x-authz-tenant", "x-authz-subject", "x-authz-scopes")
@@ -117,8 +117,8 @@ def test_unknown_context_tenant_is_denied(world, config):
 def test_tenant_from_host(config, host, tenant):
     """The host picks the tenant, exactly or by *. suffix (any depth, never the bare suffix)."""
     request = from_check_request(check_request(host=host, path="/healthz"))
-    assert config.tenants.for_request(None, request.host) is (
-        config.tenants.by_name[tenant] if tenant else None
+    assert config.snapshot.tenants.for_request(None, request.host) is (
+        config.snapshot.tenants.by_name[tenant] if tenant else None
     )
 
 
@@ -444,7 +444,7 @@ def test_dry_run_still_rejects_invalid_paths(world, config, path):
 def test_dry_run_decision_verdict(world, config):
     """decide() returns the DRY_RUN_DENY verdict, which counts as allowed."""
     request = from_check_request(check_request(host="api.dry.test"))
-    decision = decide(config, request, NOW)
+    decision = decide(config.snapshot, request, NOW)
     assert decision.verdict is Verdict.DRY_RUN_DENY
     assert decision.allowed
     assert decision.reason == "token_missing"

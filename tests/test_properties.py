@@ -33,15 +33,15 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from authz.claims import ClaimRules, validate_claims
-from authz.config import Config
+from authz.config import Config, SnapshotHolder
+from authz.core.claims import ClaimRules, validate_claims
+from authz.core.policy import Rule, compile_path
+from authz.core.request import AuthzRequest, bearer_token, normalize_host, normalize_path
 from authz.errors import REASONS, AuthzError
+from authz.grpc.servicer import check
 from authz.jose.encoding import parse_json_object
 from authz.jose.jwe import DecryptedToken
 from authz.jose.nested import TokenKeys, decrypt_token, open_token
-from authz.policy import Rule, compile_path
-from authz.request import AuthzRequest, bearer_token, normalize_host, normalize_path
-from authz.service import SnapshotHolder, check
 from tests.helpers import NOW, World, check_request, token_outcome
 
 FAST = settings(max_examples=300, deadline=None, derandomize=True)
@@ -73,7 +73,7 @@ def unb64(part: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def keys(config: Config) -> TokenKeys:
-    return config.token_keys
+    return config.snapshot.token_keys
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The committed generated code in authz/_proto is exactly what protos/generate.py produces."""
+"""The committed generated code in authz/grpc/_proto is exactly what protos/generate.py produces."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from google.protobuf import descriptor_pb2
 
 REPO = Path(__file__).resolve().parents[1]
-COMMITTED = REPO / "authz" / "_proto"
+COMMITTED = REPO / "authz" / "grpc" / "_proto"
 GENERATOR = REPO / "protos" / "generate.py"
-# authz/_proto's files that are written by hand (protos/generate.py HAND_WRITTEN): the loader.
+# authz/grpc/_proto's files that are written by hand (protos/generate.py HAND_WRITTEN): the loader.
 HAND_WRITTEN = {"__init__.py"}
 
 
@@ -54,9 +54,11 @@ def regenerated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 
 
 def test_regeneration_produces_the_committed_file_set(regenerated: dict[str, bytes]) -> None:
-    """Regenerating yields exactly the files committed under authz/_proto (none missing or extra)."""
+    """Regenerating yields exactly the files committed under authz/grpc/_proto (none missing or extra)."""
     committed = _tree(COMMITTED)
-    assert sorted(regenerated) == sorted(committed), "authz/_proto is stale: run `python protos/generate.py`"
+    assert sorted(regenerated) == sorted(committed), (
+        "authz/grpc/_proto is stale: run `python protos/generate.py`"
+    )
 
 
 def test_regeneration_is_byte_identical_to_the_committed_code(
@@ -65,7 +67,7 @@ def test_regeneration_is_byte_identical_to_the_committed_code(
     """Every regenerated file is byte-identical to its committed counterpart."""
     committed = _tree(COMMITTED)
     changed = sorted(name for name in regenerated if committed.get(name) != regenerated[name])
-    assert not changed, f"authz/_proto is stale ({changed}): run `python protos/generate.py`"
+    assert not changed, f"authz/grpc/_proto is stale ({changed}): run `python protos/generate.py`"
 
 
 def test_regeneration_is_deterministic(tmp_path: Path, regenerated: dict[str, bytes]) -> None:
@@ -89,12 +91,12 @@ def _imports(text: str) -> list[str]:
 def test_generated_modules_take_their_classes_from_the_private_pool(
     regenerated: dict[str, bytes],
 ) -> None:
-    """Each *_pb2.py only names classes of authz._proto's pool: no descriptors of its own, no builder."""
+    """Each *_pb2.py only names classes of authz.grpc._proto's pool: no descriptors of its own, no builder."""
     modules = [name for name in regenerated if name.endswith("_pb2.py")]
     assert len(modules) == 10
     for name in modules:
         text = regenerated[name].decode("utf-8")
-        assert _imports(text) == ["authz._proto"], name
+        assert _imports(text) == ["authz.grpc._proto"], name
         assert "DESCRIPTOR = _proto.file_descriptor(" in text, name
         for forbidden in ("AddSerializedFile", "_descriptor_pool", "_builder", "_sym_db"):
             assert forbidden not in text, (name, forbidden)
@@ -103,7 +105,7 @@ def test_generated_modules_take_their_classes_from_the_private_pool(
 def test_generated_code_imports_our_modules_never_the_top_level_ones(
     regenerated: dict[str, bytes],
 ) -> None:
-    """Stubs and gRPC modules import envoy/google.rpc/google.protobuf *_pb2 modules under authz._proto."""
+    """Stubs and gRPC modules import envoy/google.rpc/google.protobuf *_pb2 modules under authz.grpc._proto."""
     for name, data in regenerated.items():
         if not name.endswith((".py", ".pyi")):
             continue

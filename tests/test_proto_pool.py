@@ -1,4 +1,4 @@
-"""authz._proto builds, from its descriptor set, the classes protoc's modules would give.
+"""authz.grpc._proto builds, from its descriptor set, the classes protoc's modules would give.
 
 xds-protos' modules are protoc's output for the same files, so they are the oracle: class
 names, modules and nesting, and the surface of top-level enums (protobuf's EnumTypeWrapper,
@@ -18,9 +18,9 @@ import pytest
 from envoy.type.v3 import http_status_pb2 as x_http_status_pb2
 from google.protobuf import struct_pb2 as x_struct_pb2
 
-from authz._proto import DESCRIPTOR_POOL, EnumType
-from authz._proto.envoy.type.v3 import http_status_pb2
-from authz._proto.google.protobuf import struct_pb2
+from authz.grpc._proto import DESCRIPTOR_POOL, EnumType
+from authz.grpc._proto.envoy.type.v3 import http_status_pb2
+from authz.grpc._proto.google.protobuf import struct_pb2
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,7 +75,7 @@ def test_module_level_enum_values_are_the_enums_numbers() -> None:
 # Run in a fresh interpreter per protobuf implementation: classes are built once per process.
 _SHAPE_SCRIPT = """
 import gc, importlib, pickle
-from authz._proto.envoy.service.auth.v3 import external_auth_pb2
+from authz.grpc._proto.envoy.service.auth.v3 import external_auth_pb2
 gc.collect()  # classes no module names yet must survive: one class per message, for good
 
 MODULES = [
@@ -87,18 +87,18 @@ MODULES = [
 
 def check(ours, theirs, path):
     assert ours.__qualname__ == theirs.__qualname__ == path, (ours.__qualname__, path)
-    assert ours.__module__ == "authz._proto." + theirs.__module__, (ours.__module__, path)
+    assert ours.__module__ == "authz.grpc._proto." + theirs.__module__, (ours.__module__, path)
     for nested in ours.DESCRIPTOR.nested_types:
         check(getattr(ours, nested.name), getattr(theirs, nested.name), path + "." + nested.name)
 
 for name in MODULES:
-    ours = importlib.import_module("authz._proto." + name)
+    ours = importlib.import_module("authz.grpc._proto." + name)
     theirs = importlib.import_module(name)
     assert ours.DESCRIPTOR.name == theirs.DESCRIPTOR.name
     for message in ours.DESCRIPTOR.message_types_by_name:
         check(getattr(ours, message), getattr(theirs, message), message)
 
-from authz._proto.envoy.service.auth.v3 import attribute_context_pb2
+from authz.grpc._proto.envoy.service.auth.v3 import attribute_context_pb2
 request = external_auth_pb2.CheckRequest()
 assert type(request.attributes) is attribute_context_pb2.AttributeContext
 request.attributes.source.labels["app"] = "web"
@@ -109,7 +109,7 @@ print("ok")
 
 @pytest.mark.parametrize("implementation", ["upb", "python"])
 def test_classes_are_named_and_nested_as_protocs(implementation: str) -> None:
-    """Every class has protoc's __qualname__, __module__ (under authz._proto) and nested classes, once."""
+    """Every class has protoc's __qualname__, __module__ (under authz.grpc._proto) and nested classes, once."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env["PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"] = implementation

@@ -1,4 +1,4 @@
-"""Our generated ext_authz v3 messages (authz._proto) are wire-compatible with xds-protos'.
+"""Our generated ext_authz v3 messages (authz.grpc._proto) are wire-compatible with xds-protos'.
 
 Our protos/ mirror the published Envoy API without validation annotations. These
 tests compare every message/enum/service we define against the xds-protos (and
@@ -35,16 +35,16 @@ from google.protobuf import wrappers_pb2 as x_wrappers_pb2
 from google.protobuf.message import Message
 from google.rpc import status_pb2 as x_status_pb2
 
-from authz._proto import DESCRIPTOR_POOL
-from authz._proto.envoy.config.core.v3 import address_pb2, base_pb2
-from authz._proto.envoy.service.auth.v3 import (
+from authz.grpc._proto import DESCRIPTOR_POOL
+from authz.grpc._proto.envoy.config.core.v3 import address_pb2, base_pb2
+from authz.grpc._proto.envoy.service.auth.v3 import (
     attribute_context_pb2,
     external_auth_pb2,
     external_auth_pb2_grpc,
 )
-from authz._proto.envoy.type.v3 import http_status_pb2
-from authz._proto.google.protobuf import any_pb2, struct_pb2, timestamp_pb2, wrappers_pb2
-from authz._proto.google.rpc import status_pb2
+from authz.grpc._proto.envoy.type.v3 import http_status_pb2
+from authz.grpc._proto.google.protobuf import any_pb2, struct_pb2, timestamp_pb2, wrappers_pb2
+from authz.grpc._proto.google.rpc import status_pb2
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -494,7 +494,7 @@ import sys
 from google.protobuf import descriptor_pool
 
 def ours():
-    from authz._proto.envoy.service.auth.v3 import external_auth_pb2
+    from authz.grpc._proto.envoy.service.auth.v3 import external_auth_pb2
     return external_auth_pb2
 
 def theirs():

@@ -21,12 +21,13 @@ from typing import Any
 
 import pytest
 
-from authz.config import Config, load_config
-from authz.decision import Decision, Verdict
+from authz.app.jwks import JwksRegistry
+from authz.app.reload import Reloader
+from authz.config import Config, SnapshotHolder, load_config
+from authz.core.decision import Decision, Verdict
+from authz.grpc.servicer import AuthorizationService, evaluate
 from authz.jose.mint import generate_key, mint
-from authz.logs import JsonFormatter
-from authz.reload import Reloader
-from authz.service import AuthorizationService, SnapshotHolder, evaluate
+from authz.telemetry.logs import JsonFormatter
 from tests.helpers import CONFIG, NOW, World, check_request
 
 INTERVAL = 0.05
@@ -270,20 +271,20 @@ async def test_a_part_that_needs_a_restart_is_reported_and_the_rest_applies(
 ) -> None:
     """A snapshot the restart_required hook objects to is swapped in (the policy applies), the log
     says "restart required: ...", the status and its gauge carry it until a config without it."""
-    from authz.reload import Deferred
-    from authz.telemetry import config_metrics
+    from authz.app.reload import Deferred
+    from authz.app.serve import config_metrics
 
     path = copy_world(world, tmp_path)
     holder = SnapshotHolder(load_config(path))
 
     def hook(config: Config) -> tuple[Deferred, ...]:  # a stand-in: the write scope "needs a restart"
-        wants = "orders:write" in config.tenants.by_name["acme"].rules[1].scopes
+        wants = "orders:write" in config.snapshot.tenants.by_name["acme"].rules[1].scopes
         return (
             (Deferred("tls.client_ca", "added", "TLS, client certificates not requested"),) if wants else ()
         )
 
     reloader = Reloader(holder, str(path), restart_required=hook)
-    gauge = config_metrics(holder, lambda: reloader.status)
+    gauge = config_metrics(holder, JwksRegistry(), lambda: reloader.status)
 
     def pending() -> dict[str, float]:
         (sample,) = [s for s in gauge() if s.name == "authz_config_restart_required"]
@@ -600,7 +601,7 @@ async def test_newly_referenced_key_file_fixed_later(
         # Now part of the snapshot, the new file is watched like the others.
         rename_over(extra, jwks_with(extra, add=[private_jwk(generate_key("A256KW", "enc-extra-2"))]))
         await wait_generation(reloader, 3)
-        assert holder.current.token_keys.decryption.by_kid.keys() >= {"enc-extra", "enc-extra-2"}
+        assert holder.current.snapshot.token_keys.decryption.by_kid.keys() >= {"enc-extra", "enc-extra-2"}
 
 
 # ------------------------------------------------------------------ key rotation under load

@@ -8,10 +8,13 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from authz._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
+from authz.config import SnapshotHolder
+from authz.core.request import bearer_token, normalize_host, normalize_path
 from authz.errors import AuthzError
-from authz.request import bearer_token, from_check_request, from_http, normalize_host, normalize_path
-from authz.service import SnapshotHolder, check
+from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
+from authz.grpc.messages import from_check_request
+from authz.grpc.servicer import check
+from authz.http.wire import from_http
 from tests.helpers import NOW, check_request
 
 

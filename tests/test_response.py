@@ -9,8 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from authz.decision import Decision, Verdict
-from authz.response import IDENTITY_HEADERS, identity_spellings, to_check_response, to_http_response
+from authz.core.answer import IDENTITY_HEADERS, identity_spellings
+from authz.core.decision import Decision, Verdict
+from authz.grpc.messages import to_check_response
+from authz.http.wire import to_http_response
 
 TOKEN_ALLOW = Decision(
     Verdict.ALLOW,

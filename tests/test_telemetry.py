@@ -24,12 +24,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from authz._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
-from authz.config import Config, load_config
+from authz.config import Config, SnapshotHolder, load_config
 from authz.errors import AuthzError
-from authz.logs import JsonFormatter, JsonHandler, direct_sink
-from authz.service import AuthorizationService, SnapshotHolder
-from authz.telemetry import CHECK_SPAN, Telemetry, exporter_from_env, tracer_provider_from_env
+from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+from authz.grpc.servicer import AuthorizationService
+from authz.telemetry.logs import JsonFormatter, JsonHandler, direct_sink
+from authz.telemetry.recorder import Telemetry
+from authz.telemetry.tracing import CHECK_SPAN, exporter_from_env, tracer_provider_from_env
 from tests.helpers import CONFIG, NOW, World, check_request
 
 STEPS = ("decrypt", "verify", "policy")

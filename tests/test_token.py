@@ -29,14 +29,14 @@ from jwcrypto.jwa import JWA
 from jwcrypto.jwe import JWE
 from jwcrypto.jwk import JWK
 
-from authz.config import Config
+from authz.config import Config, SnapshotHolder
 from authz.errors import AuthzError, ConfigError
+from authz.grpc.servicer import check, evaluate
 from authz.jose.encoding import parse_json_object
 from authz.jose.jws import verify_compact
 from authz.jose.keys import MAX_KIDLESS_CANDIDATES, Purpose, keyset_from_jwks
 from authz.jose.nested import TokenKeys, validate_token
-from authz.logs import JsonFormatter
-from authz.service import SnapshotHolder, check, evaluate
+from authz.telemetry.logs import JsonFormatter
 from tests.helpers import (
     ACME_IDP,
     CONTENT_ENCRYPTIONS,
@@ -250,7 +250,8 @@ def token_code(token: str, keys: TokenKeys) -> str:
 
 
 def with_token_keys(config: Config, **changes: Any) -> Config:
-    return dataclasses.replace(config, token_keys=dataclasses.replace(config.token_keys, **changes))
+    keys = dataclasses.replace(config.snapshot.token_keys, **changes)
+    return dataclasses.replace(config, snapshot=dataclasses.replace(config.snapshot, token_keys=keys))
 
 
 # -- the attack table -----------------------------------------------------------
@@ -1150,7 +1151,7 @@ def test_algorithm_matrix_is_allowed(world, holder, outer, enc, inner):
         "x-authz-subject": f"user-{inner}",
         "x-authz-scopes": "orders:read",
     }
-    verified = validate_token(token, holder.current.token_keys)
+    verified = validate_token(token, holder.current.snapshot.token_keys)
     assert (verified.decryption_kid, verified.signing_kid, verified.nested) == (
         OUTER_ALGS[outer],
         INNER_ALGS[inner],
@@ -1176,7 +1177,7 @@ def test_attack_is_denied(world, config, case):
     assert response.status.code == UNAUTHENTICATED
     assert response.denied_response.status.code == 401
     assert response.dynamic_metadata.fields["reason"].string_value == case.code
-    assert token_code(token, case_config.token_keys) == case.token_code
+    assert token_code(token, case_config.snapshot.token_keys) == case.token_code
 
 
 def test_attack_names_are_unique():
@@ -1198,7 +1199,7 @@ def test_deny_never_echoes_the_token(world, config, case, caplog):
     texts += [f"{h.header.key}: {h.header.value}" for h in response.denied_response.headers]
     texts += [JsonFormatter().format(record) for record in caplog.records]
     try:
-        validate_token(token, case.config(config).token_keys)
+        validate_token(token, case.config(config).snapshot.token_keys)
     except AuthzError as exc:
         texts += [exc.detail, str(exc)]
     assert response.denied_response.body, "nothing to inspect"
@@ -1246,15 +1247,15 @@ def test_pbes2_and_rsa1_5_are_refused_before_any_key_work(world, config, monkeyp
     assert calls.count("pbkdf2") == 2  # one to encrypt, one to decrypt
     calls.clear()
     # ... and sees our token layer's key-management step on a valid token.
-    assert token_code(nested(world), config.token_keys) == "ok"
+    assert token_code(nested(world), config.snapshot.token_keys) == "ok"
     assert calls == ["RSA-OAEP-256"]
     calls.clear()
 
-    assert token_code(pbes2_huge_p2c(world), config.token_keys) == "alg_not_allowed"
-    assert token_code(forge(pbes2_fields(1000), encrypted_key=os.urandom(40)), config.token_keys) == (
-        "alg_not_allowed"
-    )
-    assert token_code(rsa1_5_to_our_rsa_key(world), config.token_keys) == "alg_not_allowed"
+    assert token_code(pbes2_huge_p2c(world), config.snapshot.token_keys) == "alg_not_allowed"
+    assert token_code(
+        forge(pbes2_fields(1000), encrypted_key=os.urandom(40)), config.snapshot.token_keys
+    ) == ("alg_not_allowed")
+    assert token_code(rsa1_5_to_our_rsa_key(world), config.snapshot.token_keys) == "alg_not_allowed"
     assert calls == []
 
 
@@ -1293,8 +1294,8 @@ def test_high_s_ecdsa_signature_is_accepted(world, config, holder):
     for token in tokens:
         assert check(holder, check_request(token=token), clock).status.code == 0
     assert (
-        validate_token(tokens[0], config.token_keys).claims
-        == validate_token(tokens[1], config.token_keys).claims
+        validate_token(tokens[0], config.snapshot.token_keys).claims
+        == validate_token(tokens[1], config.snapshot.token_keys).claims
     )
 
 
@@ -1340,7 +1341,7 @@ def test_kidless_lookup_is_bounded(world, config, monkeypatch):
     def token_keys(count: int) -> TokenKeys:
         jwks = {"keys": [json.loads(key.export()) for key in keys[:count]]}
         return dataclasses.replace(
-            config.token_keys, decryption=keyset_from_jwks(jwks, Purpose.DECRYPT, "test")
+            config.snapshot.token_keys, decryption=keyset_from_jwks(jwks, Purpose.DECRYPT, "test")
         )
 
     assert validate_token(token, token_keys(MAX_KIDLESS_CANDIDATES)).decryption_kid == target["kid"]
@@ -1366,11 +1367,13 @@ def test_kidless_inner_lookup_is_bounded(world, config):
         for i in range(MAX_KIDLESS_CANDIDATES)
     ]
     jwks = {"keys": [json.loads(key.export_public()) for key in issuer_keys]}
-    issuers = dict(config.token_keys.issuers) | {ACME_IDP: keyset_from_jwks(jwks, Purpose.VERIFY, "test")}
-    keys = dataclasses.replace(config.token_keys, issuers=issuers)
+    issuers = dict(config.snapshot.token_keys.issuers) | {
+        ACME_IDP: keyset_from_jwks(jwks, Purpose.VERIFY, "test")
+    }
+    keys = dataclasses.replace(config.snapshot.token_keys, issuers=issuers)
     token = encrypt(world, sign(world, world.claims(), header={"kid": None}).encode("ascii"))
     assert token_code(token, keys) == "signing_key_unknown"
-    assert token_code(token, config.token_keys) == "ok"
+    assert token_code(token, config.snapshot.token_keys) == "ok"
 
 
 @pytest.mark.parametrize(
@@ -1389,10 +1392,10 @@ def test_kidless_inner_lookup_is_bounded(world, config):
 )
 def test_inner_typ_allow_list(world, config, typ, expected):
     """With an allow-list the inner typ must be allowed (case-insensitive, application/ optional)."""
-    keys = dataclasses.replace(config.token_keys, allowed_typ=AT_JWT)
+    keys = dataclasses.replace(config.snapshot.token_keys, allowed_typ=AT_JWT)
     token = encrypt(world, sign(world, world.claims(), header={"typ": typ}).encode("ascii"))
     assert token_code(token, keys) == expected
-    assert token_code(token, config.token_keys) == "ok"  # without an allow-list typ is not checked
+    assert token_code(token, config.snapshot.token_keys) == "ok"  # without an allow-list typ is not checked
 
 
 @pytest.mark.parametrize("kid", ["enc-a256kw", "enc-dir"])
@@ -1429,5 +1432,7 @@ def test_decryption_key_ops_are_checked_at_load(world, config, kid, key_ops, loa
         with pytest.raises(ConfigError, match="cannot be used to decrypt"):
             keyset_from_jwks(jwks, Purpose.DECRYPT, "test")
         return
-    keys = dataclasses.replace(config.token_keys, decryption=keyset_from_jwks(jwks, Purpose.DECRYPT, "test"))
+    keys = dataclasses.replace(
+        config.snapshot.token_keys, decryption=keyset_from_jwks(jwks, Purpose.DECRYPT, "test")
+    )
     assert validate_token(nested(world, kid=kid), keys).decryption_kid == kid

@@ -166,12 +166,12 @@ def reference(world: World) -> Reference:
 
 @pytest.fixture(scope="module")
 def token_keys(config: Any) -> TokenKeys:
-    return config.token_keys
+    return config.snapshot.token_keys
 
 
 @pytest.fixture(scope="module")
 def typ_keys(config: Any) -> TokenKeys:
-    return dataclasses.replace(config.token_keys, allowed_typ=AT_JWT)
+    return dataclasses.replace(config.snapshot.token_keys, allowed_typ=AT_JWT)
 
 
 @dataclasses.dataclass

@@ -11,7 +11,7 @@ from authz.jose.encoding import b64decode
 from authz.jose.header import MAX_HEADER_CHARS, check_typ, parse_claims, parse_header
 from authz.jose.jwe import DecryptedToken, decrypt
 from authz.jose.jws import verify_signature
-from authz.jose.keys import Key, KeyLookup, KeySet
+from authz.jose.keys import IssuerKeys, Key, KeySet
 
 __all__ = ["TokenKeys", "VerifiedToken", "decrypt_token", "open_token", "validate_token"]
 
@@ -24,7 +24,7 @@ class TokenKeys:
 
     decryption: KeySet
     content_encryption: frozenset[str]
-    issuers: Mapping[str, KeyLookup]
+    issuers: Mapping[str, IssuerKeys]
     max_bytes: int
     allowed_typ: frozenset[str]  # empty: the inner ``typ`` is not checked
 

@@ -22,12 +22,11 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from authz.admin import run_admin
-from authz.config import load_config
-from authz.http_door import HttpDoor
-from authz.server import run_server
-from authz.service import SnapshotHolder
-from authz.telemetry import Telemetry
+from authz.app.admin import run_admin
+from authz.config import SnapshotHolder, load_config
+from authz.grpc.server import run_server
+from authz.http.door import HttpDoor
+from authz.telemetry.recorder import Telemetry
 from tests.helpers import CONFIG, NOW, World
 from tests.integration.harness import (
     EnvoyProcess,

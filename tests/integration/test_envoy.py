@@ -15,10 +15,9 @@ from typing import Any
 
 import pytest
 
-from authz import service
-from authz.config import Config
-from authz.server import RunningServer, run_server
-from authz.service import SnapshotHolder
+from authz.config import Config, SnapshotHolder
+from authz.grpc import servicer as service
+from authz.grpc.server import RunningServer, run_server
 from tests.helpers import GLOBEX_IDP, NOW, World
 
 from .harness import (

@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from authz._proto.envoy.service.auth.v3.external_auth_pb2_grpc import AuthorizationStub
+from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2_grpc import AuthorizationStub
 from tests.helpers import CONFIG, World, check_request
 from tests.integration.h2wire import GOAWAY, H2Connection
 from tests.integration.processes import DEADLINE, ServeProcess

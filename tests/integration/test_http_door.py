@@ -12,10 +12,9 @@ from typing import Any
 
 import pytest
 
-from authz.config import load_config
-from authz.http_door import HttpDoor
-from authz.service import SnapshotHolder
-from authz.telemetry import Telemetry
+from authz.config import SnapshotHolder, load_config
+from authz.http.door import HttpDoor
+from authz.telemetry.recorder import Telemetry
 from tests.helpers import CONFIG, NOW, World
 from tests.integration.harness import EchoUpstream, EnvoyProcess, envoy_config, http_request, run_envoy
 
@@ -248,9 +247,9 @@ async def test_nothing_follows_the_answer_to_connection_close(door, after: bytes
 
 
 def _connect(server: HttpDoor) -> tuple[Any, _RecordingTransport]:
-    from authz.http_door import _Connection
+    from authz.http.protocol import Connection
 
-    connection = _Connection(server)
+    connection = Connection(server)
     transport = _RecordingTransport()
     connection.connection_made(transport)
     return connection, transport

@@ -32,12 +32,12 @@ from typing import Any
 
 import pytest
 
-import authz.http_door
-from authz.config import load_config
-from authz.decision import Decision
-from authz.http_door import HttpDoor, RawHeaders
-from authz.service import SnapshotHolder
-from authz.telemetry import Telemetry
+import authz.http.wire
+from authz.config import SnapshotHolder, load_config
+from authz.core.decision import Decision
+from authz.http.door import HttpDoor
+from authz.http.protocol import RawHeaders
+from authz.telemetry.recorder import Telemetry
 from tests.helpers import CONFIG, NOW, World
 from tests.integration.harness import EchoUpstream, EnvoyProcess, http_request, raw_request, run_envoy
 
@@ -298,12 +298,12 @@ async def test_unbuildable_answer_through_envoy_is_a_recorded_deny(
     """An allow whose subject Latin-1 cannot carry: the client gets a deny (Envoy's 503 for our 500),
     the upstream nothing, the door records deny/internal_error, and Envoy keeps its connection."""
     envoy, upstream = stack
-    real = authz.http_door.to_http_response
+    real = authz.http.wire.to_http_response
 
     def unsendable(decision: Decision, *args: Any) -> Any:
         return real(replace(decision, subject="用户-1") if decision.subject else decision, *args)
 
-    monkeypatch.setattr(authz.http_door, "to_http_response", unsendable)
+    monkeypatch.setattr(authz.http.wire, "to_http_response", unsendable)
     caplog.set_level(logging.INFO, logger="authz.decision")
     assert (await send(envoy, "GET", "/orders")).status == 401  # the connection to the door, open
     before = authz_cluster(envoy)

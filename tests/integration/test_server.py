@@ -29,9 +29,8 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc as x_auth_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from authz.config import Config
-from authz.server import RunningServer, run_server
-from authz.service import SnapshotHolder
+from authz.config import Config, SnapshotHolder
+from authz.grpc.server import RunningServer, run_server
 from tests.helpers import CONFIG, NOW, World
 from tests.integration.processes import ServeProcess
 

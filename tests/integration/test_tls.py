@@ -17,11 +17,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from authz._proto.envoy.service.auth.v3.external_auth_pb2_grpc import AuthorizationStub
-from authz.config import load_config
+from authz.config import SnapshotHolder, load_config
 from authz.errors import ConfigError
-from authz.server import RunningServer, run_server
-from authz.service import SnapshotHolder
+from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2_grpc import AuthorizationStub
+from authz.grpc.server import RunningServer, run_server
 from tests.helpers import CONFIG, NOW, World, check_request
 from tests.https_jwks import CertificateAuthority
 from tests.integration.harness import EchoUpstream, envoy_config, http_request, run_envoy
@@ -211,8 +210,8 @@ def test_which_tls_changes_need_a_restart(world: World) -> None:
     that changed; a change of certificate or client CA content within a mode is not."""
     from dataclasses import replace
 
+    from authz.app.serve import tls_restart_required
     from authz.config import TlsSettings
-    from authz.server import tls_restart_required
 
     config = world.config()
     modes = {

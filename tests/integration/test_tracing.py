@@ -25,8 +25,8 @@ import grpc
 import pytest
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from authz._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
-from authz.telemetry import CHECK_SPAN
+from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+from authz.telemetry.tracing import CHECK_SPAN
 from tests.helpers import CONFIG, World, check_request
 from tests.integration.harness import EchoUpstream, envoy_config, http_request, run_envoy
 from tests.integration.otlp_receiver import OtlpReceiver, ReceivedSpan

@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from authz._proto.envoy.service.auth.v3.external_auth_pb2_grpc import AuthorizationStub
+from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2_grpc import AuthorizationStub
 from tests.helpers import World, check_request
 from tests.integration.harness import http_request
 from tests.integration.processes import DEADLINE, ServeProcess

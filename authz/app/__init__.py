@@ -1,0 +1,1 @@
+"""The app: the composition root (serve), workers, reloads, the admin port, JWKS fetchers."""

@@ -1,0 +1,268 @@
+"""``authz serve``: the composition root. Config, telemetry, both doors, reloads, the admin port.
+
+Start-up: the config is loaded (an invalid one exits 2 with the reason); the listeners open
+with health NOT_SERVING while the first fetch of each ``jwks_uri`` is awaited (bounded); then
+the config goes live, health turns SERVING and the files are watched. SIGTERM drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from authz.app.admin import run_admin
+from authz.app.jwks import JwksRegistry
+from authz.app.reload import RESTART_SETTINGS, Deferred, Reloader, ReloadStatus
+from authz.app.workers import WorkerLink
+from authz.config import Config, SnapshotHolder, TlsSettings, load_config
+from authz.errors import ConfigError
+from authz.grpc.server import run_server
+from authz.http.door import HttpDoor
+from authz.telemetry.metrics import Sample
+from authz.telemetry.recorder import Telemetry
+from authz.telemetry.tracing import tracer_provider_from_env
+
+__all__ = ["config_metrics", "serve", "tls_restart_required"]
+
+_log = logging.getLogger("authz.server")
+
+
+async def serve(
+    config_path: str,
+    listen: str | None,
+    admin_listen: str | None = None,
+    *,
+    http_listen: str | None = None,
+    worker: WorkerLink | None = None,
+) -> int:
+    """Run until SIGTERM or SIGINT; returns the process exit code.
+
+    Start-up: the config is loaded (a missing or invalid one exits 2 with the
+    reason); the server listens with health NOT_SERVING while the first fetch
+    of any ``jwks_uri`` is awaited (bounded); then the snapshot is installed,
+    health turns SERVING and the files are watched for changes. Tracing is set
+    up from the ``OTEL_*`` environment and flushed on the way out.
+    """
+    registry = JwksRegistry()
+    try:
+        config = load_config(config_path, registry)
+        provider = tracer_provider_from_env()
+    except ConfigError as exc:
+        _log.error("configuration rejected", extra={"fields": {"error": str(exc)}})
+        return 2
+    except ValueError as exc:  # an OTEL_* variable asks for something we cannot do
+        _log.error("telemetry configuration rejected", extra={"fields": {"error": str(exc)}})
+        return 2
+    telemetry = Telemetry(provider)
+    address = listen or config.listen or "127.0.0.1:9001"
+    admin_address = admin_listen or config.admin_listen
+    http_address = http_listen or config.http_listen
+    if worker is not None:
+        # A worker's admin port is private; the supervisor serves the public one.
+        address, admin_address, http_address = worker.listen, "127.0.0.1:0", worker.http_listen
+    holder = SnapshotHolder()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            running = await stack.enter_async_context(
+                run_server(
+                    holder,
+                    address,
+                    config.server,
+                    telemetry=telemetry,
+                    reuse_port=worker is not None,
+                    tls=config.tls,
+                )
+            )
+            reloader: Reloader | None = None
+            admin_port = None
+            if admin_address:
+                ready = functools.partial(_ready, holder, stop)
+                admin_port = await stack.enter_async_context(
+                    run_admin(admin_address, telemetry.registry, ready)
+                )
+            telemetry.registry.collector(
+                config_metrics(holder, registry, lambda: reloader.status if reloader else None)
+            )
+            if worker is not None and admin_port is not None:
+                worker.announce_admin(admin_port)
+            http_port = None
+            if http_address:
+                door = HttpDoor(holder, time.time, telemetry, config.http)
+                http_port = await door.start(http_address, reuse_port=worker is not None)
+                # Registered after the gRPC server: on the way out it stops first.
+                stack.push_async_callback(door.stop, config.server.grace_seconds)
+            # Listening, NOT_SERVING until the first jwks_uri fetches are in (bounded).
+            ports = {"port": running.port, "admin_port": admin_port, "http_port": http_port}
+            _log.info("listening", extra={"fields": ports})
+            await _prepare(registry, config)
+            holder.swap(config)
+            await running.set_serving(True)
+            reloader = Reloader(
+                holder,
+                config_path,
+                loader=functools.partial(load_config, sources=registry),
+                prepare=functools.partial(_prepare, registry),
+                restart_required=functools.partial(tls_restart_required, config.tls),
+            )
+            reloader.start()
+            _log.info(
+                "serving",
+                extra={
+                    "fields": {
+                        "listen": address,
+                        **ports,
+                        "tracing": provider is not None,
+                        "config": config.source,
+                        "config_sha256": config.digest,
+                        "generation": holder.generation,
+                        "tenants": sorted(config.snapshot.tenants.by_name),
+                    }
+                },
+            )
+            await stop.wait()
+            _log.info("draining", extra={"fields": {"grace_seconds": config.server.grace_seconds}})
+            await reloader.stop()
+            await registry.stop()
+    except OSError as exc:
+        _log.error("cannot serve", extra={"fields": {"error": str(exc)}})
+        return 1
+    finally:
+        await asyncio.to_thread(telemetry.shutdown)
+    _log.info("stopped")
+    return 0
+
+
+def _ready(holder: SnapshotHolder, stopping: asyncio.Event) -> bool:
+    return holder.current is not None and not stopping.is_set()
+
+
+async def _prepare(registry: JwksRegistry, config: Config) -> None:
+    """Before a snapshot goes live: refresh its jwks_uri sources, first fetch awaited (bounded)."""
+    await registry.start(config.jwks, config.server.jwks_first_fetch_wait)
+
+
+def _tls_mode(tls: TlsSettings | None) -> str:
+    return "plaintext" if tls is None else "mTLS" if tls.client_ca is not None else "TLS"
+
+
+_IN_EFFECT = {
+    "plaintext": "plaintext gRPC",
+    "TLS": "TLS, client certificates not requested",
+    "mTLS": "mTLS, client certificates required (from the client CA in effect)",
+}
+
+
+def tls_restart_required(started: TlsSettings | None, config: Config) -> tuple[Deferred, ...]:
+    """What of ``config.tls`` the listener started with ``started`` cannot do before a restart.
+
+    A plaintext port cannot become TLS (nor the reverse) without a new listener, and
+    gRPC fixes whether client certificates are required when the credentials are made.
+    Rebinding the port under live traffic (refused connections in between, a port
+    another process may take) is worse than a restart the operator controls, so the
+    reload applies everything else and reports this part.
+    """
+    before, after = _tls_mode(started), _tls_mode(config.tls)
+    if before == after:
+        return ()
+    in_effect = _IN_EFFECT[before]
+    if "plaintext" in (before, after):
+        return (Deferred("tls", "added" if before == "plaintext" else "removed", in_effect),)
+    return (Deferred("tls.client_ca", "added" if after == "mTLS" else "removed", in_effect),)
+
+
+class _Holder(Protocol):
+    current: Config | None
+    generation: int
+
+
+def config_metrics(
+    holder: _Holder, registry: JwksRegistry, reload_status: Callable[[], ReloadStatus | None]
+) -> Callable[[], list[Sample]]:
+    """A scrape-time collector for the loaded configuration, its reloads, keys and JWKS fetches."""
+
+    def collect() -> list[Sample]:
+        config = holder.current
+        generation = [((), float(holder.generation))]
+        samples = [
+            Sample("authz_config_generation", "gauge", "Generation of the loaded config.", (), generation)
+        ]
+        status = reload_status()
+        if status is not None:
+            results = sorted(((r,), float(n)) for r, n in status.results.items())
+            samples.append(
+                Sample(
+                    "authz_config_reloads_total", "counter", "Config reloads by result.", ("result",), results
+                )
+            )
+            loaded = [((), status.loaded_at)]
+            samples.append(
+                Sample(
+                    "authz_config_last_success_timestamp_seconds",
+                    "gauge",
+                    "Last good config load.",
+                    (),
+                    loaded,
+                )
+            )
+            pending = {deferred.setting for deferred in status.restart_required}
+            samples.append(
+                Sample(
+                    "authz_config_restart_required",
+                    "gauge",
+                    "1 while the loaded config changes a setting that only a restart applies.",
+                    ("setting",),
+                    [((setting,), float(setting in pending)) for setting in RESTART_SETTINGS],
+                )
+            )
+        if config is None:
+            return samples
+        sizes: list[tuple[tuple[str, ...], float]] = [
+            (("decryption", ""), float(len(config.snapshot.token_keys.decryption)))
+        ]
+        for issuer, keys in sorted(config.snapshot.token_keys.issuers.items()):
+            sizes.append((("issuer", issuer), float(keys.size())))
+        samples.append(Sample("authz_keys", "gauge", "Keys loaded, by key set.", ("set", "issuer"), sizes))
+        fetches = [
+            ((remote.settings.uri, result), float(count))
+            for remote in registry.sources(config.jwks)
+            for result, count in sorted(remote.results.items())
+        ]
+        samples.append(
+            Sample(
+                "authz_jwks_fetches_total",
+                "counter",
+                "JWKS fetches by result.",
+                ("jwks_uri", "result"),
+                fetches,
+            )
+        )
+        cache = config.snapshot.cache
+        lookups = [(("hit",), float(cache.hits)), (("miss",), float(cache.misses))]
+        samples += [
+            Sample(
+                "authz_token_cache_lookups_total", "counter", "Token cache lookups.", ("result",), lookups
+            ),
+            Sample(
+                "authz_token_cache_entries", "gauge", "Tokens in the cache.", (), [((), float(len(cache)))]
+            ),
+            Sample(
+                "authz_token_cache_capacity",
+                "gauge",
+                "Bound of the cache.",
+                (),
+                [((), float(cache.max_entries))],
+            ),
+        ]
+        return samples
+
+    return collect

@@ -1,0 +1,161 @@
+"""The one check sequence both doors run: decide on one snapshot, refetch once, answer, record.
+
+A door reads its wire format into an AuthzRequest and writes the plain answer back in its
+own; everything between is here. The answer is built before it is recorded, so what is
+recorded is what was answered, and a failure to build it is the internal_error deny it became.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+
+from authz.core.answer import answer_failed
+from authz.core.decision import Decision, decide, reject
+from authz.core.observe import NO_TRACE, Recorder, Trace
+from authz.core.request import AuthzRequest
+from authz.core.snapshot import Snapshot
+from authz.jose.keys import RemoteKeys
+
+__all__ = ["Answered", "Checker", "Clock", "Door", "refetch_source"]
+
+Clock = Callable[[], float]
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+_log = logging.getLogger("authz.decision")
+
+
+class Door(Protocol[T_co]):
+    """How a door writes an answer."""
+
+    def render(self, decision: Decision, request_id: str, carried: Iterable[str]) -> T_co:
+        """The wire answer of ``decision`` (``carried``: the request's header names); may fail."""
+        ...
+
+    def fallback(self, request_id: str) -> T_co:
+        """The internal_error deny, built from constants: it cannot fail as a render did."""
+        ...
+
+
+class Answered(NamedTuple, Generic[T]):
+    answer: T
+    decision: Decision  # what was answered and recorded
+
+
+class Checker:
+    """Runs checks against the snapshot a door read once for each."""
+
+    __slots__ = ("clock", "recorder")
+
+    def __init__(self, clock: Clock, recorder: Recorder) -> None:
+        self.clock = clock
+        self.recorder = recorder
+
+    def decide(self, snapshot: Snapshot | None, request: AuthzRequest, trace: Trace = NO_TRACE) -> Decision:
+        """Decide on one snapshot (a reload mid-check cannot split it). Never raises."""
+        if snapshot is None:
+            return reject("not_ready", "no configuration loaded yet")
+        try:
+            now = self.clock()
+        except Exception as exc:  # noqa: BLE001 - fail closed: even the clock may fail
+            return reject("internal_error", f"clock failed ({type(exc).__name__})")
+        with trace.active():
+            return decide(snapshot, request, now, self.recorder)
+
+    def run(
+        self,
+        snapshot: Snapshot | None,
+        request: AuthzRequest | None,
+        door: Door[T],
+        *,
+        early: Decision | None = None,
+        trace: Trace = NO_TRACE,
+        request_id: str = "",
+        started: float | None = None,
+        budget: float | None = None,
+    ) -> Answered[T] | Coroutine[Any, Any, Answered[T]]:
+        """Answer one check; a coroutine only when an unknown signing kid makes a refetch worth a wait.
+
+        ``early``: a deny the door reached itself (unreadable request, deadline passed);
+        ``budget``: seconds left before the caller's deadline, if it sent one.
+        """
+        started = time.perf_counter() if started is None else started
+        if early is not None or request is None:
+            decision = early or reject("request_malformed")
+        else:
+            decision = self.decide(snapshot, request, trace)
+            remote = refetch_source(snapshot, decision)
+            if remote is not None:
+                return self._after_refetch(
+                    snapshot, request, decision, remote, door, trace, request_id, started, budget
+                )
+        return self.finish(
+            snapshot, request, decision, door, trace=trace, request_id=request_id, started=started
+        )
+
+    async def _after_refetch(  # noqa: PLR0917 - run()'s arguments, passed on
+        self,
+        snapshot: Snapshot | None,
+        request: AuthzRequest,
+        decision: Decision,
+        remote: RemoteKeys,
+        door: Door[T],
+        trace: Trace,
+        request_id: str,
+        started: float,
+        budget: float | None,
+    ) -> Answered[T]:
+        if snapshot is not None and await refetch(remote, snapshot.refetch_wait, budget):
+            decision = self.decide(snapshot, request, trace)
+        return self.finish(
+            snapshot, request, decision, door, trace=trace, request_id=request_id, started=started
+        )
+
+    def finish(
+        self,
+        snapshot: Snapshot | None,
+        request: AuthzRequest | None,
+        decision: Decision,
+        door: Door[T],
+        *,
+        trace: Trace,
+        request_id: str,
+        started: float,
+    ) -> Answered[T]:
+        """Build the answer, then record it. Never raises."""
+        try:
+            answer = door.render(decision, request_id, request.headers if request is not None else ())
+        except Exception as exc:  # noqa: BLE001 - even a fault here must be a deny
+            _log.exception("building the answer failed; answered internal_error")
+            answer, decision = door.fallback(request_id), answer_failed(decision, exc)
+        self.recorder.finish(
+            trace,
+            decision,
+            request,
+            request_id=request_id,
+            elapsed=time.perf_counter() - started,
+            settings=snapshot.record if snapshot is not None else None,
+        )
+        return Answered(answer, decision)
+
+
+def refetch_source(snapshot: Snapshot | None, decision: Decision) -> RemoteKeys | None:
+    """The jwks_uri source worth refetching for this deny (a signing kid its issuer lacks), or None."""
+    if snapshot is None or decision.reason != "signing_key_unknown" or decision.issuer is None:
+        return None
+    issuer = snapshot.token_keys.issuers.get(decision.issuer)
+    return issuer.remote if issuer is not None else None
+
+
+async def refetch(remote: RemoteKeys, wait: float, budget: float | None) -> bool:
+    """Refetch (rate-limited by the source), waiting at most ``wait``; True when fresh keys arrived.
+
+    Half of the caller's remaining deadline at most: the answer needs the rest.
+    """
+    if budget is not None:
+        wait = min(wait, budget * 0.5)
+    if wait <= 0:
+        return False
+    return await remote.refetch_for_unknown_kid(wait)

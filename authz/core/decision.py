@@ -1,0 +1,256 @@
+"""The decision: request + snapshot + clock -> Decision, a pure function.
+
+This is the one code path shared by the gRPC Check handler and ``authz
+explain``. Order: tenant from the request (route context, host) -> public
+rule -> bearer token -> token layer -> claims -> tenant binding (tenant claim,
+issuer, audience, encrypt-only opt-in) -> rule -> requirements. Any failure is
+a deny with a reason code; anything unexpected is ``internal_error``, still a
+deny. In ``dry-run`` the tenant's denies are answered as allows and recorded.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+from authz.core.claims import Claims, validate_claims
+from authz.core.observe import NO_STEPS, Steps
+from authz.core.policy import Mode, Rule, Tenant, require
+from authz.core.request import AuthzRequest, bearer_token
+from authz.core.snapshot import Snapshot
+from authz.errors import REASONS, AuthzError, Outcome
+from authz.jose.nested import VerifiedToken, decrypt_token, open_token
+
+__all__ = ["Decision", "Verdict", "decide", "reject"]
+
+
+class Verdict(enum.Enum):
+    ALLOW = "allow"
+    DENY = "deny"
+    DRY_RUN_DENY = "dry-run-deny"  # would have been denied; allowed because of dry-run
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    verdict: Verdict
+    reason: str  # "ok" or a reason code from authz.errors.REASONS
+    tenant: str | None = None
+    rule: str | None = None
+    subject: str | None = None
+    scopes: tuple[str, ...] = ()
+    token_present: bool = False
+    identity: bool = False  # the x-authz-* identity headers are set from verified claims
+    missing_scopes: tuple[str, ...] = ()
+    strip_authorization: bool = False
+    key_id: str | None = None  # the signing key's kid, else the decryption key's (configured kids)
+    decryption_key_id: str | None = None
+    issuer: str | None = None  # a configured issuer the token named (verified, or a refetch hint)
+    cache_hit: bool = False  # the token layer's result came from the verified-token cache
+    # An allow on a token holds, as far as time goes, while valid_from <= now < valid_until.
+    valid_from: float = -math.inf
+    valid_until: float = math.inf
+    detail: str = ""  # for logs only
+
+    @property
+    def allowed(self) -> bool:
+        return self.verdict is not Verdict.DENY
+
+    @property
+    def outcome(self) -> Outcome | None:
+        return None if self.verdict is Verdict.ALLOW else REASONS[self.reason]
+
+
+@dataclass(slots=True)
+class _Progress:
+    """What is known so far, so that a deny can still say tenant and rule."""
+
+    tenant: Tenant | None = None
+    rule: Rule | None = None
+    claims: Claims | None = None
+    token: VerifiedToken | None = None
+    token_present: bool = False
+    cache_hit: bool = False
+    # The tenant is established: chosen by the request (route, host), or chosen
+    # by the token and the token proven to belong to it. Only then may that
+    # tenant's dry-run mode turn a deny into an allow: a token must not pick a
+    # dry-run tenant it does not belong to and walk in.
+    tenant_established: bool = False
+
+
+def decide(snapshot: Snapshot, request: AuthzRequest, now: float, steps: Steps = NO_STEPS) -> Decision:
+    """Decide one request. Never raises."""
+    progress = _Progress()
+    try:
+        decision = _decide(snapshot, request, now, progress, steps)
+    except AuthzError as exc:
+        decision = _deny(progress, exc.code, exc.detail, snapshot)
+        if exc.issuer is not None:
+            decision = replace(decision, issuer=exc.issuer)
+    except Exception as exc:  # noqa: BLE001 - fail closed on our own faults too
+        decision = _deny(progress, "internal_error", f"unexpected {type(exc).__name__}", snapshot)
+    tenant = progress.tenant
+    dry_run = progress.tenant_established and tenant is not None and tenant.mode is Mode.DRY_RUN
+    # Dry-run never relaxes the request sanity checks (400): those protect the upstream.
+    if decision.verdict is Verdict.DENY and dry_run and decision.outcome is not Outcome.BAD_REQUEST:
+        return replace(decision, verdict=Verdict.DRY_RUN_DENY)
+    return decision
+
+
+def reject(code: str, detail: str = "") -> Decision:
+    """A deny before any tenant is known (an unreadable or unsafe request)."""
+    return Decision(verdict=Verdict.DENY, reason=code, detail=detail)
+
+
+def _decide(
+    snapshot: Snapshot, request: AuthzRequest, now: float, progress: _Progress, steps: Steps
+) -> Decision:
+    if request.path_parameters and not snapshot.allow_path_parameters:
+        # "/healthz/..;/admin": Servlet containers read "/admin". A request check, before
+        # any tenant: a 400 that dry-run never relaxes.
+        raise AuthzError("path_invalid", "path segment with parameters (;)")
+    tenants = snapshot.tenants
+    tenant = tenants.for_request(request.context_extensions.get("tenant"), request.host)
+    progress.tenant = tenant
+    progress.tenant_established = tenant is not None
+    if tenant is not None:
+        progress.rule = tenant.match(request.method, request.path)
+        if progress.rule is not None and progress.rule.public:
+            return _public(tenant, progress.rule, snapshot)
+
+    token = bearer_token(request)
+    if token is None:
+        raise AuthzError("token_missing")
+    progress.token_present = True
+    keys, cache = snapshot.token_keys, snapshot.cache
+    cache_key = cache.key(token)
+    verified = cache.get(cache_key, keys, now)
+    progress.cache_hit = verified is not None
+    if verified is None:
+        with steps.step("decrypt"):
+            outer = decrypt_token(token, keys)
+        with steps.step("verify"):
+            verified = progress.token = open_token(outer, keys)
+            claims = progress.claims = validate_claims(verified.claims, snapshot.claim_rules, now)
+        cache.put(cache_key, verified, keys, claims.expires_at)
+    else:
+        progress.token = verified
+        # The time checks run on every request, cached or not.
+        claims = progress.claims = validate_claims(verified.claims, snapshot.claim_rules, now)
+    with steps.step("policy"):
+        return _authorize(
+            snapshot, request, tenant=tenant, progress=progress, verified=verified, claims=claims
+        )
+
+
+def _authorize(
+    snapshot: Snapshot,
+    request: AuthzRequest,
+    *,
+    tenant: Tenant | None,
+    progress: _Progress,
+    verified: VerifiedToken,
+    claims: Claims,
+) -> Decision:
+    tenants = snapshot.tenants
+    if tenant is None:
+        if claims.tenant is None:
+            raise AuthzError("tenant_unknown", "no tenant from route, host or token")
+        tenant = tenants.by_name.get(claims.tenant)
+        if tenant is None:
+            raise AuthzError("tenant_unknown", "token names no configured tenant")
+        progress.tenant = tenant
+        progress.rule = tenant.match(request.method, request.path)
+    _bind(tenant, claims, verified, tenants.shared_issuers)
+    progress.tenant_established = True
+
+    rule = progress.rule
+    if rule is None:
+        raise AuthzError("no_matching_rule")
+    if rule.public:
+        # Public, but reached through the token's tenant: the allow rests on the token
+        # (tenant binding), so it carries the token's validity like any token allow.
+        return replace(_public(tenant, rule, snapshot), **_token_facts(verified, claims, progress))
+    missing = require(rule, claims)
+    if missing:
+        return replace(_deny(progress, "scope_missing", "", snapshot), missing_scopes=missing)
+    return Decision(
+        verdict=Verdict.ALLOW,
+        reason="ok",
+        tenant=tenant.name,
+        rule=rule.name,
+        subject=claims.subject,
+        scopes=tuple(sorted(claims.scopes)),
+        identity=True,
+        strip_authorization=snapshot.strip_authorization,
+        **_token_facts(verified, claims, progress),
+    )
+
+
+def _token_facts(verified: VerifiedToken, claims: Claims, progress: _Progress) -> dict[str, Any]:
+    """What an allow resting on a verified token records about it (and how long it holds)."""
+    return {
+        "token_present": True,
+        "key_id": verified.signing_kid or verified.decryption_kid,
+        "decryption_key_id": verified.decryption_kid,
+        "issuer": claims.issuer,
+        "cache_hit": progress.cache_hit,
+        "valid_from": claims.valid_from,
+        "valid_until": claims.valid_until,
+    }
+
+
+def _bind(tenant: Tenant, claims: Claims, token: VerifiedToken, shared: frozenset[str]) -> None:
+    """The token must belong to this tenant: claim, issuer, audience, encrypt-only opt-in."""
+    if claims.tenant is not None and claims.tenant != tenant.name:
+        raise AuthzError("tenant_mismatch", "token tenant claim names another tenant")
+    if claims.tenant is None and claims.issuer in shared:
+        raise AuthzError("tenant_mismatch", "issuer serves several tenants; tenant claim missing")
+    if claims.issuer not in tenant.issuers:
+        raise AuthzError("issuer_not_allowed")
+    if not tenant.audiences.intersection(claims.audiences):
+        raise AuthzError("audience_mismatch")
+    if not token.nested:
+        issuers = tenant.encrypt_only_keys.get(token.decryption_kid)
+        if issuers is None:
+            raise AuthzError("encrypt_only_not_allowed", "tenant does not accept this key without JWS")
+        if claims.issuer not in issuers:
+            # Without a JWS, iss is whatever the key holder wrote: it must be one the key is bound to.
+            raise AuthzError("encrypt_only_not_allowed", "key is not bound to the token's issuer")
+
+
+def _public(tenant: Tenant, rule: Rule, snapshot: Snapshot) -> Decision:
+    return Decision(
+        verdict=Verdict.ALLOW,
+        reason="ok",
+        tenant=tenant.name,
+        rule=rule.name,
+        strip_authorization=snapshot.strip_authorization,
+    )
+
+
+def _deny(progress: _Progress, code: str, detail: str, snapshot: Snapshot) -> Decision:
+    tenant, rule, claims, token = progress.tenant, progress.rule, progress.claims, progress.token
+    # A dry-run deny of a valid, tenant-bound token still passes the identity on.
+    bound = claims is not None and code in _POLICY_CODES
+    return Decision(
+        verdict=Verdict.DENY,
+        reason=code,
+        tenant=tenant.name if tenant else None,
+        rule=rule.name if rule else None,
+        subject=claims.subject if bound and claims else None,
+        scopes=tuple(sorted(claims.scopes)) if bound and claims else (),
+        token_present=progress.token_present,
+        identity=bound,
+        strip_authorization=snapshot.strip_authorization,
+        key_id=(token.signing_kid or token.decryption_kid) if token else None,
+        decryption_key_id=token.decryption_kid if token else None,
+        issuer=claims.issuer if claims else None,
+        cache_hit=progress.cache_hit,
+        detail=detail,
+    )
+
+
+# Denies that happen after the token was bound to the tenant.
+_POLICY_CODES = frozenset({"no_matching_rule", "scope_missing", "role_missing", "claim_mismatch"})

@@ -1,0 +1,102 @@
+"""The answer memo's rules: when an earlier allow may answer an identical check again.
+
+An entry is a rendered allow of a verified token, kept per snapshot (a reload starts an
+empty memo) and served while it provably holds: the token's entry in the verified-token
+cache unchanged (a key change, the token's expiry or an eviction retire it) and ``now``
+inside the claims' time window. Doors key it by a digest of every byte the decision reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from authz.core.decision import Decision, Verdict
+from authz.core.request import AuthzRequest, bearer_token
+from authz.core.snapshot import Snapshot
+from authz.jose.nested import VerifiedToken
+
+__all__ = ["AnswerMemo", "Kept"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Kept(Generic[T]):
+    """An allow answered once: the rendered answer and what recording a repeat needs."""
+
+    answer: T
+    record: object  # telemetry's record of the decision, repeated as it was
+    valid_from: float
+    valid_until: float
+    token: tuple[bytes, VerifiedToken]  # the cache key and the very entry it was decided on
+
+
+class AnswerMemo(Generic[T]):
+    """A bounded memo of one snapshot's allows (oldest out first); not thread-safe."""
+
+    __slots__ = ("_entries", "_snapshot", "size")
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._entries: dict[bytes, Kept[T]] = {}
+        self._snapshot: Snapshot | None = None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def usable(self, snapshot: Snapshot, size: int) -> bool:
+        """Whether the memo may answer on this snapshot, holding ``size`` entries (a new snapshot
+        empties it; 0 turns it off)."""
+        if snapshot is not self._snapshot:
+            self._entries, self._snapshot, self.size = {}, snapshot, size
+        return size > 0 and snapshot.cache.max_entries > 0
+
+    def forget(self) -> None:
+        """Let the current snapshot's entries go (the memo was turned off)."""
+        if self._snapshot is not None:
+            self._entries, self._snapshot = {}, None
+
+    def lookup(self, snapshot: Snapshot, key: bytes, now: float) -> Kept[T] | None:
+        """The kept answer under ``key`` if it still holds (then the cache counts a hit)."""
+        kept = self._entries.get(key)
+        if kept is None or snapshot is not self._snapshot or not kept.valid_from <= now < kept.valid_until:
+            return None
+        if not snapshot.cache.holds(*kept.token, snapshot.token_keys, now):
+            return None
+        return kept
+
+    def remember(
+        self,
+        snapshot: Snapshot,
+        key: bytes,
+        *,
+        request: AuthzRequest,
+        decision: Decision,
+        answer: T,
+        record: Callable[[], object],
+    ) -> None:
+        """Keep an allow of a cached, verified token (anything else is decided afresh every time);
+        ``record`` makes what recording its repeats needs (only for an answer that is kept)."""
+        if (
+            snapshot is not self._snapshot
+            or self.size <= 0
+            or decision.verdict is not Verdict.ALLOW
+            or not decision.token_present  # a public rule by host: cheap to decide, tied to no token
+        ):
+            return
+        token = bearer_token(request)
+        if token is None:
+            return
+        cache_key = snapshot.cache.key(token)
+        verified = snapshot.cache.peek(cache_key)
+        if verified is None:
+            return  # not cached (yet): nothing to tie the answer to
+        entries = self._entries
+        if key not in entries:
+            while len(entries) >= self.size:
+                del entries[next(iter(entries))]  # the oldest first
+        entries[key] = Kept(
+            answer, record(), decision.valid_from, decision.valid_until, (cache_key, verified)
+        )

@@ -1,0 +1,144 @@
+"""Tenant policy: tenants, rules, tenant resolution and rule evaluation.
+
+Rules are compiled when the configuration is loaded; evaluation is a pure
+function of a snapshot, a request and verified claims.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from authz.core.claims import Claims
+from authz.errors import AuthzError
+
+__all__ = ["Mode", "Rule", "Tenant", "TenantIndex", "compile_path", "require"]
+
+
+class Mode(enum.Enum):
+    ENFORCE = "enforce"
+    DRY_RUN = "dry-run"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One rule; the first whose methods and paths match a request decides."""
+
+    name: str
+    methods: frozenset[str]  # empty: any method
+    paths: tuple[re.Pattern[str], ...]
+    public: bool
+    scopes: frozenset[str]  # all required
+    roles: frozenset[str]  # any of (empty: no role needed)
+    claims: Mapping[str, Any]  # each claim must equal (or, for a list claim, contain) the value
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.methods and method not in self.methods:
+            return False
+        return any(p.fullmatch(path) for p in self.paths)
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    name: str
+    issuers: frozenset[str]
+    audiences: frozenset[str]
+    hosts: tuple[str, ...]
+    mode: Mode
+    rules: tuple[Rule, ...]
+    # Decryption kids allowed for tokens without a JWS -> the issuers such a token may
+    # name: the shared key is the only proof of its maker, so it speaks for those alone.
+    encrypt_only_keys: Mapping[str, frozenset[str]]
+
+    def match(self, method: str, path: str) -> Rule | None:
+        for rule in self.rules:
+            if rule.matches(method, path):
+                return rule
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class TenantIndex:
+    """Tenants by name, by exact host and by ``*.`` suffix (longest suffix first)."""
+
+    by_name: Mapping[str, Tenant]
+    by_host: Mapping[str, Tenant]
+    by_suffix: tuple[tuple[str, Tenant], ...]
+    # Issuers serving several tenants: their tokens must name their tenant.
+    shared_issuers: frozenset[str]
+
+    def for_request(self, context_tenant: str | None, host: str) -> Tenant | None:
+        """The request's tenant: Envoy's per-route context extension, else the host.
+
+        A context extension naming no configured tenant is a deny, not a fallback:
+        it is a route configuration error that must not widen access.
+        """
+        if context_tenant:
+            tenant = self.by_name.get(context_tenant)
+            if tenant is None:
+                raise AuthzError("tenant_unknown", "context extension names no tenant")
+            return tenant
+        tenant = self.by_host.get(host)
+        if tenant is not None:
+            return tenant
+        for suffix, candidate in self.by_suffix:
+            if host.endswith(suffix) and len(host) > len(suffix):
+                return candidate
+        return None
+
+
+def require(rule: Rule, claims: Claims) -> tuple[str, ...]:
+    """Check a rule's requirements against verified claims.
+
+    Returns the scopes that are missing (empty when all are held), because the
+    caller names them in ``www-authenticate``; raises AuthzError for roles and
+    claims.
+    """
+    missing = tuple(sorted(rule.scopes - claims.scopes))
+    if missing:
+        return missing
+    if rule.roles and not (rule.roles & claims.roles):
+        raise AuthzError("role_missing")
+    for name, expected in rule.claims.items():
+        actual = claims.raw.get(name)
+        if isinstance(actual, list):
+            # Same strictness as for a single value: True must not match 1, nor 1 match 1.0.
+            if not any(v == expected and type(v) is type(expected) for v in actual):
+                raise AuthzError("claim_mismatch")
+        elif actual != expected or type(actual) is not type(expected):
+            raise AuthzError("claim_mismatch")
+    return ()
+
+
+def compile_path(pattern: str) -> re.Pattern[str]:
+    """``/orders/*`` (one segment), ``/admin/**`` (any rest, including none).
+
+    Raises ValueError for a pattern that is not absolute or misplaces ``**``.
+    """
+    if not pattern.startswith("/"):
+        raise ValueError("a path pattern must start with /")
+    segments = pattern.split("/")[1:]
+    parts: list[str] = []
+    for index, segment in enumerate(segments):
+        if segment == "**":
+            if index != len(segments) - 1:
+                raise ValueError("** may only be the last segment")
+            parts.append("(?:/.*)?")
+        elif segment == "*":
+            parts.append("/[^/]+")
+        elif "*" in segment:
+            raise ValueError("* must be a whole segment")
+        elif segment in (".", ".."):
+            raise ValueError("dot segments are not allowed in patterns")
+        elif not segment and index != len(segments) - 1:
+            # Normalized paths never contain "//": such a rule could never match.
+            raise ValueError("empty segment (//) in pattern")
+        else:
+            parts.append("/" + re.escape(segment))
+    regex = "".join(parts)
+    if segments == ["**"]:
+        regex = "/.*"
+    return re.compile(regex or "/")

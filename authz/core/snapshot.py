@@ -1,0 +1,38 @@
+"""What a check reads from one loaded configuration: swapped whole, never changed in place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from authz.core.cache import TokenCache
+from authz.core.claims import ClaimRules
+from authz.core.policy import TenantIndex
+from authz.jose.nested import TokenKeys
+
+__all__ = ["RecordSettings", "Snapshot"]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordSettings:
+    """How a decision is recorded (decision log line, span attributes)."""
+
+    log_subject: bool = False  # the subject id in spans and decision log lines
+    allow_log_sample_rate: float = 1.0  # fraction of allow decisions logged; denies always are
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The decision's inputs; its token cache starts empty, so a reload retires every entry."""
+
+    tenants: TenantIndex
+    claim_rules: ClaimRules
+    token_keys: TokenKeys
+    cache_size: int  # verified tokens kept; 0: every token is decrypted and verified each time
+    strip_authorization: bool = False  # an allow removes the authorization header upstream
+    allow_path_parameters: bool = False  # paths with ";" segment parameters are matched, not refused
+    refetch_wait: float = 0.5  # how long a check may wait for an unknown signing kid's refetch
+    record: RecordSettings = RecordSettings()
+    cache: TokenCache = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cache", TokenCache(self.cache_size))

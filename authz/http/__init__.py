@@ -1,0 +1,1 @@
+"""The HTTP door: Envoy's HTTP ext_authz protocol (http_service) on asyncio and httptools."""

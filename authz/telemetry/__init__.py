@@ -1,0 +1,1 @@
+"""Telemetry: tracing (OpenTelemetry), metrics (Prometheus), the decision log, JSON logging."""
