@@ -904,7 +904,7 @@ def test_authz_refuses_to_start_without_its_key_files(
          "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
-    assert done.returncode != 0
+    assert done.returncode == 2, done.stderr  # serve's exit status for a rejected configuration
     assert "cannot read key file" in done.stderr, done.stderr
     assert str(config.parent.parent / "keys" / "decrypt.private.jwks.json") in done.stderr, done.stderr
 
