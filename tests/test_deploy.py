@@ -857,7 +857,8 @@ def test_container_args_and_key_paths_match_the_mounts(
     assert authz["args"][3:] in ([], ["--http-listen", f"0.0.0.0:{HTTP_PORT}"])
     assert "config.yaml" in _configmap_data(overlay, _mounted(overlay, deployment, authz, CONFIG_MOUNT))
     volume = _mounted(overlay, deployment, authz, KEYS_MOUNT)["secret"]
-    assert keys_secret["metadata"] == {"name": volume["secretName"], "namespace": NAMESPACE}
+    metadata = keys_secret["metadata"]
+    assert (metadata["name"], metadata["namespace"]) == (volume["secretName"], NAMESPACE)
     assert _key_files(overlay) == set(keys_secret["data"])
 
 
