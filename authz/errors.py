@@ -1,16 +1,17 @@
-"""The one error type of the decision path, and the error type of configuration.
+"""The one error type of the decision path, its reason codes, and the error type of configuration.
 
-Every deny carries a short reason code. The code is at once the deny reason in
-the response body, the decision log field, the span attribute and the metric
-label, so the set of codes is closed and listed here.
+A reason code is at once the deny reason in the response body, the decision log field, the
+span attribute and the metric label: a closed set, each with one HTTP status and gRPC code.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
-__all__ = ["REASONS", "AuthzError", "ConfigError", "Outcome"]
+__all__ = ["REASONS", "AuthzError", "ConfigError", "Outcome", "Reason"]
 
 
 class Outcome(enum.Enum):
@@ -31,63 +32,129 @@ class Outcome(enum.Enum):
         return self.value[1]
 
 
+class Reason(enum.StrEnum):
+    """Why a check was answered as it was: ``ok`` for an allow, else a deny reason."""
+
+    OK = "ok"
+    # The request itself cannot be evaluated safely.
+    PATH_INVALID = "path_invalid"
+    REQUEST_MALFORMED = "request_malformed"
+    # No usable credential.
+    TOKEN_MISSING = "token_missing"
+    AUTHORIZATION_MALFORMED = "authorization_malformed"
+    # Outer JWE layer.
+    TOKEN_TOO_LARGE = "token_too_large"
+    TOKEN_MALFORMED = "token_malformed"
+    TOKEN_NOT_JWE = "token_not_jwe"
+    HEADER_MALFORMED = "header_malformed"
+    ALG_NOT_ALLOWED = "alg_not_allowed"
+    ENC_NOT_ALLOWED = "enc_not_allowed"
+    ZIP_NOT_ALLOWED = "zip_not_allowed"
+    CRIT_UNSUPPORTED = "crit_unsupported"
+    DECRYPTION_KEY_UNKNOWN = "decryption_key_unknown"
+    DECRYPTION_FAILED = "decryption_failed"
+    CTY_INVALID = "cty_invalid"
+    ENCRYPT_ONLY_NOT_ALLOWED = "encrypt_only_not_allowed"
+    # Inner JWS layer.
+    INNER_TOKEN_MALFORMED = "inner_token_malformed"
+    SIGNATURE_ALG_NOT_ALLOWED = "signature_alg_not_allowed"
+    SIGNING_KEY_UNKNOWN = "signing_key_unknown"
+    SIGNATURE_INVALID = "signature_invalid"
+    TYP_NOT_ALLOWED = "typ_not_allowed"
+    # Claims.
+    CLAIMS_MALFORMED = "claims_malformed"
+    ISSUER_UNKNOWN = "issuer_unknown"
+    EXP_MISSING = "exp_missing"
+    TOKEN_EXPIRED = "token_expired"
+    TOKEN_NOT_YET_VALID = "token_not_yet_valid"
+    IAT_IN_FUTURE = "iat_in_future"
+    LIFETIME_EXCEEDED = "lifetime_exceeded"
+    AUDIENCE_MISMATCH = "audience_mismatch"
+    # Any unexpected failure inside the token layer: still a 401, never a crash.
+    TOKEN_INVALID = "token_invalid"
+    # Tenant and policy.
+    TENANT_UNKNOWN = "tenant_unknown"
+    TENANT_MISMATCH = "tenant_mismatch"
+    ISSUER_NOT_ALLOWED = "issuer_not_allowed"
+    NO_MATCHING_RULE = "no_matching_rule"
+    SCOPE_MISSING = "scope_missing"
+    ROLE_MISSING = "role_missing"
+    CLAIM_MISMATCH = "claim_mismatch"
+    # Our own faults: still a deny.
+    INTERNAL_ERROR = "internal_error"
+    # An issuer's keys come from a jwks_uri that was never fetched successfully.
+    ISSUER_KEYS_UNAVAILABLE = "issuer_keys_unavailable"
+    # No configuration loaded yet (start-up): health says NOT_SERVING meanwhile.
+    NOT_READY = "not_ready"
+    # The check arrived after its deadline (Envoy's grpc-timeout): shed, not worked on.
+    OVERLOADED = "overloaded"
+
+    @property
+    def outcome(self) -> Outcome | None:
+        """How a deny for this reason is answered (None for ``ok``)."""
+        return REASONS.get(self)
+
+
 _U = Outcome.UNAUTHENTICATED
 _F = Outcome.FORBIDDEN
 
-REASONS: dict[str, Outcome] = {
-    # The request itself cannot be evaluated safely.
-    "path_invalid": Outcome.BAD_REQUEST,
-    "request_malformed": Outcome.BAD_REQUEST,
-    # No usable credential.
-    "token_missing": _U,
-    "authorization_malformed": _U,
-    # Outer JWE layer.
-    "token_too_large": _U,
-    "token_malformed": _U,
-    "token_not_jwe": _U,
-    "header_malformed": _U,
-    "alg_not_allowed": _U,
-    "enc_not_allowed": _U,
-    "zip_not_allowed": _U,
-    "crit_unsupported": _U,
-    "decryption_key_unknown": _U,
-    "decryption_failed": _U,
-    "cty_invalid": _U,
-    "encrypt_only_not_allowed": _U,
-    # Inner JWS layer.
-    "inner_token_malformed": _U,
-    "signature_alg_not_allowed": _U,
-    "signing_key_unknown": _U,
-    "signature_invalid": _U,
-    "typ_not_allowed": _U,
-    # Claims.
-    "claims_malformed": _U,
-    "issuer_unknown": _U,
-    "exp_missing": _U,
-    "token_expired": _U,
-    "token_not_yet_valid": _U,
-    "iat_in_future": _U,
-    "lifetime_exceeded": _U,
-    "audience_mismatch": _U,
-    # Any unexpected failure inside the token layer: still a 401, never a crash.
-    "token_invalid": _U,
-    # Tenant and policy.
-    "tenant_unknown": _F,
-    "tenant_mismatch": _F,
-    "issuer_not_allowed": _F,
-    "no_matching_rule": _F,
-    "scope_missing": _F,
-    "role_missing": _F,
-    "claim_mismatch": _F,
-    # Our own faults: still a deny.
-    "internal_error": Outcome.INTERNAL,
-    # An issuer's keys come from a jwks_uri that was never fetched successfully.
-    "issuer_keys_unavailable": Outcome.UNAVAILABLE,
-    # No configuration loaded yet (start-up): health says NOT_SERVING meanwhile.
-    "not_ready": Outcome.UNAVAILABLE,
-    # The check arrived after its deadline (Envoy's grpc-timeout): shed, not worked on.
-    "overloaded": Outcome.UNAVAILABLE,
-}
+# Every deny reason and how it is answered: the README's reason table is checked against it.
+REASONS: Mapping[Reason, Outcome] = MappingProxyType(
+    {
+        # The request itself cannot be evaluated safely.
+        Reason.PATH_INVALID: Outcome.BAD_REQUEST,
+        Reason.REQUEST_MALFORMED: Outcome.BAD_REQUEST,
+        # No usable credential.
+        Reason.TOKEN_MISSING: _U,
+        Reason.AUTHORIZATION_MALFORMED: _U,
+        # Outer JWE layer.
+        Reason.TOKEN_TOO_LARGE: _U,
+        Reason.TOKEN_MALFORMED: _U,
+        Reason.TOKEN_NOT_JWE: _U,
+        Reason.HEADER_MALFORMED: _U,
+        Reason.ALG_NOT_ALLOWED: _U,
+        Reason.ENC_NOT_ALLOWED: _U,
+        Reason.ZIP_NOT_ALLOWED: _U,
+        Reason.CRIT_UNSUPPORTED: _U,
+        Reason.DECRYPTION_KEY_UNKNOWN: _U,
+        Reason.DECRYPTION_FAILED: _U,
+        Reason.CTY_INVALID: _U,
+        Reason.ENCRYPT_ONLY_NOT_ALLOWED: _U,
+        # Inner JWS layer.
+        Reason.INNER_TOKEN_MALFORMED: _U,
+        Reason.SIGNATURE_ALG_NOT_ALLOWED: _U,
+        Reason.SIGNING_KEY_UNKNOWN: _U,
+        Reason.SIGNATURE_INVALID: _U,
+        Reason.TYP_NOT_ALLOWED: _U,
+        # Claims.
+        Reason.CLAIMS_MALFORMED: _U,
+        Reason.ISSUER_UNKNOWN: _U,
+        Reason.EXP_MISSING: _U,
+        Reason.TOKEN_EXPIRED: _U,
+        Reason.TOKEN_NOT_YET_VALID: _U,
+        Reason.IAT_IN_FUTURE: _U,
+        Reason.LIFETIME_EXCEEDED: _U,
+        Reason.AUDIENCE_MISMATCH: _U,
+        # Any unexpected failure inside the token layer: still a 401, never a crash.
+        Reason.TOKEN_INVALID: _U,
+        # Tenant and policy.
+        Reason.TENANT_UNKNOWN: _F,
+        Reason.TENANT_MISMATCH: _F,
+        Reason.ISSUER_NOT_ALLOWED: _F,
+        Reason.NO_MATCHING_RULE: _F,
+        Reason.SCOPE_MISSING: _F,
+        Reason.ROLE_MISSING: _F,
+        Reason.CLAIM_MISMATCH: _F,
+        # Our own faults: still a deny.
+        Reason.INTERNAL_ERROR: Outcome.INTERNAL,
+        # An issuer's keys come from a jwks_uri that was never fetched successfully.
+        Reason.ISSUER_KEYS_UNAVAILABLE: Outcome.UNAVAILABLE,
+        # No configuration loaded yet (start-up): health says NOT_SERVING meanwhile.
+        Reason.NOT_READY: Outcome.UNAVAILABLE,
+        # The check arrived after its deadline (Envoy's grpc-timeout): shed, not worked on.
+        Reason.OVERLOADED: Outcome.UNAVAILABLE,
+    }
+)
 
 
 class AuthzError(Exception):
@@ -98,11 +165,11 @@ class AuthzError(Exception):
 
     __slots__ = ("code", "detail", "issuer")
 
-    def __init__(self, code: str, detail: str = "", *, issuer: str | None = None) -> None:
+    def __init__(self, code: Reason, detail: str = "", *, issuer: str | None = None) -> None:
         if code not in REASONS:
-            raise ValueError(f"unknown reason code {code!r}")
+            raise ValueError(f"{code!r} is not a deny reason")
         super().__init__(code)
-        self.code = code
+        self.code = Reason(code)
         self.detail = detail
         # The (configured) issuer a failing token named, where that helps recovery:
         # an unknown signing kid sends us to refetch that issuer's keys.

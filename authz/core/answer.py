@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from authz.core.decision import Decision, Verdict
-from authz.errors import Outcome
+from authz.errors import Outcome, Reason
 
 __all__ = [
     "IDENTITY_HEADERS",
@@ -55,10 +55,10 @@ def challenge(decision: Decision) -> str | None:
     """RFC 6750 challenge: bare on a missing token, with the error otherwise."""
     outcome = decision.outcome
     if outcome is Outcome.UNAUTHENTICATED:
-        if decision.reason == "token_missing":
+        if decision.reason == Reason.TOKEN_MISSING:
             return "Bearer"
         return 'Bearer error="invalid_token"'
-    if decision.reason == "scope_missing":
+    if decision.reason == Reason.SCOPE_MISSING:
         return f'Bearer error="insufficient_scope", scope="{" ".join(decision.missing_scopes)}"'
     return None
 
@@ -68,8 +68,10 @@ def error_body(decision: Decision, request_id: str) -> str:
     outcome = decision.outcome
     error = {
         Outcome.BAD_REQUEST: "invalid_request",
-        Outcome.UNAUTHENTICATED: "unauthorized" if decision.reason == "token_missing" else "invalid_token",
-        Outcome.FORBIDDEN: "insufficient_scope" if decision.reason == "scope_missing" else "forbidden",
+        Outcome.UNAUTHENTICATED: "unauthorized"
+        if decision.reason == Reason.TOKEN_MISSING
+        else "invalid_token",
+        Outcome.FORBIDDEN: "insufficient_scope" if decision.reason == Reason.SCOPE_MISSING else "forbidden",
         Outcome.INTERNAL: "server_error",
         Outcome.UNAVAILABLE: "temporarily_unavailable",
     }.get(outcome, "forbidden")  # type: ignore[arg-type]
@@ -128,7 +130,7 @@ def answer_failed(decision: Decision, exc: BaseException) -> Decision:
     return replace(
         decision,
         verdict=Verdict.DENY,
-        reason="internal_error",
+        reason=Reason.INTERNAL_ERROR,
         subject=None,
         scopes=(),
         identity=False,

@@ -17,6 +17,7 @@ from authz.core.decision import Decision, decide, reject
 from authz.core.observe import NO_TRACE, Recorder, Trace
 from authz.core.request import AuthzRequest
 from authz.core.snapshot import Snapshot
+from authz.errors import Reason
 from authz.jose.keys import RemoteKeys
 
 __all__ = ["Answered", "Checker", "Clock", "Door", "refetch_source"]
@@ -56,11 +57,11 @@ class Checker:
     def decide(self, snapshot: Snapshot | None, request: AuthzRequest, trace: Trace = NO_TRACE) -> Decision:
         """Decide on one snapshot (a reload mid-check cannot split it). Never raises."""
         if snapshot is None:
-            return reject("not_ready", "no configuration loaded yet")
+            return reject(Reason.NOT_READY, "no configuration loaded yet")
         try:
             now = self.clock()
         except Exception as exc:  # noqa: BLE001 - fail closed: even the clock may fail
-            return reject("internal_error", f"clock failed ({type(exc).__name__})")
+            return reject(Reason.INTERNAL_ERROR, f"clock failed ({type(exc).__name__})")
         with trace.active():
             return decide(snapshot, request, now, self.recorder)
 
@@ -83,7 +84,7 @@ class Checker:
         """
         started = time.perf_counter() if started is None else started
         if early is not None or request is None:
-            decision = early or reject("request_malformed")
+            decision = early or reject(Reason.REQUEST_MALFORMED)
         else:
             decision = self.decide(snapshot, request, trace)
             remote = refetch_source(snapshot, decision)
@@ -143,7 +144,7 @@ class Checker:
 
 def refetch_source(snapshot: Snapshot | None, decision: Decision) -> RemoteKeys | None:
     """The jwks_uri source worth refetching for this deny (a signing kid its issuer lacks), or None."""
-    if snapshot is None or decision.reason != "signing_key_unknown" or decision.issuer is None:
+    if snapshot is None or decision.reason != Reason.SIGNING_KEY_UNKNOWN or decision.issuer is None:
         return None
     issuer = snapshot.token_keys.issuers.get(decision.issuer)
     return issuer.remote if issuer is not None else None

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from authz.errors import AuthzError
+from authz.errors import AuthzError, Reason
 
 __all__ = ["ClaimRules", "Claims", "validate_claims"]
 
@@ -60,22 +60,22 @@ def validate_claims(payload: Mapping[str, Any], rules: ClaimRules, now: float) -
     """Check time claims and types; raises AuthzError with the precise reason."""
     issuer = payload.get("iss")
     if not isinstance(issuer, str):
-        raise AuthzError("issuer_unknown")
+        raise AuthzError(Reason.ISSUER_UNKNOWN)
     if "exp" not in payload:
-        raise AuthzError("exp_missing")
+        raise AuthzError(Reason.EXP_MISSING)
     exp = _number(payload["exp"], "exp")
     nbf = _number(payload["nbf"], "nbf") if "nbf" in payload else None
     iat = _number(payload["iat"], "iat") if "iat" in payload else None
     skew = rules.clock_skew
     if now - skew >= exp:
-        raise AuthzError("token_expired")
+        raise AuthzError(Reason.TOKEN_EXPIRED)
     if nbf is not None and now + skew < nbf:
-        raise AuthzError("token_not_yet_valid")
+        raise AuthzError(Reason.TOKEN_NOT_YET_VALID)
     if iat is not None and iat > now + skew:
-        raise AuthzError("iat_in_future")
+        raise AuthzError(Reason.IAT_IN_FUTURE)
     start = iat if iat is not None else nbf if nbf is not None else now
     if exp - start > rules.max_lifetime:
-        raise AuthzError("lifetime_exceeded")
+        raise AuthzError(Reason.LIFETIME_EXCEEDED)
     return Claims(
         issuer=issuer,
         subject=_identity(payload, "sub"),
@@ -100,13 +100,13 @@ def _valid_from(iat: float | None, nbf: float | None, exp: float, rules: ClaimRu
 def _number(value: Any, name: str) -> float:
     # bool is an int in Python; a JSON true is not a timestamp.
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise AuthzError("claims_malformed", f"{name} is not a number")
+        raise AuthzError(Reason.CLAIMS_MALFORMED, f"{name} is not a number")
     try:
         number = float(value)
     except OverflowError:  # a JSON integer beyond the float range
-        raise AuthzError("claims_malformed", f"{name} is out of range") from None
+        raise AuthzError(Reason.CLAIMS_MALFORMED, f"{name} is out of range") from None
     if not math.isfinite(number):
-        raise AuthzError("claims_malformed", f"{name} is out of range")
+        raise AuthzError(Reason.CLAIMS_MALFORMED, f"{name} is out of range")
     return number
 
 
@@ -115,7 +115,7 @@ def _identity(payload: Mapping[str, Any], name: str) -> str | None:
     value = payload.get(name)
     if value is None or (isinstance(value, str) and _sendable(value)):
         return value
-    raise AuthzError("claims_malformed", f"{name} is not printable US-ASCII without surrounding spaces")
+    raise AuthzError(Reason.CLAIMS_MALFORMED, f"{name} is not printable US-ASCII without surrounding spaces")
 
 
 def _sendable(value: str) -> bool:
@@ -133,14 +133,14 @@ def _audiences(value: Any) -> tuple[str, ...]:
         return (value,)
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return tuple(value)
-    raise AuthzError("claims_malformed", "aud is neither a string nor a list of strings")
+    raise AuthzError(Reason.CLAIMS_MALFORMED, "aud is neither a string nor a list of strings")
 
 
 def _scopes(payload: Mapping[str, Any]) -> frozenset[str]:
     scope = payload.get("scope")
     if scope is not None:
         if not isinstance(scope, str):
-            raise AuthzError("claims_malformed", "scope is not a string")
+            raise AuthzError(Reason.CLAIMS_MALFORMED, "scope is not a string")
         return _scope_string(scope, "scope")
     scp = payload.get("scp")
     if scp is None:
@@ -158,7 +158,7 @@ def _scopes(payload: Mapping[str, Any]) -> frozenset[str]:
             joined = ""
         if _SCOPE.fullmatch(joined) and joined.count(" ") == len(scp) - 1:
             return frozenset(scp)
-    raise AuthzError("claims_malformed", "scp is not a list of scope tokens (RFC 6749 3.3)")
+    raise AuthzError(Reason.CLAIMS_MALFORMED, "scp is not a list of scope tokens (RFC 6749 3.3)")
 
 
 def _scope_string(value: str, name: str) -> frozenset[str]:
@@ -169,7 +169,7 @@ def _scope_string(value: str, name: str) -> frozenset[str]:
     if _SCOPE.fullmatch(value):
         return frozenset(value.split(" "))
     raise AuthzError(
-        "claims_malformed", f"{name} is not scope tokens separated by single spaces (RFC 6749 3.3)"
+        Reason.CLAIMS_MALFORMED, f"{name} is not scope tokens separated by single spaces (RFC 6749 3.3)"
     )
 
 
@@ -180,7 +180,7 @@ def _roles(value: Any) -> frozenset[str]:
     if isinstance(value, str):
         value = value.split(" ") if value else []
         if not all(value):  # leading, trailing or repeated spaces
-            raise AuthzError("claims_malformed", "roles string has empty entries")
+            raise AuthzError(Reason.CLAIMS_MALFORMED, "roles string has empty entries")
     if isinstance(value, list) and all(isinstance(v, str) and v.isprintable() for v in value):
         return frozenset(value)
-    raise AuthzError("claims_malformed", "roles is not a list of printable strings")
+    raise AuthzError(Reason.CLAIMS_MALFORMED, "roles is not a list of printable strings")

@@ -20,7 +20,7 @@ from authz.core.observe import NO_STEPS, Steps
 from authz.core.policy import Mode, Rule, Tenant, require
 from authz.core.request import AuthzRequest, bearer_token
 from authz.core.snapshot import Snapshot
-from authz.errors import REASONS, AuthzError, Outcome
+from authz.errors import REASONS, AuthzError, Outcome, Reason
 from authz.jose.nested import VerifiedToken, decrypt_token, open_token
 
 __all__ = ["Decision", "Verdict", "decide", "reject"]
@@ -35,7 +35,7 @@ class Verdict(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class Decision:
     verdict: Verdict
-    reason: str  # "ok" or a reason code from authz.errors.REASONS
+    reason: Reason  # OK, or the deny reason
     tenant: str | None = None
     rule: str | None = None
     subject: str | None = None
@@ -89,7 +89,7 @@ def decide(snapshot: Snapshot, request: AuthzRequest, now: float, steps: Steps =
         if exc.issuer is not None:
             decision = replace(decision, issuer=exc.issuer)
     except Exception as exc:  # noqa: BLE001 - fail closed on our own faults too
-        decision = _deny(progress, "internal_error", f"unexpected {type(exc).__name__}", snapshot)
+        decision = _deny(progress, Reason.INTERNAL_ERROR, f"unexpected {type(exc).__name__}", snapshot)
     tenant = progress.tenant
     dry_run = progress.tenant_established and tenant is not None and tenant.mode is Mode.DRY_RUN
     # Dry-run never relaxes the request sanity checks (400): those protect the upstream.
@@ -98,7 +98,7 @@ def decide(snapshot: Snapshot, request: AuthzRequest, now: float, steps: Steps =
     return decision
 
 
-def reject(code: str, detail: str = "") -> Decision:
+def reject(code: Reason, detail: str = "") -> Decision:
     """A deny before any tenant is known (an unreadable or unsafe request)."""
     return Decision(verdict=Verdict.DENY, reason=code, detail=detail)
 
@@ -109,7 +109,7 @@ def _decide(
     if request.path_parameters and not snapshot.allow_path_parameters:
         # "/healthz/..;/admin": Servlet containers read "/admin". A request check, before
         # any tenant: a 400 that dry-run never relaxes.
-        raise AuthzError("path_invalid", "path segment with parameters (;)")
+        raise AuthzError(Reason.PATH_INVALID, "path segment with parameters (;)")
     tenants = snapshot.tenants
     tenant = tenants.for_request(request.context_extensions.get("tenant"), request.host)
     progress.tenant = tenant
@@ -121,7 +121,7 @@ def _decide(
 
     token = bearer_token(request)
     if token is None:
-        raise AuthzError("token_missing")
+        raise AuthzError(Reason.TOKEN_MISSING)
     progress.token_present = True
     keys, cache = snapshot.token_keys, snapshot.cache
     cache_key = cache.key(token)
@@ -156,10 +156,10 @@ def _authorize(
     tenants = snapshot.tenants
     if tenant is None:
         if claims.tenant is None:
-            raise AuthzError("tenant_unknown", "no tenant from route, host or token")
+            raise AuthzError(Reason.TENANT_UNKNOWN, "no tenant from route, host or token")
         tenant = tenants.by_name.get(claims.tenant)
         if tenant is None:
-            raise AuthzError("tenant_unknown", "token names no configured tenant")
+            raise AuthzError(Reason.TENANT_UNKNOWN, "token names no configured tenant")
         progress.tenant = tenant
         progress.rule = tenant.match(request.method, request.path)
     _bind(tenant, claims, verified, tenants.shared_issuers)
@@ -167,17 +167,17 @@ def _authorize(
 
     rule = progress.rule
     if rule is None:
-        raise AuthzError("no_matching_rule")
+        raise AuthzError(Reason.NO_MATCHING_RULE)
     if rule.public:
         # Public, but reached through the token's tenant: the allow rests on the token
         # (tenant binding), so it carries the token's validity like any token allow.
         return replace(_public(tenant, rule, snapshot), **_token_facts(verified, claims, progress))
     missing = require(rule, claims)
     if missing:
-        return replace(_deny(progress, "scope_missing", "", snapshot), missing_scopes=missing)
+        return replace(_deny(progress, Reason.SCOPE_MISSING, "", snapshot), missing_scopes=missing)
     return Decision(
         verdict=Verdict.ALLOW,
-        reason="ok",
+        reason=Reason.OK,
         tenant=tenant.name,
         rule=rule.name,
         subject=claims.subject,
@@ -204,33 +204,33 @@ def _token_facts(verified: VerifiedToken, claims: Claims, progress: _Progress) -
 def _bind(tenant: Tenant, claims: Claims, token: VerifiedToken, shared: frozenset[str]) -> None:
     """The token must belong to this tenant: claim, issuer, audience, encrypt-only opt-in."""
     if claims.tenant is not None and claims.tenant != tenant.name:
-        raise AuthzError("tenant_mismatch", "token tenant claim names another tenant")
+        raise AuthzError(Reason.TENANT_MISMATCH, "token tenant claim names another tenant")
     if claims.tenant is None and claims.issuer in shared:
-        raise AuthzError("tenant_mismatch", "issuer serves several tenants; tenant claim missing")
+        raise AuthzError(Reason.TENANT_MISMATCH, "issuer serves several tenants; tenant claim missing")
     if claims.issuer not in tenant.issuers:
-        raise AuthzError("issuer_not_allowed")
+        raise AuthzError(Reason.ISSUER_NOT_ALLOWED)
     if not tenant.audiences.intersection(claims.audiences):
-        raise AuthzError("audience_mismatch")
+        raise AuthzError(Reason.AUDIENCE_MISMATCH)
     if not token.nested:
         issuers = tenant.encrypt_only_keys.get(token.decryption_kid)
         if issuers is None:
-            raise AuthzError("encrypt_only_not_allowed", "tenant does not accept this key without JWS")
+            raise AuthzError(Reason.ENCRYPT_ONLY_NOT_ALLOWED, "tenant does not accept this key without JWS")
         if claims.issuer not in issuers:
             # Without a JWS, iss is whatever the key holder wrote: it must be one the key is bound to.
-            raise AuthzError("encrypt_only_not_allowed", "key is not bound to the token's issuer")
+            raise AuthzError(Reason.ENCRYPT_ONLY_NOT_ALLOWED, "key is not bound to the token's issuer")
 
 
 def _public(tenant: Tenant, rule: Rule, snapshot: Snapshot) -> Decision:
     return Decision(
         verdict=Verdict.ALLOW,
-        reason="ok",
+        reason=Reason.OK,
         tenant=tenant.name,
         rule=rule.name,
         strip_authorization=snapshot.strip_authorization,
     )
 
 
-def _deny(progress: _Progress, code: str, detail: str, snapshot: Snapshot) -> Decision:
+def _deny(progress: _Progress, code: Reason, detail: str, snapshot: Snapshot) -> Decision:
     tenant, rule, claims, token = progress.tenant, progress.rule, progress.claims, progress.token
     # A dry-run deny of a valid, tenant-bound token still passes the identity on.
     bound = claims is not None and code in _POLICY_CODES
@@ -253,4 +253,6 @@ def _deny(progress: _Progress, code: str, detail: str, snapshot: Snapshot) -> De
 
 
 # Denies that happen after the token was bound to the tenant.
-_POLICY_CODES = frozenset({"no_matching_rule", "scope_missing", "role_missing", "claim_mismatch"})
+_POLICY_CODES = frozenset(
+    {Reason.NO_MATCHING_RULE, Reason.SCOPE_MISSING, Reason.ROLE_MISSING, Reason.CLAIM_MISMATCH}
+)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from authz.core.claims import Claims
-from authz.errors import AuthzError
+from authz.errors import AuthzError, Reason
 
 __all__ = ["Mode", "Rule", "Tenant", "TenantIndex", "compile_path", "require"]
 
@@ -79,7 +79,7 @@ class TenantIndex:
         if context_tenant:
             tenant = self.by_name.get(context_tenant)
             if tenant is None:
-                raise AuthzError("tenant_unknown", "context extension names no tenant")
+                raise AuthzError(Reason.TENANT_UNKNOWN, "context extension names no tenant")
             return tenant
         tenant = self.by_host.get(host)
         if tenant is not None:
@@ -101,15 +101,15 @@ def require(rule: Rule, claims: Claims) -> tuple[str, ...]:
     if missing:
         return missing
     if rule.roles and not (rule.roles & claims.roles):
-        raise AuthzError("role_missing")
+        raise AuthzError(Reason.ROLE_MISSING)
     for name, expected in rule.claims.items():
         actual = claims.raw.get(name)
         if isinstance(actual, list):
             # Same strictness as for a single value: True must not match 1, nor 1 match 1.0.
             if not any(v == expected and type(v) is type(expected) for v in actual):
-                raise AuthzError("claim_mismatch")
+                raise AuthzError(Reason.CLAIM_MISMATCH)
         elif actual != expected or type(actual) is not type(expected):
-            raise AuthzError("claim_mismatch")
+            raise AuthzError(Reason.CLAIM_MISMATCH)
     return ()
 
 

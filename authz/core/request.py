@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from authz.errors import AuthzError
+from authz.errors import AuthzError, Reason
 
 __all__ = [
     "AuthzRequest",
@@ -75,14 +75,14 @@ def bearer_token(request: AuthzRequest) -> str | None:
     if not values:
         return None
     if len(values) > 1:
-        raise AuthzError("authorization_malformed", "more than one authorization header")
+        raise AuthzError(Reason.AUTHORIZATION_MALFORMED, "more than one authorization header")
     value = values[0].strip()
     scheme = value.split(" ", 1)[0]
     if scheme.lower() != "bearer":
         return None
     match = _BEARER.fullmatch(value)
     if match is None:
-        raise AuthzError("authorization_malformed", "bearer credential is not one token")
+        raise AuthzError(Reason.AUTHORIZATION_MALFORMED, "bearer credential is not one token")
     return match.group(1)
 
 
@@ -107,9 +107,9 @@ def normalize_target(raw: str) -> tuple[str, bool]:
     """The normalized path, and whether the raw path had segment parameters."""
     path = raw.split("?", 1)[0].split("#", 1)[0]
     if not path.startswith("/") or len(path) > _MAX_PATH:
-        raise AuthzError("path_invalid", "path must be absolute and bounded")
+        raise AuthzError(Reason.PATH_INVALID, "path must be absolute and bounded")
     if "\\" in path or any(_is_control(c) for c in path):
-        raise AuthzError("path_invalid", "backslash or control character")
+        raise AuthzError(Reason.PATH_INVALID, "backslash or control character")
     decoded = _decode_unreserved(path)
     parameters = ";" in decoded
     if parameters:
@@ -121,7 +121,7 @@ def normalize_target(raw: str) -> tuple[str, bool]:
     for segment in decoded.split("/")[1:]:
         if segment == "..":
             if not segments:
-                raise AuthzError("path_invalid", "dot segment escapes the root")
+                raise AuthzError(Reason.PATH_INVALID, "dot segment escapes the root")
             segments.pop()
         elif segment not in (".", ""):
             segments.append(segment)
@@ -147,18 +147,18 @@ def _decode_unreserved(path: str) -> str:
             continue
         pair = path[i + 1 : i + 3]
         if len(pair) != 2 or not set(pair) <= _HEX:
-            raise AuthzError("path_invalid", "bad percent escape")
+            raise AuthzError(Reason.PATH_INVALID, "bad percent escape")
         upper = pair.upper()
         if upper in _FORBIDDEN_ESCAPES:
-            raise AuthzError("path_invalid", "encoded slash, backslash or NUL")
+            raise AuthzError(Reason.PATH_INVALID, "encoded slash, backslash or NUL")
         if upper == "3B":
             # Upstreams disagree on whether a decoded ";" starts parameters.
-            raise AuthzError("path_invalid", "encoded semicolon")
+            raise AuthzError(Reason.PATH_INVALID, "encoded semicolon")
         decoded = chr(int(upper, 16))
         if decoded in _UNRESERVED:
             out.append(decoded)
         elif int(upper, 16) < 0x20 or upper == "7F":
-            raise AuthzError("path_invalid", "encoded control character")
+            raise AuthzError(Reason.PATH_INVALID, "encoded control character")
         else:
             out.append("%" + upper)
         i += 3

@@ -9,7 +9,7 @@ from types import MappingProxyType
 from authz.core.answer import deny_headers, error_body, upstream_headers
 from authz.core.decision import Decision, reject
 from authz.core.request import AuthzRequest, first, normalize_host, normalize_target, plain_request_id
-from authz.errors import AuthzError, Outcome
+from authz.errors import AuthzError, Outcome, Reason
 from authz.grpc._proto.envoy.config.core.v3.base_pb2 import HeaderValueOption
 from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
@@ -31,7 +31,7 @@ def parse(data: bytes) -> CheckRequest | Decision:
     try:
         message: CheckRequest = CheckRequest.FromString(data)
     except Exception as exc:  # noqa: BLE001 - DecodeError, or invalid UTF-8 in a string field
-        return reject("request_malformed", f"undecodable CheckRequest ({type(exc).__name__})")
+        return reject(Reason.REQUEST_MALFORMED, f"undecodable CheckRequest ({type(exc).__name__})")
     return message
 
 
@@ -42,7 +42,11 @@ def read(message: CheckRequest) -> tuple[AuthzRequest | None, Decision | None, s
     except AuthzError as exc:
         return None, reject(exc.code, exc.detail), request_id_of(message)
     except Exception as exc:  # noqa: BLE001 - fail closed
-        return None, reject("request_malformed", f"unexpected {type(exc).__name__}"), request_id_of(message)
+        return (
+            None,
+            reject(Reason.REQUEST_MALFORMED, f"unexpected {type(exc).__name__}"),
+            request_id_of(message),
+        )
     return request, None, request.request_id
 
 
@@ -151,7 +155,7 @@ def fallback_deny(request_id: str) -> CheckResponse:
     response = CheckResponse()
     fields = response.dynamic_metadata.fields
     fields["decision"].string_value = "deny"
-    fields["reason"].string_value = "internal_error"
+    fields["reason"].string_value = Reason.INTERNAL_ERROR
     response.status.code = 13  # INTERNAL
     denied = response.denied_response
     denied.status.code = 500  # type: ignore[assignment]

@@ -13,6 +13,7 @@ from authz.core.check import Checker, Clock
 from authz.core.decision import Decision, reject
 from authz.core.observe import NO_STEPS, NO_TRACE, Steps
 from authz.core.request import AuthzRequest
+from authz.errors import Reason
 from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from authz.grpc.drain import InFlight
 from authz.grpc.messages import fallback_deny, parse, read, to_check_response
@@ -75,7 +76,7 @@ class AuthorizationService:
         if early is None and remaining is not None and remaining <= 0:
             # Queued past Envoy's deadline: Envoy has given up on this one. Shed it
             # without the crypto, so that a backlog drains instead of growing.
-            early = reject("overloaded", "deadline passed before the check started")
+            early = reject(Reason.OVERLOADED, "deadline passed before the check started")
         answered = self._checker.run(
             config.snapshot if config is not None else None,
             request,
@@ -111,7 +112,7 @@ def evaluate(
     config = holder.current
     request, early, request_id = read(message)
     if request is None:
-        return early or reject("request_malformed"), None, request_id
+        return early or reject(Reason.REQUEST_MALFORMED), None, request_id
     checker = Checker(clock, _StepsOnly(steps))
     return checker.decide(config.snapshot if config else None, request), request, request_id
 
@@ -129,7 +130,7 @@ def check(
     answered = checker.finish(
         snapshot,
         request,
-        decision or reject("request_malformed"),
+        decision or reject(Reason.REQUEST_MALFORMED),
         ANSWERS,
         trace=NO_TRACE,
         request_id=request_id,

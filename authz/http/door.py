@@ -20,7 +20,7 @@ from authz.core.check import Answered, Checker, Clock
 from authz.core.decision import Decision, reject
 from authz.core.memo import AnswerMemo
 from authz.core.request import AuthzRequest, plain_request_id
-from authz.errors import AuthzError
+from authz.errors import AuthzError, Reason
 from authz.http.protocol import Connection, RawHeaders
 from authz.http.wire import HEAD_ANSWERS, HTTP_ANSWERS, from_http, http_request_id
 from authz.telemetry.decision_log import RepeatedAnswer
@@ -223,7 +223,7 @@ class HttpDoor:
         except AuthzError as exc:
             early = reject(exc.code, exc.detail)
         except Exception as exc:  # noqa: BLE001 - fail closed
-            early = reject("request_malformed", f"unexpected {type(exc).__name__}")
+            early = reject(Reason.REQUEST_MALFORMED, f"unexpected {type(exc).__name__}")
         trace = self.telemetry.begin((), request.headers if request else None, HTTP_SPAN, grpc=False)
         answered = self.checker.run(
             snapshot,

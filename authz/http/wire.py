@@ -14,7 +14,7 @@ from types import MappingProxyType
 from authz.core.answer import deny_headers, error_body, upstream_headers
 from authz.core.decision import Decision
 from authz.core.request import AuthzRequest, first, normalize_host, normalize_target, plain_request_id
-from authz.errors import AuthzError, Outcome
+from authz.errors import AuthzError, Outcome, Reason
 
 __all__ = [
     "HEAD_ANSWERS",
@@ -54,7 +54,7 @@ def from_http(
     """
     if path_prefix:
         if not target.startswith(path_prefix):
-            raise AuthzError("path_invalid", "path does not start with the configured prefix")
+            raise AuthzError(Reason.PATH_INVALID, "path does not start with the configured prefix")
         target = target[len(path_prefix) :] or "/"
     request_id = http_request_id(headers)
     path, parameters = normalize_target(target)

@@ -7,7 +7,7 @@ import json
 import math
 from typing import Any
 
-from authz.errors import AuthzError
+from authz.errors import AuthzError, Reason
 
 __all__ = ["b64decode", "b64decode_text", "parse_json_object"]
 
@@ -25,7 +25,7 @@ _PADDING = (b"", b"", b"==", b"=")
 _CANONICAL_LAST = (b"", b"", b"AQgw", b"AEIMQUYcgkosw048")
 
 
-def b64decode(part: bytes, code: str) -> bytes:
+def b64decode(part: bytes, code: Reason) -> bytes:
     """Strict, canonical base64url without padding (jwcrypto's decoder is lenient)."""
     rem = len(part) & 3
     if rem:
@@ -43,8 +43,8 @@ def b64decode(part: bytes, code: str) -> bytes:
 def b64decode_text(value: str) -> bytes:
     """A base64url header member of the outer layer."""
     if not value.isascii():
-        raise AuthzError("token_malformed", "bad base64url")
-    return b64decode(value.encode("ascii"), "token_malformed")
+        raise AuthzError(Reason.TOKEN_MALFORMED, "bad base64url")
+    return b64decode(value.encode("ascii"), Reason.TOKEN_MALFORMED)
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:

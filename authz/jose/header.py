@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from authz.errors import AuthzError
+from authz.errors import AuthzError, Reason
 from authz.jose.encoding import b64decode, parse_json_object
 
 __all__ = ["MAX_HEADER_CHARS", "check_common_header", "check_typ", "parse_claims", "parse_header"]
@@ -13,7 +13,7 @@ __all__ = ["MAX_HEADER_CHARS", "check_common_header", "check_typ", "parse_claims
 MAX_HEADER_CHARS = 2048
 
 
-def parse_header(part: bytes, b64_code: str, json_code: str) -> Mapping[str, Any]:
+def parse_header(part: bytes, b64_code: Reason, json_code: Reason) -> Mapping[str, Any]:
     raw = b64decode(part, b64_code)
     try:
         return parse_json_object(raw)
@@ -25,13 +25,13 @@ def parse_claims(raw: bytes) -> Mapping[str, Any]:
     try:
         return parse_json_object(raw)
     except ValueError:
-        raise AuthzError("claims_malformed", "claims are not a strict JSON object") from None
+        raise AuthzError(Reason.CLAIMS_MALFORMED, "claims are not a strict JSON object") from None
 
 
-def check_common_header(header: Mapping[str, Any], malformed: str) -> None:
+def check_common_header(header: Mapping[str, Any], malformed: Reason) -> None:
     # We implement no critical extension, so any crit (even an empty one) is fatal.
     if "crit" in header:
-        raise AuthzError("crit_unsupported")
+        raise AuthzError(Reason.CRIT_UNSUPPORTED)
     # A JSON null is not "no kid": it must not open the kid-less lookup.
     if "kid" in header and not isinstance(header["kid"], str):
         raise AuthzError(malformed, "kid is not a string")
@@ -39,8 +39,8 @@ def check_common_header(header: Mapping[str, Any], malformed: str) -> None:
 
 def check_typ(typ: Any, allowed: frozenset[str]) -> None:
     if not isinstance(typ, str):
-        raise AuthzError("typ_not_allowed")
+        raise AuthzError(Reason.TYP_NOT_ALLOWED)
     # RFC 7515 4.1.9: "application/" may be omitted; media types are case-insensitive.
     normal = typ.lower().removeprefix("application/")
     if normal not in allowed:
-        raise AuthzError("typ_not_allowed")
+        raise AuthzError(Reason.TYP_NOT_ALLOWED)

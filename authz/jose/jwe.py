@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap
 from jwcrypto.jwa import JWA
 
-from authz.errors import AuthzError
+from authz.errors import AuthzError, Reason
 from authz.jose.encoding import b64decode, b64decode_text
 from authz.jose.header import MAX_HEADER_CHARS, check_common_header, parse_header
 from authz.jose.keys import KEY_MANAGEMENT_ALGS, Key, KeySet
@@ -76,39 +76,39 @@ def decrypt_compact(token: str, keyset: KeySet, allowed_enc: frozenset[str]) -> 
 def decrypt(token: str, keyset: KeySet, allowed_enc: frozenset[str]) -> tuple[Mapping[str, Any], bytes, Key]:
     dots = token.count(".")
     if dots != 4:
-        raise AuthzError("token_not_jwe" if dots == 2 else "token_malformed")
+        raise AuthzError(Reason.TOKEN_NOT_JWE if dots == 2 else Reason.TOKEN_MALFORMED)
     if token.index(".") > MAX_HEADER_CHARS:
-        raise AuthzError("header_malformed", "header too large")
+        raise AuthzError(Reason.HEADER_MALFORMED, "header too large")
     if not token.isascii():
-        raise AuthzError("token_malformed", "bad base64url")
+        raise AuthzError(Reason.TOKEN_MALFORMED, "bad base64url")
     protected, ek_b64, iv_b64, ct_b64, tag_b64 = token.encode("ascii").split(b".")
-    header = parse_header(protected, "token_malformed", "header_malformed")
-    encrypted_key = b64decode(ek_b64, "token_malformed")
-    iv = b64decode(iv_b64, "token_malformed")
-    ciphertext = b64decode(ct_b64, "token_malformed")
-    tag = b64decode(tag_b64, "token_malformed")
+    header = parse_header(protected, Reason.TOKEN_MALFORMED, Reason.HEADER_MALFORMED)
+    encrypted_key = b64decode(ek_b64, Reason.TOKEN_MALFORMED)
+    iv = b64decode(iv_b64, Reason.TOKEN_MALFORMED)
+    ciphertext = b64decode(ct_b64, Reason.TOKEN_MALFORMED)
+    tag = b64decode(tag_b64, Reason.TOKEN_MALFORMED)
 
     alg, enc = header.get("alg"), header.get("enc")
     if not isinstance(alg, str) or alg not in _KEY_MANAGEMENT_ALGS:
-        raise AuthzError("alg_not_allowed")
+        raise AuthzError(Reason.ALG_NOT_ALLOWED)
     if not isinstance(enc, str) or enc not in allowed_enc:
-        raise AuthzError("enc_not_allowed")
+        raise AuthzError(Reason.ENC_NOT_ALLOWED)
     if "zip" in header:
-        raise AuthzError("zip_not_allowed")
-    check_common_header(header, "header_malformed")
+        raise AuthzError(Reason.ZIP_NOT_ALLOWED)
+    check_common_header(header, Reason.HEADER_MALFORMED)
     if (alg in _DIRECT_KEY_AGREEMENT) != (not encrypted_key):
-        raise AuthzError("token_malformed", "encrypted key presence does not fit alg")
+        raise AuthzError(Reason.TOKEN_MALFORMED, "encrypted key presence does not fit alg")
     cek_bytes, gcm = _ENC[enc]
     if gcm:
         if len(iv) != _GCM_IV_BYTES or len(tag) != _GCM_TAG_BYTES:
-            raise AuthzError("token_malformed", "bad GCM iv or tag length")
+            raise AuthzError(Reason.TOKEN_MALFORMED, "bad GCM iv or tag length")
     elif len(iv) != _CBC_IV_BYTES or len(tag) * 8 != int(enc[1:4]):
-        raise AuthzError("token_malformed", "bad CBC iv or tag length")
+        raise AuthzError(Reason.TOKEN_MALFORMED, "bad CBC iv or tag length")
 
     kid = header.get("kid")
     candidates = keyset.select(kid, alg)
     if not candidates:
-        raise AuthzError("decryption_key_unknown")
+        raise AuthzError(Reason.DECRYPTION_KEY_UNKNOWN)
     unwrap = _UNWRAP.get(alg, _jwcrypto_unwrap)
     params = _key_management_params(header, alg, cek_bytes)
     sealed = ciphertext + tag  # AESGCM's one-shot input
@@ -123,7 +123,7 @@ def decrypt(token: str, keyset: KeySet, allowed_enc: frozenset[str]) -> tuple[Ma
         except Exception:  # noqa: BLE001, S112 - one code for every failure: no oracle
             continue
         return header, plaintext, key
-    raise AuthzError("decryption_failed")
+    raise AuthzError(Reason.DECRYPTION_FAILED)
 
 
 class _Agreement(NamedTuple):
@@ -150,9 +150,9 @@ def _key_management_params(header: Mapping[str, Any], alg: str, cek_bytes: int) 
     if alg.endswith("GCMKW"):
         iv, tag = header.get("iv"), header.get("tag")
         if not isinstance(iv, str) or not isinstance(tag, str):
-            raise AuthzError("header_malformed", "GCMKW needs iv and tag")
+            raise AuthzError(Reason.HEADER_MALFORMED, "GCMKW needs iv and tag")
         if len(b64decode_text(iv)) != _GCM_IV_BYTES or len(b64decode_text(tag)) != _GCM_TAG_BYTES:
-            raise AuthzError("header_malformed", "bad GCMKW iv or tag length")
+            raise AuthzError(Reason.HEADER_MALFORMED, "bad GCMKW iv or tag length")
         return {"alg": alg, "enc": header["enc"], "iv": iv, "tag": tag}
     return {"alg": alg, "enc": header["enc"]}
 
@@ -160,15 +160,15 @@ def _key_management_params(header: Mapping[str, Any], alg: str, cek_bytes: int) 
 def _agreement(header: Mapping[str, Any], alg: str, cek_bytes: int) -> _Agreement:
     epk = header.get("epk")
     if not isinstance(epk, dict):
-        raise AuthzError("header_malformed", "epk missing or not an object")
+        raise AuthzError(Reason.HEADER_MALFORMED, "epk missing or not an object")
     kty = epk.get("kty")
     # A kty that is a list or an object is unhashable: check the type before the lookup.
     members = _EPK_MEMBERS.get(kty) if isinstance(kty, str) else None
     if members is None or not isinstance(kty, str):
-        raise AuthzError("header_malformed", "epk is not a public EC or OKP key")
+        raise AuthzError(Reason.HEADER_MALFORMED, "epk is not a public EC or OKP key")
     for member in members:
         if not isinstance(epk.get(member), str):
-            raise AuthzError("header_malformed", "epk is not a public EC or OKP key")
+            raise AuthzError(Reason.HEADER_MALFORMED, "epk is not a public EC or OKP key")
     # Only the public members: an attacker-supplied "d" or "x5c" is never read.
     x = b64decode_text(epk["x"])
     y = b64decode_text(epk["y"]) if kty == "EC" else b""
@@ -193,7 +193,7 @@ def _party_info(header: Mapping[str, Any], name: str) -> bytes:
     """``apu`` or ``apv`` as the KDF takes it: its length, then its bytes (none when absent)."""
     value = header.get(name, "")
     if not isinstance(value, str):
-        raise AuthzError("header_malformed", f"{name} is not a string")
+        raise AuthzError(Reason.HEADER_MALFORMED, f"{name} is not a string")
     raw = b64decode_text(value)
     return len(raw).to_bytes(4, "big") + raw
 

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from jwcrypto.jwa import JWA
 
-from authz.errors import AuthzError
+from authz.errors import AuthzError, Reason
 from authz.jose.encoding import b64decode
 from authz.jose.header import check_common_header, parse_header
 from authz.jose.keys import SIGNATURE_ALGS, Key, KeyLookup, KeySet
@@ -35,14 +35,14 @@ _SIGNING = {alg: JWA.signing_alg(alg) for alg in SIGNATURE_ALGS}
 def verify_compact(token: str, keyset: KeySet) -> tuple[Mapping[str, Any], bytes, Key]:
     """Verify a compact JWS with a key from ``keyset``; returns header, payload, key."""
     if not token.isascii():
-        raise AuthzError("inner_token_malformed")
+        raise AuthzError(Reason.INNER_TOKEN_MALFORMED)
     parts = token.encode("ascii").split(b".")
     if len(parts) != 3:
-        raise AuthzError("inner_token_malformed")
-    header = parse_header(parts[0], "inner_token_malformed", "inner_token_malformed")
-    payload = b64decode(parts[1], "inner_token_malformed")
+        raise AuthzError(Reason.INNER_TOKEN_MALFORMED)
+    header = parse_header(parts[0], Reason.INNER_TOKEN_MALFORMED, Reason.INNER_TOKEN_MALFORMED)
+    payload = b64decode(parts[1], Reason.INNER_TOKEN_MALFORMED)
     signing_input = b"%s.%s" % (parts[0], parts[1])
-    signature = b64decode(parts[2], "inner_token_malformed")
+    signature = b64decode(parts[2], Reason.INNER_TOKEN_MALFORMED)
     key = verify_signature(header, signing_input, signature, keyset)
     return header, payload, key
 
@@ -52,15 +52,15 @@ def verify_signature(
 ) -> Key:
     alg = header.get("alg")
     if not isinstance(alg, str) or alg not in _SIGNATURE_ALGS:
-        raise AuthzError("signature_alg_not_allowed")
-    check_common_header(header, "inner_token_malformed")
+        raise AuthzError(Reason.SIGNATURE_ALG_NOT_ALLOWED)
+    check_common_header(header, Reason.INNER_TOKEN_MALFORMED)
     candidates = keyset.select(header.get("kid"), alg)
     if not candidates:
-        raise AuthzError("signing_key_unknown")
+        raise AuthzError(Reason.SIGNING_KEY_UNKNOWN)
     expected_len = _EC_SIGNATURE_BYTES.get(alg)
     if expected_len is not None:
         if len(signature) != expected_len:
-            raise AuthzError("signature_invalid", "ECDSA signature of the wrong length")
+            raise AuthzError(Reason.SIGNATURE_INVALID, "ECDSA signature of the wrong length")
         half = expected_len // 2
         der = encode_dss_signature(
             int.from_bytes(signature[:half], "big"), int.from_bytes(signature[half:], "big")
@@ -72,7 +72,7 @@ def verify_signature(
             except Exception:  # noqa: BLE001, S112 - any failure is a bad signature
                 continue
             return key
-        raise AuthzError("signature_invalid")
+        raise AuthzError(Reason.SIGNATURE_INVALID)
     impl = _SIGNING[alg]
     for key in candidates:
         try:
@@ -80,4 +80,4 @@ def verify_signature(
         except Exception:  # noqa: BLE001, S112 - any failure is a bad signature
             continue
         return key
-    raise AuthzError("signature_invalid")
+    raise AuthzError(Reason.SIGNATURE_INVALID)

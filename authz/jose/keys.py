@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from jwcrypto.common import JWException, base64url_decode
 from jwcrypto.jwk import JWK
 
-from authz.errors import AuthzError, ConfigError
+from authz.errors import AuthzError, ConfigError, Reason
 
 __all__ = [
     "CONTENT_ENCRYPTION_ALGS",
@@ -213,7 +213,7 @@ class IssuerKeys:
             if len(self.static):
                 return ()
             # Never fetched: we cannot know whether the token is good. Deny, distinctly.
-            raise AuthzError("issuer_keys_unavailable")
+            raise AuthzError(Reason.ISSUER_KEYS_UNAVAILABLE)
         return keyset.select(kid, alg)
 
 

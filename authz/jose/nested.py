@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from authz.errors import AuthzError
+from authz.errors import AuthzError, Reason
 from authz.jose.encoding import b64decode
 from authz.jose.header import MAX_HEADER_CHARS, check_typ, parse_claims, parse_header
 from authz.jose.jwe import DecryptedToken, decrypt
@@ -51,25 +51,25 @@ def validate_token(token: str, keys: TokenKeys) -> VerifiedToken:
     """
     try:
         if len(token) > keys.max_bytes:
-            raise AuthzError("token_too_large")
+            raise AuthzError(Reason.TOKEN_TOO_LARGE)
         header, plaintext, key = decrypt(token, keys.decryption, keys.content_encryption)
         return _open(header, plaintext, key, keys)
     except AuthzError:
         raise
     except Exception as exc:  # noqa: BLE001 - fail closed on anything unexpected
-        raise AuthzError("token_invalid", f"unexpected {type(exc).__name__}") from None
+        raise AuthzError(Reason.TOKEN_INVALID, f"unexpected {type(exc).__name__}") from None
 
 
 def decrypt_token(token: str, keys: TokenKeys) -> DecryptedToken:
     """The outer layer: size limit, then strict JWE decryption with a configured key."""
     try:
         if len(token) > keys.max_bytes:
-            raise AuthzError("token_too_large")
+            raise AuthzError(Reason.TOKEN_TOO_LARGE)
         return DecryptedToken(*decrypt(token, keys.decryption, keys.content_encryption))
     except AuthzError:
         raise
     except Exception as exc:  # noqa: BLE001 - fail closed on anything unexpected
-        raise AuthzError("token_invalid", f"unexpected {type(exc).__name__}") from None
+        raise AuthzError(Reason.TOKEN_INVALID, f"unexpected {type(exc).__name__}") from None
 
 
 def open_token(outer: DecryptedToken, keys: TokenKeys) -> VerifiedToken:
@@ -79,7 +79,7 @@ def open_token(outer: DecryptedToken, keys: TokenKeys) -> VerifiedToken:
     except AuthzError:
         raise
     except Exception as exc:  # noqa: BLE001 - fail closed on anything unexpected
-        raise AuthzError("token_invalid", f"unexpected {type(exc).__name__}") from None
+        raise AuthzError(Reason.TOKEN_INVALID, f"unexpected {type(exc).__name__}") from None
 
 
 def _open(header: Mapping[str, Any], plaintext: bytes, outer_key: Key, keys: TokenKeys) -> VerifiedToken:
@@ -87,39 +87,39 @@ def _open(header: Mapping[str, Any], plaintext: bytes, outer_key: Key, keys: Tok
         # Encrypt-only: the plaintext is the claims set. Encryption to a public
         # key authenticates nothing, so only a shared symmetric key may do this.
         if _looks_like_jws(plaintext):
-            raise AuthzError("cty_invalid", "nested token without cty JWT")
+            raise AuthzError(Reason.CTY_INVALID, "nested token without cty JWT")
         if not outer_key.symmetric:
-            raise AuthzError("encrypt_only_not_allowed", "public-key JWE without inner JWS")
+            raise AuthzError(Reason.ENCRYPT_ONLY_NOT_ALLOWED, "public-key JWE without inner JWS")
         claims = parse_claims(plaintext)
         issuer = claims.get("iss")
         if not isinstance(issuer, str) or issuer not in keys.issuers:
-            raise AuthzError("issuer_unknown")
+            raise AuthzError(Reason.ISSUER_UNKNOWN)
         return VerifiedToken(claims, False, outer_key.kid, True, None, issuer)
     cty = header["cty"]
     if not isinstance(cty, str) or cty.lower() not in _NESTED_CTY:
-        raise AuthzError("cty_invalid")
+        raise AuthzError(Reason.CTY_INVALID)
     if not plaintext.isascii():
-        raise AuthzError("inner_token_malformed", "inner token is not ASCII")
+        raise AuthzError(Reason.INNER_TOKEN_MALFORMED, "inner token is not ASCII")
     parts = plaintext.split(b".")
     if len(parts) != 3:
-        raise AuthzError("inner_token_malformed")
+        raise AuthzError(Reason.INNER_TOKEN_MALFORMED)
     protected, payload, signature_b64 = parts
     if len(protected) > MAX_HEADER_CHARS:
-        raise AuthzError("inner_token_malformed", "header too large")
-    inner_header = parse_header(protected, "inner_token_malformed", "inner_token_malformed")
-    claims = parse_claims(b64decode(payload, "inner_token_malformed"))
-    signature = b64decode(signature_b64, "inner_token_malformed")
+        raise AuthzError(Reason.INNER_TOKEN_MALFORMED, "header too large")
+    inner_header = parse_header(protected, Reason.INNER_TOKEN_MALFORMED, Reason.INNER_TOKEN_MALFORMED)
+    claims = parse_claims(b64decode(payload, Reason.INNER_TOKEN_MALFORMED))
+    signature = b64decode(signature_b64, Reason.INNER_TOKEN_MALFORMED)
     # The signing input is the plaintext up to the second dot: a slice, no join.
     signing_input = plaintext[: len(protected) + len(payload) + 1]
     issuer = claims.get("iss")
     if not isinstance(issuer, str) or issuer not in keys.issuers:
-        raise AuthzError("issuer_unknown")
+        raise AuthzError(Reason.ISSUER_UNKNOWN)
     if keys.allowed_typ:
         check_typ(inner_header.get("typ"), keys.allowed_typ)
     try:
         key = verify_signature(inner_header, signing_input, signature, keys.issuers[issuer])
     except AuthzError as exc:
-        if exc.code == "signing_key_unknown":
+        if exc.code == Reason.SIGNING_KEY_UNKNOWN:
             raise AuthzError(exc.code, exc.detail, issuer=issuer) from None
         raise
     return VerifiedToken(claims, True, outer_key.kid, outer_key.symmetric, key.kid, issuer, key)

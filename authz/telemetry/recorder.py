@@ -14,7 +14,7 @@ from authz.core.decision import Decision
 from authz.core.observe import Trace
 from authz.core.request import AuthzRequest
 from authz.core.snapshot import RecordSettings
-from authz.errors import AuthzError
+from authz.errors import AuthzError, Reason
 from authz.telemetry import decision_log
 from authz.telemetry.decision_log import DEFAULT_SETTINGS, RepeatedAnswer
 from authz.telemetry.metrics import Histogram, Registry
@@ -146,8 +146,8 @@ class Telemetry:
         if span is not None:
             span.set_attributes(_attributes(decision, request, settings))
             span.set_attribute("rpc.grpc.status_code", 0)  # every answer is a CheckResponse
-            if decision.reason == "internal_error":
-                span.set_status(Status(StatusCode.ERROR, "internal_error"))
+            if decision.reason == Reason.INTERNAL_ERROR:
+                span.set_status(Status(StatusCode.ERROR, Reason.INTERNAL_ERROR))
         decision_log.write(
             decision, request, request_id=request_id, trace_id=check.trace_id, settings=settings
         )
