@@ -42,7 +42,7 @@ from authz.http.door import HttpDoor
 from authz.http.protocol import Connection
 from authz.telemetry.logs import JsonHandler
 from authz.telemetry.recorder import Telemetry
-from tests.helpers import NOW, build_world
+from testkit.world import NOW, build_world
 
 PREFIX = "/ext-authz"
 

@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from authz.core.claims import validate_claims
 from authz.jose.nested import validate_token
-from tests.helpers import INNER_ALGS, NOW, OUTER_ALGS, World, build_world
+from testkit.world import INNER_ALGS, NOW, OUTER_ALGS, World, build_world
 
 PAIRS = (("RSA-OAEP-256", "RS256"), ("ECDH-ES+A256KW", "ES256"), ("dir", "ES256"))
 

@@ -36,7 +36,8 @@ from authz.core.decision import decide
 from authz.grpc.messages import parse, read, to_check_response
 from authz.grpc.servicer import AuthorizationService
 from authz.telemetry.recorder import Telemetry
-from tests.helpers import NOW, build_world, check_request
+from testkit.fakes import ServicerContext
+from testkit.world import NOW, build_world, check_request
 
 
 class _Drop(SpanExporter):
@@ -45,17 +46,6 @@ class _Drop(SpanExporter):
 
     def shutdown(self) -> None:
         return None
-
-
-class _Context:
-    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
-        self._metadata = metadata
-
-    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return self._metadata
-
-    def add_done_callback(self, callback: object) -> None:
-        pass  # grpc would call it when the RPC ends
 
 
 async def _time(fn: Callable[[], Awaitable[object]], count: int) -> float:
@@ -79,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     token = world.token(outer="dir", inner="ES256")  # the cheapest crypto: telemetry is most visible
     message = check_request(token=token)
     data = message.SerializeToString()
-    context = _Context((("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),))
+    context = ServicerContext((("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),))
     clock = lambda: float(NOW)  # noqa: E731
 
     off = AuthorizationService(holder, clock, Telemetry(None))

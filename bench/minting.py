@@ -1,6 +1,6 @@
 """Tokens for the benchmark: the test world's keys, real-time claims, many distinct tokens.
 
-The test world (tests/helpers.py) mints for a fixed future clock; a running
+The test world (testkit/world.py) mints for a fixed future clock; a running
 server uses the real one, so every token here has ``iat``/``nbf`` = now and
 ``exp`` = now + ``LIFETIME`` (within the world's ``max_lifetime``).
 """
@@ -21,7 +21,7 @@ from typing import Any
 from jwcrypto.jwk import JWK
 
 from authz.jose.mint import generate_key, mint
-from tests.helpers import INNER_ALGS, OUTER_ALGS, World, build_world
+from testkit.world import INNER_ALGS, OUTER_ALGS, World, build_world
 
 __all__ = [
     "ABUSE_KINDS",
@@ -140,7 +140,7 @@ def abuse_tokens(world: World, kind: str, count: int, max_bytes: int = 8192) -> 
 
 def check_messages(tokens: Sequence[str]) -> list[bytes]:
     """Serialized CheckRequests (GET /orders on api.acme.test) carrying each token."""
-    from tests.helpers import check_request
+    from testkit.world import check_request
 
     return [
         check_request(token=token, request_id=f"bench-{i}").SerializeToString()

@@ -54,8 +54,8 @@ import loadgen  # noqa: E402
 import minting  # noqa: E402
 import servers  # noqa: E402
 
-from tests.helpers import INNER_ALGS, World  # noqa: E402
-from tests.integration.harness import EnvoyProcess, find_envoy, http_request, run_envoy  # noqa: E402
+from testkit.envoy import EnvoyProcess, find_envoy, http_request, run_envoy  # noqa: E402
+from testkit.world import INNER_ALGS, World  # noqa: E402
 
 PATH = "/orders"
 TARGETS = {  # ratio name -> (target, "min" or "max")

@@ -35,7 +35,7 @@ with atheris.instrument_imports(include=["authz", "jwcrypto"]):
     from authz.telemetry.logs import JsonFormatter
     from authz.telemetry.recorder import Telemetry
     from fuzz.harness import Finding, start
-    from tests.helpers import NOW
+    from testkit.world import NOW
 
 STATE = start()
 SERVICE = AuthorizationService(SnapshotHolder(STATE.config), clock=lambda: NOW, telemetry=Telemetry())

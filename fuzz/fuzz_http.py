@@ -47,7 +47,7 @@ with atheris.instrument_imports(include=["authz", "httptools"]):
     from authz.telemetry.logs import JsonHandler
     from authz.telemetry.recorder import Telemetry
     from fuzz.harness import Finding, start
-    from tests.helpers import NOW
+    from testkit.world import NOW
 
 STATE = start()
 SETTINGS = dataclasses.replace(STATE.config.http, max_requests_per_connection=3)  # reach the bound

@@ -44,7 +44,7 @@ with atheris.instrument_imports(include=["authz", "jwcrypto"]):
     from authz.errors import AuthzError
     from authz.jose.nested import validate_token
     from fuzz.harness import Finding, boundary_failure, start
-    from tests.helpers import NOW
+    from testkit.world import NOW
 
 STATE = start()
 KEYS = STATE.config.snapshot.token_keys

@@ -15,7 +15,7 @@ from authz.config import Config
 from authz.errors import AuthzError
 from authz.jose.nested import VerifiedToken, validate_token
 from fuzz.world import CORPUS, known_tokens, temporary_world
-from tests.helpers import World
+from testkit.world import World
 
 __all__ = ["Finding", "Start", "boundary_failure", "start"]
 

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from fuzz.world import CORPUS, temporary_world
-from tests.helpers import (
+from testkit.world import (
     CONTENT_ENCRYPTIONS,
     GLOBEX_IDP,
     INNER_ALGS,

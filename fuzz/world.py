@@ -1,4 +1,4 @@
-"""The fuzz world: the test world of tests/helpers.py, with keys derived from fixed seeds.
+"""The fuzz world: the test world of testkit/world.py, with keys derived from fixed seeds.
 
 The seed corpus (fuzz/make_corpus.py) holds tokens encrypted to, and signed by,
 these keys, so the targets, which build the same world at start-up, can decrypt
@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwcrypto.jwk import JWK
 
 from authz.jose.mint import public_jwks, write_jwks
-from tests.helpers import ACME_IDP, CONFIG, GLOBEX_IDP, INNER_ALGS, OUTER_ALGS, SHARED_IDP, World
+from testkit.world import ACME_IDP, CONFIG, GLOBEX_IDP, INNER_ALGS, OUTER_ALGS, SHARED_IDP, World
 
 __all__ = ["CORPUS", "FUZZ", "build_fixed_world", "known_tokens", "temporary_world"]
 
@@ -127,7 +127,7 @@ _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 
 def fixed_key(alg: str, kid: str) -> JWK:
-    """The key ``kid`` of the fuzz world, pinned to ``alg`` (the algorithms of tests/helpers.py)."""
+    """The key ``kid`` of the fuzz world, pinned to ``alg`` (the algorithms of testkit/world.py)."""
     use = "sig" if alg in INNER_ALGS else "enc"
     if alg.startswith(("RSA-OAEP", "RS", "PS")):
         key = JWK.from_pyca(_rsa(kid))
@@ -149,7 +149,7 @@ def _b64(data: bytes) -> str:
 
 
 def build_fixed_world(root: Path) -> World:
-    """tests.helpers.build_world, with every key derived from its kid and the fixed seed."""
+    """testkit.world.build_world, with every key derived from its kid and the fixed seed."""
     world = World(root)
     for alg, kid in OUTER_ALGS.items():
         world.decryption_keys[kid] = fixed_key(alg, kid)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis.internal.conjecture import providers
 
 from authz.config import Config
-from tests.helpers import World, build_world
+from testkit.world import World, build_world
 
 
 def _draw_only_from_the_test() -> None:

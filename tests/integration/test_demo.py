@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
+
 REPO = Path(__file__).resolve().parents[2]
 VENV = Path(sys.prefix)
 MAKE_TIMEOUT = 120  # seconds for one make run; the stack starts in a few
@@ -176,7 +178,7 @@ def test_make_demo_stop_leaves_no_process_behind(demo: DemoRun) -> None:
 @pytest.fixture
 def otlp_receiver() -> Iterator[Any]:
     """A real OTLP/gRPC trace receiver on 127.0.0.1."""
-    receiver_module = pytest.importorskip("tests.integration.otlp_receiver")
+    receiver_module = pytest.importorskip("testkit.otlp")
     with receiver_module.OtlpReceiver() as receiver:
         yield receiver
 

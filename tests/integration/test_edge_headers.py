@@ -2,7 +2,7 @@
 of a WSGI upstream: no client-supplied value ever reaches what the upstream reads as ours
 (``HTTP_X_AUTHZ_*``), and the request id is Envoy's, never the client's.
 
-Each variant is rendered with its committed parameters, addresses moved to 127.0.0.1 (tests/test_deploy.py
+Each variant is rendered with its committed parameters, addresses moved to 127.0.0.1 (tests/deploy/test_deploy.py
 checks the committed files are these renderings). The quick-start variants answer with a direct
 response that echoes only the dashed names, so they get the WSGI upstream their Kubernetes siblings
 have; everything else is as shipped. Two more runs turn Envoy's underscore setting off (``ALLOW``),
@@ -27,8 +27,7 @@ from authz.config import SnapshotHolder, load_config
 from authz.grpc.server import run_server
 from authz.http.door import HttpDoor
 from authz.telemetry.recorder import Telemetry
-from tests.helpers import CONFIG, NOW, World
-from tests.integration.harness import (
+from testkit.envoy import (
     EnvoyProcess,
     HttpResponse,
     WsgiUpstream,
@@ -37,6 +36,9 @@ from tests.integration.harness import (
     refused_port,
     run_envoy,
 )
+from testkit.world import CONFIG, NOW, World
+
+pytestmark = pytest.mark.envoy
 
 render = load_render()
 HTTP_PREFIX = render.HTTP_PATH_PREFIX

@@ -18,9 +18,7 @@ import pytest
 from authz.config import Config, SnapshotHolder
 from authz.grpc import servicer as service
 from authz.grpc.server import RunningServer, run_server
-from tests.helpers import GLOBEX_IDP, NOW, World
-
-from .harness import (
+from testkit.envoy import (
     EchoUpstream,
     EnvoyProcess,
     HeadersArg,
@@ -31,6 +29,9 @@ from .harness import (
     raw_request,
     run_envoy,
 )
+from testkit.world import GLOBEX_IDP, NOW, World
+
+pytestmark = pytest.mark.envoy
 
 TENANTS_BY_DOMAIN: dict[str, str | None] = {
     "api.acme.test": "acme",

@@ -22,9 +22,11 @@ import grpc
 import pytest
 
 from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2_grpc import AuthorizationStub
-from tests.helpers import CONFIG, World, check_request
-from tests.integration.h2wire import GOAWAY, H2Connection
-from tests.integration.processes import DEADLINE, ServeProcess
+from testkit.h2wire import GOAWAY, H2Connection
+from testkit.processes import DEADLINE, ServeProcess
+from testkit.world import CONFIG, World, check_request
+
+pytestmark = pytest.mark.slow
 
 LOAD_SECONDS = 2.0
 

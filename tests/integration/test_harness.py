@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .harness import (
+from testkit.envoy import (
     EXT_AUTHZ_FILTER,
     HEALTH_PATH,
     EchoUpstream,
@@ -21,6 +21,8 @@ from .harness import (
     run_envoy,
     validate_config,
 )
+
+pytestmark = pytest.mark.envoy
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

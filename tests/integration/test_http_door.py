@@ -15,8 +15,10 @@ import pytest
 from authz.config import SnapshotHolder, load_config
 from authz.http.door import HttpDoor
 from authz.telemetry.recorder import Telemetry
-from tests.helpers import CONFIG, NOW, World
-from tests.integration.harness import EchoUpstream, EnvoyProcess, envoy_config, http_request, run_envoy
+from testkit.envoy import EchoUpstream, EnvoyProcess, envoy_config, http_request, run_envoy
+from testkit.world import CONFIG, NOW, World
+
+pytestmark = pytest.mark.envoy
 
 PREFIX = "/ext-authz"
 HTTP_SETTINGS = f"""

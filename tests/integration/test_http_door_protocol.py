@@ -38,15 +38,17 @@ from authz.core.decision import Decision
 from authz.http.door import HttpDoor
 from authz.http.protocol import RawHeaders
 from authz.telemetry.recorder import Telemetry
-from tests.helpers import CONFIG, NOW, World
-from tests.integration.harness import EchoUpstream, EnvoyProcess, http_request, raw_request, run_envoy
+from testkit.envoy import EchoUpstream, EnvoyProcess, http_request, raw_request, run_envoy
+from testkit.world import CONFIG, NOW, World
+
+pytestmark = pytest.mark.envoy
 
 RENDER = Path(__file__).resolve().parents[2] / "deploy" / "envoy" / "render.py"
 WAIT = 10.0  # bounds every socket read: a door that never answers fails the test instead of hanging it
 
 
 def _render_module() -> ModuleType:
-    name = "deploy_envoy_render"  # the name tests/test_deploy.py loads it under: one module either way
+    name = "deploy_envoy_render"  # the name tests/deploy/test_deploy.py loads it under: one module either way
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, RENDER)
         assert spec is not None

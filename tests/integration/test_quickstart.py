@@ -2,39 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.integration.harness import EnvoyProcess, free_port, http_request, run_envoy
+from testkit.envoy import EnvoyProcess, free_port, http_request, run_envoy
+from testkit.quickstart import demo_token, wait_serving
+
+pytestmark = pytest.mark.envoy
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_ENVOY = REPO / "deploy" / "envoy" / "demo.yaml"
-
-
-def _wait_serving(port: int, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"authz exited with {process.returncode}")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                time.sleep(0.05)
-    raise TimeoutError("authz did not become SERVING")
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +40,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Envoy
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_serving(port, server)
+        wait_serving(port, server)
         config: dict[str, Any] = yaml.safe_load(DEMO_ENVOY.read_text())
         # The committed ports, moved so that tests never clash with a running demo.
         config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = 0
@@ -69,14 +52,6 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Envoy
     finally:
         server.terminate()
         server.wait(timeout=15)
-
-
-def _token(folder: Path, *args: str) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run(
-        [str(folder / "issue-token"), *args], check=True, capture_output=True, text=True, timeout=30, env=env
-    )
-    return done.stdout.strip()
 
 
 def test_demo_envoy_config_is_the_committed_one_and_valid() -> None:
@@ -93,7 +68,7 @@ def test_demo_envoy_config_is_the_committed_one_and_valid() -> None:
 def test_quickstart_allowed_request_shows_identity(demo: tuple[Path, EnvoyProcess]) -> None:
     """A demo token with orders:read passes Envoy and the identity headers reach the upstream."""
     folder, envoy = demo
-    token = _token(folder, "--scope", "orders:read")
+    token = demo_token(folder, "--scope", "orders:read")
     reply = http_request(
         envoy.port,
         "GET",
@@ -114,7 +89,7 @@ def test_quickstart_denials(demo: tuple[Path, EnvoyProcess]) -> None:
     assert missing.status == 401
     assert missing.header("www-authenticate") == "Bearer"
     assert missing.json()["reason"] == "token_missing"
-    token = _token(folder, "--scope", "orders:read")
+    token = demo_token(folder, "--scope", "orders:read")
     forbidden = http_request(
         envoy.port, "GET", "/admin/users", host="api.acme.test", headers={"authorization": f"Bearer {token}"}
     )

@@ -8,10 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
-from tests.integration.harness import free_port, http_request, run_envoy
-from tests.integration.test_quickstart import _token, _wait_serving
+from testkit.envoy import free_port, http_request, run_envoy
+from testkit.quickstart import demo_token, wait_serving
+
+pytestmark = pytest.mark.envoy
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_HTTP_ENVOY = REPO / "deploy" / "envoy" / "demo-http.yaml"
@@ -41,14 +44,14 @@ def test_quickstart_through_the_http_door(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        _wait_serving(grpc_port, server)  # SERVING once the config is installed: the door has it too
+        wait_serving(grpc_port, server)  # SERVING once the config is installed: the door has it too
         # The committed ports, moved so that the test never clashes with a running demo.
         resources["listeners"][0]["address"]["socket_address"]["port_value"] = 0
         config["admin"]["address"]["socket_address"]["port_value"] = 0
         endpoint = resources["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
         endpoint["endpoint"]["address"]["socket_address"]["port_value"] = http_port
         with run_envoy(config, tmp_path=tmp_path) as envoy:
-            token = _token(folder, "--scope", "orders:read")
+            token = demo_token(folder, "--scope", "orders:read")
             allowed = http_request(
                 envoy.port,
                 "GET",

@@ -23,8 +23,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
-from tests.helpers import World, check_request
-from tests.test_reload import AtomicDir, config_text
+from testkit.files import AtomicDir, config_text
+from testkit.world import World, check_request
 
 CHECK = "/envoy.service.auth.v3.Authorization/Check"
 START_TIMEOUT = 20.0

@@ -31,8 +31,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from authz.config import Config, SnapshotHolder
 from authz.grpc.server import RunningServer, run_server
-from tests.helpers import CONFIG, NOW, World
-from tests.integration.processes import ServeProcess
+from testkit.processes import ServeProcess
+from testkit.world import CONFIG, NOW, World
 
 AUTHORIZATION = "envoy.service.auth.v3.Authorization"
 HEALTH = "grpc.health.v1.Health"

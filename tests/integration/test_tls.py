@@ -21,11 +21,13 @@ from authz.config import SnapshotHolder, load_config
 from authz.errors import ConfigError
 from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2_grpc import AuthorizationStub
 from authz.grpc.server import RunningServer, run_server
-from tests.helpers import CONFIG, NOW, World, check_request
-from tests.https_jwks import CertificateAuthority
-from tests.integration.harness import EchoUpstream, envoy_config, http_request, run_envoy
-from tests.integration.processes import ServeProcess
-from tests.test_metrics import parse_exposition
+from testkit.envoy import EchoUpstream, envoy_config, http_request, run_envoy
+from testkit.exposition import parse_exposition
+from testkit.jwks_server import CertificateAuthority
+from testkit.processes import ServeProcess
+from testkit.world import CONFIG, NOW, World, check_request
+
+pytestmark = pytest.mark.slow
 
 TLS = """
 tls:
@@ -190,6 +192,7 @@ def _tls_envoy(
     return config
 
 
+@pytest.mark.envoy
 @pytest.mark.parametrize(("client", "status"), [("client", 200), (None, 403)], ids=["mtls", "no-client-cert"])
 async def test_envoy_as_the_mtls_client(served, pki, world: World, tmp_path: Path, client, status) -> None:
     """Real Envoy over mTLS gets our decision; without a client certificate it fails closed (403)."""

@@ -27,10 +27,12 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from authz.telemetry.tracing import CHECK_SPAN
-from tests.helpers import CONFIG, World, check_request
-from tests.integration.harness import EchoUpstream, envoy_config, http_request, run_envoy
-from tests.integration.otlp_receiver import OtlpReceiver, ReceivedSpan
-from tests.integration.processes import ServeProcess
+from testkit.envoy import EchoUpstream, envoy_config, http_request, run_envoy
+from testkit.otlp import OtlpReceiver, ReceivedSpan
+from testkit.processes import ServeProcess
+from testkit.world import CONFIG, World, check_request
+
+pytestmark = pytest.mark.envoy
 
 SERVICE_NAME = "authz-otel-under-test"
 START_TIMEOUT = 30.0

@@ -12,9 +12,11 @@ import grpc
 import pytest
 
 from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2_grpc import AuthorizationStub
-from tests.helpers import World, check_request
-from tests.integration.harness import http_request
-from tests.integration.processes import DEADLINE, ServeProcess
+from testkit.envoy import http_request
+from testkit.processes import DEADLINE, ServeProcess
+from testkit.world import World, check_request
+
+pytestmark = pytest.mark.slow
 
 
 def _config(world: World, root: Path) -> Path:
