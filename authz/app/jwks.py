@@ -1,18 +1,9 @@
-"""Issuer keys from a URL (``jwks_uri``): fetched over HTTPS, cached, refreshed.
+"""Issuer keys from a URL (``jwks_uri``): fetched over HTTPS, refreshed, shared across reloads.
 
-A :class:`RemoteJwks` holds the last good key set of one URL. It is refreshed
-on an interval by a background task and, rate-limited, when a token names a
-``kid`` it does not know (the issuer rotated its keys). A failed fetch keeps
-the last good set and is logged and counted. Until the first successful fetch
-the issuer's tokens are denied with ``issuer_keys_unavailable``: never open.
-
-Fetching never runs on the request path: requests read ``keyset``, one
-reference, swapped when a fetch brings different keys. A fetch of the same
-keys keeps the set object, and a changed set keeps the ``Key`` objects of its
-unchanged keys, so the verified-token cache retires only what a removed or
-replaced key verified: a made-up ``kid`` that forces a refetch costs no cached
-token its verification. Sources are shared across config reloads through a
-:class:`JwksRegistry`, so a reload does not refetch.
+The last good key set of each URL is kept; a failed fetch changes nothing, and before the
+first success the issuer's tokens are ``issuer_keys_unavailable``. Fetching never runs on
+the request path. Unchanged keys keep their objects, so the token cache keeps what they
+verified (docs/architecture.md, "JWKS fetchers").
 """
 
 from __future__ import annotations

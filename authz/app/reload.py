@@ -1,27 +1,8 @@
-"""Hot reload: watch the config and key files, build a new snapshot, swap one reference.
+"""Hot reload: watch the config and key files, build a new Config, swap one reference.
 
-Watching is by polling ``stat`` of every file the snapshot was built from, by
-the path the operator wrote (never a resolved symlink target). ``os.stat``
-follows symlinks on every poll, so Kubernetes' atomic ConfigMap/Secret update
-(a new ``..2026_..`` folder, then the ``..data`` symlink renamed over the old
-one) changes the fingerprint like any other write does: rename, replace,
-delete-then-create, truncate-then-write. Inotify-based watchers miss exactly
-those swaps when they watch the file rather than its folder; a poll cannot.
-Polling a handful of files every quarter second costs microseconds.
-
-A change is debounced (bursts merge into one reload), the new snapshot is built
-in a worker thread (key imports take tens of milliseconds), then swapped in
-with one assignment: requests in flight keep the snapshot they started with.
-A failed build keeps the last good snapshot, logs one error with file, line
-and reason, and counts; the file it names is watched from then on (a new key
-file the config names may appear or be fixed later).
-
-A few settings are fixed when the process starts (whether the gRPC listener
-speaks TLS, and whether it requires client certificates). A snapshot that
-changes one is still swapped in, but that part is not applied: the reload logs
-``restart required: SETTING CHANGE`` (an error) with what stays in effect, and
-``authz_config_restart_required{setting}`` is 1 until a restart (or a config
-that matches the running listener again).
+Files are polled with ``stat`` by the path the operator wrote, which follows Kubernetes'
+``..data`` swaps; a failed build keeps the last good config and names file, line and reason.
+Settings fixed at start are reported as restart required (docs/architecture.md, "Reloads").
 """
 
 from __future__ import annotations

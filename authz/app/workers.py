@@ -1,20 +1,8 @@
-"""``authz serve --workers N``: N processes sharing one port, supervised.
+"""``authz serve --workers N``: N processes sharing one port (SO_REUSEPORT), supervised.
 
-Python runs one check at a time per process, so a second core needs a second
-process. The supervisor reserves the gRPC port, starts N workers that listen on
-it with ``SO_REUSEPORT`` (the kernel spreads new connections over them),
-replaces a worker that dies, and on SIGTERM/SIGINT passes the signal on and
-waits for every worker to drain (then kills what is left after the bound).
-
-Each worker watches and reloads the configuration on its own. The public admin
-port is the supervisor's: ``/metrics`` merges the workers' metrics (counters
-and histograms summed, gauges the maximum), ``/readyz`` is ready when every
-worker is, ``/healthz`` when the supervisor runs.
-
-Note for Envoy: it opens one HTTP/2 connection per upstream host unless its
-cluster limits streams per connection, and one connection lands on one worker.
-The shipped Envoy configs set ``max_concurrent_streams`` so that load opens
-several connections and reaches every worker.
+The supervisor replaces a worker that dies, forwards SIGTERM and waits for the drains; its
+admin port merges the workers' metrics and is ready when every worker is
+(docs/architecture.md, "Workers").
 """
 
 from __future__ import annotations

@@ -1,26 +1,9 @@
 """The verified-token cache: the expensive part of a check, done once per token.
 
-Keyed by a hash of the token string, it holds what the token layer returned
-for a token that decrypted and verified (never a failure). It belongs to one
-configuration snapshot: a reload makes a new, empty cache, so a removed key or
-a tightened rule is effective from the swap on. Within a snapshot, a hit is
-used only while the issuer still serves the very key that verified the token
-(a ``jwks_uri`` refresh may drop or replace a signing key between reloads), and
-only until the token's ``exp``. The claims' time checks and the whole policy
-run on every request, hit or not.
-
-Checking the key costs nothing on a hit while the issuer's fetched key set is
-the object the entry last saw: a refetch that brings the same keys keeps that
-object (authz.jose.keys.keyset_from_jwks), so neither the scheduled refresh nor a
-refetch forced by a made-up ``kid`` retires anything. When the set did change,
-the entry's first hit asks the issuer's keys which key verifies its ``kid`` now:
-the same ``Key`` object (kept for unchanged keys) keeps it, anything else
-retires it and the token is decrypted and verified again.
-
-Keying on the token's hash is safe here although JOSE token strings are
-malleable (an ECDSA signature has several encodings): the cache holds only
-results of successful verification, and any encoding of the same token yields
-the same verified claims.
+It holds only tokens that decrypted and verified, belongs to one snapshot (a reload starts
+it empty), and a hit holds while the issuer still serves the very key that verified the
+token and until its ``exp``; claims' time checks and policy run on every request
+(docs/architecture.md, "The verified-token cache").
 """
 
 from __future__ import annotations

@@ -1,15 +1,8 @@
-"""Claims: the verified payload checked against the clock and typed.
+"""Claims: the verified payload checked against an injectable clock and typed.
 
-jwcrypto's own claim checks are partial (``iat`` never compared to the clock,
-no maximum lifetime, ``exp`` optional unless asked), so this is its own step,
-with an injectable clock: tests never sleep.
-
-Values that become identity headers for the upstream are taken exactly as the
-standards write them, never normalized: ``scope`` (and ``scp``) is RFC 6749
-§3.3, scope tokens of NQCHAR separated by single spaces; ``sub`` and the tenant
-claim are header values that need no trimming or encoding: printable US-ASCII
-with no leading or trailing space. Anything else is ``claims_malformed``, so
-both doors send the upstream the same bytes, or nothing.
+Values that become identity headers are taken exactly as the standards write them (scope:
+RFC 6749 §3.3; sub and the tenant claim: printable US-ASCII, no surrounding space), else
+``claims_malformed``: both doors send the upstream the same bytes, or nothing.
 """
 
 from __future__ import annotations

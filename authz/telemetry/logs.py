@@ -1,16 +1,8 @@
-"""Structured logging: one JSON object per line on stderr.
+"""Structured logging: one JSON object per line on stderr, with exactly the fields given.
 
-Callers pass fields through ``extra={"fields": {...}}``; the formatter never
-adds anything it was not given, so what reaches the log is exactly what the
-caller chose (and the decision path never passes tokens, keys or claims).
-
-The decision log writes one line per check, so it has a direct path: when a
-logger's records would reach exactly the handler :func:`setup_logging`
-installed (and nothing else: no filters, no other handlers), :func:`direct_sink`
-hands out that handler, and :func:`render_line` writes the very line
-:class:`JsonFormatter` would, in a fraction of ``logging``'s cost per record.
-Any other logging set-up (a test's ``caplog``, an embedding application's
-handlers) makes ``direct_sink`` return None and records go through ``logging``.
+The decision log has a direct path: when a logger's records would reach exactly the handler
+:func:`setup_logging` installed, :func:`direct_sink` hands it out and :func:`render_line`
+writes the very line :class:`JsonFormatter` would, at a fraction of ``logging``'s cost.
 """
 
 from __future__ import annotations
