@@ -184,12 +184,20 @@ def test_sigkill_of_a_worker_under_load_is_bounded(world: World, tmp_path: Path)
         with Load(port, _requests(world), new_channel_each=True) as load:
             time.sleep(0.5)
             victim = next(int(r["pid"]) for r in server.lines if r["msg"] == "serving")  # type: ignore[call-overload]
+            killed = time.monotonic()
             os.kill(victim, signal.SIGKILL)
             server.wait_for(lambda r: r["msg"] == "worker exited; starting another", "the replacement")
             time.sleep(1.0)
+            answered_before_end = load.outcomes["answered"]
+            time.sleep(0.5)
         assert load.wrong == []
-        failed = sum(n for k, n in load.outcomes.items() if k != "answered")
-        assert failed <= 5  # checks that were on the killed worker's connections
+        # Until the kernel has closed the dead worker's listening socket (tens of ms on a loaded
+        # machine), the connections SO_REUSEPORT hashes to it are refused: a client that retries
+        # at once fails many times in that moment, so the bound is on when failures happen, not
+        # on how many. 2 s is generous for a busy 2-core machine; none may come after it.
+        late = [round(at - killed, 3) for at in load.failed_at if not -0.1 <= at - killed <= 2.0]
+        assert late == []
+        assert load.outcomes["answered"] > answered_before_end  # the surviving worker goes on answering
         assert load.outcomes["answered"] > 20
     finally:
         server.process.send_signal(signal.SIGTERM)
