@@ -72,6 +72,18 @@ class Reason(enum.StrEnum):
     AUDIENCE_MISMATCH = "audience_mismatch"
     # Any unexpected failure inside the token layer: still a 401, never a crash.
     TOKEN_INVALID = "token_invalid"
+    # Sender-constrained tokens (issue 14): DPoP proofs (RFC 9449) and certificate-bound
+    # tokens (RFC 8705).
+    DPOP_PROOF_MISSING = "dpop_proof_missing"
+    DPOP_PROOF_INVALID = "dpop_proof_invalid"
+    DPOP_PROOF_REPLAYED = "dpop_proof_replayed"
+    DPOP_NONCE_REQUIRED = "dpop_nonce_required"
+    DPOP_KEY_MISMATCH = "dpop_key_mismatch"
+    CLIENT_CERTIFICATE_MISSING = "client_certificate_missing"
+    CLIENT_CERTIFICATE_MISMATCH = "client_certificate_mismatch"
+    CNF_UNSUPPORTED = "cnf_unsupported"
+    SENDER_CONSTRAINT_REQUIRED = "sender_constraint_required"
+    DPOP_REPLAY_CACHE_FULL = "dpop_replay_cache_full"
     # Tenant and policy.
     TENANT_UNKNOWN = "tenant_unknown"
     TENANT_MISMATCH = "tenant_mismatch"
@@ -137,6 +149,20 @@ REASONS: Mapping[Reason, Outcome] = MappingProxyType(
         Reason.AUDIENCE_MISMATCH: _U,
         # Any unexpected failure inside the token layer: still a 401, never a crash.
         Reason.TOKEN_INVALID: _U,
+        # Sender-constrained tokens (issue 14): a bound token used without its proof of
+        # possession is a 401, like any other bad credential.
+        Reason.DPOP_PROOF_MISSING: _U,
+        Reason.DPOP_PROOF_INVALID: _U,
+        Reason.DPOP_PROOF_REPLAYED: _U,
+        Reason.DPOP_NONCE_REQUIRED: _U,
+        Reason.DPOP_KEY_MISMATCH: _U,
+        Reason.CLIENT_CERTIFICATE_MISSING: _U,
+        Reason.CLIENT_CERTIFICATE_MISMATCH: _U,
+        Reason.CNF_UNSUPPORTED: _U,
+        Reason.SENDER_CONSTRAINT_REQUIRED: _U,
+        # The replay cache holds only unexpired entries and is full: evicting one would
+        # re-open replay, so the proof is refused; not the client's fault, hence not a 401.
+        Reason.DPOP_REPLAY_CACHE_FULL: Outcome.UNAVAILABLE,
         # Tenant and policy.
         Reason.TENANT_UNKNOWN: _F,
         Reason.TENANT_MISMATCH: _F,
