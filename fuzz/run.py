@@ -6,9 +6,10 @@
 Each target starts from its seed corpus (fuzz/corpus/<target>/, read only) and
 a working corpus (fuzz/work/<target>/, git-ignored, kept between runs so that
 runs build on each other). The working corpora are emptied when the seeds'
-valid tokens change (python -m fuzz.make_corpus): the targets take exactly
-those as our issuers' tokens, and an input holding an older one (made with the
-same fixed keys) would be reported as an acceptance of a foreign token.
+valid tokens or proofs change (python -m fuzz.make_corpus, python -m
+fuzz.dpop_seeds): the targets take exactly those as our issuers' tokens (and
+proofs), and an input holding an older one (made with the same fixed keys)
+would be reported as an acceptance of a foreign token.
 Crashes, timeouts and out-of-memory inputs are written by libFuzzer to
 fuzz/crashes/<target>-* (git-ignored); the exit status is 1 when any target
 found one. ``--json FILE`` writes the figures.
@@ -30,9 +31,10 @@ from pathlib import Path
 
 FUZZ = Path(__file__).resolve().parent
 ROOT = FUZZ.parent
-TARGETS = ("fuzz_token", "fuzz_inner", "fuzz_check", "fuzz_http")
-# The longest input worth trying: a little over the configured token limit (8192), and a request with one.
-MAX_LEN = {"fuzz_token": 9000, "fuzz_inner": 9000, "fuzz_check": 16384, "fuzz_http": 20000}
+TARGETS = ("fuzz_token", "fuzz_inner", "fuzz_check", "fuzz_http", "fuzz_dpop")
+# The longest input worth trying: a little over the configured token limit (8192), and a request with one;
+# a little over the DPoP proof limit (8192).
+MAX_LEN = {"fuzz_token": 9000, "fuzz_inner": 9000, "fuzz_check": 16384, "fuzz_http": 20000, "fuzz_dpop": 9000}
 
 
 @dataclass
@@ -50,8 +52,10 @@ class Result:
 
 def _seeds_digest() -> str:
     digest = hashlib.sha256()
-    for path in sorted((FUZZ / "corpus" / "fuzz_token").glob("valid-*")):
-        digest.update(path.read_bytes() + b"\n")
+    # fuzz_dpop's valid-* proofs are its "may pass" list, as fuzz_token's tokens are.
+    for target in ("fuzz_token", "fuzz_dpop"):
+        for path in sorted((FUZZ / "corpus" / target).glob("valid-*")):
+            digest.update(path.read_bytes() + b"\n")
     return digest.hexdigest()
 
 

@@ -92,6 +92,20 @@ def test_forged_or_malformed_nonces_are_refused():
     assert nonces.verify(good, T0)
 
 
+def test_other_versions_are_refused_before_any_mac(monkeypatch):
+    """A nonce of another format version costs no HMAC (and would not match one anyway)."""
+    nonces = issuer(A, B)
+    raw = base64.urlsafe_b64decode(nonces.issue(T0))
+    other = base64.urlsafe_b64encode(bytes([2]) + raw[1:]).decode()
+    calls: list[bytes] = []
+    real = hmac.digest
+    monkeypatch.setattr(hmac, "digest", lambda *a: calls.append(a[1]) or real(*a))
+    assert nonces.verify(other, T0) is False
+    assert calls == []
+    assert nonces.verify(nonces.issue(T0), T0)
+    assert calls
+
+
 def test_the_tag_covers_the_window():
     """A nonce's window bytes changed to the current window: the tag no longer fits."""
     nonces = issuer()

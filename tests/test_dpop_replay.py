@@ -125,6 +125,30 @@ def test_concurrent_claims_of_one_key_admit_exactly_one():
     assert len(results) == 400
 
 
+def test_check_and_insert_hold_even_when_a_thread_switch_falls_between():
+    """The lock, not the GIL's timing, makes claim atomic: with a membership test that yields
+    the GIL (a sleep), two threads still cannot both find the key new."""
+    import time
+
+    class SlowSet(set):
+        def __contains__(self, item: object) -> bool:
+            found = super().__contains__(item)
+            time.sleep(0.01)  # another thread runs here
+            return found
+
+    store = MemoryReplayStore(10)
+    store._seen = SlowSet()
+    results: list[ReplayVerdict] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(store.claim_now(b"k", T + 60, T))) for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)  # bound: a deadlock fails the test instead of hanging it
+    assert sorted(v.value for v in results) == ["fresh", "replayed", "replayed", "replayed"]
+
+
 def test_same_proof_across_coroutines_on_one_loop():
     """Both doors of a process share the loop and the store: the second claim is a replay."""
     store = MemoryReplayStore(10)

@@ -253,7 +253,8 @@ def test_malformed_envoy_certificates_are_refused(certificate):
 def test_der_sequence_check_wants_exactly_one_sequence(certificate):
     """Trailing bytes after the certificate's SEQUENCE are refused (and so is a short one)."""
     der = certificate.public_bytes(serialization.Encoding.DER)
-    for bad in (der + b"\x00", der[:-1], b"\x30\x81\x05" + bytes(5), b"\x30\x80" + der[2:]):
+    short_form = (b"\x30\x05" + bytes(4), b"\x30\x03" + bytes(4), b"\x31\x02\x05\x00")
+    for bad in (der + b"\x00", der[:-1], b"\x30\x81\x05" + bytes(5), b"\x30\x80" + der[2:], *short_form):
         text = base64.b64encode(bad).decode()
         lines = "\n".join(text[i : i + 64] for i in range(0, len(text), 64))
         pem = f"-----BEGIN CERTIFICATE-----\n{lines}\n-----END CERTIFICATE-----\n"

@@ -1,10 +1,12 @@
 """DPoP proofs (RFC 9449 §4): strict parsing and verification of one proof, without state.
 
 ``verify_proof`` checks, cheapest first: the compact JWS framing, sizes and canonical
-base64url; the header (``typ`` exactly ``dpop+jwt``, ``alg`` in the caller's allow-list,
-no ``crit``, a public ``jwk`` of the type and curve or size ``alg`` needs); the claims
-(``jti``, ``htm``, ``htu``, ``iat``, ``ath``, ``nonce``); last the signature, with a key
-built only from the RFC 7638 thumbprint members. Every failure is an AuthzError:
+base64url; the header (``typ`` exactly ``dpop+jwt``, a supported asymmetric ``alg``, no
+``crit``, a public ``jwk`` of the type and curve or size ``alg`` needs; then ``alg`` in
+the caller's allow-list); the claims (``jti``, ``htm``, ``htu``, ``iat``, ``ath``,
+``nonce``); last the signature, with a key built only from the RFC 7638 thumbprint
+members. A client's header is the same in each of its proofs: what it yields is cached
+by its bytes, as is the key object. Every failure is an AuthzError:
 ``dpop_nonce_required`` for a missing or unaccepted nonce, ``dpop_proof_invalid`` for
 everything else. Whether the ``jti`` was seen before needs state: authz.core.replay.
 """
@@ -244,19 +246,10 @@ def _verify(  # noqa: PLR0917 - the private body of verify_proof, same arguments
     if len(protected) > _MAX_HEADER_CHARS:
         raise AuthzError(_INVALID, "proof header too large")
 
-    header = _json(b64decode(protected, _INVALID), "header")
-    if header.get("typ") != _TYP:
-        raise AuthzError(_INVALID, "typ is not dpop+jwt")
-    alg = header.get("alg")
-    spec = _ALGS.get(alg) if isinstance(alg, str) else None
-    if spec is None or not isinstance(alg, str) or alg not in algorithms:
+    header = _header(protected)
+    if header.alg not in algorithms:
         raise AuthzError(_INVALID, "alg not allowed")
-    if "crit" in header:  # we implement no extension, so any crit is fatal
-        raise AuthzError(_INVALID, "crit")
-    key = _proof_key(header.get("jwk"), alg, spec)
-
-    expected_bytes = _signature_bytes(spec, key)
-    if len(signature_b64) != (4 * expected_bytes + 2) // 3:
+    if len(signature_b64) != header.signature_chars:
         raise AuthzError(_INVALID, "signature of the wrong length")
     signature = b64decode(signature_b64, _INVALID)
 
@@ -278,12 +271,42 @@ def _verify(  # noqa: PLR0917 - the private body of verify_proof, same arguments
     _check_ath(claims, access_token)
     accepted_nonce = _check_nonce(claims, nonce_check)
 
-    public_key, jkt = _public_key(key)
+    public_key, jkt = _public_key(header.key)
     try:
-        spec.verify(public_key, signature, protected + b"." + payload)
+        header.spec.verify(public_key, signature, protected + b"." + payload)
     except Exception:  # noqa: BLE001 - any failure is a bad signature
         raise AuthzError(_INVALID, "signature does not verify") from None
     return VerifiedProof(jkt, jti, iat, accepted_nonce)
+
+
+@dataclass(frozen=True, slots=True)
+class _Header:
+    alg: str
+    spec: _Alg
+    key: PublicJwk
+    signature_chars: int  # the signature part's exact length for this alg and key
+
+
+@functools.lru_cache(maxsize=1024)
+def _header(protected: bytes) -> _Header:
+    """The protected header's checks that depend on its bytes alone, cached by those bytes.
+
+    A client sends the same header (typ, alg, jwk) with every proof, so its next
+    proofs skip the decode, the strict parse and the jwk checks. Only a header that
+    passed is cached (lru_cache keeps no exceptions); the caller's allow-list is
+    checked on every call.
+    """
+    header = _json(b64decode(protected, _INVALID), "header")
+    if header.get("typ") != _TYP:
+        raise AuthzError(_INVALID, "typ is not dpop+jwt")
+    alg = header.get("alg")
+    spec = _ALGS.get(alg) if isinstance(alg, str) else None
+    if spec is None or not isinstance(alg, str):
+        raise AuthzError(_INVALID, "alg not allowed")
+    if "crit" in header:  # we implement no extension, so any crit is fatal
+        raise AuthzError(_INVALID, "crit")
+    key = _proof_key(header.get("jwk"), alg, spec)
+    return _Header(alg, spec, key, (4 * _signature_bytes(spec, key) + 2) // 3)
 
 
 def _json(raw: bytes, what: str) -> dict[str, Any]:

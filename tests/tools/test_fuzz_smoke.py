@@ -20,7 +20,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-TARGETS = ("fuzz_token", "fuzz_inner", "fuzz_check", "fuzz_http")
+TARGETS = ("fuzz_token", "fuzz_inner", "fuzz_check", "fuzz_http", "fuzz_dpop")
 SECONDS = 10
 
 
