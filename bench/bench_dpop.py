@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from authz.core.replay import MemoryReplayStore, replay_key
 from authz.jose.dpop import verify_proof
-from tests.dpop_helpers import HTU, METHOD, NOW, TOKEN, claims, mint, new_key
+from testkit.dpop import HTU, METHOD, NOW, TOKEN, claims, mint, new_key
 
 TARGET_US = 25.0
 ALGS = ("ES256", "EdDSA")

@@ -3,7 +3,7 @@
     python -m fuzz.dpop_seeds            # from the repository root; replaces fuzz/corpus/fuzz_dpop/
 
 A proof carries its own key, so the seeds need no key file: ``valid-*`` seeds are
-proofs minted here (fresh keys each run, signed by pyca through tests/dpop_helpers)
+proofs minted here (fresh keys each run, signed by pyca through testkit/dpop.py)
 for the target's fixed request; the target reads them as "the proofs that may pass".
 The other seeds are the RFC 9449 examples, malformed proofs (one defect each) and
 inputs of the other parsers the target drives (htu, XFCC, certificate, nonce, JWK).
@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from authz.jose.nonce import NonceIssuer, NonceKey
+from testkit.world import NOW
 
 __all__ = [
     "ACCESS_TOKEN",
@@ -37,7 +38,6 @@ __all__ = [
     "NOW",
 ]
 
-NOW = 1_760_000_000
 METHOD = "GET"
 HTU = "https://api.acme.test/orders"
 ACCESS_TOKEN = "eyJhbGciOiJkaXIi.fake-access-token.for-ath"  # noqa: S105 - a fixture, not a secret
@@ -51,10 +51,10 @@ FOLDER = Path(__file__).resolve().parent / "corpus" / "fuzz_dpop"
 
 
 def _proof_seeds() -> Iterable[tuple[str, bytes]]:
-    from tests import dpop_helpers as h
+    from testkit import dpop as h
 
     if (h.NOW, h.METHOD, h.HTU, h.TOKEN) != (NOW, METHOD, HTU, ACCESS_TOKEN):
-        raise SystemExit("tests/dpop_helpers.py and fuzz/dpop_seeds.py disagree on the request")
+        raise SystemExit("testkit/dpop.py and fuzz/dpop_seeds.py disagree on the request")
     nonce = NONCES.issue(NOW)
     for alg in ("ES256", "ES384", "ES512", "PS256", "RS256", "EdDSA", "Ed25519", "Ed448"):
         key = h.new_key(alg)
@@ -99,7 +99,7 @@ def _proof_seeds() -> Iterable[tuple[str, bytes]]:
 
 
 def _parser_seeds() -> Iterable[tuple[str, bytes]]:
-    from tests import dpop_helpers as h
+    from testkit import dpop as h
 
     htus = [
         HTU,

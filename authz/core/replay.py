@@ -1,25 +1,11 @@
 """DPoP replay protection: each (key thumbprint, ``jti``) is accepted once while its proof lives.
 
-A proof is accepted until ``iat + max_age``; its entry is kept until ``iat + max_age +
-skew`` (the caller's ``expires_at``), so a proof cannot outlive its entry. Keys are a
-16-byte BLAKE2b of the thumbprint and the ``jti``: per key, so one client's ``jti``
-values can neither collide with nor use up another's, and the ``jti`` itself (client
-text) is never stored.
-
-``ReplayStore`` is the interface the check sequence awaits; ``MemoryReplayStore`` is the
-per-process one. Per process means: with ``--workers N`` and R replicas, each process has
-its own memory, so a captured proof can be accepted up to N x R times within its window
-(once per process that receives it), not once. Two doors of one process share one
-store. A store shared across replicas (Redis ``SET key 1 NX PX ms``: ``OK`` fresh, nil
-replayed, an error or a timeout unavailable) implements the same protocol; it is async
-so that such a store never blocks the event loop.
-
-When the memory store is full of unexpired entries it refuses the new proof (FULL, the
-``dpop_replay_cache_full`` deny) and never evicts: evicting an unexpired entry would
-silently re-open replay for that proof. "Size it so it cannot fill" would need a bound
-on the accepted proof rate that authz does not have (it bounds concurrency, not rate).
-Sizing rule: capacity >= peak accepted DPoP proofs per second per process x
-(max_age + 2 x skew). Measured memory: about 100 bytes per entry (bench/bench_dpop.py).
+``ReplayStore`` is the interface the check sequence awaits (async, so that a store shared
+across replicas, e.g. Redis ``SET key 1 NX PX ms``, never blocks the event loop);
+``MemoryReplayStore`` is the per-process one. Per process means: with ``--workers N`` and R
+replicas a captured proof can be accepted up to N x R times within its window, once per
+process that receives it; the two doors of one process share one store. When full, the
+store refuses (``dpop_replay_cache_full``) and never evicts an unexpired entry.
 """
 
 from __future__ import annotations
@@ -47,7 +33,9 @@ class ReplayVerdict(enum.Enum):
 def replay_key(jkt: str, jti: str) -> bytes:
     """The store key of a proof: BLAKE2b-128 of its key's thumbprint and its ``jti``.
 
-    ``jkt`` is always 43 characters, so the concatenation is unambiguous without a length.
+    Per key, so one client's ``jti`` values can neither collide with nor use up another's;
+    hashed, so the client's text is not stored. ``jkt`` is always 43 characters: the
+    concatenation is unambiguous without a length.
     """
     data = jkt.encode("ascii") + jti.encode("utf-8")
     return hashlib.blake2b(data, digest_size=16, person=_PERSON).digest()
@@ -65,6 +53,13 @@ class ReplayStore(Protocol):
 
 class MemoryReplayStore:
     """A bounded set of proof keys in this process, purged by expiry second.
+
+    The caller's ``expires_at`` is ``iat + max_age + skew``: a proof is accepted until
+    ``iat + max_age``, so it never outlives its entry. Full of unexpired entries, the store
+    answers FULL: evicting one would silently re-open replay for that proof, and "sized so
+    it cannot fill" would need a bound on the accepted proof rate that authz does not have.
+    Size: capacity >= peak accepted proofs per second per process x (max_age + 2 x skew),
+    at about 100 bytes per entry (bench/bench_dpop.py measures it).
 
     ``_seen`` answers membership; ``_buckets`` lists the keys expiring in each whole
     second, so a purge touches only what expires. Purging is amortised over claims:

@@ -1,14 +1,11 @@
 """DPoP proofs (RFC 9449 §4): strict parsing and verification of one proof, without state.
 
-``verify_proof`` checks, cheapest first: the compact JWS framing, sizes and canonical
-base64url; the header (``typ`` exactly ``dpop+jwt``, a supported asymmetric ``alg``, no
-``crit``, a public ``jwk`` of the type and curve or size ``alg`` needs; then ``alg`` in
-the caller's allow-list); the claims (``jti``, ``htm``, ``htu``, ``iat``, ``ath``,
-``nonce``); last the signature, with a key built only from the RFC 7638 thumbprint
-members. A client's header is the same in each of its proofs: what it yields is cached
-by its bytes, as is the key object. Every failure is an AuthzError:
-``dpop_nonce_required`` for a missing or unaccepted nonce, ``dpop_proof_invalid`` for
-everything else. Whether the ``jti`` was seen before needs state: authz.core.replay.
+``verify_proof`` checks, cheapest first: framing, sizes, canonical base64url; the header
+(``typ`` exactly ``dpop+jwt``, a supported asymmetric ``alg`` in the caller's allow-list,
+no ``crit``, a public ``jwk`` that fits ``alg``); the claims (``jti``, ``htm``, ``htu``,
+``iat``, ``ath``, ``nonce``); last the signature, with a key built only from the RFC 7638
+thumbprint members. Failures are ``dpop_nonce_required`` (nonce missing or not accepted)
+or ``dpop_proof_invalid``. Whether the ``jti`` was seen before is authz.core.replay's.
 """
 
 from __future__ import annotations
@@ -23,7 +20,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from authz.errors import AuthzError
+from authz.errors import AuthzError, Reason
 from authz.jose.encoding import b64decode, parse_json_object
 from authz.jose.htu import canonical_htu
 from authz.jose.thumbprint import PublicJwk, parse_public_jwk, sha256_b64url
@@ -37,8 +34,8 @@ __all__ = [
     "verify_proof",
 ]
 
-_INVALID = "dpop_proof_invalid"
-_NONCE = "dpop_nonce_required"
+_INVALID = Reason.DPOP_PROOF_INVALID
+_NONCE = Reason.DPOP_NONCE_REQUIRED
 
 # Real proofs: Ed25519 ~540 characters, ES256 ~600, PS256 with RSA-2048 ~1190, PS512 with
 # RSA-4096 ~1980 (its header ~1000). The payload takes the rest, room for a long htu.

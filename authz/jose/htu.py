@@ -1,14 +1,11 @@
 """The canonical form of a DPoP ``htu`` (RFC 9449 §4.2, §4.3 (9)): one string per resource.
 
-``canonical_htu`` applies RFC 3986 §6.2.2 (case, percent-encoding, dot segments) and
-§6.2.3 (default port, empty path) and nothing more lenient: no IDNA, no DNS or IP
-interpretation, no decoding of reserved characters. The path rules are the request's
-(authz.core.request.normalize_target, re-stated here because jose imports nothing of
-the core; a property test keeps the two equal): unreserved escapes decoded, hex
-upper-cased, dot segments removed, repeated slashes merged, an encoded ``/``, ``\\``,
-NUL or ``;`` refused. So a proof's ``htu`` and the request's origin plus path compare
-as plain strings. What RFC 9449 forbids (a query, a fragment) or RFC 9110 §4.2.4 calls
-an error (userinfo) makes the value invalid, as does anything that is not ASCII.
+RFC 3986 §6.2.2 (case, percent-encoding, dot segments) and §6.2.3 (default port, empty
+path), nothing more lenient: no IDNA, no IP interpretation, no decoding of reserved
+characters. The path rules are the request's (authz.core.request.normalize_target,
+re-stated because jose imports nothing of the core; a property test keeps them equal), so
+a proof's ``htu`` and the request's origin plus path compare as plain strings. A query, a
+fragment, userinfo or anything not ASCII makes the value invalid.
 """
 
 from __future__ import annotations
@@ -16,13 +13,13 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from authz.errors import AuthzError
+from authz.errors import AuthzError, Reason
 
 __all__ = ["MAX_HTU_CHARS", "canonical_htu", "canonical_origin"]
 
 MAX_HTU_CHARS = 4096
 
-_INVALID = "dpop_proof_invalid"
+_INVALID = Reason.DPOP_PROOF_INVALID
 
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 

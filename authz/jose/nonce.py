@@ -2,17 +2,10 @@
 
     nonce = base64url(0x01 || u32be(w) || HMAC-SHA256(K, CONTEXT || 0x01 || u32be(w))[:16])
 
-with ``w = floor(now / lifetime)``: 21 bytes, 28 characters, all NQCHAR. Every replica
-and worker that reads the same key file issues the same nonce in a window and accepts
-every other's, so a client may be answered by any of them. A nonce of window ``w`` or
-``w - 1`` is accepted (so it lives one to two lifetimes after issue), and of ``w + 1``
-within the clock skew (a replica whose clock runs a little ahead issued it). Nonces
-are not secrets and may be reused within their life (RFC 9449 §11.1): replay is the
-``jti`` cache's job. They bound how long a proof made in advance stays usable (§11.2).
-
-Keys: a JWK Set file of ``oct`` keys. The first key signs, every key verifies. A reload
-that drops the signing key keeps it verify-only for two lifetimes (``successor``), so a
-one-step replacement costs no client a retry; keys that never signed are dropped at once.
+with ``w = floor(now / lifetime)``: 28 characters. Every replica with the same key file
+issues the same nonce in a window and accepts the others'. Windows ``w`` and ``w - 1`` are
+accepted, ``w + 1`` within the clock skew. Keys: a JWK Set of ``oct`` keys; the first
+signs, all verify. Nonces are not secrets (RFC 9449 §11.1): replay is the ``jti`` cache's job.
 """
 
 from __future__ import annotations
@@ -25,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from authz.errors import AuthzError, ConfigError
+from authz.errors import AuthzError, ConfigError, Reason
 from authz.jose.encoding import b64decode
 
 __all__ = [
@@ -69,8 +62,11 @@ def _window_bytes(window: int) -> bytes:
 class NonceIssuer:
     """Issues and checks nonces with ``keys`` (the first signs) and a window of ``lifetime`` s.
 
-    ``retired``: keys dropped by a reload, each verify-only until its time (wall clock).
-    Windows are 32-bit: good until the year 2106 with any lifetime of one second or more.
+    A nonce lives one to two lifetimes after issue. ``retired``: keys dropped by a reload,
+    verify-only until their time (wall clock): a reload that drops the signing key keeps it
+    for two lifetimes (``successor``), so a one-step key replacement costs no client a
+    retry; a dropped key that never signed goes at once. Windows are 32-bit: good until the
+    year 2106 with any lifetime of one second or more.
     """
 
     keys: tuple[NonceKey, ...]
@@ -158,7 +154,7 @@ class NonceIssuer:
         if not isinstance(nonce, str) or len(nonce) != NONCE_CHARS or not nonce.isascii():
             return None
         try:
-            raw = b64decode(nonce.encode("ascii"), "dpop_nonce_required")
+            raw = b64decode(nonce.encode("ascii"), Reason.DPOP_NONCE_REQUIRED)
         except AuthzError:
             return None
         if len(raw) != _NONCE_BYTES or raw[0] != _VERSION:
@@ -215,8 +211,8 @@ def _nonce_key(entry: Any, where: str, source: str) -> NonceKey:
     k = entry.get("k")
     try:
         if not isinstance(k, str) or not k.isascii():
-            raise AuthzError("dpop_nonce_required")
-        secret = b64decode(k.encode("ascii"), "dpop_nonce_required")
+            raise AuthzError(Reason.DPOP_NONCE_REQUIRED)
+        secret = b64decode(k.encode("ascii"), Reason.DPOP_NONCE_REQUIRED)
     except AuthzError:
         raise ConfigError(source, f'{where}: "k" is not canonical base64url') from None
     if len(secret) < MIN_SECRET_BYTES:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from authz.errors import AuthzError
+from authz.errors import AuthzError, Reason
 from authz.jose.encoding import b64decode
 
 __all__ = [
@@ -44,7 +44,7 @@ OKP_KEY_BYTES = {"Ed25519": 32, "Ed448": 57, "X25519": 32, "X448": 56}
 
 _THUMBPRINT_CHARS = 43  # 32 bytes, unpadded base64url
 
-_MISSING = "client_certificate_missing"
+_MISSING = Reason.CLIENT_CERTIFICATE_MISSING
 
 # Bounds on what Envoy may send: a leaf certificate of a few KiB, its PEM, percent-encoded.
 _MAX_CERT_VALUE = 32768
@@ -87,7 +87,7 @@ class PublicJwk:
         return sha256_b64url(self.thumbprint_input.encode("ascii"))
 
 
-def parse_public_jwk(jwk: Mapping[str, Any], code: str) -> PublicJwk:
+def parse_public_jwk(jwk: Mapping[str, Any], code: Reason) -> PublicJwk:
     """The required members of an EC, OKP or RSA JWK, each strictly checked.
 
     Only the thumbprint members are read: private and optional members are the caller's
@@ -123,19 +123,19 @@ def parse_public_jwk(jwk: Mapping[str, Any], code: str) -> PublicJwk:
     raise AuthzError(code, "jwk: unsupported key type")
 
 
-def jwk_thumbprint(jwk: Mapping[str, Any], code: str = "dpop_proof_invalid") -> str:
+def jwk_thumbprint(jwk: Mapping[str, Any], code: Reason = Reason.DPOP_PROOF_INVALID) -> str:
     """The RFC 7638 SHA-256 thumbprint of an EC, OKP or RSA JWK (its public part)."""
     return parse_public_jwk(jwk, code).thumbprint
 
 
-def _member(jwk: Mapping[str, Any], name: str, code: str) -> bytes:
+def _member(jwk: Mapping[str, Any], name: str, code: Reason) -> bytes:
     value = jwk.get(name)
     if not isinstance(value, str) or not value.isascii():
         raise AuthzError(code, f"jwk: {name} is not a base64url string")
     return b64decode(value.encode("ascii"), code)
 
 
-def decode_sha256_thumbprint(value: Any, code: str) -> bytes:
+def decode_sha256_thumbprint(value: Any, code: Reason) -> bytes:
     """The 32 bytes of a ``jkt`` or ``x5t#S256`` value: 43 canonical base64url characters.
 
     RFC 8705 3.1's example ``...dN-dg2`` is refused: its last character carries non-zero

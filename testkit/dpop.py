@@ -1,5 +1,5 @@
-"""Making DPoP proofs for tests: our own minter (any header, any claims, any signer) and the
-same proofs from two other JOSE libraries (joserfc, jwcrypto).
+"""DPoP proofs for tests, fuzz targets and benchmarks: our own minter (any header, any claims,
+any signer) and the same proofs from two other JOSE libraries (joserfc, jwcrypto).
 
 The own minter signs with pyca directly, so a test can build exactly the malformed
 proof it needs (a private ``jwk``, another signer, a wrong ``typ``, ...).
@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-NOW = 1_760_000_000
+from testkit.world import NOW
+
 METHOD = "GET"
 HTU = "https://api.acme.test/orders"
 TOKEN = "eyJhbGciOiJkaXIi.fake-access-token.for-ath"  # any token68: ath is its SHA-256

@@ -28,9 +28,9 @@ from authz.jose.thumbprint import (
     x5t_from_fingerprint,
     x5t_from_xfcc,
 )
-from tests.dpop_helpers import b64, new_key, private_jwk, public_jwk
+from testkit.dpop import b64, new_key, private_jwk, public_jwk
 
-RFC = Path(__file__).parent / "vectors" / "rfc"
+RFC = Path(__file__).parents[1] / "vectors" / "rfc"
 
 
 def load(name: str) -> dict:

@@ -28,7 +28,7 @@ from authz.jose.dpop import (
     verify_proof,
 )
 from authz.jose.thumbprint import jwk_thumbprint
-from tests.dpop_helpers import (
+from testkit.dpop import (
     ALL_ALGS,
     HTU,
     NOW,
@@ -48,7 +48,7 @@ from tests.dpop_helpers import (
     sign,
 )
 
-VECTORS = json.loads((Path(__file__).parent / "vectors" / "rfc" / "rfc9449.json").read_text("utf-8"))
+VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "rfc" / "rfc9449.json").read_text("utf-8"))
 EXPECT = Expect()
 
 
