@@ -1,4 +1,4 @@
-"""Command line: serve, check-config, keygen, mint, explain, check, demo."""
+"""Command line: serve, check-config, schema, keygen, mint, explain, check, demo."""
 
 from __future__ import annotations
 
@@ -48,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a configuration file and its keys")
     p.add_argument("config")
     p.set_defaults(func=_check_config)
+
+    p = sub.add_parser("schema", help="print the configuration's JSON Schema (draft 2020-12)")
+    p.add_argument(
+        "--markdown", action="store_true", help="print the table of every setting instead (README reference)"
+    )
+    p.set_defaults(func=_schema)
 
     p = sub.add_parser("keygen", help="make a key pair (or secret) as JWK Set files")
     p.add_argument(
@@ -146,6 +152,13 @@ def _check_config(args: argparse.Namespace) -> int:
         f"{len(keys.decryption)} decryption key(s), {len(keys.issuers)} issuer(s); "
         f"sha256 {config.digest}"
     )
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from authz.config.schema import reference_table, schema_text
+
+    sys.stdout.write(reference_table() if args.markdown else schema_text())
     return 0
 
 

@@ -1,4 +1,7 @@
-"""Configuration: line-aware YAML in, a validated and compiled Config out (errors name file and line)."""
+"""Configuration: line-aware YAML -> the model (msgspec; the JSON Schema) -> a compiled Config.
+
+Every error names the file, the line and the reason.
+"""
 
 from authz.config.build import KeySources, load_config
 from authz.config.holder import SnapshotHolder

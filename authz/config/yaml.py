@@ -1,21 +1,18 @@
 """Line-aware YAML: mappings and lists that remember where each key and item was written.
 
-Every configuration error names the file, the line and the reason; unknown keys are errors
-(a typo must not silently drop a rule).
+Every configuration error names the file, the line and the reason (``Place``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any
 
 import yaml
 
 from authz.errors import ConfigError
 
-__all__ = ["LineList", "LineMap", "Section", "empty_map", "parse_yaml"]
-
-_T = TypeVar("_T")
+__all__ = ["LineList", "LineMap", "Place", "parse_yaml"]
 
 
 class LineMap(dict[str, Any]):
@@ -104,79 +101,34 @@ class _Converter:
             raise ConfigError(self.source, "invalid scalar value", line) from None
 
 
-class Section:
-    """Typed, line-aware reads from one mapping; unknown keys are errors."""
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where a value was written, for errors: its label (``config.tenants[0].hosts``), the line of
+    its key or list item, and the YAML node; a value left out (a default) has its mapping's line."""
 
-    def __init__(self, data: Any, source: str, where: str, line: int | None) -> None:
-        if not isinstance(data, LineMap):
-            raise ConfigError(source, f"{where} must be a mapping", line)
-        self.data, self.source, self.where = data, source, where
-        self.used: set[str] = set()
+    source: str
+    label: str
+    line: int
+    node: Any = None  # the YAML value written here; None for a default
 
-    def line(self, key: str | None = None) -> int:
-        return self.data.lines.get(key, self.data.line) if key else self.data.line
+    @classmethod
+    def root(cls, data: LineMap, source: str) -> Place:
+        return cls(source, "config", data.line, data)
 
-    def error(self, key: str | None, reason: str) -> ConfigError:
-        label = f"{self.where}.{key}" if key else self.where
-        return ConfigError(self.source, f"{label}: {reason}", self.line(key))
+    def key(self, name: str) -> Place:
+        label = f"{self.label}.{name}"
+        if not isinstance(self.node, LineMap) or name not in self.node:
+            return Place(self.source, label, self.line)
+        return Place(self.source, label, self.node.lines[name], self.node[name])
 
-    def get(self, key: str, kind: type[_T], default: _T | None = None) -> _T:
-        self.used.add(key)
-        if key not in self.data:
-            if default is None:
-                raise self.error(None, f"missing required key {key!r}")
-            return default
-        value = self.data[key]
-        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-        if not ok:
-            raise self.error(key, f"must be {_kind_name(kind)}")
-        return value  # type: ignore[no-any-return]
+    def item(self, index: int) -> Place:
+        label = f"{self.label}[{index}]"
+        if not isinstance(self.node, LineList) or index >= len(self.node):
+            return Place(self.source, label, self.line)
+        return Place(self.source, label, self.node.lines[index], self.node[index])
 
-    def strings(self, key: str, *, required: bool = True) -> list[str]:
-        value = self.get(key, list, None if required else LineList())
-        if required and not value:
-            raise self.error(key, "must not be empty")
-        if not all(isinstance(v, str) and v for v in value):
-            raise self.error(key, "must be a list of non-empty strings")
-        return list(value)
+    def has(self, name: str) -> bool:
+        return isinstance(self.node, LineMap) and name in self.node
 
-    def section(self, key: str) -> Section:
-        self.used.add(key)
-        value = self.data.get(key, empty_map(self.line()))
-        return Section(value, self.source, f"{self.where}.{key}", self.line(key))
-
-    def items(self, key: str) -> Iterator[tuple[Section, int]]:
-        value = self.get(key, list)
-        lines = value.lines if isinstance(value, LineList) else [self.line(key)] * len(value)
-        for index, (item, line) in enumerate(zip(value, lines, strict=True)):
-            yield Section(item, self.source, f"{self.where}.{key}[{index}]", line), line
-
-    def positive(self, key: str, default: int) -> int:
-        value = self.get(key, int, default)
-        if value <= 0:
-            raise self.error(key, "must be a positive integer")
-        return value
-
-    def finish(self) -> None:
-        for key in self.data:
-            if key not in self.used:
-                raise self.error(key, "unknown key")
-
-
-def empty_map(line: int) -> LineMap:
-    empty = LineMap()
-    empty.line, empty.lines = line, {}
-    return empty
-
-
-_KIND_NAMES: dict[type, str] = {
-    str: "a string",
-    int: "an integer",
-    bool: "true or false",
-    list: "a list",
-    dict: "a mapping",
-}
-
-
-def _kind_name(kind: type) -> str:
-    return _KIND_NAMES.get(kind, kind.__name__)
+    def error(self, reason: str) -> ConfigError:
+        return ConfigError(self.source, f"{self.label}: {reason}", self.line)

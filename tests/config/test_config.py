@@ -494,6 +494,99 @@ def test_config_error_names_file_line_reason(folder, text, reason):
     assert str(error).startswith(f"{folder / 'config.yaml'}:{error.line}: ")
 
 
+# The model's refusals, whole: the label of the value (a list item, a claim), the line, the reason.
+MODEL_ERRORS = [
+    pytest.param(
+        edit("server:\n", f"server:\n  jwks_first_fetch_wait: .nan {MARK}\n"),
+        "config.server.jwks_first_fetch_wait: must be a positive number of seconds",
+        id="seconds-nan",  # was accepted: a NaN timeout
+    ),
+    pytest.param(
+        edit("server:\n", f"server:\n  jwks_first_fetch_wait: 1{'0' * 400} {MARK}\n"),
+        "config.server.jwks_first_fetch_wait: must be a positive number of seconds",
+        id="seconds-too-large",  # was an OverflowError out of load_config
+    ),
+    pytest.param(
+        SPEC_CONFIG + f"tls: {MARK}\n  cert: tls/server.pem\n",
+        "config.tls: missing required key 'key'",
+        id="tls-without-key",  # was: cannot read the certificate (the files were read first)
+    ),
+    pytest.param(SPEC_CONFIG + f"http: {MARK}\n", "config.http must be a mapping", id="section-null"),
+    pytest.param(
+        edit("        methods: [GET, HEAD]", f"        methods:\n          - GET\n          - FETCH {MARK}"),
+        "config.tenants[0].rules[1].methods[1]: unknown method 'FETCH'",
+        id="method-item-line",
+    ),
+    pytest.param(
+        edit("        methods: [GET, HEAD]", f'        methods: ["PO\\u017fT"] {MARK}'),
+        "config.tenants[0].rules[1].methods[0]: unknown method 'PO\u017fT'",
+        id="method-unicode-folding",  # was POST: str.upper() folds the long s
+    ),
+    pytest.param(
+        edit("    hosts: [api.acme.test,", f'    hosts: ["\\u212a.acme.test", {MARK}\n      '),
+        "config.tenants[0].hosts[0]: '\u212a.acme.test' is not a host name or *.suffix",
+        id="host-unicode-folding",  # was k.acme.test: str.lower() folds the Kelvin sign
+    ),
+    pytest.param(
+        edit("  - name: acme", f'  - name: "acme\\n" {MARK}'),
+        "config.tenants[0].name: must be 1-63 letters, digits, '.', '_' or '-'",
+        id="name-trailing-newline",
+    ),
+    pytest.param(
+        edit("        methods: [GET, HEAD]", f'        methods: ["GET\\n"] {MARK}'),
+        "config.tenants[0].rules[1].methods[0]: unknown method 'GET\\n'",
+        id="method-trailing-newline",
+    ),
+    pytest.param(
+        SPEC_CONFIG + f'http:\n  path_prefix: "\\n" {MARK}\n',
+        "config.http.path_prefix: must start with / and not end with /",
+        id="prefix-only-newline",
+    ),
+    pytest.param(
+        edit(
+            "        claims: {email_verified: true}",
+            f"        claims:\n          email_verified: [true] {MARK}",
+        ),
+        "config.tenants[0].rules[2].claims.email_verified: claim values must be strings, numbers or booleans",
+        id="claim-value-line",
+    ),
+    pytest.param(
+        edit("        claims: {email_verified: true}", f"        claims: [email_verified] {MARK}"),
+        "config.tenants[0].rules[2].claims: must be a mapping",
+        id="claims-not-a-mapping",
+    ),
+    pytest.param(
+        edit(
+            "  keys: [keys/decrypt.jwks.json] ", f"  keys:\n    - keys/decrypt.jwks.json\n    - 7 {MARK}\n  #"
+        ),
+        "config.decryption.keys[1]: must be a string",
+        id="key-file-item",
+    ),
+    pytest.param(
+        edit("  keys: [keys/decrypt.jwks.json] ", f"  keys: [] {MARK}\n  #"),
+        "config.decryption.keys: must be a file path or a non-empty list of file paths",
+        id="key-files-empty",
+    ),
+    pytest.param(
+        edit("    encrypt_only_keys: []", f"    encrypt_only_keys: [''] {MARK}"),
+        "config.tenants[0].encrypt_only_keys[0]: must be a kid or a mapping {kid, issuers}",
+        id="encrypt-only-empty-kid",
+    ),
+    pytest.param(
+        edit("upstream:\n", f"upstream:\n  strip: true {MARK}\n"),
+        "config.upstream.strip: unknown key",
+        id="unknown-key-block",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), MODEL_ERRORS)
+def test_model_error_names_the_value_its_line_and_reason(folder, text, message):
+    """A value the model refuses is named whole (list item, claim), with the line it is written on."""
+    error = load_error(folder, text)
+    assert (error.file, error.line, error.reason) == (str(folder / "config.yaml"), marked_line(text), message)
+
+
 @pytest.mark.parametrize(
     ("text", "reason"),
     [

@@ -876,6 +876,17 @@ def test_authz_config_loads_as_mounted(
 # Kubernetes: the keys Secret, made outside kustomize ------------------------------------------
 
 
+def test_authz_config_validates_against_the_config_schema(overlay: list[dict[str, Any]]) -> None:
+    """The ConfigMap's config, as rendered, is valid for docs/config.schema.json (what editors and
+    check-jsonschema use) and still names that schema in its yaml-language-server modeline."""
+    schema = json.loads((REPO / "docs" / "config.schema.json").read_text(encoding="utf-8"))
+    deployment, authz = _container(overlay, "authz")
+    text = _configmap_data(overlay, _mounted(overlay, deployment, authz, CONFIG_MOUNT))["config.yaml"]
+    errors = [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(yaml.safe_load(text))]
+    assert errors == []
+    assert text.startswith("# yaml-language-server: $schema=../../../../docs/config.schema.json\n")
+
+
 def test_every_kustomization_renders_from_a_clean_checkout(checkout: Checkout) -> None:
     """Each kustomization in git renders from a copy of what git has (what Argo CD and Flux see), Secret-free."""
     folders = sorted(path.parent for path in checkout.root.rglob("kustomization.yaml"))

@@ -1,0 +1,122 @@
+"""The tenants of the model -> the core's TenantIndex: the checks across tenants, issuers and keys.
+
+Names, hosts and issuers must agree across the file; rules compile their path patterns; an
+encrypt-only key speaks only for the issuers it is bound to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import MappingProxyType
+
+from authz.config import model as m
+from authz.config.yaml import Place
+from authz.core.policy import Mode, Rule, Tenant, TenantIndex, compile_path
+from authz.jose.keys import IssuerKeys, KeySet
+
+__all__ = ["compile_tenants"]
+
+
+def compile_tenants(
+    tenants: Sequence[m.Tenant], root: Place, issuers: dict[str, IssuerKeys], keys: KeySet
+) -> TenantIndex:
+    by_name: dict[str, Tenant] = {}
+    by_host: dict[str, Tenant] = {}
+    by_suffix: dict[str, Tenant] = {}
+    issuer_use: dict[str, int] = {}
+    for index, spec in enumerate(tenants):
+        place = root.key("tenants").item(index)
+        tenant = _tenant(spec, place, issuers, keys)
+        if tenant.name in by_name:
+            raise place.key("name").error("duplicate tenant name")
+        by_name[tenant.name] = tenant
+        for host in tenant.hosts:
+            table, name = (by_suffix, host[1:]) if host.startswith("*.") else (by_host, host)
+            if name in table:
+                raise place.key("hosts").error(
+                    f"host {host!r} belongs to tenant {table[name].name!r} already"
+                )
+            table[name] = tenant
+        for issuer in tenant.issuers:
+            issuer_use[issuer] = issuer_use.get(issuer, 0) + 1
+    return TenantIndex(
+        by_name=MappingProxyType(by_name),
+        by_host=MappingProxyType(by_host),
+        by_suffix=tuple(sorted(by_suffix.items(), key=lambda kv: -len(kv[0]))),
+        shared_issuers=frozenset(i for i, n in issuer_use.items() if n > 1),
+    )
+
+
+def _tenant(spec: m.Tenant, place: Place, issuers: dict[str, IssuerKeys], keys: KeySet) -> Tenant:
+    for issuer in spec.issuers:
+        if issuer not in issuers:
+            raise place.key("issuers").error(f"issuer {issuer!r} is not configured under issuers")
+    encrypt_only = _encrypt_only(spec, place, keys)
+    rules: list[Rule] = []
+    for index, rule_spec in enumerate(spec.rules):
+        rule_place = place.key("rules").item(index)
+        rule = _rule(rule_spec, rule_place)
+        if any(r.name == rule.name for r in rules):
+            raise rule_place.key("name").error("duplicate rule name in this tenant")
+        rules.append(rule)
+    return Tenant(
+        name=spec.name,
+        issuers=frozenset(spec.issuers),
+        audiences=frozenset(spec.audiences),
+        hosts=tuple(h.lower() for h in spec.hosts),
+        mode=Mode(spec.mode),
+        rules=tuple(rules),
+        encrypt_only_keys=MappingProxyType(encrypt_only),
+    )
+
+
+def _encrypt_only(spec: m.Tenant, place: Place, keys: KeySet) -> dict[str, frozenset[str]]:
+    """``encrypt_only_keys``: each symmetric kid with the issuers its tokens may name.
+
+    Without a JWS the shared key is the only proof of who made a token, so a key
+    speaks for the issuers it is bound to, not for every issuer of the tenant. A
+    bare kid is bound to the tenant's one issuer; with several it must say which.
+    """
+    bound: dict[str, frozenset[str]] = {}
+    issuers: tuple[str, ...]
+    for index, entry in enumerate(spec.encrypt_only_keys):
+        where = place.key("encrypt_only_keys").item(index)
+        if isinstance(entry, str):
+            if len(spec.issuers) != 1:
+                raise where.error(
+                    f"the tenant has {len(spec.issuers)} issuers: bind the key to the ones it may speak "
+                    f"for, e.g. {{kid: {entry}, issuers: [{spec.issuers[0]}]}}"
+                )
+            kid, issuers = entry, spec.issuers
+        else:
+            for issuer in entry.issuers:
+                if issuer not in spec.issuers:
+                    raise where.key("issuers").error(f"issuer {issuer!r} is not one of this tenant's issuers")
+            kid, issuers = entry.kid, entry.issuers
+        key = keys.by_kid.get(kid)
+        if key is None or not key.symmetric:
+            raise where.error(f"{kid!r} is not a symmetric decryption key")
+        if kid in bound:
+            raise where.error(f"{kid!r} is listed twice")
+        bound[kid] = frozenset(issuers)
+    return bound
+
+
+def _rule(spec: m.Rule, place: Place) -> Rule:
+    paths = []
+    for pattern in spec.paths:
+        try:
+            paths.append(compile_path(pattern))
+        except ValueError as exc:
+            raise place.key("paths").error(f"{pattern!r}: {exc}") from None
+    if spec.public and (spec.scopes or spec.roles or spec.claims):
+        raise place.key("public").error("a public rule cannot also require scopes, roles or claims")
+    return Rule(
+        name=spec.name,
+        methods=frozenset(method.upper() for method in spec.methods),
+        paths=tuple(paths),
+        public=spec.public,
+        scopes=frozenset(spec.scopes),
+        roles=frozenset(spec.roles),
+        claims=MappingProxyType(dict(spec.claims)),
+    )
