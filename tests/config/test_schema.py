@@ -193,14 +193,22 @@ def test_shipped_configs_name_the_schema_in_a_modeline(path: Path) -> None:
 # -- the schema accepts exactly what the model accepts --------------------------------------------------
 
 
-@pytest.mark.parametrize(("text", "reason"), test_config.CONFIG_ERRORS)
-def test_schema_and_model_agree_on_each_refused_config(validator, text, reason) -> None:
-    """Each refused config of test_config: refused by the schema iff by the model (the rest is the
-    compile step's: names, hosts, issuers, keys and patterns across the file)."""
+def _yaml_loads(text: str) -> bool:
     try:
         parse_yaml(text, "config.yaml")
     except ConfigError:
-        pytest.skip("refused by the YAML loader (syntax, duplicate key, alias), before the model")
+        return False
+    return True
+
+
+# The cases the YAML loader itself refuses (syntax, duplicate key, alias) never reach the model.
+MODEL_CASES = [case for case in test_config.CONFIG_ERRORS if _yaml_loads(case[0])]
+
+
+@pytest.mark.parametrize(("text", "reason"), MODEL_CASES)
+def test_schema_and_model_agree_on_each_refused_config(validator, text, reason) -> None:
+    """Each refused config of test_config: refused by the schema iff by the model (the rest is the
+    compile step's: names, hosts, issuers, keys and patterns across the file)."""
     assert validator.is_valid(yaml.safe_load(text)) == model_accepts(text), reason
 
 
