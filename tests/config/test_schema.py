@@ -202,7 +202,7 @@ def _yaml_loads(text: str) -> bool:
 
 
 # The cases the YAML loader itself refuses (syntax, duplicate key, alias) never reach the model.
-MODEL_CASES = [case for case in test_config.CONFIG_ERRORS if _yaml_loads(case[0])]
+MODEL_CASES = [case for case in test_config.CONFIG_ERRORS if _yaml_loads(case.values[0])]
 
 
 @pytest.mark.parametrize(("text", "reason"), MODEL_CASES)
