@@ -189,8 +189,11 @@ class Http(_Section, kw_only=True, frozen=True):
     path_prefix: Annotated[
         PathPrefix, about("Envoy's http_service path_prefix (/..., no trailing /), stripped first")
     ] = ""
-    max_header_bytes: Annotated[Positive, about("Request line and headers, in bytes; more: 431")] = 16384
-    max_headers: Annotated[Positive, about("Headers per request; more: 431")] = 100
+    # At or above what the rendered Envoys forward (render.py: max_request_headers_kb 60,
+    # max_headers_count 100, plus the few headers Envoy adds to a check): a request Envoy
+    # lets through is decided, never refused for its size.
+    max_header_bytes: Annotated[Positive, about("Request line and headers, in bytes; more: 431")] = 65536
+    max_headers: Annotated[Positive, about("Headers per request; more: 431")] = 128
     max_body_bytes: Annotated[
         NonNegative, about("Body bytes (Envoy sends none unless with_request_body); more: 413")
     ] = 65536
