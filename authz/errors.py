@@ -39,6 +39,8 @@ class Reason(enum.StrEnum):
     # The request itself cannot be evaluated safely.
     PATH_INVALID = "path_invalid"
     REQUEST_MALFORMED = "request_malformed"
+    HOST_INVALID = "host_invalid"  # a Host that is not host[:port]: no tenant is chosen by it
+    METHOD_OVERRIDE = "method_override"  # an override names a method other than the request's
     # No usable credential.
     TOKEN_MISSING = "token_missing"
     AUTHORIZATION_MALFORMED = "authorization_malformed"
@@ -116,6 +118,8 @@ REASONS: Mapping[Reason, Outcome] = MappingProxyType(
         # The request itself cannot be evaluated safely.
         Reason.PATH_INVALID: Outcome.BAD_REQUEST,
         Reason.REQUEST_MALFORMED: Outcome.BAD_REQUEST,
+        Reason.HOST_INVALID: Outcome.BAD_REQUEST,
+        Reason.METHOD_OVERRIDE: Outcome.BAD_REQUEST,
         # No usable credential.
         Reason.TOKEN_MISSING: _U,
         Reason.AUTHORIZATION_MALFORMED: _U,

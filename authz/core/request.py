@@ -1,22 +1,32 @@
 """The request model: what a decision reads, and the normalization rules matched against.
 
-A path that cannot be normalized safely (an encoded ``/``, ``\\`` or ``;``, a control
-character, a ``..`` above the root, a bad escape) is ``path_invalid``: we refuse to guess
-how the upstream would read it.
+Both doors build their request with :func:`make_request`, which checks in one order what
+cannot be evaluated safely, before any tenant is chosen: a method outside :data:`METHODS`
+(matched exactly as sent: ``get`` is not ``GET``) is ``request_malformed``; a Host that is
+not ``host[:port]`` (RFC 9110 §7.2; no userinfo) is ``host_invalid``; a path that cannot be
+normalized safely (an encoded ``/``, ``\\`` or ``;``, a control character, a ``..`` above
+the root, a bad escape) is ``path_invalid``; a method override naming another method is
+``method_override``. We refuse to guess how the upstream would read such a request.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import unquote_plus
 
 from authz.errors import AuthzError, Reason
 
 __all__ = [
+    "METHODS",
+    "METHOD_OVERRIDE_HEADERS",
     "AuthzRequest",
     "bearer_token",
+    "check_method_override",
     "first",
+    "make_request",
     "normalize_host",
     "normalize_path",
     "normalize_target",
@@ -37,6 +47,26 @@ _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 _MAX_PATH = 8192
+
+# The methods a rule can name (RFC 9110 §9 and PATCH, RFC 5789), matched exactly as sent:
+# methods are case-sensitive (RFC 9110 §9.1), and upstreams differ on what else they run
+# (Go's ServeMux, Tomcat's HttpServlet: ``get`` is not GET). Anything else is refused.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+
+# Headers with which frameworks replace a POST's method (Rails' Rack::MethodOverride,
+# Symfony/Laravel, Express method-override, ASP.NET Core UseHttpMethodOverride).
+METHOD_OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-override")
+# The same as a query parameter (Symfony/Laravel read ``_method`` from the query too).
+_OVERRIDE_PARAMETER = "_method"
+# PHP turns " " and "." in a parameter name into "_" ("?.method=" is $_GET["_method"]).
+_PHP_NAME = str.maketrans({" ": "_", ".": "_"})
+
+# reg-name (RFC 9110 §4.2.3 via RFC 3986): LDH labels (RFC 1123) separated by dots.
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_OCTET = re.compile(r"0|[1-9][0-9]{0,2}")
+_NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")  # what URL parsers read as part of an IPv4 address
+_IPV6_CHARS = frozenset("0123456789abcdef:.")
+_PORT = re.compile(r"[0-9]{1,5}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,15 +117,114 @@ def bearer_token(request: AuthzRequest) -> str | None:
 
 
 def normalize_host(host: str) -> str:
-    """Lower-case host without port or trailing dot (IPv6 literals keep their brackets)."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        end = host.find("]")
-        return host[: end + 1] if end != -1 else host
-    # The port first, then whitespace and the trailing dot: normalizing twice changes nothing.
-    host = (host.rsplit(":", 1)[0] if host.count(":") == 1 else host).strip()
-    # "api.acme.test." is the same name as "api.acme.test" (fully qualified).
-    return host[:-1] if host.endswith(".") and not host.endswith("..") else host
+    """The Host (``uri-host [":" port]``) lower-cased, without port or trailing dot; else ``host_invalid``.
+
+    Accepted: an IPv6 literal in brackets (kept with them), a dotted-quad IPv4 address, or a
+    name of LDH labels and dots (one trailing dot allowed, and removed: the same name), then
+    optionally ``:`` and a port 1-65535. Nothing else: no userinfo (``a@b``: URL parsers read
+    ``b``), no second ``:``, no whitespace, ``%``, ``_`` or other characters, no name whose
+    last label is a number unless the whole is an IPv4 address (URL parsers read it as one).
+    An empty Host (none given) stays empty.
+    """
+    if not host:
+        return ""
+    text = host.lower()
+    if text.startswith("["):
+        end = text.find("]")
+        literal, rest = (text[1:end], text[end + 1 :]) if end != -1 else ("", "")
+        if end == -1 or not _is_ipv6(literal):
+            raise AuthzError(Reason.HOST_INVALID, "not an IPv6 literal in brackets")
+        name = text[: end + 1]
+    else:
+        name, colon, port = text.partition(":")
+        rest = colon + port
+        if not _is_name(name):
+            raise AuthzError(Reason.HOST_INVALID, "not a host name or IPv4 address")
+        if name.endswith("."):
+            name = name[:-1]
+    if rest and not (
+        rest.startswith(":") and _PORT.fullmatch(rest[1:]) is not None and 0 < int(rest[1:]) <= 65535
+    ):
+        raise AuthzError(Reason.HOST_INVALID, "what follows the host is not a port 1-65535")
+    return name
+
+
+def _is_ipv6(literal: str) -> bool:
+    # No zone id ("%eth0") and no IPvFuture ("v1.x"): ipaddress would take a zone id.
+    if not literal or not set(literal) <= _IPV6_CHARS:
+        return False
+    try:
+        ipaddress.IPv6Address(literal)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_name(name: str) -> bool:
+    labels = (name[:-1] if name.endswith(".") else name).split(".")
+    if len(name) > 254 or not all(_LABEL.fullmatch(label) for label in labels):
+        return False
+    if _NUMERIC_LABEL.fullmatch(labels[-1]):
+        # "1.2.3", "010.0.0.1", "api.0x7f": IPv4 to URL parsers (WHATWG, inet_aton), in readings
+        # that differ. Only the plain dotted quad is one reading for everyone.
+        return len(labels) == 4 and all(_OCTET.fullmatch(label) and int(label) <= 255 for label in labels)
+    return True
+
+
+def check_method_override(method: str, target: str, headers: Mapping[str, tuple[str, ...]]) -> None:
+    """Refuse (``method_override``) a request that names another method for the upstream to run.
+
+    Frameworks replace a POST's method with ``X-HTTP-Method-Override`` (and two other
+    header names) or a ``_method`` query parameter, after authz decided on the method
+    the request line carried. A value equal to the request's method (as frameworks compare:
+    upper-cased) changes nothing and passes. A ``_method`` in a body is out of our sight:
+    the upstream's to turn off.
+    """
+    for name in METHOD_OVERRIDE_HEADERS:
+        for value in headers.get(name, ()):
+            if value.strip(" \t").upper() != method:
+                raise AuthzError(Reason.METHOD_OVERRIDE, f"{name} names another method")
+    query = target.partition("?")[2].partition("#")[0]
+    if "method" not in query.lower():
+        return  # the common case: no parameter can be a _method
+    for parameter in re.split("[&;]", query):
+        name, _, value = parameter.partition("=")
+        name = unquote_plus(name).lstrip(" ").lower().translate(_PHP_NAME).partition("[")[0]
+        if name == _OVERRIDE_PARAMETER and unquote_plus(value).strip(" \t").upper() != method:
+            raise AuthzError(Reason.METHOD_OVERRIDE, "a _method query parameter names another method")
+
+
+def make_request(
+    *,
+    method: str,
+    target: str,
+    host: str,
+    scheme: str,
+    headers: Mapping[str, tuple[str, ...]],
+    context_extensions: Mapping[str, str],
+    peer_principal: str,
+    request_id: str,
+) -> AuthzRequest:
+    """The request both doors decide on, checked in one order (see the module docstring).
+
+    Raises AuthzError: ``request_malformed``, ``host_invalid``, ``path_invalid``, ``method_override``.
+    """
+    if method not in METHODS:
+        raise AuthzError(Reason.REQUEST_MALFORMED, "method outside the standard set (case-sensitive)")
+    normal_host = normalize_host(host)
+    path, parameters = normalize_target(target)
+    check_method_override(method, target, headers)
+    return AuthzRequest(
+        method=method,
+        path=path,
+        host=normal_host,
+        scheme=scheme,
+        headers=headers,
+        context_extensions=context_extensions,
+        peer_principal=peer_principal,
+        request_id=request_id,
+        path_parameters=parameters,
+    )
 
 
 def normalize_path(raw: str) -> str:

@@ -8,7 +8,7 @@ from types import MappingProxyType
 
 from authz.core.answer import deny_headers, error_body, upstream_headers
 from authz.core.decision import Decision, reject
-from authz.core.request import AuthzRequest, first, normalize_host, normalize_target, plain_request_id
+from authz.core.request import AuthzRequest, first, make_request, plain_request_id
 from authz.errors import AuthzError, Outcome, Reason
 from authz.grpc._proto.envoy.config.core.v3.base_pb2 import HeaderValueOption
 from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
@@ -51,24 +51,22 @@ def read(message: CheckRequest) -> tuple[AuthzRequest | None, Decision | None, s
 
 
 def from_check_request(message: CheckRequest) -> AuthzRequest:
-    """Read an Envoy CheckRequest; raises AuthzError(path_invalid) for unsafe paths."""
+    """Read an Envoy CheckRequest; raises AuthzError for a request that cannot be evaluated safely.
+
+    The method is taken exactly as sent (Envoy's HTTP/2 codec passes ``get``; it is not GET).
+    """
     http = message.attributes.request.http
     headers = _headers(http.headers, ((h.key, h.raw_value, h.value) for h in http.header_map.headers))
-    raw_path = http.path or first(headers, ":path")
-    method = (http.method or first(headers, ":method")).upper()
-    host = http.host or first(headers, ":authority") or first(headers, "host")
     request_id = first(headers, "x-request-id") or http.id
-    path, parameters = normalize_target(raw_path)
-    return AuthzRequest(
-        method=method,
-        path=path,
-        host=normalize_host(host),
+    return make_request(
+        method=http.method or first(headers, ":method"),
+        target=http.path or first(headers, ":path"),
+        host=http.host or first(headers, ":authority") or first(headers, "host"),
         scheme=http.scheme or first(headers, ":scheme"),
         headers=headers,
         context_extensions=MappingProxyType(dict(message.attributes.context_extensions)),
         peer_principal=message.attributes.source.principal,
         request_id=plain_request_id(request_id),
-        path_parameters=parameters,
     )
 
 

@@ -19,7 +19,7 @@ from authz.core.answer import IDENTITY_HEADERS, identity_spellings
 from authz.core.check import Answered, Checker, Clock
 from authz.core.decision import Decision, reject
 from authz.core.memo import AnswerMemo
-from authz.core.request import AuthzRequest, plain_request_id
+from authz.core.request import METHOD_OVERRIDE_HEADERS, AuthzRequest, plain_request_id
 from authz.errors import AuthzError, Reason
 from authz.http.protocol import Connection, RawHeaders
 from authz.http.wire import HEAD_ANSWERS, HTTP_ANSWERS, from_http, http_request_id
@@ -37,6 +37,8 @@ _TRACE_HEADERS = frozenset(
      b"x-b3-parentspanid"}
 )  # fmt: skip
 _NOTABLE = frozenset({_HOST, _AUTHORIZATION, _REQUEST_ID, _AUTHORITY}) | _TRACE_HEADERS
+# A method override is decided on (method_override), so a request carrying one is never a memo repeat.
+_OVERRIDES = frozenset(name.encode("ascii") for name in METHOD_OVERRIDE_HEADERS)
 # Another spelling of an identity header (x_authz_subject) is named in its answer's removals,
 # so a request that carries one is no repeat of one that did not: the memo never answers it.
 _SPELLING_LENGTHS = frozenset(len(name) for name in IDENTITY_HEADERS)
@@ -144,6 +146,8 @@ class HttpDoor:
             for name, value in raw:
                 lowered = name.lower()
                 if lowered not in _NOTABLE:
+                    if lowered in _OVERRIDES:
+                        break
                     if (
                         len(lowered) in _SPELLING_LENGTHS
                         and lowered[2:7] == b"authz"

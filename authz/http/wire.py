@@ -13,7 +13,7 @@ from types import MappingProxyType
 
 from authz.core.answer import deny_headers, error_body, upstream_headers
 from authz.core.decision import Decision
-from authz.core.request import AuthzRequest, first, normalize_host, normalize_target, plain_request_id
+from authz.core.request import AuthzRequest, first, make_request, plain_request_id
 from authz.errors import AuthzError, Outcome, Reason
 
 __all__ = [
@@ -50,24 +50,21 @@ def from_http(
     Envoy sends the original method and path (after its ``path_prefix``, which is
     stripped here) and the allowed headers, ``host`` among them. There is no
     per-route context extension in this protocol: the tenant comes from the host.
-    Raises AuthzError(path_invalid) for unsafe paths.
+    Raises AuthzError for a request that cannot be evaluated safely (core.request.make_request).
     """
     if path_prefix:
         if not target.startswith(path_prefix):
             raise AuthzError(Reason.PATH_INVALID, "path does not start with the configured prefix")
         target = target[len(path_prefix) :] or "/"
-    request_id = http_request_id(headers)
-    path, parameters = normalize_target(target)
-    return AuthzRequest(
-        method=method.upper(),
-        path=path,
-        host=normalize_host(first(headers, "host") or first(headers, ":authority")),
+    return make_request(
+        method=method,  # exactly as sent: methods are case-sensitive
+        target=target,
+        host=first(headers, "host") or first(headers, ":authority"),
         scheme=first(headers, "x-forwarded-proto"),
         headers=headers,
         context_extensions=MappingProxyType({}),
         peer_principal="",
-        request_id=request_id,
-        path_parameters=parameters,
+        request_id=http_request_id(headers),
     )
 
 

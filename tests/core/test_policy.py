@@ -226,7 +226,8 @@ ADMIN = {"roles": ["admin"], "email_verified": True}
     [
         (("GET", "/orders"), {}, ("read-orders", "ok")),
         (("HEAD", "/orders/17"), {}, ("read-orders", "ok")),
-        (("get", "/orders/17?x=1"), {}, ("read-orders", "ok")),
+        (("GET", "/orders/17?x=1"), {}, ("read-orders", "ok")),
+        (("get", "/orders/17"), {}, (None, "request_malformed")),  # methods are case-sensitive
         (("GET", "/orders/"), {}, (None, "no_matching_rule")),
         (("GET", "/orders/17/items"), {}, (None, "no_matching_rule")),
         (("POST", "/orders"), {}, (None, "no_matching_rule")),
@@ -264,7 +265,7 @@ def test_rule_matching_and_requirements(world, config, call, claims, expected):
     assert result.reason == reason
     assert result.allowed is (reason == "ok")
     if reason != "ok":
-        assert (result.http, result.grpc) == (403, 7)
+        assert (result.http, result.grpc) == ((400, 3) if reason == "request_malformed" else (403, 7))
 
 
 def test_scope_missing_challenge(world, config):

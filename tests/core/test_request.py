@@ -9,7 +9,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from authz.config import SnapshotHolder
-from authz.core.request import bearer_token, normalize_host, normalize_path
+from authz.config.model import METHODS as RULE_METHODS
+from authz.core.request import METHODS, AuthzRequest, bearer_token, normalize_host, normalize_path
 from authz.errors import AuthzError
 from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from authz.grpc.messages import from_check_request
@@ -219,6 +220,7 @@ def test_header_map_value_used_without_raw_value():
     """A header_map entry that carries only the string value (older Envoy) is read too."""
     message = CheckRequest()
     message.attributes.request.http.path = "/"
+    message.attributes.request.http.method = "GET"
     entry = message.attributes.request.http.header_map.headers.add()
     entry.key, entry.value = "x-custom", "plain"
     assert from_check_request(message).headers["x-custom"] == ("plain",)
@@ -227,7 +229,7 @@ def test_header_map_value_used_without_raw_value():
 def test_pseudo_headers_fill_missing_fields():
     """Method, path, host and scheme fall back to the pseudo-headers of header_map."""
     message = CheckRequest()
-    for key, raw in [(":method", b"post"), (":path", b"/a/../b?q"), (":authority", b"API.Acme.Test:8443"),
+    for key, raw in [(":method", b"POST"), (":path", b"/a/../b?q"), (":authority", b"API.Acme.Test:8443"),
                      (":scheme", b"http")]:  # fmt: skip
         entry = message.attributes.request.http.header_map.headers.add()
         entry.key, entry.raw_value = key, raw
@@ -335,13 +337,17 @@ def test_two_authorization_headers_end_to_end(config):
         ("api.acme.test", "api.acme.test"),
         ("API.Acme.TEST", "api.acme.test"),
         ("api.acme.test:8443", "api.acme.test"),
-        (" api.acme.test ", "api.acme.test"),
+        ("api.acme.test.:8443", "api.acme.test"),  # fully qualified: the same name
+        ("api.acme.test:65535", "api.acme.test"),
+        ("api-2.acme.test:00080", "api-2.acme.test"),  # a port is 1 to 5 digits
         ("127.0.0.1:80", "127.0.0.1"),
+        ("10.0.0.255", "10.0.0.255"),
         ("[::1]:8080", "[::1]"),
         ("[::1]", "[::1]"),
         ("[2001:DB8::1]:443", "[2001:db8::1]"),
-        ("::1", "::1"),
-        ("", ""),
+        ("[::ffff:10.0.0.1]", "[::ffff:10.0.0.1]"),
+        ("localhost", "localhost"),
+        ("", ""),  # no Host at all: the tenant comes from the route, or the token
     ],
 )
 def test_normalize_host(raw, host):
@@ -349,8 +355,117 @@ def test_normalize_host(raw, host):
     assert normalize_host(raw) == host
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "api.acme.test@api.globex.test",  # userinfo: URL parsers read api.globex.test
+        "api.globex.test:1@x.acme.test",  # ... x.acme.test; the HTTP door read api.globex.test
+        "api.globex.test:x@api.acme.test",
+        "user:pass@api.acme.test",
+        "api.acme.test:",  # an empty port
+        "api.acme.test:0",
+        "api.acme.test:65536",
+        "api.acme.test:123456",
+        "api.acme.test:8o",
+        "api.acme.test:80:80",
+        "api.acme.test:+80",
+        " api.acme.test ",
+        "api.acme.test\t",
+        "api acme.test",
+        "api.acme.test%2f",
+        "api_acme.test",
+        "api..acme.test",
+        ".api.acme.test",
+        "api.acme.test..",
+        "-api.acme.test",
+        "api-.acme.test",
+        "a" * 64 + ".test",
+        "api.acme.tést",
+        "api.acme.test/x",
+        "api.acme.test?x",
+        "api.acme.test#x",
+        "api.acme.test\\x",
+        "*.acme.test",
+        "::1",  # an IPv6 address without brackets
+        "[::1",
+        "[::1]x",
+        "[::1]:",
+        "[fe80::1%25eth0]",  # a zone id
+        "[v1.x]",  # IPvFuture
+        "[1.2.3.4]",
+        "[]",
+        "1.2.3",  # "ends in a number": an IPv4 to URL parsers, read differently by each
+        "010.0.0.1",
+        "1.2.3.256",
+        "1.2.3.4.5",
+        "0x7f.0.0.1",
+        "api.0x7f",
+        "api.123",
+        "2130706433",
+    ],
+)
+def test_a_host_that_is_not_an_authority_is_refused(raw):
+    """RFC 9110 §7.2 (uri-host [":" port], no userinfo), strictly: anything else is host_invalid,
+    whatever a tenant's hosts are (attack-19 A: the doors read "a:1@b" as different tenants)."""
+    with pytest.raises(AuthzError) as caught:
+        normalize_host(raw)
+    assert caught.value.code == "host_invalid"
+
+
+@pytest.mark.parametrize("door", ["grpc", "http"])
+@pytest.mark.parametrize(
+    ("method", "headers", "target", "reason"),
+    [
+        ("get", {}, "/orders", "request_malformed"),  # case-sensitive: not GET
+        ("Get", {}, "/orders", "request_malformed"),
+        ("FOO", {}, "/healthz", "request_malformed"),
+        ("PROPFIND", {}, "/healthz", "request_malformed"),
+        ("", {}, "/orders", "request_malformed"),
+        ("GET", {"host": "api.acme.test@api.globex.test"}, "/orders", "host_invalid"),
+        ("POST", {"x-http-method-override": "DELETE"}, "/orders", "method_override"),
+        ("POST", {"x-http-method": "delete"}, "/orders", "method_override"),
+        ("POST", {"x-method-override": ""}, "/orders", "method_override"),
+        ("GET", {"x-http-method-override": "POST"}, "/orders", "method_override"),
+        ("POST", {}, "/orders?_method=DELETE", "method_override"),
+        ("POST", {}, "/orders?a=1&_method=put", "method_override"),
+        ("POST", {}, "/orders?%5Fmethod=DELETE", "method_override"),
+        ("POST", {}, "/orders?.method=DELETE", "method_override"),  # PHP: $_GET["_method"]
+        ("POST", {}, "/orders?_METHOD=DELETE", "method_override"),
+        ("POST", {}, "/orders;x?_method[]=DELETE", "method_override"),
+        ("POST", {"x-http-method-override": "POST"}, "/orders", None),  # the same method: no override
+        ("POST", {"x-http-method-override": " post "}, "/orders", None),
+        ("POST", {}, "/orders?_method=POST", None),
+        ("POST", {}, "/orders?my_method=DELETE&method=x", None),
+        ("HEAD", {}, "/orders", None),
+        ("PATCH", {}, "/orders", None),
+    ],
+)
+def test_both_doors_read_methods_hosts_and_overrides_alike(door, method, headers, target, reason):
+    """The one reading (core.request.make_request) of method, Host and method overrides, in both
+    doors: exactly as sent, strictly, and refused when the upstream would run another method."""
+    headers = {"host": "api.acme.test", **headers}
+
+    def read() -> AuthzRequest:
+        if door == "grpc":
+            host = headers.pop("host")
+            return from_check_request(check_request(method=method, path=target, host=host, headers=headers))
+        return from_http(method, target, {k: (v,) for k, v in headers.items()})
+
+    if reason is None:
+        assert read().method == method
+    else:
+        with pytest.raises(AuthzError) as caught:
+            read()
+        assert caught.value.code == reason
+
+
 def test_host_falls_back_to_authority():
     """Without http.host the :authority header gives the host."""
     message = check_request(host="API.ACME.TEST:443")
     message.attributes.request.http.host = ""
     assert from_check_request(message).host == "api.acme.test"
+
+
+def test_the_methods_a_request_may_have_are_those_a_rule_can_name() -> None:
+    """A request with another method is refused (request_malformed): one set for config and doors."""
+    assert set(RULE_METHODS) == METHODS

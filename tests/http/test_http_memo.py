@@ -308,6 +308,24 @@ def test_a_request_with_another_spelling_of_an_identity_header_is_decided(
     assert door.memo_hits == 2
 
 
+@pytest.mark.parametrize("name", [b"X-HTTP-Method-Override", b"x-http-method", b"x-method-override"])
+def test_a_request_with_a_method_override_is_decided(
+    world: World, config: Config, clock: Clock, name: bytes
+) -> None:
+    """The override is decided on (method_override): the memo's allow of the same request without
+    it must not answer it (the upstream would run DELETE on a GET's allow)."""
+    door = door_for(config, clock)
+    token = world.token()
+    first = ask(door, raw(token))
+    assert ask(door, raw(token)) == first
+    assert door.memo_hits == 1
+    for _ in range(2):
+        answer = ask(door, [*raw(token), (name, b"DELETE")])
+        assert status(answer) == 400
+        assert b'"reason": "method_override"' in answer
+    assert door.memo_hits == 1
+
+
 def test_public_rules_by_host_are_decided_every_time(config: Config, clock: Clock) -> None:
     """A public rule of the host's tenant rests on no token: cheap to decide, never kept."""
     door = door_for(config, clock)
