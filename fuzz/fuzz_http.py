@@ -41,6 +41,7 @@ import atheris
 with atheris.instrument_imports(include=["authz", "httptools"]):
     from authz.config import SnapshotHolder
     from authz.core.request import normalize_path
+    from authz.errors import Reason
     from authz.http.door import HttpDoor
     from authz.http.protocol import Connection, RawHeaders
     from authz.http.wire import closing
@@ -50,7 +51,11 @@ with atheris.instrument_imports(include=["authz", "httptools"]):
     from testkit.world import NOW
 
 STATE = start()
-SETTINGS = dataclasses.replace(STATE.config.http, max_requests_per_connection=3)  # reach the bound
+# Small enough to reach in an input: the keep-alive bound, the soft header limits (a recorded
+# deny) and the hard one (four times max_header_bytes: 431, closed).
+SETTINGS = dataclasses.replace(
+    STATE.config.http, max_requests_per_connection=3, max_header_bytes=2048, max_headers=16
+)
 DOOR = HttpDoor(SnapshotHolder(STATE.config), lambda: float(NOW), Telemetry(), SETTINGS)
 TENANT_OF = {token: verified.claims.get("tenant") for token, verified in STATE.tokens.items()}
 STATUSES = {200, 400, 401, 403, 408, 413, 414, 431, 500, 503}
@@ -117,12 +122,14 @@ class Recording(Connection):
 
     def __init__(self, door: HttpDoor) -> None:
         super().__init__(door)
-        self.current: tuple[bytes, bytes, RawHeaders] | None = None
-        self.answered: list[tuple[tuple[bytes, bytes, RawHeaders], bytes]] = []
+        self.current: tuple[bytes, bytes, RawHeaders, Reason | None] | None = None
+        self.answered: list[tuple[tuple[bytes, bytes, RawHeaders, Reason | None], bytes]] = []
         self.errors: list[BaseException] = []  # raised inside callbacks: httptools hides them
 
     def on_message_complete(self) -> None:
-        self.current = (self.parser.get_method() or b"GET", self.url, list(self.headers))
+        # The method as sent (one llhttp does not parse is fed to it as GET), and the soft limit passed.
+        method = self.method or self.parser.get_method() or b"GET"
+        self.current = (method, self.url, list(self.headers), self.overflow)
         try:
             super().on_message_complete()
         except BaseException as exc:
@@ -172,8 +179,10 @@ def parse_answer(data: bytes, *, to_head: bool = False) -> tuple[int, dict[str, 
     return status, fields, body
 
 
-def explain_allow(request: tuple[bytes, bytes, RawHeaders], fields: dict[str, str]) -> None:
-    method, target, raw = request
+def explain_allow(request: tuple[bytes, bytes, RawHeaders, Reason | None], fields: dict[str, str]) -> None:
+    method, target, raw, overflow = request
+    if overflow is not None:
+        raise Finding(f"allowed a request read past a soft limit ({overflow})")
     headers = decoded(raw)
     tenant = fields.get("x-authz-tenant")
     presented = [t for v in headers.get("authorization", ()) for t in TENANT_OF if t in v]
@@ -222,9 +231,12 @@ def test_one_input(data: bytes) -> None:
     for index, (request, answer) in enumerate(connection.answered):
         if answers[index] not in (answer, closing(answer)):
             raise Finding("the bytes written are not the answer given")
-        method, target, raw = request
+        method, target, raw, overflow = request
         status, fields, _ = parse_answer(answers[index], to_head=method == b"HEAD")
-        reference = DOOR.answer(method.decode("latin-1"), target.decode("latin-1"), decoded(raw))
+        if overflow is not None:
+            reference = DOOR.refuse(method, raw, overflow)
+        else:
+            reference = DOOR.answer(method.decode("latin-1"), target.decode("latin-1"), decoded(raw))
         if reference != answer:
             raise Finding(f"answer differs from the full decision: {answer[:120]!r} vs {reference[:120]!r}")
         if status == 200:

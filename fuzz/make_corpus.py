@@ -202,6 +202,19 @@ def http_seeds(tokens: dict[str, str]) -> Iterable[tuple[str, bytes]]:
         ),
         "connect": _http(target="/healthz")
         + b"CONNECT api.acme.test:443 HTTP/1.1\r\nhost: api.acme.test:443\r\n\r\n",
+        # Methods exactly as sent (llhttp is given GET for tokens it does not parse), a Host that
+        # is not an authority, method overrides (attack-19 A, B, C).
+        "methods-as-sent": _http(token, method="get") + _http(method="FOO", target="/healthz") + _http(token),
+        "host-authority": _http(token, host="api.globex.test:1@x.acme.test")
+        + _http(token, host="api.acme.test:x"),
+        "override": _http(token, extra="x-http-method-override: DELETE\r\n")
+        + _http(token, target="/orders?_method=DELETE"),
+        # Past the soft limits (2048 bytes, 16 headers): a recorded deny, the connection kept;
+        # past four times the bytes: 431 and closed (attack-19 D).
+        "over-soft-limits": _http(token, extra="x-pad: " + "a" * 2100 + "\r\n")
+        + _http(token, target="/" + "a" * 2100)
+        + _http(token, extra="".join(f"x-h{i}: v\r\n" for i in range(20))),
+        "over-hard-limit": _http(token, extra="x-pad: " + "a" * 9000 + "\r\n") + _http(token),
     }
     for name, data in seeds.items():
         yield name, bytes([128]) + data  # split in the middle, no drain

@@ -24,6 +24,7 @@ from authz.errors import AuthzError, Reason
 from authz.http.protocol import Connection, RawHeaders
 from authz.http.wire import HEAD_ANSWERS, HTTP_ANSWERS, from_http, http_request_id
 from authz.telemetry.decision_log import RepeatedAnswer
+from authz.telemetry.logs import Throttle
 from authz.telemetry.recorder import Telemetry
 from authz.telemetry.tracing import HTTP_SPAN, trace_id_of
 
@@ -69,6 +70,7 @@ class HttpDoor:
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._memo: AnswerMemo[bytes] = AnswerMemo()
+        self._rejections = Throttle(1.0)  # log lines of connection-level refusals: one a second per cause
 
     async def start(self, listen: str, *, reuse_port: bool = False) -> int:
         host, _, port = listen.rpartition(":")
@@ -178,11 +180,25 @@ class HttpDoor:
                         return answer
         else:
             self._memo.forget()  # memo off now: let the old snapshot go
-        headers: dict[str, list[str]] = {}
-        for name, value in raw:
-            headers.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
-        plain = {name: tuple(values) for name, values in headers.items()}
-        return self.answer(method.decode("latin-1"), target.decode("latin-1"), plain, remember_as=key)
+        return self.answer(method.decode("latin-1"), target.decode("latin-1"), _plain(raw), remember_as=key)
+
+    def refuse(self, method: bytes, raw: RawHeaders, reason: Reason) -> bytes | asyncio.Task[bytes]:
+        """The recorded deny of a request read past a soft limit (``raw``: what was kept of it)."""
+        if reason is Reason.PATH_INVALID:
+            detail = "request target over http.max_header_bytes"
+        else:
+            detail = "headers over http.max_header_bytes or http.max_headers"
+        return self.answer(method.decode("latin-1"), "", _plain(raw), early=reject(reason, detail))
+
+    def rejected(self, status: int, cause: str) -> None:
+        """A request answered ``status`` without a decision, its connection closed: counted, and logged."""
+        self.telemetry.http_rejections.inc((str(status), cause))
+        left_out = self._rejections.admit(cause)
+        if left_out is not None:
+            _log.warning(
+                "http door refused a request and closed its connection",
+                extra={"fields": {"status": status, "cause": cause, "left_out": left_out}},
+            )
 
     def _repeat(
         self, snapshot: Any, key: bytes, start: float, request_id: bytes | None, traced: RawHeaders | None
@@ -214,20 +230,24 @@ class HttpDoor:
         headers: dict[str, tuple[str, ...]],
         *,
         remember_as: bytes | None = None,
+        early: Decision | None = None,
     ) -> bytes | asyncio.Task[bytes]:
-        """The response bytes, or a task when an unknown kid makes a key refetch worth a wait."""
+        """The response bytes, or a task when an unknown kid makes a key refetch worth a wait.
+
+        ``early``: the deny the connection reached itself (a request read past a soft limit).
+        """
         start = time.perf_counter()
         config = self.holder.current  # once: the whole check runs on this snapshot
         snapshot = config.snapshot if config is not None else None
         request: AuthzRequest | None = None
-        early: Decision | None = None
-        try:
-            prefix = config.http.path_prefix if config else ""
-            request = from_http(method, target, headers, path_prefix=prefix)
-        except AuthzError as exc:
-            early = reject(exc.code, exc.detail)
-        except Exception as exc:  # noqa: BLE001 - fail closed
-            early = reject(Reason.REQUEST_MALFORMED, f"unexpected {type(exc).__name__}")
+        if early is None:
+            try:
+                prefix = config.http.path_prefix if config else ""
+                request = from_http(method, target, headers, path_prefix=prefix)
+            except AuthzError as exc:
+                early = reject(exc.code, exc.detail)
+            except Exception as exc:  # noqa: BLE001 - fail closed
+                early = reject(Reason.REQUEST_MALFORMED, f"unexpected {type(exc).__name__}")
         trace = self.telemetry.begin((), request.headers if request else None, HTTP_SPAN, grpc=False)
         answered = self.checker.run(
             snapshot,
@@ -257,6 +277,13 @@ class HttpDoor:
             except Exception:  # noqa: BLE001 - the answer stands; only its repeats are not kept
                 _log.exception("http door: keeping an answer for its repeats failed")
         return answered.answer
+
+
+def _plain(raw: RawHeaders) -> dict[str, tuple[str, ...]]:
+    headers: dict[str, list[str]] = {}
+    for name, value in raw:
+        headers.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
+    return {name: tuple(values) for name, values in headers.items()}
 
 
 async def _answer_of(pending: Coroutine[Any, Any, Answered[bytes]]) -> bytes:

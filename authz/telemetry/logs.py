@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["JsonFormatter", "JsonHandler", "direct_sink", "render_line", "setup_logging"]
+__all__ = ["JsonFormatter", "JsonHandler", "Throttle", "direct_sink", "render_line", "setup_logging"]
 
 
 class JsonFormatter(logging.Formatter):
@@ -109,6 +109,51 @@ def setup_logging(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [JsonHandler()]
     root.setLevel(level)
+    # asyncio logs "socket.accept() out of system resource" for every failed accept, up to the
+    # listener's backlog each time (1024 for the HTTP door): thousands of lines a second while
+    # the process is out of file descriptors. One line per interval says it, with the count.
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _AcceptErrors) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_AcceptErrors())
+
+
+class Throttle:
+    """At most one line per ``interval`` seconds per key; the lines left out are counted."""
+
+    __slots__ = ("_interval", "_last", "_left_out")
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._left_out: dict[str, int] = {}
+
+    def admit(self, key: str, now: float | None = None) -> int | None:
+        """The number of lines left out since the last one of ``key`` if this one may go, else None."""
+        now = time.monotonic() if now is None else now
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval:
+            self._left_out[key] = self._left_out.get(key, 0) + 1
+            return None
+        self._last[key] = now
+        return self._left_out.pop(key, 0)
+
+
+class _AcceptErrors(logging.Filter):
+    """Lets one "out of system resource" record through per 10 s, saying how many were left out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._throttle = Throttle(10.0)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "out of system resource" not in str(record.msg):
+            return True
+        left_out = self._throttle.admit("accept")
+        if left_out is None:
+            return False
+        fields = getattr(record, "fields", None)
+        record.fields = {**(fields if isinstance(fields, dict) else {}), "left_out": left_out}
+        return True
 
 
 def direct_sink(logger: logging.Logger, level: int = logging.INFO) -> JsonHandler | None:

@@ -65,6 +65,11 @@ class Telemetry:
         self.memo_hits = self.registry.counter(
             "authz_http_memo_hits_total", "HTTP door checks answered from the answer memo (repeats).", ()
         )
+        self.http_rejections = self.registry.counter(
+            "authz_http_rejections_total",
+            "HTTP door requests answered without a decision and the connection closed, by status and cause.",
+            ("status", "cause"),
+        )
         self._timers: dict[str, _Timer] = {}
         self.step_latency = self.registry.histogram(
             "authz_token_step_duration_seconds",

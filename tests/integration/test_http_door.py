@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import re
 import shutil
 import socket
 import time
@@ -334,28 +335,87 @@ async def test_malformed_request_is_400_and_closed(door) -> None:
     assert closed
 
 
+def _statuses(received: bytes) -> list[int]:
+    return [int(status) for status in re.findall(rb"HTTP/1\.1 (\d{3}) ", received)]
+
+
+def _counted(door: HttpDoor, metric: str, labels: tuple[str, ...]) -> float:
+    return float(getattr(door.telemetry, metric).values.get(labels, 0))
+
+
 @pytest.mark.parametrize(
-    ("extra", "status"),
+    ("target", "extra", "reason"),
     [
-        ("".join(f"x-h{i}: v\r\n" for i in range(25)), 431),  # more headers than max_headers
-        ("x-big: " + "a" * 5000 + "\r\n", 431),  # over max_header_bytes
+        ("/orders", "".join(f"x-h{i}: v\r\n" for i in range(25)), "request_malformed"),  # > max_headers
+        ("/orders", "x-big: " + "a" * 5000 + "\r\n", "request_malformed"),  # > max_header_bytes
+        ("/" + "a" * 9000, "", "path_invalid"),  # a target over max_header_bytes
     ],
-    ids=["too-many-headers", "headers-too-large"],
+    ids=["too-many-headers", "headers-too-large", "target-too-long"],
 )
-async def test_header_limits(door, extra: str, status: int) -> None:
-    """Too many or too large headers: 431 and closed."""
-    _, port = door
-    received, closed = await _exchange(port, _request(extra=extra))
-    assert received.startswith(f"HTTP/1.1 {status} ".encode())
-    assert closed
+async def test_past_the_soft_limits_a_recorded_deny_on_a_connection_that_stays(
+    door, target: str, extra: str, reason: str
+) -> None:
+    """Over max_headers / max_header_bytes: read to its end without being stored, answered 400 with
+    a reason, counted like any check, and the next request on the same connection is answered (the
+    connection was closed, unrecorded, before: one Envoy reconnect per such request, attack-19 D)."""
+    server, port = door
+    checks = _counted(server, "checks", ("", "deny", reason))
+    data = _request(target, extra=extra + "x-request-id: over-1\r\n") + _request("/healthz")
+    received, _ = await _exchange(port, data)
+    assert _statuses(received) == [400, 200]
+    first = received.split(b"HTTP/1.1 ")[1]
+    assert b"connection: close" not in first
+    assert f'"reason": "{reason}", "request_id": "over-1"'.encode() in first
+    assert _counted(server, "checks", ("", "deny", reason)) == checks + 1
 
 
-async def test_long_url_is_414(door) -> None:
-    """A request target over 8 KiB: 414 and closed."""
-    _, port = door
-    received, closed = await _exchange(port, _request("/" + "a" * 9000))
-    assert received.startswith(b"HTTP/1.1 414 ")
+@pytest.mark.parametrize(
+    ("target", "extra"),
+    [("/orders", "x-big: " + "a" * 17000 + "\r\n"), ("/" + "a" * 17000, "")],
+    ids=["headers", "target"],
+)
+async def test_past_four_times_max_header_bytes_431_and_closed(door, target: str, extra: str) -> None:
+    """The hard bound on what one request makes us read: 431, closed, counted and logged."""
+    server, port = door
+    rejected = _counted(server, "http_rejections", ("431", "head_too_large"))
+    received, closed = await _exchange(port, _request(target, extra=extra) + _request("/healthz"))
+    assert _statuses(received) == [431]
     assert closed
+    assert _counted(server, "http_rejections", ("431", "head_too_large")) == rejected + 1
+
+
+@pytest.mark.parametrize("method", ["get", "Get", "FOO", "PROPFIND", "M-SEARCH"])
+async def test_a_method_llhttp_cannot_parse_is_decided_as_sent(door, method: str) -> None:
+    """Envoy's HTTP/2 codec forwards any method token; llhttp knows a fixed table and failed the
+    connection (unrecorded, attack-19 D). Now it is read as GET and decided with the method it has:
+    400 request_malformed, counted, and the connection answers the next request."""
+    server, port = door
+    checks = _counted(server, "checks", ("", "deny", "request_malformed"))
+    data = _request("/healthz").replace(b"GET ", method.encode() + b" ", 1) + _request("/healthz")
+    received, _ = await _exchange(port, data)
+    assert _statuses(received) == [400, 200]
+    assert b'"reason": "request_malformed"' in received
+    assert _counted(server, "checks", ("", "deny", "request_malformed")) == checks + 1
+
+
+async def test_a_method_split_across_reads_is_read_whole(door) -> None:
+    """The method of a request may arrive in pieces: the door waits for it before reading it."""
+    _, port = door
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        request = _request("/healthz").replace(b"GET ", b"get ", 1)
+        for piece in (request[:1], request[1:2], request[2:]):
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.02)  # separate reads (no synchronisation depends on it)
+        writer.write(_request("/healthz"))
+        received = b""
+        deadline = time.monotonic() + 5  # two answers on a loaded machine
+        while len(_statuses(received)) < 2 and time.monotonic() < deadline:
+            received += await asyncio.wait_for(reader.read(65536), deadline - time.monotonic())
+        assert _statuses(received) == [400, 200]
+    finally:
+        writer.close()
 
 
 async def test_body_over_the_limit_is_413(door) -> None:
