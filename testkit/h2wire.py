@@ -18,6 +18,8 @@ __all__ = ["Frame", "H2Connection"]
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY = 0x0, 0x1, 0x3, 0x4, 0x6, 0x7
 END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
+# HPACK static table entries 8-14 (RFC 7541 Appendix A), as an indexed header field's first byte.
+_STATIC_STATUS = {0x88: 200, 0x89: 204, 0x8A: 206, 0x8B: 304, 0x8C: 400, 0x8D: 404, 0x8E: 500}
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,34 @@ class H2Connection:
             self._frame(HEADERS, END_HEADERS, stream, block) + self._frame(DATA, END_STREAM, stream, body)
         )
         return stream
+
+    def request(self, headers: list[tuple[str, str]]) -> int:
+        """Send a request without a body (any pseudo-header values, e.g. a ``get`` method); its stream id."""
+        stream = self.next_stream
+        self.next_stream += 2
+        block = b"".join(_literal(name, value) for name, value in headers)
+        self.sock.sendall(self._frame(HEADERS, END_HEADERS | END_STREAM, stream, block))
+        return stream
+
+    def response(self, stream: int, deadline: float) -> tuple[int | None, bytes]:
+        """(status, body) of ``stream``: the status when the server indexes it in HPACK's static table
+        (200, 204, 206, 304, 400, 404, 500), else None; the body is the DATA frames' payload."""
+        status: int | None = None
+        body = b""
+        while True:
+            frame = self.read_frame(deadline)
+            if frame is None:
+                raise ConnectionError("connection closed before the response ended")
+            if frame.stream != stream:
+                continue
+            if frame.kind == RST_STREAM:
+                raise ConnectionError("stream reset")
+            if frame.kind == HEADERS and status is None and frame.payload:
+                status = _STATIC_STATUS.get(frame.payload[0])
+            elif frame.kind == DATA:
+                body += frame.payload
+            if frame.kind in (HEADERS, DATA) and frame.flags & END_STREAM:
+                return status, body
 
     def read_frame(self, deadline: float) -> Frame | None:
         """The next frame (PINGs and SETTINGS are acknowledged on the way); None on EOF."""

@@ -82,6 +82,7 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A TCP server's transport (uvloop's is not an asyncio.Transport subclass: no isinstance).
         transport = self.transport = cast(asyncio.Transport, transport)
+        self.door.telemetry.http_connections.inc(())
         if len(self.door.connections) >= self.settings.max_connections:
             self.door.rejected(503, "connections")
             transport.write(render(503, [], b"", close=True))

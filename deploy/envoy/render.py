@@ -34,11 +34,16 @@ import yaml
 __all__ = [
     "DENY_HEADERS",
     "DOORS",
+    "EDGE_REMOVED_HEADERS",
+    "EDGE_REMOVED_PREFIXES",
     "HEALTH_PATH",
     "HTTP_CHECK_HEADERS",
     "HTTP_PATH_PREFIX",
     "IDENTITY_HEADERS",
     "IDENTITY_SPELLINGS_REGEX",
+    "MAX_HEADERS_COUNT",
+    "MAX_REQUEST_HEADERS_KB",
+    "METHOD_OVERRIDE_HEADERS",
     "TENANTS",
     "UNDERSCORE_HEADERS_ACTION",
     "VARIANTS",
@@ -60,9 +65,22 @@ DOORS = ("grpc", "http")  # authz's two front doors: the ext_authz gRPC service,
 # The HTTP door (authz serve --http-listen; config http:). Envoy prefixes the original
 # path with this and authz strips it (authz config http.path_prefix: the same value).
 HTTP_PATH_PREFIX = "/ext-authz"
+# Headers with which frameworks replace a POST's method (Rails' Rack::MethodOverride, Symfony
+# and Laravel, Express method-override, ASP.NET Core): removed at the edge (EDGE_REMOVED_HEADERS)
+# and, should another proxy keep them, refused by authz when they name another method
+# (method_override; authz.core.request.METHOD_OVERRIDE_HEADERS, a test holds them equal).
+METHOD_OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-override")
 # The client headers Envoy passes to the HTTP door (method, path and host always go):
-# the token, the request id for the deny body and the logs, and the trace context.
-HTTP_CHECK_HEADERS = ("authorization", "x-request-id", "traceparent", "tracestate", "b3")
+# the token, the request id for the deny body and the logs, the trace context (Envoy's
+# own, when it traces: the client's is removed at the edge) and method overrides.
+HTTP_CHECK_HEADERS = (
+    "authorization",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "b3",
+    *METHOD_OVERRIDE_HEADERS,
+)
 HTTP_CHECK_HEADER_PREFIXES = ("x-b3-",)
 # Copied from an allow to the upstream request, overwriting the client's copies (authz
 # lists the ones it does not set in x-envoy-auth-headers-to-remove: Envoy drops them).
@@ -92,6 +110,54 @@ HTTP_IDLE_TIMEOUT = "30s"
 # http1/http2.dropped_headers_with_underscores. REJECT_REQUEST (Envoy's edge
 # recommendation) would answer those clients 400 (HTTP/2: a stream reset) instead.
 UNDERSCORE_HEADERS_ACTION = "DROP_HEADER"
+
+# Client headers removed at the edge, before routing, any filter and Envoy's own
+# x-forwarded-for (early_header_mutation_extensions): authz decides on the method, Host and
+# path of the request line, and an upstream that honours one of these would run another
+# request than the one decided. Envoy is the edge (use_remote_address): what the client
+# claims about itself or about proxies in front of it is not true here.
+EDGE_REMOVED_HEADERS = (
+    # Another method (see METHOD_OVERRIDE_HEADERS).
+    *METHOD_OVERRIDE_HEADERS,
+    # Another host: Rack (Rails) prefers X-Forwarded-Host and Forwarded host= without any
+    # trust setting; Django, Spring, Express read them when told to trust proxies.
+    "x-forwarded-host",
+    "forwarded",
+    "x-forwarded-server",
+    "x-host",
+    "x-original-host",
+    # Another path (IIS-era rewrites read by older Symfony, Zend/Laminas; prefix headers).
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-forwarded-uri",
+    "x-forwarded-prefix",
+    # Another client address, port or scheme: Envoy then sets x-forwarded-for to the peer
+    # alone (and x-forwarded-proto from the connection), never after a client's own list.
+    "x-forwarded-for",
+    "x-forwarded-port",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-url-scheme",
+    "front-end-https",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    # The client's trace context: the trace id joins Envoy's access log, authz's decision
+    # log and the traces, like the request id Envoy makes itself. A client would otherwise
+    # choose it (Envoy continues a traceparent; authz reads traceparent and b3 when Envoy
+    # does not trace), and x-client-trace-id forces Envoy to sample.
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-client-trace-id",
+)
+EDGE_REMOVED_PREFIXES = ("x-b3-",)  # B3's multi-header form
+# Envoy's bounds on a client's request headers, explicit because authz's HTTP door must
+# accept whatever they let through (its http.max_header_bytes 64 KiB and max_headers 128
+# cover these plus the few headers Envoy adds to a check; a test holds them so).
+MAX_REQUEST_HEADERS_KB = 60  # request line (its target) and headers, as Envoy counts them
+MAX_HEADERS_COUNT = 100
 
 # Tenant -> Envoy domains. The per-route context_extensions name the tenant, so a
 # request on these hosts is checked against that tenant's policy whatever else
@@ -491,6 +557,19 @@ def _ext_authz(params: Params) -> dict[str, Any]:
     }
 
 
+def _edge_removals() -> dict[str, Any]:
+    """The early header mutation that removes EDGE_REMOVED_HEADERS (and prefixes) from every request."""
+    mutations: list[dict[str, Any]] = [{"remove": name} for name in EDGE_REMOVED_HEADERS]
+    mutations += [{"remove_on_match": {"key_matcher": {"prefix": p}}} for p in EDGE_REMOVED_PREFIXES]
+    return {
+        "name": "envoy.http.early_header_mutation.header_mutation",
+        "typed_config": {
+            "@type": _T + "envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
+            "mutations": mutations,
+        },
+    }
+
+
 def render(params: Params) -> dict[str, Any]:
     """Return the Envoy v3 bootstrap for ``params``."""
     if params.door not in DOORS:
@@ -513,7 +592,12 @@ def render(params: Params) -> dict[str, Any]:
         "merge_slashes": True,
         "path_with_escaped_slashes_action": "REJECT_REQUEST",
         "strip_any_host_port": True,
-        "common_http_protocol_options": {"headers_with_underscores_action": UNDERSCORE_HEADERS_ACTION},
+        "max_request_headers_kb": MAX_REQUEST_HEADERS_KB,
+        "common_http_protocol_options": {
+            "headers_with_underscores_action": UNDERSCORE_HEADERS_ACTION,
+            "max_headers_count": MAX_HEADERS_COUNT,
+        },
+        "early_header_mutation_extensions": [_edge_removals()],
         # This Envoy is the edge: the client is the TCP peer, and no peer is "internal"
         # (Envoy >= 1.33 trusts no address without internal_address_config; careful: one
         # without cidr_ranges falls back to RFC 1918 and loopback). So every request is an

@@ -30,7 +30,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from authz.config import Config
 from authz.core.answer import identity_spellings
+from authz.core.request import METHOD_OVERRIDE_HEADERS
 from testkit.envoy import find_envoy, load_render
 
 REPO = Path(__file__).resolve().parents[2]
@@ -456,6 +458,8 @@ def test_envoy_ext_authz_filter_settings(variant: Any) -> None:
     assert "authorization_request" not in service  # allowed_headers is the filter-level one
     sent = _patterns(settings["allowed_headers"])
     assert sent >= {"authorization", "x-request-id", "traceparent", "tracestate", "b3", "x-b3-*"}
+    # Method overrides, which authz refuses when they name another method (should the edge keep them).
+    assert sent >= set(METHOD_OVERRIDE_HEADERS)
     assert not any(h.startswith("x-authz-") for h in sent)  # the client's copies stay out of the check
     # ...but every other spelling of them goes in, so that authz can name it for removal.
     assert f"re:{render.IDENTITY_SPELLINGS_REGEX}" in sent
@@ -488,6 +492,50 @@ def test_envoy_is_the_edge_and_drops_headers_with_underscores(variant: Any) -> N
     # An internal_address_config without cidr_ranges trusts RFC 1918 and loopback peers again.
     assert "internal_address_config" not in hcm
     assert not hcm.get("xff_num_trusted_hops")
+
+
+def _edge_removed(hcm: dict[str, Any]) -> tuple[set[str], set[str]]:
+    """(names, prefixes) the connection manager's early header mutation removes."""
+    (early,) = hcm["early_header_mutation_extensions"]
+    assert early["name"] == "envoy.http.early_header_mutation.header_mutation"
+    mutations = early["typed_config"]["mutations"]
+    names = {m["remove"] for m in mutations if "remove" in m}
+    prefixes = {m["remove_on_match"]["key_matcher"]["prefix"] for m in mutations if "remove_on_match" in m}
+    assert len(names) + len(prefixes) == len(mutations)  # removals only
+    return names, prefixes
+
+
+@pytest.mark.parametrize("variant", render.VARIANTS, ids=_variant_id)
+def test_envoy_removes_overrides_forwarding_claims_and_trace_context_at_the_edge(variant: Any) -> None:
+    """Before routing and any filter, every connection manager removes the client's method, host
+    and URL overrides, its forwarding claims (x-forwarded-for is then the peer alone) and its trace
+    context (the trace id is Envoy's, like the request id); nothing authz or the upstream needs."""
+    hcm = _hcm(yaml.safe_load(variant.path.read_text()))
+    names, prefixes = _edge_removed(hcm)
+    assert set(METHOD_OVERRIDE_HEADERS) == set(render.METHOD_OVERRIDE_HEADERS) <= names
+    assert {"x-forwarded-host", "forwarded", "x-original-url", "x-rewrite-url", "x-forwarded-prefix"} <= names
+    assert {"x-forwarded-for", "x-forwarded-port", "x-real-ip", "true-client-ip", "x-client-ip"} <= names
+    assert {"traceparent", "tracestate", "b3", "x-client-trace-id"} <= names
+    assert prefixes == {"x-b3-"}
+    kept = {"authorization", "host", "x-request-id", "content-type", *render.IDENTITY_HEADERS}
+    assert not names & kept
+    assert not any(name.startswith(p) for name in kept for p in prefixes)
+    assert (names, prefixes) == (set(render.EDGE_REMOVED_HEADERS), set(render.EDGE_REMOVED_PREFIXES))
+
+
+@pytest.mark.parametrize("variant", render.VARIANTS, ids=_variant_id)
+def test_envoy_header_bounds_are_explicit_and_the_http_door_takes_what_they_let_through(
+    variant: Any, config: Config
+) -> None:
+    """Envoy's bounds on request headers are rendered, and the HTTP door's defaults hold what they
+    let through plus what Envoy adds to a check (its path prefix, host, content-length, its own
+    x-envoy-*, x-request-id and trace headers: 4 KiB and 28 headers to spare): a request Envoy
+    forwards is decided, never refused at the connection (tests/integration/test_edge_headers.py)."""
+    hcm = _hcm(yaml.safe_load(variant.path.read_text()))
+    assert hcm["max_request_headers_kb"] == render.MAX_REQUEST_HEADERS_KB
+    assert hcm["common_http_protocol_options"]["max_headers_count"] == render.MAX_HEADERS_COUNT
+    assert config.http.max_header_bytes >= render.MAX_REQUEST_HEADERS_KB * 1024 + 4096
+    assert config.http.max_headers >= render.MAX_HEADERS_COUNT + 28
 
 
 @pytest.mark.parametrize("variant", render.VARIANTS, ids=_variant_id)
@@ -1086,17 +1134,29 @@ def test_istio_authorization_policy_matches_its_crd_schema(istio_docs: list[dict
         validator.validate({"spec": {**policy["spec"], "provder": {"name": "x"}}})
 
 
-def test_istio_gateway_drops_headers_with_underscores_as_our_envoys_do(
-    istio_docs: list[dict[str, Any]], tmp_path: Path
+@pytest.mark.parametrize(
+    ("name", "keys"),
+    [
+        ("jwe-authz-drop-underscore-headers", {"common_http_protocol_options"}),
+        ("jwe-authz-edge-headers", {"early_header_mutation_extensions"}),
+    ],
+)
+def test_istio_gateway_gets_the_edge_settings_of_our_envoys(
+    istio_docs: list[dict[str, Any]], tmp_path: Path, name: str, keys: set[str]
 ) -> None:
-    """Istio renders its gateway's Envoy: the EnvoyFilter validates against Istio's CRD schema
+    """Istio renders its gateway's Envoy: each EnvoyFilter validates against Istio's CRD schema
     (v1alpha3, strict), selects the gateway the policy selects, and merges into its connection
-    manager the action our Envoys use; merged into one of ours, Envoy accepts the result."""
+    manager what our Envoys have (dropping underscore headers; removing overrides, forwarding claims
+    and trace context at the edge); merged into one of ours, Envoy accepts the result."""
     schema = _strict(
         json.loads((ISTIO_SCHEMAS / "envoyfilter.networking.istio.io_v1alpha3.schema.json").read_text())
     )
     validator = jsonschema.Draft7Validator(schema)
-    (envoy_filter,) = _of(istio_docs, "EnvoyFilter")
+    assert {f["metadata"]["name"] for f in _of(istio_docs, "EnvoyFilter")} == {
+        "jwe-authz-drop-underscore-headers",
+        "jwe-authz-edge-headers",
+    }
+    envoy_filter = _one(istio_docs, "EnvoyFilter", name)
     assert envoy_filter["apiVersion"] == "networking.istio.io/v1alpha3"
     validator.validate({"spec": envoy_filter["spec"]})
     with pytest.raises(jsonschema.ValidationError):
@@ -1112,14 +1172,18 @@ def test_istio_gateway_drops_headers_with_underscores_as_our_envoys_do(
     )
     assert patch["patch"]["operation"] == "MERGE"
     typed_config = patch["patch"]["value"]["typed_config"]
-    assert set(typed_config) == {"@type", "common_http_protocol_options"}
-    assert typed_config["common_http_protocol_options"] == {
-        "headers_with_underscores_action": render.UNDERSCORE_HEADERS_ACTION
-    }
+    assert set(typed_config) == {"@type", *keys}
     config = yaml.safe_load((DEPLOY / "envoy" / "demo.yaml").read_text())
     hcm = _hcm(config)
     assert typed_config["@type"] == hcm["@type"]
-    hcm.pop("common_http_protocol_options")
+    if "common_http_protocol_options" in keys:
+        assert typed_config["common_http_protocol_options"] == {
+            "headers_with_underscores_action": render.UNDERSCORE_HEADERS_ACTION
+        }
+    if "early_header_mutation_extensions" in keys:
+        assert typed_config["early_header_mutation_extensions"] == hcm["early_header_mutation_extensions"]
+    for key in keys:
+        hcm.pop(key)
     hcm.update(copy.deepcopy(typed_config))
     _envoy_validate(json.dumps(config), tmp_path, "merged.json")
 
@@ -1210,6 +1274,7 @@ def test_istio_http_provider_agrees_with_the_http_door(
     sent = set(http["includeRequestHeadersInCheck"])
     assert sent >= set(render.HTTP_CHECK_HEADERS)
     assert {h for h in sent if h.startswith("x-b3-")} >= {"x-b3-traceid", "x-b3-spanid", "x-b3-sampled"}
+    assert sent >= set(METHOD_OVERRIDE_HEADERS)
     assert not any(h.startswith("x-authz-") for h in sent)
     # Every spelling of an identity header with an underscore (Istio: prefixes, case ignored),
     # so that authz can name it for removal should the gateway not drop it.
