@@ -12,6 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEADLINE = 20.0
+# `python -m authz` under an RLIMIT_NOFILE of (argv[1], argv[2]), set before anything runs.
+_UNDER_NOFILE = (
+    "import resource, runpy, sys; "
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2]))); "
+    "sys.argv = ['authz', *sys.argv[3:]]; "
+    "runpy.run_module('authz', run_name='__main__', alter_sys=True)"
+)
 
 Record = dict[str, object]
 
@@ -28,10 +35,17 @@ class ServeProcess:
 
     @classmethod
     def start(
-        cls, config: Path, args: Sequence[str] = (), env: Mapping[str, str] | None = None
+        cls,
+        config: Path,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        *,
+        nofile: tuple[int, int] | None = None,
     ) -> ServeProcess:
+        """``nofile``: the process's (soft, hard) RLIMIT_NOFILE at start."""
+        command = ["-m", "authz"] if nofile is None else ["-c", _UNDER_NOFILE, *map(str, nofile)]
         process = subprocess.Popen(
-            [sys.executable, "-m", "authz", "serve", "--config", str(config), *args],
+            [sys.executable, *command, "serve", "--config", str(config), *args],
             stdin=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,

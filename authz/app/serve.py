@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import resource
 import signal
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from authz.telemetry.metrics import Sample
 from authz.telemetry.recorder import Telemetry
 from authz.telemetry.tracing import tracer_provider_from_env
 
-__all__ = ["config_metrics", "serve", "tls_restart_required"]
+__all__ = ["config_metrics", "raise_open_files_limit", "serve", "tls_restart_required"]
 
 _log = logging.getLogger("authz.server")
 
@@ -140,6 +141,24 @@ async def serve(
         await asyncio.to_thread(telemetry.shutdown)
     _log.info("stopped")
     return 0
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; returns (soft, hard) as they are now.
+
+    Both doors and the admin port share the process's descriptors, and container runtimes
+    often start processes at a soft limit of 1024 under a far higher hard one: the headroom
+    is the process's to take. An unlimited hard limit is capped at 1 Mi (what the kernel's
+    nr_open usually allows). Logged at start-up (``open files limit``).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _log.info("open files limit", extra={"fields": {"soft": soft, "hard": hard}})
+    return soft, hard
 
 
 def _ready(holder: SnapshotHolder, stopping: asyncio.Event) -> bool:

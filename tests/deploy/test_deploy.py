@@ -752,6 +752,40 @@ def test_network_policy_lets_only_envoy_reach_authz_doors(overlay: list[dict[str
         assert _port(http_listen) in opened, "the HTTP door is served but no rule lets Envoy reach it"
 
 
+PROMETHEUS = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+}
+
+
+def test_admin_port_is_open_to_prometheus_and_to_envoys_that_health_check_it(
+    overlay: list[dict[str, Any]],
+) -> None:
+    """authz's admin port (9002) is reachable from Prometheus pods in the monitoring namespace (one
+    peer: both selectors in one entry, so both must hold), and from the Envoy pods only where Envoy
+    health-checks it (standalone-http); never from every namespace (attack-19 F)."""
+    authz_deployment, _ = _container(overlay, "authz")
+    authz_labels = authz_deployment["spec"]["template"]["metadata"]["labels"]
+    policies = [p for p in _of(overlay, "NetworkPolicy") if _selects(p["spec"]["podSelector"], authz_labels)]
+    peers: list[dict[str, Any]] = []
+    for policy in policies:
+        for rule in policy["spec"].get("ingress", []):
+            ports = {p["port"] for p in rule.get("ports", [])}
+            if not ports or 9002 in ports or "admin" in ports:
+                assert rule.get("from"), f"{policy['metadata']['name']}: the admin port is open to everyone"
+                peers += rule["from"]
+    assert PROMETHEUS in peers
+    authz_cluster = _envoy_config(overlay)["static_resources"]["clusters"][0]
+    health_checked = any(
+        e["endpoint"].get("health_check_config", {}).get("port_value") == 9002
+        for endpoints in authz_cluster["load_assignment"]["endpoints"]
+        for e in endpoints["lb_endpoints"]
+    )
+    gateway = {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "gateway"}}}
+    assert (gateway in peers) is (health_checked and authz_deployment is not _container(overlay, "envoy")[0])
+    assert all(peer in (PROMETHEUS, gateway) for peer in peers), peers
+
+
 # Kubernetes: agreement -------------------------------------------------------------------------
 
 

@@ -252,7 +252,7 @@ async def test_huge_headers_are_answered(stub, world: World) -> None:
 async def test_empty_check_request_is_answered(stub) -> None:
     """A CheckRequest with nothing set is a 400 deny, not an RPC error."""
     code, status, _, body = denied(await check(stub, x_auth_pb2.CheckRequest()))
-    assert (code, status, body["reason"]) == (3, 400, "path_invalid")
+    assert (code, status, body["reason"]) == (3, 400, "request_malformed")  # no method (checked first)
 
 
 async def test_unknown_tenant_is_403(stub, world: World) -> None:

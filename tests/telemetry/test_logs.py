@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from authz.telemetry.logs import JsonFormatter, JsonHandler, direct_sink, render_line, setup_logging
+from authz.telemetry.logs import JsonFormatter, JsonHandler, Throttle, direct_sink, render_line, setup_logging
 
 _values = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=40))
 _names = st.text(min_size=1, max_size=12).filter(lambda k: k not in {"time", "level", "logger", "pid", "msg"})
@@ -194,3 +194,42 @@ def test_a_line_gathered_on_a_loop_that_never_ran_again_is_not_stranded(root: lo
 
     asyncio.run(later())
     assert [json.loads(line)["n"] for line in stream.getvalue().splitlines()] == [1, 2]
+
+
+def test_a_throttle_lets_one_line_through_per_interval_and_counts_the_rest() -> None:
+    throttle = Throttle(10.0)
+    assert throttle.admit("a", now=100.0) == 0
+    assert [throttle.admit("a", now=100.0 + i) for i in range(1, 10)] == [None] * 9
+    assert throttle.admit("b", now=105.0) == 0  # keys are apart
+    assert throttle.admit("a", now=110.0) == 9  # the next line says how many were left out
+    assert throttle.admit("a", now=110.5) is None
+
+
+def test_asyncio_accept_errors_do_not_flood_the_log(root: logging.Logger) -> None:
+    """Out of descriptors, asyncio logs a line per failed accept, up to a listener's backlog each
+    time (thousands a second, attack-19 F): setup_logging lets one through per 10 s, with a count."""
+    asyncio_log = logging.getLogger("asyncio")
+    saved = asyncio_log.filters[:]
+    asyncio_log.filters[:] = [f for f in saved if type(f).__name__ != "_AcceptErrors"]  # a fresh one
+    try:
+        _check_accept_errors_filter()
+    finally:
+        asyncio_log.filters[:] = saved
+
+
+def _check_accept_errors_filter() -> None:
+    setup_logging()
+    (accept_errors,) = [
+        f for f in logging.getLogger("asyncio").filters if type(f).__name__ == "_AcceptErrors"
+    ]
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, msg, None, None)
+
+    flood = [record("socket.accept() out of system resource") for _ in range(1000)]
+    passed = [r for r in flood if accept_errors.filter(r)]
+    assert len(passed) == 1
+    assert passed[0].fields == {"left_out": 0}  # type: ignore[attr-defined]
+    assert all(accept_errors.filter(record(f"other {i}")) for i in range(3))
+    setup_logging()  # idempotent: still one filter
+    assert len([f for f in logging.getLogger("asyncio").filters if type(f).__name__ == "_AcceptErrors"]) == 1
