@@ -42,6 +42,7 @@ _HARD_FACTOR = 4
 _END_OF_HEAD = b"\r\n\r\n"
 # The methods llhttp is given as they are; any other token is fed as GET and decided as sent.
 _PARSED = frozenset(method.encode("ascii") for method in METHODS)
+_PARSED_STARTS = tuple(method + b" " for method in _PARSED)  # the common case, in one C call
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §5.6.2
 _MAX_METHOD = 32
 _REQUEST_ID = b"x-request-id"
@@ -63,6 +64,7 @@ class Connection(asyncio.Protocol):
         self.header_count = 0
         self.overflow: Reason | None = None  # a soft limit passed: the deny this request gets
         self.head_seen = 0  # bytes received for this request until its headers ended (the hard bound)
+        self.head_bound = _HARD_FACTOR * self.settings.max_header_bytes
         self.headers_done = False
         self.method: bytes | None = None  # the method as sent, when it was fed to llhttp as GET
         self.pending = b""  # the start of a request line, until its method is whole
@@ -116,7 +118,7 @@ class Connection(asyncio.Protocol):
                 cut = len(data) if end == -1 else end + len(_END_OF_HEAD)
                 piece, data = (data, b"") if cut == len(data) else (data[:cut], data[cut:])
                 self.head_seen += len(piece)
-                if self.head_seen > _HARD_FACTOR * self.settings.max_header_bytes:
+                if self.head_seen > self.head_bound:
                     self._fail(431, "head_too_large")
                     return
             try:
@@ -138,6 +140,8 @@ class Connection(asyncio.Protocol):
         with the method it really has (refused: request_malformed), the connection kept.
         """
         self.method = None
+        if data.startswith(_PARSED_STARTS):
+            return data
         space = data.find(b" ", 0, _MAX_METHOD + 1)
         if space == -1:
             if len(data) <= _MAX_METHOD and _TOKEN.fullmatch(data):
