@@ -17,12 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authz.app.admin import MAX_CONNECTIONS, READ_TIMEOUT
-from tests.helpers import World
-from tests.integration.harness import free_port, raw_request
-from tests.integration.processes import Record, ServeProcess
+from testkit.envoy import free_port, raw_request
+from testkit.processes import Record, ServeProcess
+from testkit.world import World
+
+pytestmark = pytest.mark.slow  # a real authz serve, flooded for a few seconds
 
 LIMIT = 256  # descriptors for authz: soft = hard, so raising the soft limit cannot help here
 FLOOD = LIMIT + 150  # idle admin connections, far past what the process could hold
