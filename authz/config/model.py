@@ -192,8 +192,14 @@ class Http(_Section, kw_only=True, frozen=True):
     # At or above what the rendered Envoys forward (render.py: max_request_headers_kb 60,
     # max_headers_count 100, plus the few headers Envoy adds to a check): a request Envoy
     # lets through is decided, never refused for its size.
-    max_header_bytes: Annotated[Positive, about("Request line and headers, in bytes; more: 431")] = 65536
-    max_headers: Annotated[Positive, about("Headers per request; more: 431")] = 128
+    max_header_bytes: Annotated[
+        Positive,
+        about(
+            "Request line and headers, in bytes; more: read, not stored, 400 (target: path_invalid, "
+            "headers: request_malformed); over 4x: 431, closed"
+        ),
+    ] = 65536
+    max_headers: Annotated[Positive, about("Headers per request; more: 400 request_malformed")] = 128
     max_body_bytes: Annotated[
         NonNegative, about("Body bytes (Envoy sends none unless with_request_body); more: 413")
     ] = 65536
