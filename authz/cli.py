@@ -115,11 +115,10 @@ def _request_args(p: argparse.ArgumentParser) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from authz.app.serve import raise_open_files_limit, serve
+    from authz.app.serve import serve
     from authz.telemetry.logs import setup_logging
 
     setup_logging()
-    raise_open_files_limit()  # the doors and the admin port share the descriptors: take the headroom
     if args.workers < 1:
         print("error: --workers must be at least 1", file=sys.stderr)
         return 2

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import resource
 import signal
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import Protocol
 
 from authz.app.admin import run_admin
 from authz.app.jwks import JwksRegistry
+from authz.app.limits import raise_open_files_limit
 from authz.app.reload import RESTART_SETTINGS, Deferred, Reloader, ReloadStatus
 from authz.app.workers import WorkerLink
 from authz.config import Config, SnapshotHolder, TlsSettings, load_config
@@ -29,7 +29,7 @@ from authz.telemetry.metrics import Sample
 from authz.telemetry.recorder import Telemetry
 from authz.telemetry.tracing import tracer_provider_from_env
 
-__all__ = ["config_metrics", "raise_open_files_limit", "serve", "tls_restart_required"]
+__all__ = ["config_metrics", "serve", "tls_restart_required"]
 
 _log = logging.getLogger("authz.server")
 
@@ -61,6 +61,7 @@ async def serve(
         _log.error("telemetry configuration rejected", extra={"fields": {"error": str(exc)}})
         return 2
     telemetry = Telemetry(provider)
+    open_files, _ = raise_open_files_limit()  # the doors and the admin port share the descriptors
     address = listen or config.listen or "127.0.0.1:9001"
     admin_address = admin_listen or config.admin_listen
     http_address = http_listen or config.http_listen
@@ -123,6 +124,7 @@ async def serve(
                         "listen": address,
                         **ports,
                         "tracing": provider is not None,
+                        "open_files": open_files,
                         "config": config.source,
                         "config_sha256": config.digest,
                         "generation": holder.generation,
@@ -141,24 +143,6 @@ async def serve(
         await asyncio.to_thread(telemetry.shutdown)
     _log.info("stopped")
     return 0
-
-
-def raise_open_files_limit() -> tuple[int, int]:
-    """Raise the soft RLIMIT_NOFILE to the hard limit; returns (soft, hard) as they are now.
-
-    Both doors and the admin port share the process's descriptors, and container runtimes
-    often start processes at a soft limit of 1024 under a far higher hard one: the headroom
-    is the process's to take. An unlimited hard limit is capped at 1 Mi (what the kernel's
-    nr_open usually allows). Logged at start-up (``open files limit``).
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    _log.info("open files limit", extra={"fields": {"soft": soft, "hard": hard}})
-    return soft, hard
 
 
 def _ready(holder: SnapshotHolder, stopping: asyncio.Event) -> bool:

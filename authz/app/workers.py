@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from authz.app.admin import run_admin
+from authz.app.limits import raise_open_files_limit
 from authz.config import load_config
 from authz.errors import ConfigError
 from authz.telemetry.metrics import Registry, Sample
@@ -83,6 +84,7 @@ async def supervise(
     except ConfigError as exc:
         _log.error("configuration rejected", extra={"fields": {"error": str(exc)}})
         return 2
+    open_files, _ = raise_open_files_limit()  # before the workers start: they inherit it
     address = listen or config.listen or "127.0.0.1:9001"
     admin_address = admin_listen or config.admin_listen
     grace = config.server.grace_seconds
@@ -122,7 +124,7 @@ async def supervise(
                 "supervising",
                 extra={"fields": {"listen": shared, "port": int(shared.rpartition(":")[2]),
                                   "http_port": int(shared_http.rpartition(":")[2]) if shared_http else None,
-                                  "workers": workers, "admin_port": admin_port}},
+                                  "workers": workers, "admin_port": admin_port, "open_files": open_files}},
             )  # fmt: skip
             watchers = {asyncio.ensure_future(w.process.wait()): w for w in pool if w.process}
             stopping = asyncio.ensure_future(stop.wait())

@@ -13,7 +13,9 @@ the state folder. ``stop`` ends the processes it started, by pid.
 Tracing: with ``--otlp auto`` (the default) it exports to the collector named by
 OTEL_EXPORTER_OTLP_ENDPOINT, else to one listening on 127.0.0.1:4317 if any;
 every request carries a W3C traceparent whose trace id is printed, so the trace
-can be found in Jaeger (or in authz.log's decision lines without a collector).
+can be found in Jaeger (or in authz.log's decision lines without a collector). Its
+Envoy keeps that trace context (render.py trusted_trace_context: this script is the
+one client, as a trusted front proxy would be); the shipped configurations remove it.
 """
 
 from __future__ import annotations
@@ -256,6 +258,9 @@ def _start(state: Path, ports: Ports, otlp: str | None) -> None:
         authz=f"{LOOPBACK}:{ports.authz}",
         upstream=f"{LOOPBACK}:{ports.upstream}",
         otlp=otlp,
+        # This script is the only client, standing for a trusted front proxy: its traceparent
+        # (printed per request) is kept so that the trace and authz's decision line can be found.
+        trusted_trace_context=True,
     )
     config = state / "envoy.yaml"
     config.write_text(

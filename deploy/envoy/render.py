@@ -45,6 +45,7 @@ __all__ = [
     "MAX_REQUEST_HEADERS_KB",
     "METHOD_OVERRIDE_HEADERS",
     "TENANTS",
+    "TRACE_CONTEXT_HEADERS",
     "UNDERSCORE_HEADERS_ACTION",
     "VARIANTS",
     "Params",
@@ -143,16 +144,17 @@ EDGE_REMOVED_HEADERS = (
     "x-real-ip",
     "x-client-ip",
     "true-client-ip",
-    # The client's trace context: the trace id joins Envoy's access log, authz's decision
-    # log and the traces, like the request id Envoy makes itself. A client would otherwise
-    # choose it (Envoy continues a traceparent; authz reads traceparent and b3 when Envoy
-    # does not trace), and x-client-trace-id forces Envoy to sample.
-    "traceparent",
-    "tracestate",
-    "b3",
+    # x-client-trace-id forces Envoy to sample (and marks the request id).
     "x-client-trace-id",
+    # The client's trace context (TRACE_CONTEXT_HEADERS, below).
 )
-EDGE_REMOVED_PREFIXES = ("x-b3-",)  # B3's multi-header form
+EDGE_REMOVED_PREFIXES = ("x-b3-",)  # B3's multi-header form, with the trace context
+# The client's trace context: the trace id joins Envoy's access log, authz's decision log
+# and the traces, like the request id Envoy makes itself. A client would otherwise choose it
+# (Envoy continues a traceparent; authz reads traceparent and b3 when Envoy does not trace).
+# Removed at the edge with EDGE_REMOVED_HEADERS, unless Params.trusted_trace_context says that
+# whoever reaches this Envoy is a trusted front proxy that owns the trace (README: Traces).
+TRACE_CONTEXT_HEADERS = ("traceparent", "tracestate", "b3")
 # Envoy's bounds on a client's request headers, explicit because authz's HTTP door must
 # accept whatever they let through (its http.max_header_bytes 64 KiB and max_headers 128
 # cover these plus the few headers Envoy adds to a check; a test holds them so).
@@ -188,6 +190,10 @@ class Params:
     # http door: authz's admin port on the same hosts; given, Envoy health-checks its
     # /readyz (the HTTP door has no health endpoint of its own). gRPC: grpc.health.v1.
     authz_admin_port: int | None = None
+    # True: keep the trace context a request arrives with (TRACE_CONTEXT_HEADERS, x-b3-*),
+    # for an Envoy that only a trusted front proxy reaches; that proxy then owns the trace
+    # id. Never for an Envoy clients reach directly: they would choose the trace id.
+    trusted_trace_context: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -557,10 +563,13 @@ def _ext_authz(params: Params) -> dict[str, Any]:
     }
 
 
-def _edge_removals() -> dict[str, Any]:
-    """The early header mutation that removes EDGE_REMOVED_HEADERS (and prefixes) from every request."""
-    mutations: list[dict[str, Any]] = [{"remove": name} for name in EDGE_REMOVED_HEADERS]
-    mutations += [{"remove_on_match": {"key_matcher": {"prefix": p}}} for p in EDGE_REMOVED_PREFIXES]
+def _edge_removals(*, trusted_trace_context: bool = False) -> dict[str, Any]:
+    """The early header mutation that removes EDGE_REMOVED_HEADERS, the trace context (unless
+    trusted) and EDGE_REMOVED_PREFIXES (x-b3-*, also trace context) from every request."""
+    names = EDGE_REMOVED_HEADERS + (() if trusted_trace_context else TRACE_CONTEXT_HEADERS)
+    prefixes = () if trusted_trace_context else EDGE_REMOVED_PREFIXES
+    mutations: list[dict[str, Any]] = [{"remove": name} for name in names]
+    mutations += [{"remove_on_match": {"key_matcher": {"prefix": p}}} for p in prefixes]
     return {
         "name": "envoy.http.early_header_mutation.header_mutation",
         "typed_config": {
@@ -597,7 +606,9 @@ def render(params: Params) -> dict[str, Any]:
             "headers_with_underscores_action": UNDERSCORE_HEADERS_ACTION,
             "max_headers_count": MAX_HEADERS_COUNT,
         },
-        "early_header_mutation_extensions": [_edge_removals()],
+        "early_header_mutation_extensions": [
+            _edge_removals(trusted_trace_context=params.trusted_trace_context)
+        ],
         # This Envoy is the edge: the client is the TCP peer, and no peer is "internal"
         # (Envoy >= 1.33 trusts no address without internal_address_config; careful: one
         # without cidr_ranges falls back to RFC 1918 and loopback). So every request is an
@@ -704,6 +715,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--otlp", default=None, help="OTLP/gRPC collector host:port; omitted: no tracing")
     parser.add_argument("--door", choices=DOORS, default="grpc", help="which authz door --authz is")
     parser.add_argument("--authz-admin-port", type=int, default=None, help="http door: health-check /readyz")
+    parser.add_argument(
+        "--trusted-trace-context",
+        action="store_true",
+        help="keep the trace context requests arrive with (only a trusted front proxy reaches this Envoy)",
+    )
     parser.add_argument("--output", type=Path, help="file for --listen (default: stdout)")
     args = parser.parse_args(argv)
     if args.listen:
@@ -715,6 +731,7 @@ def main(argv: list[str] | None = None) -> int:
             args.otlp or None,
             door=args.door,
             authz_admin_port=args.authz_admin_port,
+            trusted_trace_context=args.trusted_trace_context,
         )
         text = render_text(params, f"Rendered with {params}.")
         if args.output:

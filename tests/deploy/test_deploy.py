@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import fnmatch
 import json
 import os
@@ -520,7 +521,18 @@ def test_envoy_removes_overrides_forwarding_claims_and_trace_context_at_the_edge
     kept = {"authorization", "host", "x-request-id", "content-type", *render.IDENTITY_HEADERS}
     assert not names & kept
     assert not any(name.startswith(p) for name in kept for p in prefixes)
-    assert (names, prefixes) == (set(render.EDGE_REMOVED_HEADERS), set(render.EDGE_REMOVED_PREFIXES))
+    assert names == {*render.EDGE_REMOVED_HEADERS, *render.TRACE_CONTEXT_HEADERS}
+    assert prefixes == set(render.EDGE_REMOVED_PREFIXES)
+
+
+def test_a_trusted_front_proxys_trace_context_is_kept_only_when_asked() -> None:
+    """render.py --trusted-trace-context (make demo's Envoy) keeps the trace context a request
+    arrives with, and still removes every override and forwarding claim."""
+    params = dataclasses.replace(render.VARIANTS[0].params, trusted_trace_context=True)
+    names, prefixes = _edge_removed(_hcm(render.render(params)))
+    assert names == set(render.EDGE_REMOVED_HEADERS)
+    assert not names & {"traceparent", "tracestate", "b3"}
+    assert prefixes == set()
 
 
 @pytest.mark.parametrize("variant", render.VARIANTS, ids=_variant_id)

@@ -107,9 +107,8 @@ def test_idle_admin_connections_cannot_take_the_doors_descriptors(world: World) 
 
 
 def test_the_soft_open_files_limit_is_raised_to_the_hard_one(world: World) -> None:
-    with serving(world, (LIMIT, 4 * LIMIT)) as (process, _):
-        logged = process.wait_for(lambda r: r.get("msg") == "open files limit", "open files limit")
-        assert (logged["soft"], logged["hard"]) == (4 * LIMIT, 4 * LIMIT)
+    with serving(world, (LIMIT, 4 * LIMIT)) as (process, line):
+        assert line["open_files"] == 4 * LIMIT
         limits = Path(f"/proc/{process.process.pid}/limits").read_text()
         (row,) = [r for r in limits.splitlines() if r.startswith("Max open files")]
         assert row.split()[3:5] == [str(4 * LIMIT), str(4 * LIMIT)]

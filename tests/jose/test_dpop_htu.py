@@ -234,10 +234,15 @@ def test_path_rules_agree_with_the_request_normalization(path):
 @settings(max_examples=300, deadline=None)
 @given(host=st.text(alphabet="abcXYZ019-.", min_size=1, max_size=12))
 def test_host_rules_agree_with_normalize_host(host):
-    """A host that canonicalizes is what normalize_host makes of the Host header."""
+    """A host that canonicalizes is what normalize_host makes of the Host header, for every Host a
+    request may have (normalize_host refuses more, host_invalid, before any proof is read)."""
+    try:
+        expected = normalize_host(host)
+    except AuthzError:
+        return
     result = _canon_or_none(f"https://{host}/")
     if result is not None:
-        assert result == f"https://{normalize_host(host)}/"
+        assert result == f"https://{expected}/"
 
 
 @settings(max_examples=1000, deadline=None)
