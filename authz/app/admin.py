@@ -1,4 +1,5 @@
-"""The admin HTTP port: ``/metrics`` (Prometheus), ``/healthz`` (alive), ``/readyz`` (serving).
+"""The admin HTTP port: ``/metrics`` (Prometheus text or OpenMetrics), ``/healthz`` (alive),
+``/readyz`` (serving).
 
 A deliberately small HTTP/1.1 server on asyncio: GET only, one request per
 connection, bounded request size and read time. It is for probes and
@@ -42,29 +43,34 @@ async def run_admin(
     registry: Registry,
     ready: Callable[[], bool],
     *,
-    extra: Callable[[], str] | None = None,
+    blocking: bool = False,
+    before_scrape: Callable[[], None] | None = None,
 ) -> AsyncIterator[int]:
     """Serve the admin endpoints on ``listen`` (port 0 picks one); yields the port.
 
-    ``extra`` (the supervisor's merged worker metrics) is appended to ``/metrics``;
-    it and ``ready`` then block on other processes, so they run in a thread.
+    ``blocking``: the registry's collectors and ``ready`` wait on other processes (the
+    supervisor's, on its workers), so they run in a thread. ``before_scrape`` runs before
+    each ``/metrics`` answer (a worker writes its multi-process files: the supervisor's
+    scrape asks this way).
     """
     host, _, port = listen.rpartition(":")
-    if extra is not None:
-        offloaded, collect = ready, extra
+    if blocking:
+        offloaded = ready
 
         async def ready_async() -> bool:
             return await asyncio.to_thread(offloaded)
 
-        async def render() -> str:
-            return registry.render() + await asyncio.to_thread(collect)
+        async def render(accept: str) -> tuple[bytes, str]:
+            return await asyncio.to_thread(registry.render, accept)
     else:
 
         async def ready_async() -> bool:
             return ready()
 
-        async def render() -> str:
-            return registry.render()
+        async def render(accept: str) -> tuple[bytes, str]:
+            if before_scrape is not None:
+                before_scrape()
+            return registry.render(accept)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head_only = False
@@ -161,12 +167,12 @@ def _listen(host: str | None, port: int) -> socket.socket:
 
 async def _answer(
     reader: asyncio.StreamReader,
-    render: Callable[[], Awaitable[str]],
+    render: Callable[[str], Awaitable[tuple[bytes, str]]],
     ready: Callable[[], Awaitable[bool]],
 ) -> tuple[int, bytes, str, bool]:
     """(status, body, content type, head only) of one request."""
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
-    request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    request_line, *header_lines = head[:-4].decode("latin-1").split("\r\n")
     parts = request_line.split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
         return 400, b"bad request\n", "text/plain", False
@@ -175,8 +181,12 @@ async def _answer(
         return 405, b"method not allowed\n", "text/plain", False
     head_only = method == "HEAD"
     if target == "/metrics":
-        body = (await render()).encode("utf-8")
-        return 200, body, "text/plain; version=0.0.4; charset=utf-8", head_only
+        # The format the scraper asks for (Prometheus asks for OpenMetrics first), as
+        # prometheus-client negotiates it; every Accept field line counts (RFC 9110 5.3).
+        fields = (line.partition(":") for line in header_lines)
+        accept = ",".join(value for name, _, value in fields if name.strip().lower() == "accept")
+        body, content_type = await render(accept)
+        return 200, body, content_type, head_only
     if target == "/healthz":
         return 200, b"ok\n", "text/plain", head_only
     if target == "/readyz":

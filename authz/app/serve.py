@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+
 from authz.app.admin import run_admin
 from authz.app.jwks import JwksRegistry
 from authz.app.limits import raise_open_files_limit
@@ -25,11 +27,13 @@ from authz.config import Config, SnapshotHolder, TlsSettings, load_config
 from authz.errors import ConfigError
 from authz.grpc.server import run_server
 from authz.http.door import HttpDoor
-from authz.telemetry.metrics import Sample
+from authz.telemetry.logs import Throttle
+from authz.telemetry.metrics import Collector
+from authz.telemetry.multiprocess import WorkerFiles
 from authz.telemetry.recorder import Telemetry
 from authz.telemetry.tracing import tracer_provider_from_env
 
-__all__ = ["config_metrics", "serve", "tls_restart_required"]
+__all__ = ["GAUGE_MODES", "config_metrics", "serve", "tls_restart_required"]
 
 _log = logging.getLogger("authz.server")
 
@@ -69,6 +73,10 @@ async def serve(
         # A worker's admin port is private; the supervisor serves the public one.
         address, admin_address, http_address = worker.listen, "127.0.0.1:0", worker.http_listen
     holder = SnapshotHolder()
+    # A worker's metrics reach the supervisor's admin port through files (authz.telemetry.multiprocess).
+    files = None
+    if worker is not None and worker.metrics is not None:
+        files = WorkerFiles(worker.metrics, telemetry.registry, GAUGE_MODES)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -90,11 +98,19 @@ async def serve(
             if admin_address:
                 ready = functools.partial(_ready, holder, stop)
                 admin_port = await stack.enter_async_context(
-                    run_admin(admin_address, telemetry.registry, ready)
+                    run_admin(
+                        admin_address,
+                        telemetry.registry,
+                        ready,
+                        before_scrape=functools.partial(_write_metrics, files) if files else None,
+                    )
                 )
             telemetry.registry.collector(
                 config_metrics(holder, registry, lambda: reloader.status if reloader else None)
             )
+            if files is not None:
+                writer = asyncio.ensure_future(_write_every(WRITE_INTERVAL, files))
+                stack.callback(writer.cancel)
             if worker is not None and admin_port is not None:
                 worker.announce_admin(admin_port)
             http_port = None
@@ -140,9 +156,37 @@ async def serve(
         _log.error("cannot serve", extra={"fields": {"error": str(exc)}})
         return 1
     finally:
+        if files is not None:
+            _write_metrics(files)  # the last counts: the supervisor keeps a dead worker's
+            files.close()
         await asyncio.to_thread(telemetry.shutdown)
     _log.info("stopped")
     return 0
+
+
+WRITE_INTERVAL = 1.0  # seconds: at most this much of a killed worker's counts is lost
+
+
+async def _write_every(interval: float, files: WorkerFiles) -> None:
+    """A worker's metrics files, written every ``interval`` seconds until cancelled."""
+    while True:
+        await asyncio.sleep(interval)
+        _write_metrics(files)
+
+
+_write_failures = Throttle(10.0)
+
+
+def _write_metrics(files: WorkerFiles) -> None:
+    try:
+        files.write()
+    except Exception as exc:  # noqa: BLE001 - metrics must not take the worker down
+        left_out = _write_failures.admit("write")
+        if left_out is not None:
+            _log.warning(
+                "cannot write the metrics files",
+                extra={"fields": {"error": f"{type(exc).__name__}: {exc}", "left_out": left_out}},
+            )
 
 
 def _ready(holder: SnapshotHolder, stopping: asyncio.Event) -> bool:
@@ -188,84 +232,86 @@ class _Holder(Protocol):
     generation: int
 
 
+# How the supervisor of ``--workers`` merges each gauge over its live workers (prometheus-client's
+# multiprocess_mode; a dead worker's value is dropped). README, "Metrics".
+GAUGE_MODES = {
+    # Each worker counts its own loads, and a replacement starts at 1: the highest moves with a reload.
+    "authz_config_generation": "livemax",
+    # The oldest last good load: a worker still on an older configuration shows.
+    "authz_config_last_success_timestamp_seconds": "livemin",
+    "authz_config_restart_required": "livemax",  # 1 if any worker needs a restart
+    "authz_keys": "livemax",
+    # Each worker has its own cache: the memory held, and the room there is.
+    "authz_token_cache_entries": "livesum",
+    "authz_token_cache_capacity": "livesum",
+}
+
+
 def config_metrics(
     holder: _Holder, registry: JwksRegistry, reload_status: Callable[[], ReloadStatus | None]
-) -> Callable[[], list[Sample]]:
+) -> Collector:
     """A scrape-time collector for the loaded configuration, its reloads, keys and JWKS fetches."""
+    return _ConfigCollector(holder, registry, reload_status)
 
-    def collect() -> list[Sample]:
-        config = holder.current
-        generation = [((), float(holder.generation))]
-        samples = [
-            Sample("authz_config_generation", "gauge", "Generation of the loaded config.", (), generation)
+
+class _ConfigCollector:
+    def __init__(
+        self, holder: _Holder, registry: JwksRegistry, reload_status: Callable[[], ReloadStatus | None]
+    ) -> None:
+        self._holder, self._registry, self._reload_status = holder, registry, reload_status
+
+    def collect(self) -> list[Metric]:
+        config = self._holder.current
+        families: list[Metric] = [
+            GaugeMetricFamily(
+                "authz_config_generation", "Generation of the loaded config.", self._holder.generation
+            )
         ]
-        status = reload_status()
+        status = self._reload_status()
         if status is not None:
-            results = sorted(((r,), float(n)) for r, n in status.results.items())
-            samples.append(
-                Sample(
-                    "authz_config_reloads_total", "counter", "Config reloads by result.", ("result",), results
-                )
+            reloads = CounterMetricFamily(
+                "authz_config_reloads_total", "Config reloads by result.", labels=["result"]
             )
-            loaded = [((), status.loaded_at)]
-            samples.append(
-                Sample(
-                    "authz_config_last_success_timestamp_seconds",
-                    "gauge",
-                    "Last good config load.",
-                    (),
-                    loaded,
-                )
-            )
+            for result, count in sorted(status.results.items()):
+                reloads.add_metric([result], count)
             pending = {deferred.setting for deferred in status.restart_required}
-            samples.append(
-                Sample(
-                    "authz_config_restart_required",
-                    "gauge",
-                    "1 while the loaded config changes a setting that only a restart applies.",
-                    ("setting",),
-                    [((setting,), float(setting in pending)) for setting in RESTART_SETTINGS],
-                )
+            restart = GaugeMetricFamily(
+                "authz_config_restart_required",
+                "1 while the loaded config changes a setting that only a restart applies.",
+                labels=["setting"],
             )
+            for setting in RESTART_SETTINGS:
+                restart.add_metric([setting], float(setting in pending))
+            families += [
+                reloads,
+                GaugeMetricFamily(
+                    "authz_config_last_success_timestamp_seconds", "Last good config load.", status.loaded_at
+                ),
+                restart,
+            ]
         if config is None:
-            return samples
-        sizes: list[tuple[tuple[str, ...], float]] = [
-            (("decryption", ""), float(len(config.snapshot.token_keys.decryption)))
-        ]
-        for issuer, keys in sorted(config.snapshot.token_keys.issuers.items()):
-            sizes.append((("issuer", issuer), float(keys.size())))
-        samples.append(Sample("authz_keys", "gauge", "Keys loaded, by key set.", ("set", "issuer"), sizes))
-        fetches = [
-            ((remote.settings.uri, result), float(count))
-            for remote in registry.sources(config.jwks)
-            for result, count in sorted(remote.results.items())
-        ]
-        samples.append(
-            Sample(
-                "authz_jwks_fetches_total",
-                "counter",
-                "JWKS fetches by result.",
-                ("jwks_uri", "result"),
-                fetches,
-            )
+            return families
+        keys = GaugeMetricFamily("authz_keys", "Keys loaded, by key set.", labels=["set", "issuer"])
+        keys.add_metric(["decryption", ""], len(config.snapshot.token_keys.decryption))
+        for issuer, issuer_keys in sorted(config.snapshot.token_keys.issuers.items()):
+            keys.add_metric(["issuer", issuer], issuer_keys.size())
+        fetches = CounterMetricFamily(
+            "authz_jwks_fetches_total", "JWKS fetches by result.", labels=["jwks_uri", "result"]
         )
+        for remote in self._registry.sources(config.jwks):
+            for result, count in sorted(remote.results.items()):
+                fetches.add_metric([remote.settings.uri, result], count)
         cache = config.snapshot.cache
-        lookups = [(("hit",), float(cache.hits)), (("miss",), float(cache.misses))]
-        samples += [
-            Sample(
-                "authz_token_cache_lookups_total", "counter", "Token cache lookups.", ("result",), lookups
-            ),
-            Sample(
-                "authz_token_cache_entries", "gauge", "Tokens in the cache.", (), [((), float(len(cache)))]
-            ),
-            Sample(
-                "authz_token_cache_capacity",
-                "gauge",
-                "Bound of the cache.",
-                (),
-                [((), float(cache.max_entries))],
-            ),
+        lookups = CounterMetricFamily(
+            "authz_token_cache_lookups_total", "Token cache lookups.", labels=["result"]
+        )
+        lookups.add_metric(["hit"], cache.hits)
+        lookups.add_metric(["miss"], cache.misses)
+        families += [
+            keys,
+            fetches,
+            lookups,
+            GaugeMetricFamily("authz_token_cache_entries", "Tokens in the cache.", len(cache)),
+            GaugeMetricFamily("authz_token_cache_capacity", "Bound of the cache.", cache.max_entries),
         ]
-        return samples
-
-    return collect
+        return families

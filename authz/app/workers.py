@@ -1,8 +1,8 @@
 """``authz serve --workers N``: N processes sharing one port (SO_REUSEPORT), supervised.
 
 The supervisor replaces a worker that dies, forwards SIGTERM and waits for the drains; its
-admin port merges the workers' metrics and is ready when every worker is
-(docs/architecture.md, "Workers").
+admin port merges the workers' metrics (prometheus-client's multi-process files,
+authz.telemetry.multiprocess) and is ready when every worker is (docs/architecture.md, "Workers").
 """
 
 from __future__ import annotations
@@ -21,13 +21,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+
 from authz.app.admin import run_admin
 from authz.app.limits import raise_open_files_limit
 from authz.config import load_config
 from authz.errors import ConfigError
-from authz.telemetry.metrics import Registry, Sample
+from authz.telemetry import multiprocess
+from authz.telemetry.metrics import Registry
+from authz.telemetry.multiprocess import MergedWorkers
 
-__all__ = ["WorkerLink", "merge_metrics", "supervise"]
+__all__ = ["WorkerLink", "supervise"]
 
 _log = logging.getLogger("authz.workers")
 _ENV_LISTEN = "AUTHZ_WORKER_LISTEN"
@@ -43,12 +47,15 @@ class WorkerLink:
     listen: str
     http_listen: str | None
     announce: Path  # the worker writes its private admin port here
+    metrics: Path | None  # ...and its metrics files here
 
     @classmethod
     def from_env(cls) -> WorkerLink | None:
         listen, announce = os.environ.get(_ENV_LISTEN), os.environ.get(_ENV_ANNOUNCE)
         http = os.environ.get(_ENV_HTTP_LISTEN) or None
-        return cls(listen, http, Path(announce)) if listen and announce else None
+        folder = os.environ.get(multiprocess.ENV)
+        metrics = Path(folder) if folder else None
+        return cls(listen, http, Path(announce), metrics) if listen and announce else None
 
     def announce_admin(self, port: int) -> None:
         tmp = self.announce.with_suffix(".tmp")
@@ -110,16 +117,22 @@ async def supervise(
         for sock in reservations:
             held.enter_context(sock)
         pool = [_Worker(i, Path(folder) / f"worker-{i}.port") for i in range(workers)]
-        registry = Registry()
-        registry.collector(lambda: _pool_metrics(pool))
+        # The workers' metrics files: a folder of our own, whatever PROMETHEUS_MULTIPROC_DIR says.
+        metrics = Path(folder) / "metrics"
+        metrics.mkdir()
+        merged = MergedWorkers(metrics, lambda: _refresh(pool))
+        launch = _Launch(config_path, shared, shared_http, metrics)
+        registry = Registry()  # the supervisor's process_* and python_*
+        registry.collector(_PoolCollector(pool))
+        registry.collector(merged)
         async with contextlib.AsyncExitStack() as stack:
             admin_port = None
             if admin_address:
                 admin_port = await stack.enter_async_context(
-                    run_admin(admin_address, registry, lambda: _all_ready(pool), extra=lambda: _gather(pool))
+                    run_admin(admin_address, registry, lambda: _all_ready(pool), blocking=True)
                 )
             for worker in pool:
-                await _start(worker, config_path, shared, shared_http)
+                await _start(worker, launch)
             _log.info(
                 "supervising",
                 extra={"fields": {"listen": shared, "port": int(shared.rpartition(":")[2]),
@@ -134,7 +147,9 @@ async def supervise(
                     worker = watchers.pop(task)
                     if stop.is_set():
                         break
-                    await _replace(worker, config_path, shared, shared_http, task.result())
+                    if worker.process is not None:
+                        await asyncio.to_thread(merged.retire, worker.process.pid)
+                    await _replace(worker, launch, task.result())
                     if worker.process is not None:
                         watchers[asyncio.ensure_future(worker.process.wait())] = worker
             _log.info("draining", extra={"fields": {"grace_seconds": grace, "workers": workers}})
@@ -158,19 +173,28 @@ def _reserve(address: str) -> tuple[socket.socket, str]:
     return sock, f"{shown}:{bound}"
 
 
-async def _start(worker: _Worker, config_path: str, listen: str, http_listen: str | None) -> None:
+@dataclass(frozen=True, slots=True)
+class _Launch:
+    """How every worker is started."""
+
+    config_path: str
+    listen: str
+    http_listen: str | None
+    metrics: Path  # the folder of the workers' metrics files
+
+
+async def _start(worker: _Worker, launch: _Launch) -> None:
     worker.announce.unlink(missing_ok=True)
-    env = {**os.environ, _ENV_LISTEN: listen, _ENV_ANNOUNCE: str(worker.announce)}
-    env[_ENV_HTTP_LISTEN] = http_listen or ""
+    env = {**os.environ, _ENV_LISTEN: launch.listen, _ENV_ANNOUNCE: str(worker.announce)}
+    env[_ENV_HTTP_LISTEN] = launch.http_listen or ""
+    env[multiprocess.ENV] = str(launch.metrics)
     worker.process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "authz", "serve", "--config", config_path, env=env
+        sys.executable, "-m", "authz", "serve", "--config", launch.config_path, env=env
     )
     worker.started = time.monotonic()
 
 
-async def _replace(
-    worker: _Worker, config_path: str, listen: str, http_listen: str | None, code: int
-) -> None:
+async def _replace(worker: _Worker, launch: _Launch, code: int) -> None:
     """A worker died: start another, backing off if it keeps dying right away."""
     worker.restarts += 1
     quick = time.monotonic() - worker.started < 1.0
@@ -182,7 +206,7 @@ async def _replace(
         },
     )
     await asyncio.sleep(delay)
-    await _start(worker, config_path, listen, http_listen)
+    await _start(worker, launch)
 
 
 async def _stop_all(pool: Sequence[_Worker], grace: float) -> None:
@@ -200,15 +224,20 @@ async def _stop_all(pool: Sequence[_Worker], grace: float) -> None:
         await asyncio.gather(*(p.wait() for p in running))
 
 
-def _pool_metrics(pool: Sequence[_Worker]) -> list[Sample]:
-    alive = sum(1 for w in pool if w.process is not None and w.process.returncode is None)
-    restarts = [((str(w.index),), float(w.restarts)) for w in pool]
-    return [
-        Sample("authz_workers", "gauge", "Worker processes alive.", (), [((), float(alive))]),
-        Sample(
-            "authz_worker_restarts_total", "counter", "Workers replaced after dying.", ("worker",), restarts
-        ),
-    ]
+class _PoolCollector:
+    """The supervisor's own: workers alive, and replaced (by slot: a bounded label)."""
+
+    def __init__(self, pool: Sequence[_Worker]) -> None:
+        self._pool = pool
+
+    def collect(self) -> list[Metric]:
+        alive = sum(1 for w in self._pool if w.process is not None and w.process.returncode is None)
+        restarts = CounterMetricFamily(
+            "authz_worker_restarts_total", "Workers replaced after dying.", labels=["worker"]
+        )
+        for worker in self._pool:
+            restarts.add_metric([str(worker.index)], worker.restarts)
+        return [GaugeMetricFamily("authz_workers", "Worker processes alive.", alive), restarts]
 
 
 def _fetch(port: int, path: str) -> tuple[int, str]:
@@ -235,54 +264,10 @@ def _all_ready(pool: Sequence[_Worker]) -> bool:
     return True
 
 
-def _gather(pool: Sequence[_Worker]) -> str:
-    texts = []
+def _refresh(pool: Sequence[_Worker]) -> None:
+    """Ask each live worker to write its metrics files now: its private /metrics does (bounded)."""
     for worker in pool:
         port = worker.admin_port()
-        if port is None:
-            continue
-        with contextlib.suppress(OSError):
-            status, text = _fetch(port, "/metrics")
-            if status == 200:
-                texts.append(text)
-    return merge_metrics(texts)
-
-
-def merge_metrics(texts: Sequence[str]) -> str:
-    """Merge Prometheus text from several processes: sum counters and histograms, max gauges."""
-    kinds: dict[str, str] = {}
-    order: list[str] = []
-    headers: dict[str, list[str]] = {}
-    values: dict[str, dict[str, float]] = {}
-    for text in texts:
-        family = ""
-        for line in text.splitlines():
-            if line.startswith("# "):
-                parts = line.split(" ", 3)
-                family = parts[2] if len(parts) > 2 else family
-                if family not in headers:
-                    headers[family], values[family] = [], {}
-                    order.append(family)
-                if line not in headers[family]:
-                    headers[family].append(line)
-                if parts[1] == "TYPE" and len(parts) > 3:
-                    kinds[family] = parts[3]
-                continue
-            if not line.strip() or not family:
-                continue
-            series, _, number = line.rpartition(" ")
-            value = float(number)
-            merged = values[family]
-            if series in merged and kinds.get(family) == "gauge":
-                merged[series] = max(merged[series], value)
-            else:
-                merged[series] = merged.get(series, 0.0) + value
-    lines: list[str] = []
-    for family in order:
-        lines.extend(headers[family])
-        lines.extend(f"{series} {_format(v)}" for series, v in values[family].items())
-    return "\n".join(lines) + ("\n" if lines else "")
-
-
-def _format(value: float) -> str:
-    return repr(int(value)) if value == int(value) and abs(value) < 1e15 else repr(value)
+        if port is not None:
+            with contextlib.suppress(OSError):
+                _fetch(port, "/metrics")  # a worker that does not answer: its files as last written

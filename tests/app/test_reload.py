@@ -228,8 +228,8 @@ async def test_a_part_that_needs_a_restart_is_reported_and_the_rest_applies(
     gauge = config_metrics(holder, JwksRegistry(), lambda: reloader.status)
 
     def pending() -> dict[str, float]:
-        (sample,) = [s for s in gauge() if s.name == "authz_config_restart_required"]
-        return {labels[0]: value for labels, value in sample.values}
+        (family,) = [f for f in gauge.collect() if f.name == "authz_config_restart_required"]
+        return {sample.labels["setting"]: sample.value for sample in family.samples}
 
     assert reloader.status.restart_required == ()
     assert pending() == {"tls": 0.0, "tls.client_ca": 0.0}

@@ -1,8 +1,9 @@
 """Prometheus metrics: the registry's text format, and the admin port scraped for real over HTTP.
 
-The exposition is parsed by a small parser written here (no client library is
-a dependency), so the assertions read values by name and labels, the way
-Prometheus would, not by string matching.
+prometheus-client writes the exposition; it is read back by a strict parser of our own
+(testkit/exposition.py), not by the library that wrote it, so the assertions read values
+by name and labels, the way Prometheus would, not by string matching. OpenMetrics is read
+by prometheus-client's own strict OpenMetrics parser, the reference one.
 """
 
 from __future__ import annotations
@@ -14,16 +15,21 @@ import http.client
 import json
 import math
 import os
+import platform
+import resource
 import secrets
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
 import pytest
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.openmetrics import parser as openmetrics_parser
 
 from authz.app.admin import run_admin
 from authz.app.jwks import JwksRegistry
@@ -31,7 +37,7 @@ from authz.app.serve import _ready, config_metrics
 from authz.config import Config, SnapshotHolder
 from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from authz.grpc.servicer import AuthorizationService
-from authz.telemetry.metrics import Registry, Sample
+from authz.telemetry.metrics import Registry
 from authz.telemetry.recorder import Telemetry
 from testkit.exposition import Exposition, assert_histogram_consistent, parse_exposition
 from testkit.world import ACME_IDP, CONFIG, GLOBEX_IDP, NOW, SHARED_IDP, World, check_request
@@ -46,9 +52,15 @@ START_TIMEOUT = 30.0
 # ------------------------------------------------------------------ the registry's text format
 
 
+def _text(registry: Registry) -> str:
+    body, content_type = registry.render()
+    assert content_type == "text/plain; version=0.0.4; charset=utf-8"
+    return body.decode("utf-8")
+
+
 def test_counter_text_format() -> None:
-    """A counter: HELP, TYPE, one line per label set in sorted order, integers without a decimal point."""
-    registry = Registry()
+    """A counter: HELP, TYPE, one line per label set in sorted order, the increments added up."""
+    registry = Registry(standard=False)
     counter = registry.counter("things_total", "Things seen.", ("kind", "zone"))
     counter.inc(("b", "z1"))
     counter.inc(("a", "z2"), 2)
@@ -56,43 +68,48 @@ def test_counter_text_format() -> None:
     plain = registry.counter("plain_total", "No labels.")
     plain.inc(())
     plain.inc((), 0.5)
-    assert registry.render() == (
+    registry.counter("never_total", "No labels, never counted: 0, as prometheus-client's own counters.")
+    assert _text(registry) == (
         "# HELP things_total Things seen.\n"
         "# TYPE things_total counter\n"
-        'things_total{kind="a",zone="z2"} 2\n'
-        'things_total{kind="b",zone="z1"} 2\n'
+        'things_total{kind="a",zone="z2"} 2.0\n'
+        'things_total{kind="b",zone="z1"} 2.0\n'
         "# HELP plain_total No labels.\n"
         "# TYPE plain_total counter\n"
         "plain_total 1.5\n"
+        "# HELP never_total No labels, never counted: 0, as prometheus-client's own counters.\n"
+        "# TYPE never_total counter\n"
+        "never_total 0.0\n"
     )
 
 
 def test_histogram_cumulative_buckets_inf_sum_count() -> None:
     """A histogram: cumulative buckets (a bound is inclusive), +Inf == count, sum of the observations."""
-    registry = Registry()
+    registry = Registry(standard=False)
     histogram = registry.histogram("lat_seconds", "Latency.", ("op",))
     for value in (0.0001, 0.003, 0.003, 5.0):  # on the first bound, twice mid-way, above the last
         histogram.observe(("read",), value)
     histogram.observe(("write",), 0.2)
-    lines = registry.render().splitlines()
+    lines = _text(registry).splitlines()
     read = [line for line in lines if 'op="read"' in line]
+    # The bounds are spelled as this service always wrote them (le="1", not "1.0").
     assert read[:14] == [
-        'lat_seconds_bucket{op="read",le="0.0001"} 1',
-        'lat_seconds_bucket{op="read",le="0.00025"} 1',
-        'lat_seconds_bucket{op="read",le="0.0005"} 1',
-        'lat_seconds_bucket{op="read",le="0.001"} 1',
-        'lat_seconds_bucket{op="read",le="0.0025"} 1',
-        'lat_seconds_bucket{op="read",le="0.005"} 3',
-        'lat_seconds_bucket{op="read",le="0.01"} 3',
-        'lat_seconds_bucket{op="read",le="0.025"} 3',
-        'lat_seconds_bucket{op="read",le="0.05"} 3',
-        'lat_seconds_bucket{op="read",le="0.1"} 3',
-        'lat_seconds_bucket{op="read",le="0.25"} 3',
-        'lat_seconds_bucket{op="read",le="1"} 3',
-        'lat_seconds_bucket{op="read",le="2.5"} 3',
-        'lat_seconds_bucket{op="read",le="+Inf"} 4',
+        'lat_seconds_bucket{le="0.0001",op="read"} 1.0',
+        'lat_seconds_bucket{le="0.00025",op="read"} 1.0',
+        'lat_seconds_bucket{le="0.0005",op="read"} 1.0',
+        'lat_seconds_bucket{le="0.001",op="read"} 1.0',
+        'lat_seconds_bucket{le="0.0025",op="read"} 1.0',
+        'lat_seconds_bucket{le="0.005",op="read"} 3.0',
+        'lat_seconds_bucket{le="0.01",op="read"} 3.0',
+        'lat_seconds_bucket{le="0.025",op="read"} 3.0',
+        'lat_seconds_bucket{le="0.05",op="read"} 3.0',
+        'lat_seconds_bucket{le="0.1",op="read"} 3.0',
+        'lat_seconds_bucket{le="0.25",op="read"} 3.0',
+        'lat_seconds_bucket{le="1",op="read"} 3.0',
+        'lat_seconds_bucket{le="2.5",op="read"} 3.0',
+        'lat_seconds_bucket{le="+Inf",op="read"} 4.0',
     ]
-    exposition = parse_exposition(registry.render())
+    exposition = parse_exposition(_text(registry))
     assert exposition.value("lat_seconds_sum", op="read") == pytest.approx(5.0061)
     assert exposition.value("lat_seconds_count", op="read") == 4
     assert exposition.value("lat_seconds_bucket", op="write", le="0.1") == 0
@@ -102,35 +119,44 @@ def test_histogram_cumulative_buckets_inf_sum_count() -> None:
 
 def test_label_values_are_escaped() -> None:
     """Backslash, double quote and line feed in a label value are escaped and parse back to the value."""
-    registry = Registry()
+    registry = Registry(standard=False)
     nasty = 'a"b\\c\nd}e,f="g'
     registry.counter("esc_total", "Escapes.", ("v",)).inc((nasty,))
-    text = registry.render()
-    assert 'esc_total{v="a\\"b\\\\c\\nd}e,f=\\"g"} 1\n' in text
+    text = _text(registry)
+    assert 'esc_total{v="a\\"b\\\\c\\nd}e,f=\\"g"} 1.0\n' in text
     assert text.count("\n") == 3
     assert parse_exposition(text).value("esc_total", v=nasty) == 1
 
 
 def test_help_text_is_escaped() -> None:
     """A backslash or line feed in HELP text is escaped: the exposition keeps one line per entry."""
-    registry = Registry()
+    registry = Registry(standard=False)
     registry.counter("h_total", "first line\nsecond \\ line").inc(())
-    text = registry.render()
+    text = _text(registry)
     assert text.splitlines()[0] == "# HELP h_total first line\\nsecond \\\\ line"
     assert parse_exposition(text).helps["h_total"] == "first line\nsecond \\ line"
 
 
+class _Collected:
+    """A custom collector (prometheus-client's protocol: ``collect()``) of fixed families."""
+
+    def __init__(self, *families: Metric) -> None:
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        return list(self.families)
+
+
 def test_collector_samples_and_special_values() -> None:
     """Collected gauges are rendered with HELP/TYPE; +Inf, -Inf and NaN values do not break the scrape."""
-    registry = Registry()
+    registry = Registry(standard=False)
+    g = GaugeMetricFamily("g", "A gauge.", labels=["k"])
+    g.add_metric(["inf"], math.inf)
+    g.add_metric(["nan"], math.nan)
     registry.collector(
-        lambda: [
-            Sample("g", "gauge", "A gauge.", ("k",), [(("inf",), math.inf), (("nan",), math.nan)]),
-            Sample("h", "gauge", "Another.", (), [((), -math.inf)]),
-            Sample("big", "gauge", "Big.", (), [((), 1e20)]),
-        ]
+        _Collected(g, GaugeMetricFamily("h", "Another.", -math.inf), GaugeMetricFamily("big", "Big.", 1e20))
     )
-    exposition = parse_exposition(registry.render())
+    exposition = parse_exposition(_text(registry))
     assert exposition.types == {"g": "gauge", "h": "gauge", "big": "gauge"}
     assert exposition.value("g", k="inf") == math.inf
     assert math.isnan(exposition.value("g", k="nan"))
@@ -166,16 +192,18 @@ class Admin:
     async def check(self, message: CheckRequest) -> CheckResponse:
         return await self.service.check(message.SerializeToString(), None)
 
-    async def get(self, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    async def get(
+        self, path: str, method: str = "GET", headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
         """A request by the standard library's HTTP client (in a thread: the server is on this loop)."""
 
         def fetch() -> tuple[int, dict[str, str], bytes]:
             conn = http.client.HTTPConnection(LOOPBACK, self.port, timeout=IO_TIMEOUT)
             try:
-                conn.request(method, path)
+                conn.request(method, path, headers=headers or {})
                 response = conn.getresponse()
-                headers = {k.lower(): v for k, v in response.getheaders()}
-                return response.status, headers, response.read()
+                answer = {k.lower(): v for k, v in response.getheaders()}
+                return response.status, answer, response.read()
             finally:
                 conn.close()
 
@@ -325,13 +353,112 @@ async def test_query_string_and_head(admin: Admin) -> None:
     assert (status, body) == (200, b"")
 
 
+# What Prometheus 3 sends by default (scrape_protocols: protobuf first, which prometheus-client
+# does not write, then OpenMetrics 1.0.0), and what Prometheus 2 sends.
+PROMETHEUS_3_ACCEPT = (
+    "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.6,"
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,"
+    "application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,"
+    "text/plain;version=0.0.4;q=0.2,*/*;q=0.1"
+)
+PROMETHEUS_2_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+    "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+
+
+def _openmetrics(body: bytes) -> dict[str, Metric]:
+    """The families of an OpenMetrics body, by prometheus-client's strict parser (it raises on
+    anything the format forbids: a missing # EOF, a bucket that is no integer, ...)."""
+    return {f.name: f for f in openmetrics_parser.text_string_to_metric_families(body.decode("utf-8"))}
+
+
+async def test_openmetrics_when_the_scraper_asks_for_it(admin: Admin, world: World) -> None:
+    """Accept negotiation: Prometheus 2's and 3's Accept get OpenMetrics 1.0.0, with the same
+    families and values as the text format; no Accept, text/plain or anything else get 0.0.4."""
+    await admin.check(check_request(token=world.token()))
+    await admin.check(check_request(path="/orders"))
+    text = await admin.scrape()
+    for accept in (PROMETHEUS_3_ACCEPT, PROMETHEUS_2_ACCEPT, "application/openmetrics-text"):
+        status, headers, body = await admin.get("/metrics", headers={"Accept": accept})
+        assert status == 200
+        assert headers["content-type"].startswith(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        )
+        assert int(headers["content-length"]) == len(body)
+        assert body.endswith(b"# EOF\n")
+        families = _openmetrics(body)
+        checks = families["authz_checks"]  # OpenMetrics names a counter without _total...
+        assert checks.type == "counter"
+        ok = {"tenant": "acme", "decision": "allow", "reason": "ok"}
+        (sample,) = [s for s in checks.samples if s.labels == ok]
+        assert sample.name == "authz_checks_total"  # ...and its sample with it
+        assert sample.value == text.value("authz_checks_total", **ok) == 1
+        latency = families["authz_check_duration_seconds"]
+        assert latency.type == "histogram"
+        buckets = [
+            s for s in latency.samples if s.name.endswith("_bucket") and s.labels["decision"] == "allow"
+        ]
+        assert [s.labels["le"] for s in buckets][-2:] == ["2.5", "+Inf"]
+        assert families["authz_config_generation"].type == "gauge"
+        assert families["process_cpu_seconds"].type == "counter"
+        # Every family of the text format is there (OpenMetrics drops a counter's _total).
+        assert {n.removesuffix("_total") for n in text.types} == set(families)
+    for accept in (None, "text/plain", "text/plain;version=0.0.4", "application/json", "*/*"):
+        status, headers, body = await admin.get("/metrics", headers={"Accept": accept} if accept else None)
+        assert headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+        assert b"# EOF" not in body
+        assert parse_exposition(body.decode()).value("authz_checks_total", **ok) == 1
+    # Every Accept line counts; HEAD answers the GET's content type.
+    status, headers, body = await admin.raw(
+        b"HEAD /metrics HTTP/1.1\r\nHost: x\r\nAccept: text/html\r\n"
+        b"ACCEPT: application/openmetrics-text; version=1.0.0\r\n\r\n"
+    )
+    assert (status, body) == (200, b"")
+    assert headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
+
+
+async def test_process_and_python_collectors(admin: Admin) -> None:
+    """prometheus-client's process_* and python_* metrics describe this very process."""
+    started = time.time()
+    metrics = await admin.scrape()
+    assert metrics.types["process_cpu_seconds_total"] == "counter"
+    assert 0 < metrics.value("process_cpu_seconds_total") < time.process_time() + 1
+    resident = metrics.value("process_resident_memory_bytes")
+    with open("/proc/self/statm", encoding="ascii") as statm:
+        pages = int(statm.read().split()[1])
+    assert resident == pytest.approx(pages * os.sysconf("SC_PAGE_SIZE"), rel=0.5)
+    assert metrics.value("process_virtual_memory_bytes") >= resident
+    # The test's own connection is open while the server counts: at least a few descriptors.
+    assert 3 <= metrics.value("process_open_fds") <= len(os.listdir("/proc/self/fd")) + 16
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert metrics.value("process_max_fds") == soft
+    # This process started before the scrape, within the test run.
+    assert started - 3600 < metrics.value("process_start_time_seconds") <= started
+    info = {
+        "implementation": platform.python_implementation(),
+        "major": str(sys.version_info.major),
+        "minor": str(sys.version_info.minor),
+        "patchlevel": str(sys.version_info.micro),
+        "version": platform.python_version(),
+    }
+    assert metrics.value("python_info", **info) == 1
+    assert metrics.types["python_gc_objects_collected_total"] == "counter"
+    assert {s["generation"] for s in metrics.series("python_gc_collections_total")} == {"0", "1", "2"}
+    # Their labels are as bounded as ours: the same series on the next scrape.
+    for name in metrics.types:
+        if name.startswith(("process_", "python_")):
+            assert len(metrics.series(name)) <= 3, name
+
+
 async def test_failing_collector_is_a_500_not_a_hang(admin: Admin) -> None:
     """A collector that raises: /metrics answers 500 at once, and the port keeps serving."""
 
-    def broken() -> list[Sample]:
-        raise RuntimeError("collector failed")
+    class Broken:
+        def collect(self) -> list[Metric]:
+            raise RuntimeError("collector failed")
 
-    admin.telemetry.registry.collector(broken)
+    admin.telemetry.registry.collector(Broken())
     status, _, body = await admin.raw(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
     assert (status, body) == (500, b"internal error\n")
     assert (await admin.get("/healthz"))[0] == 200
