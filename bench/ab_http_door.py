@@ -63,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 memo = runs[name][-1]["memo"]
                 print(f"round {round_ + 1}/{args.rounds} {name:<6} memo {memo:6.2f} us", file=sys.stderr)
     medians = {
-        name: {v: statistics.median(run[v] for run in results) for v in VARIANTS} for name, results in runs.items()
+        name: {v: statistics.median(run[v] for run in results) for v in VARIANTS}
+        for name, results in runs.items()
     }
     print(f"HTTP door, us/request (median of {args.rounds} runs each; before = {args.baseline})")
     print(f"{'variant':<20}{'before':>9}{'after':>9}{'change':>9}")

@@ -66,6 +66,9 @@ class WorkerFiles:
         self._modes = gauge_modes
         self._pid = os.getpid() if pid is None else pid
         self._files: dict[str, _File] = {}
+        self._keys: dict[
+            tuple[str, str, tuple[tuple[str, str], ...]], str
+        ] = {}  # json.dumps is most of a write
         self._closed = False
         self._lock = threading.Lock()  # the loop's timer and an admin scrape in a thread
 
@@ -120,13 +123,14 @@ class WorkerFiles:
                 continue
             into = entries[prefix]
             for sample in _stored_samples(family):
-                key = mmap_key(
-                    family.name,
-                    sample.name,
-                    list(sample.labels),
-                    list(sample.labels.values()),
-                    family.documentation,
-                )
+                series = (family.name, sample.name, tuple(sample.labels.items()))
+                key = self._keys.get(series)
+                if key is None:
+                    labels = sample.labels
+                    key = mmap_key(
+                        family.name, sample.name, list(labels), list(labels.values()), family.documentation
+                    )
+                    self._keys[series] = key
                 into[key] = sample.value
         return entries
 
