@@ -152,14 +152,17 @@ def test_a_killed_worker_is_replaced_and_its_counts_kept(supervisor: ServeProces
     _until(lambda: _ready(admin), "readiness")
     victim = sorted(_worker_pids(supervisor))[0]
     token = _real_token(world)
+    before = _scrape(admin).total("authz_checks_total")
     # Checks until the victim has answered some (new connections: the kernel picks the worker).
-    for _ in range(200):
-        if any(r["msg"] == "decision" and r["pid"] == victim for r in list(supervisor.lines)):
-            break
+    sent = 0
+    while not any(r["msg"] == "decision" and r["pid"] == victim for r in list(supervisor.lines)):
+        assert sent < 200, "the victim answered none of 200 checks"
         assert _check(port, token) == 0
-    counted = _scrape(admin)  # the scrape has every live worker write its files first: exact
+        sent += 1
+    counted = _scrape(admin)
     checks = counted.total("authz_checks_total")
-    assert checks > 0
+    # At once, no waiting: the scrape has every live worker write its files first.
+    assert checks == before + sent
     serving_before = sum(1 for r in supervisor.lines if r["msg"] == "serving")
     os.kill(victim, signal.SIGKILL)
     supervisor.wait_for(lambda r: r["msg"] == "worker exited; starting another", "the replacement")
