@@ -148,7 +148,7 @@ async def supervise(
                     if stop.is_set():
                         break
                     if worker.process is not None:
-                        await asyncio.to_thread(merged.retire, worker.process.pid)
+                        await asyncio.to_thread(_retire, merged, worker.process.pid)
                     await _replace(worker, launch, task.result())
                     if worker.process is not None:
                         watchers[asyncio.ensure_future(worker.process.wait())] = worker
@@ -262,6 +262,17 @@ def _all_ready(pool: Sequence[_Worker]) -> bool:
         if status != 200:
             return False
     return True
+
+
+def _retire(merged: MergedWorkers, pid: int) -> None:
+    """A dead worker's metrics files: folded away (its counts kept), its gauges dropped."""
+    try:
+        merged.retire(pid)
+    except Exception as exc:  # noqa: BLE001 - the replacement must start whatever the files hold
+        _log.error(
+            "cannot fold a dead worker's metrics files",
+            extra={"fields": {"pid": pid, "error": f"{type(exc).__name__}: {exc}"}},
+        )
 
 
 def _refresh(pool: Sequence[_Worker]) -> None:

@@ -11,7 +11,6 @@ over the live workers as ``gauge_modes`` says (``mark_process_dead`` drops a dea
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from collections import defaultdict
@@ -180,33 +179,39 @@ class MergedWorkers:
         return families
 
     def retire(self, pid: int) -> None:
-        """A worker died: drop its live gauges, fold its counters and histograms into the retired files."""
+        """A worker died: drop its live gauges, fold its counters and histograms into the retired files.
+
+        A file that cannot be read is renamed ``*.unreadable`` (out of every scrape, which it
+        would fail) and the error raised: that worker's counts are lost, the rest go on.
+        """
         with self._lock:
             mark_process_dead(pid, str(self._folder))  # type: ignore[no-untyped-call]
             for kind in ("counter", "histogram"):
                 dead = self._folder / f"{kind}_{pid}.db"
-                if not dead.exists():
-                    continue
-                kept = self._folder / f"{kind}_retired.db"
-                sources = [str(path) for path in (kept, dead) if path.exists()]
-                merged = MultiProcessCollector.merge(sources, accumulate=False)  # type: ignore[no-untyped-call]
-                fresh = kept.with_name(kept.name + ".new")
-                fresh.unlink(missing_ok=True)
-                out = MmapedDict(str(fresh))  # type: ignore[no-untyped-call]
-                try:
-                    for family in merged:
-                        for sample in family.samples:
-                            labels = sample.labels
-                            key = mmap_key(
-                                family.name,
-                                sample.name,
-                                list(labels),
-                                list(labels.values()),
-                                family.documentation,
-                            )
-                            out.write_value(key, sample.value, 0.0)  # type: ignore[no-untyped-call]
-                finally:
-                    out.close()  # type: ignore[no-untyped-call]
-                os.replace(fresh, kept)
-                with contextlib.suppress(FileNotFoundError):
-                    dead.unlink()
+                if dead.exists():
+                    try:
+                        self._fold(dead, self._folder / f"{kind}_retired.db")
+                    except Exception:
+                        dead.replace(dead.with_name(dead.name + ".unreadable"))
+                        raise
+
+    @staticmethod
+    def _fold(dead: Path, kept: Path) -> None:
+        """``kept`` (if any) plus ``dead`` into a new ``kept``; then ``dead`` goes."""
+        sources = [str(path) for path in (kept, dead) if path.exists()]
+        merged = MultiProcessCollector.merge(sources, accumulate=False)  # type: ignore[no-untyped-call]
+        fresh = kept.with_name(kept.name + ".new")
+        fresh.unlink(missing_ok=True)
+        out = MmapedDict(str(fresh))  # type: ignore[no-untyped-call]
+        try:
+            for family in merged:
+                for sample in family.samples:
+                    labels = sample.labels
+                    key = mmap_key(
+                        family.name, sample.name, list(labels), list(labels.values()), family.documentation
+                    )
+                    out.write_value(key, sample.value, 0.0)  # type: ignore[no-untyped-call]
+        finally:
+            out.close()  # type: ignore[no-untyped-call]
+        os.replace(fresh, kept)
+        dead.unlink()

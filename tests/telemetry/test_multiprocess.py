@@ -204,3 +204,25 @@ async def test_every_gauge_of_the_service_has_a_declared_merge(world: World) -> 
         if family.type == "gauge"
     }
     assert gauges == set(GAUGE_MODES)
+
+
+def test_an_unreadable_file_of_a_dead_worker_is_set_aside(
+    tmp_path: Path, start: Callable[[int], FakeWorker]
+) -> None:
+    """retire() of a worker whose file cannot be read: the error is raised (the supervisor logs
+    it), the file leaves the folder's scrapes, and the other workers' counts go on being served."""
+    one, two = start(101), start(102)
+    one.answer(3)
+    two.answer(4)
+    merged, view = supervisor_view(tmp_path, one, two)
+    assert scrape(view).total("authz_checks_total") == 7
+    one.files.close()
+    with (tmp_path / "counter_101.db").open("r+b") as broken:
+        broken.write(b"\xff\xff\xff\x7f")  # "used": far past the file's end
+    with pytest.raises((RuntimeError, ValueError)):  # as the bytes fall: a bound or a key
+        scrape(view)  # what every scrape would meet
+    with pytest.raises((RuntimeError, ValueError)):  # as the bytes fall: a bound or a key
+        merged.retire(101)
+    assert (tmp_path / "counter_101.db.unreadable").exists()
+    _, view = supervisor_view(tmp_path, two)
+    assert scrape(view).total("authz_checks_total") == 4
