@@ -587,7 +587,7 @@ async def test_a_hanging_jwks_server_delays_no_check_beyond_its_bound(idp, ca_fi
     wait = 0.3
     path = write_config(
         tmp_path, world, uri=idp.url(), ca_file=ca_file,
-        issuer={"min_refetch_interval": 0.01}, server={"jwks_unknown_kid_wait": wait},
+        issuer={"min_refetch_interval": 0.01, "fetch_timeout": 10}, server={"jwks_unknown_kid_wait": wait},
     )  # fmt: skip
     config = load_fetched(path)
     assert await remote_of(config).fetch()
@@ -606,7 +606,10 @@ async def test_a_hanging_jwks_server_delays_no_check_beyond_its_bound(idp, ca_fi
     other_results = [r for i, r in enumerate(results) if not i % 2]
     assert all(code == 16 for i, (_, code) in enumerate(results) if i % 2)  # signing_key_unknown
     assert all(code == 0 for _, code in other_results)
-    assert max(unknown_times) < wait + 0.5  # bounded by jwks_unknown_kid_wait, not by the hang
+    # Bounded by jwks_unknown_kid_wait (0.3 s), not by the hang (10 s, fetch_timeout). The 40 checks
+    # share one event loop, so on a busy 2-core machine each also waits for the others' crypto:
+    # 3 s is generous for that and still far from the hang.
+    assert max(unknown_times) < 3.0
     idp.stop()  # ends the hanging answer
 
 

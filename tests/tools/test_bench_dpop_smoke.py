@@ -25,7 +25,7 @@ def test_bench_dpop_runs_and_reports(tmp_path):
     for alg in ("ES256", "EdDSA"):
         row = figures["algorithms"][alg]
         assert row["raw"] > 0
-        assert row["ours"] > row["raw"] * 0.5
+        assert row["ours"] > 0  # no timing relation: a smoke run on a busy machine measures noise
         assert row["ours-new"] > 0
     assert 40 < figures["replay_store"]["bytes_per_entry"] < 300
     assert "replay store:" in completed.stdout
