@@ -86,6 +86,7 @@ class Reason(enum.StrEnum):
     CNF_UNSUPPORTED = "cnf_unsupported"
     SENDER_CONSTRAINT_REQUIRED = "sender_constraint_required"
     DPOP_REPLAY_CACHE_FULL = "dpop_replay_cache_full"
+    DPOP_REPLAY_STORE_UNAVAILABLE = "dpop_replay_store_unavailable"
     # Tenant and policy.
     TENANT_UNKNOWN = "tenant_unknown"
     TENANT_MISMATCH = "tenant_mismatch"
@@ -167,6 +168,9 @@ REASONS: Mapping[Reason, Outcome] = MappingProxyType(
         # The replay cache holds only unexpired entries and is full: evicting one would
         # re-open replay, so the proof is refused; not the client's fault, hence not a 401.
         Reason.DPOP_REPLAY_CACHE_FULL: Outcome.UNAVAILABLE,
+        # The replay store did not answer in time (or failed): without it a proof could be
+        # replayed, so it is refused; not the client's fault either.
+        Reason.DPOP_REPLAY_STORE_UNAVAILABLE: Outcome.UNAVAILABLE,
         # Tenant and policy.
         Reason.TENANT_UNKNOWN: _F,
         Reason.TENANT_MISMATCH: _F,

@@ -235,3 +235,10 @@ def jwcrypto_proof(alg: str, **over: Any) -> tuple[str, str]:
     )
     token.make_signed_token(key)
     return token.serialize(), key.thumbprint()
+
+
+# The challenges of a 401 to a request that did not use the DPoP scheme, with the default
+# dpop.algorithms: RFC 6750's Bearer challenge, then DPoP's (RFC 9449 7.1) in the same field.
+DPOP_ALGS = 'algs="ES256 ES384 ES512 PS256 EdDSA Ed25519"'
+NO_TOKEN_CHALLENGE = f"Bearer, DPoP {DPOP_ALGS}"
+INVALID_TOKEN_CHALLENGE = f'Bearer error="invalid_token", DPoP {DPOP_ALGS}'

@@ -24,6 +24,7 @@ from authz.app.limits import raise_open_files_limit
 from authz.app.reload import RESTART_SETTINGS, Deferred, Reloader, ReloadStatus
 from authz.app.workers import WorkerLink
 from authz.config import Config, SnapshotHolder, TlsSettings, load_config
+from authz.core.replay import MemoryReplayStore
 from authz.errors import ConfigError
 from authz.grpc.server import run_server
 from authz.http.door import HttpDoor
@@ -230,6 +231,7 @@ def tls_restart_required(started: TlsSettings | None, config: Config) -> tuple[D
 class _Holder(Protocol):
     current: Config | None
     generation: int
+    replay: MemoryReplayStore
 
 
 # How the supervisor of ``--workers`` merges each gauge over its live workers (prometheus-client's
@@ -244,6 +246,9 @@ GAUGE_MODES = {
     # Each worker has its own cache: the memory held, and the room there is.
     "authz_token_cache_entries": "livesum",
     "authz_token_cache_capacity": "livesum",
+    # Each worker has its own replay cache (README: a proof may pass once per process).
+    "authz_dpop_replay_cache_entries": "livesum",
+    "authz_dpop_replay_cache_capacity": "livesum",
 }
 
 
@@ -313,5 +318,15 @@ class _ConfigCollector:
             lookups,
             GaugeMetricFamily("authz_token_cache_entries", "Tokens in the cache.", len(cache)),
             GaugeMetricFamily("authz_token_cache_capacity", "Bound of the cache.", cache.max_entries),
+            GaugeMetricFamily(
+                "authz_dpop_replay_cache_entries",
+                "DPoP proofs remembered until they expire (this process; both doors).",
+                self._holder.replay.size(),
+            ),
+            GaugeMetricFamily(
+                "authz_dpop_replay_cache_capacity",
+                "Bound of the DPoP replay cache (full: 503 dpop_replay_cache_full).",
+                self._holder.replay.capacity,
+            ),
         ]
         return families

@@ -19,11 +19,14 @@ from authz.config.convert import to_model
 from authz.config.settings import Config, HttpSettings, JwksSettings, ServerSettings, TlsSettings
 from authz.config.tenants import compile_tenants
 from authz.config.yaml import Place, parse_yaml
+from authz.core.binding import DpopSettings
 from authz.core.claims import ClaimRules
+from authz.core.request import CertificateSource
 from authz.core.snapshot import RecordSettings, Snapshot
 from authz.errors import ConfigError
 from authz.jose.keys import IssuerKeys, KeySet, Purpose, RemoteKeys, parse_keyset
 from authz.jose.nested import TokenKeys
+from authz.jose.nonce import NonceIssuer, parse_nonce_keys
 
 __all__ = ["KeySources", "load_config"]
 
@@ -89,6 +92,7 @@ class _Builder:
                 raise place.key("issuer").error("duplicate issuer")
             issuers[issuer.issuer] = self._issuer(issuer, place)
         tenants = compile_tenants(config.tenants, root, issuers, decryption_keys)
+        dpop = self._dpop(config.dpop, root.key("dpop"))
         token, http, server = config.token, config.http, config.server
         token_keys = TokenKeys(
             decryption=decryption_keys,
@@ -143,7 +147,39 @@ class _Builder:
                     log_subject=config.telemetry.subject,
                     allow_log_sample_rate=config.telemetry.allow_log_sample_rate,
                 ),
+                dpop=dpop,
+                certificate_source=CertificateSource(config.request.client_certificate),
             ),
+        )
+
+    def _dpop(self, dpop: m.Dpop, place: Place) -> DpopSettings:
+        if len(set(dpop.algorithms)) != len(dpop.algorithms):
+            raise place.key("algorithms").error("an algorithm is listed twice")
+        nonce, where = dpop.nonce, place.key("nonce")
+        issuer = None
+        if nonce.secret is not UNSET:
+            # Read and checked even while not required: turning nonces on is then a flag.
+            path = self._path(nonce.secret)
+            raw = self._read(path, where.key("secret"), "nonce key file")
+            try:
+                keys = parse_nonce_keys(raw, str(path))
+            except ConfigError as exc:
+                line = where.key("secret").line
+                raise ConfigError(
+                    exc.file, f"{exc.reason} (referenced from {self.source}:{line})", exc.line
+                ) from None
+            if nonce.required:
+                if nonce.lifetime <= dpop.clock_skew:
+                    raise where.key("lifetime").error("must be longer than dpop.clock_skew")
+                issuer = NonceIssuer(keys, nonce.lifetime, float(dpop.clock_skew))
+        elif nonce.required:
+            raise where.error("required nonces need a secret (a JWK Set file of oct keys)")
+        return DpopSettings(
+            algorithms=tuple(dpop.algorithms),
+            max_age=float(dpop.max_age),
+            skew=float(dpop.clock_skew),
+            nonce=issuer,
+            replay_cache_size=dpop.replay_cache_size,
         )
 
     def _issuer(self, issuer: m.Issuer, place: Place) -> IssuerKeys:

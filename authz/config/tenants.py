@@ -9,9 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from types import MappingProxyType
 
+from msgspec import UNSET
+
 from authz.config import model as m
 from authz.config.yaml import Place
-from authz.core.policy import Mode, Rule, Tenant, TenantIndex, compile_path
+from authz.core.policy import Mode, Rule, SenderConstraint, Tenant, TenantIndex, compile_path
+from authz.jose.htu import canonical_origin
 from authz.jose.keys import IssuerKeys, KeySet
 
 __all__ = ["compile_tenants"]
@@ -67,7 +70,23 @@ def _tenant(spec: m.Tenant, place: Place, issuers: dict[str, IssuerKeys], keys: 
         mode=Mode(spec.mode),
         rules=tuple(rules),
         encrypt_only_keys=MappingProxyType(encrypt_only),
+        sender_constraint=SenderConstraint(spec.sender_constraint),
+        origins=_origins(spec, place),
     )
+
+
+def _origins(spec: m.Tenant, place: Place) -> tuple[str, ...]:
+    """The tenant's public origins in canonical form (scheme://host[:port], the default port left out)."""
+    origins: list[str] = []
+    for index, origin in enumerate(spec.origins):
+        try:
+            canonical = canonical_origin(origin)
+        except ValueError as exc:
+            raise place.key("origins").item(index).error(f"{origin!r}: {exc}") from None
+        if canonical in origins:
+            raise place.key("origins").item(index).error(f"{origin!r} is listed twice")
+        origins.append(canonical)
+    return tuple(origins)
 
 
 def _encrypt_only(spec: m.Tenant, place: Place, keys: KeySet) -> dict[str, frozenset[str]]:
@@ -111,6 +130,8 @@ def _rule(spec: m.Rule, place: Place) -> Rule:
             raise place.key("paths").error(f"{pattern!r}: {exc}") from None
     if spec.public and (spec.scopes or spec.roles or spec.claims):
         raise place.key("public").error("a public rule cannot also require scopes, roles or claims")
+    if spec.public and spec.sender_constraint is not UNSET:
+        raise place.key("sender_constraint").error("a public rule takes no token: no sender constraint")
     return Rule(
         name=spec.name,
         methods=frozenset(method.upper() for method in spec.methods),
@@ -119,4 +140,7 @@ def _rule(spec: m.Rule, place: Place) -> Rule:
         scopes=frozenset(spec.scopes),
         roles=frozenset(spec.roles),
         claims=MappingProxyType(dict(spec.claims)),
+        sender_constraint=None
+        if spec.sender_constraint is UNSET
+        else SenderConstraint(spec.sender_constraint),
     )

@@ -1,8 +1,10 @@
 """Decision -> answer as plain data (status, headers to set or remove, body): both doors render it.
 
 Allow: identity headers set with overwrite semantics, absent ones and every other spelling
-of them the request carried removed. Deny: RFC 6750 challenge and a JSON body holding the
-error word, the reason code and the request id; never token or library text.
+of them the request carried removed; a fresh DPoP nonce for the client when its own is about
+to expire. Deny: the challenges (RFC 6750 Bearer, RFC 9449 DPoP) in one ``www-authenticate``
+field, a fresh DPoP nonce where one is needed, and a JSON body holding the error word, the
+reason code and the request id; never token or library text.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from authz.core.decision import Decision, Verdict
 from authz.errors import Outcome, Reason
 
 __all__ = [
+    "DPOP_NONCE_HEADER",
     "IDENTITY_HEADERS",
     "answer_failed",
     "challenge",
+    "client_headers",
     "deny_headers",
     "error_body",
     "identity_spellings",
@@ -33,6 +37,16 @@ SCOPES_HEADER = "x-authz-scopes"
 
 IDENTITY_HEADERS = (TENANT_HEADER, SUBJECT_HEADER, SCOPES_HEADER)
 
+DPOP_NONCE_HEADER = "dpop-nonce"
+
+# The error of a DPoP challenge (RFC 9449 7.1, 9) and body, by reason; others: invalid_token.
+_DPOP_ERRORS = {
+    Reason.DPOP_PROOF_MISSING: "invalid_dpop_proof",
+    Reason.DPOP_PROOF_INVALID: "invalid_dpop_proof",
+    Reason.DPOP_PROOF_REPLAYED: "invalid_dpop_proof",
+    Reason.DPOP_NONCE_REQUIRED: "use_dpop_nonce",
+}
+
 # How an upstream that follows CGI (WSGI, PHP, ...) names a header: upper case, "-" as "_"
 # (and, in some servers, every character that is not a letter or digit as "_").
 _NOT_ALNUM = re.compile(r"[^A-Z0-9]")
@@ -43,23 +57,45 @@ _CGI_LENGTHS = frozenset(len(name) for name in IDENTITY_HEADERS)
 
 
 def deny_headers(decision: Decision) -> list[tuple[str, str]]:
-    """Headers of a deny: content type, no caching, and the bearer challenge."""
+    """Headers of a deny: content type, no caching, the challenges, a fresh DPoP nonce if any."""
     headers = [("content-type", "application/json"), ("cache-control", "no-store")]
     value = challenge(decision)
     if value:
         headers.append(("www-authenticate", value))
+    if decision.dpop_nonce:
+        headers.append((DPOP_NONCE_HEADER, decision.dpop_nonce))
     return headers
 
 
+def client_headers(decision: Decision) -> list[tuple[str, str]]:
+    """Headers an allow adds to the client's response: a fresh DPoP nonce, never cached
+    (RFC 9449 8.2), or nothing."""
+    if not decision.dpop_nonce:
+        return []
+    return [(DPOP_NONCE_HEADER, decision.dpop_nonce), ("cache-control", "no-store")]
+
+
 def challenge(decision: Decision) -> str | None:
-    """RFC 6750 challenge: bare on a missing token, with the error otherwise."""
+    """The ``www-authenticate`` value: every challenge in one field (a second field would be lost:
+    Envoy's gRPC deny headers overwrite each other).
+
+    A request that used the DPoP scheme gets the DPoP challenge alone, with the error (a
+    Bearer challenge would invite a retry of the bound token as a bearer token, RFC 9449
+    7.2); any other gets the RFC 6750 Bearer challenge (bare on a missing token, with the
+    error otherwise) followed by ``DPoP algs="..."``. Never an error_description.
+    """
     outcome = decision.outcome
+    algs = decision.dpop_algs
     if outcome is Outcome.UNAUTHENTICATED:
-        if decision.reason == Reason.TOKEN_MISSING:
-            return "Bearer"
-        return 'Bearer error="invalid_token"'
+        if decision.dpop:
+            return f'DPoP error="{_DPOP_ERRORS.get(decision.reason, "invalid_token")}", algs="{algs}"'
+        bearer = "Bearer" if decision.reason == Reason.TOKEN_MISSING else 'Bearer error="invalid_token"'
+        return f'{bearer}, DPoP algs="{algs}"' if algs else bearer
     if decision.reason == Reason.SCOPE_MISSING:
-        return f'Bearer error="insufficient_scope", scope="{" ".join(decision.missing_scopes)}"'
+        scope = " ".join(decision.missing_scopes)
+        if decision.dpop:
+            return f'DPoP error="insufficient_scope", scope="{scope}", algs="{algs}"'
+        return f'Bearer error="insufficient_scope", scope="{scope}"'
     return None
 
 
@@ -68,7 +104,9 @@ def error_body(decision: Decision, request_id: str) -> str:
     outcome = decision.outcome
     error = {
         Outcome.BAD_REQUEST: "invalid_request",
-        Outcome.UNAUTHENTICATED: "unauthorized"
+        Outcome.UNAUTHENTICATED: _DPOP_ERRORS.get(decision.reason, "invalid_token")
+        if decision.dpop
+        else "unauthorized"
         if decision.reason == Reason.TOKEN_MISSING
         else "invalid_token",
         Outcome.FORBIDDEN: "insufficient_scope" if decision.reason == Reason.SCOPE_MISSING else "forbidden",
@@ -118,6 +156,8 @@ def upstream_headers(
     to_remove += identity_spellings(carried)
     if decision.strip_authorization:
         to_remove.append("authorization")
+        if decision.dpop:
+            to_remove.append("dpop")  # the proof goes with the token it proves
     return to_set, to_remove
 
 
@@ -135,5 +175,6 @@ def answer_failed(decision: Decision, exc: BaseException) -> Decision:
         scopes=(),
         identity=False,
         missing_scopes=(),
+        dpop_nonce=None,
         detail=f"building the answer failed ({type(exc).__name__})",
     )

@@ -1,31 +1,41 @@
-"""The one check sequence both doors run: decide on one snapshot, refetch once, answer, record.
+"""The one check sequence both doors run: decide on one snapshot, refetch once, claim, answer, record.
 
 A door reads its wire format into an AuthzRequest and writes the plain answer back in its
-own; everything between is here. The answer is built before it is recorded, so what is
-recorded is what was answered, and a failure to build it is the internal_error deny it became.
+own; everything between is here. A valid DPoP proof's ``jti`` is claimed in the replay store
+the process shares across doors and reloads: at once from the in-process store (no
+coroutine, no task), awaited and bounded in time from a shared one; a request without DPoP
+never meets the store. The answer is built before it is recorded, so what is recorded is
+what was answered, and a failure to build it is the internal_error deny it became.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from authz.core.answer import answer_failed
-from authz.core.decision import Decision, decide, reject
+from authz.core.binding import ReplayClaim
+from authz.core.decision import Decision, decide, reject, settle
 from authz.core.observe import NO_TRACE, Recorder, Trace
+from authz.core.replay import MemoryReplayStore, ReplayStore, ReplayVerdict
 from authz.core.request import AuthzRequest
 from authz.core.snapshot import Snapshot
 from authz.errors import Reason
 from authz.jose.keys import RemoteKeys
 
-__all__ = ["Answered", "Checker", "Clock", "Door", "refetch_source"]
+__all__ = ["CLAIM_WAIT", "Answered", "Checker", "Clock", "Door", "refetch_source"]
 
 Clock = Callable[[], float]
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 _log = logging.getLogger("authz.decision")
+
+# The longest a check waits for a shared replay store's answer (the in-process one answers
+# at once); half the caller's remaining deadline at most. No answer: a 503 deny.
+CLAIM_WAIT = 0.25
 
 
 class Door(Protocol[T_co]):
@@ -46,16 +56,26 @@ class Answered(NamedTuple, Generic[T]):
 
 
 class Checker:
-    """Runs checks against the snapshot a door read once for each."""
+    """Runs checks against the snapshot a door read once for each.
 
-    __slots__ = ("clock", "recorder")
+    ``replay``: the process's replay store, shared by both doors (the holder's); without
+    one, a store of the default size for this checker alone.
+    """
 
-    def __init__(self, clock: Clock, recorder: Recorder) -> None:
+    __slots__ = ("clock", "recorder", "replay")
+
+    def __init__(self, clock: Clock, recorder: Recorder, replay: ReplayStore | None = None) -> None:
         self.clock = clock
         self.recorder = recorder
+        self.replay: ReplayStore = replay if replay is not None else MemoryReplayStore(1_000_000)
 
     def decide(self, snapshot: Snapshot | None, request: AuthzRequest, trace: Trace = NO_TRACE) -> Decision:
-        """Decide on one snapshot (a reload mid-check cannot split it). Never raises."""
+        """Decide on one snapshot (a reload mid-check cannot split it). Never raises.
+
+        The in-process replay store is claimed here, at once; a shared store's claim is
+        left in ``Decision.claim`` for ``run`` to await (``finish`` answers a claim
+        nobody made with the 503 deny).
+        """
         if snapshot is None:
             return reject(Reason.NOT_READY, "no configuration loaded yet")
         try:
@@ -63,7 +83,11 @@ class Checker:
         except Exception as exc:  # noqa: BLE001 - fail closed: even the clock may fail
             return reject(Reason.INTERNAL_ERROR, f"clock failed ({type(exc).__name__})")
         with trace.active():
-            return decide(snapshot, request, now, self.recorder)
+            decision = decide(snapshot, request, now, self.recorder)
+        claim = decision.claim
+        if claim is not None and isinstance(self.replay, MemoryReplayStore):
+            decision = _claimed(decision, claim, self.replay, now)
+        return decision
 
     def run(
         self,
@@ -88,31 +112,53 @@ class Checker:
         else:
             decision = self.decide(snapshot, request, trace)
             remote = refetch_source(snapshot, decision)
-            if remote is not None:
-                return self._after_refetch(
+            if remote is not None or decision.claim is not None:
+                return self._after_wait(
                     snapshot, request, decision, remote, door, trace, request_id, started, budget
                 )
         return self.finish(
             snapshot, request, decision, door, trace=trace, request_id=request_id, started=started
         )
 
-    async def _after_refetch(  # noqa: PLR0917 - run()'s arguments, passed on
+    async def _after_wait(  # noqa: PLR0917 - run()'s arguments, passed on
         self,
         snapshot: Snapshot | None,
         request: AuthzRequest,
         decision: Decision,
-        remote: RemoteKeys,
+        remote: RemoteKeys | None,
         door: Door[T],
         trace: Trace,
         request_id: str,
         started: float,
         budget: float | None,
     ) -> Answered[T]:
-        if snapshot is not None and await refetch(remote, snapshot.refetch_wait, budget):
+        if (
+            remote is not None
+            and snapshot is not None
+            and await refetch(remote, snapshot.refetch_wait, budget)
+        ):
             decision = self.decide(snapshot, request, trace)
+            budget = None if budget is None else budget - (time.perf_counter() - started)
+        claim = decision.claim
+        if claim is not None:
+            decision = await self._claim(decision, claim, budget)
         return self.finish(
             snapshot, request, decision, door, trace=trace, request_id=request_id, started=started
         )
+
+    async def _claim(self, decision: Decision, claim: ReplayClaim, budget: float | None) -> Decision:
+        """Claim in a shared replay store, waiting at most CLAIM_WAIT (and half the budget)."""
+        wait = CLAIM_WAIT if budget is None else min(CLAIM_WAIT, budget * 0.5)
+        try:
+            now = self.clock()
+            verdict = await asyncio.wait_for(self.replay.claim(claim.key, claim.expires_at, now), wait)
+        except TimeoutError:
+            return settle(
+                decision, ReplayVerdict.UNAVAILABLE, f"no answer from the replay store in {wait:.3f}s"
+            )
+        except Exception as exc:  # noqa: BLE001 - fail closed: the store's faults are a deny too
+            return settle(decision, ReplayVerdict.UNAVAILABLE, f"replay store failed ({type(exc).__name__})")
+        return settle(decision, verdict)
 
     def finish(
         self,
@@ -126,6 +172,8 @@ class Checker:
         started: float,
     ) -> Answered[T]:
         """Build the answer, then record it. Never raises."""
+        if decision.claim is not None:  # fail closed: an unclaimed proof may be a replay
+            decision = settle(decision, ReplayVerdict.UNAVAILABLE, "the replay claim was not made")
         try:
             answer = door.render(decision, request_id, request.headers if request is not None else ())
         except Exception as exc:  # noqa: BLE001 - even a fault here must be a deny
@@ -140,6 +188,14 @@ class Checker:
             settings=snapshot.record if snapshot is not None else None,
         )
         return Answered(answer, decision)
+
+
+def _claimed(decision: Decision, claim: ReplayClaim, store: MemoryReplayStore, now: float) -> Decision:
+    try:
+        verdict = store.claim_now(claim.key, claim.expires_at, now)
+    except Exception as exc:  # noqa: BLE001 - fail closed
+        return settle(decision, ReplayVerdict.UNAVAILABLE, f"replay store failed ({type(exc).__name__})")
+    return settle(decision, verdict)
 
 
 def refetch_source(snapshot: Snapshot | None, decision: Decision) -> RemoteKeys | None:

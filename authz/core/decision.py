@@ -2,10 +2,13 @@
 
 This is the one code path shared by the gRPC Check handler and ``authz
 explain``. Order: tenant from the request (route context, host) -> public
-rule -> bearer token -> token layer -> claims -> tenant binding (tenant claim,
-issuer, audience, encrypt-only opt-in) -> rule -> requirements. Any failure is
-a deny with a reason code; anything unexpected is ``internal_error``, still a
-deny. In ``dry-run`` the tenant's denies are answered as allows and recorded.
+rule -> access token (Bearer or DPoP; a DPoP proof's cheap checks) -> token
+layer -> claims -> tenant binding (tenant claim, issuer, audience, encrypt-only
+opt-in) -> sender binding (cnf: DPoP proof or client certificate) -> rule ->
+sender constraint -> requirements. Any failure is a deny with a reason code;
+anything unexpected is ``internal_error``, still a deny. In ``dry-run`` the
+tenant's denies are answered as allows and recorded. A valid DPoP proof leaves
+its replay claim to the check sequence (``Decision.claim``, ``settle``).
 """
 
 from __future__ import annotations
@@ -15,15 +18,18 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
+from authz.core.binding import Binding, ReplayClaim, check_sender, key_hash, read_proof
 from authz.core.claims import Claims, validate_claims
 from authz.core.observe import NO_STEPS, Steps
-from authz.core.policy import Mode, Rule, Tenant, require
-from authz.core.request import AuthzRequest, bearer_token
+from authz.core.policy import Mode, Rule, SenderConstraint, Tenant, require
+from authz.core.replay import ReplayVerdict
+from authz.core.request import AuthzRequest, Scheme, credentials
 from authz.core.snapshot import Snapshot
 from authz.errors import REASONS, AuthzError, Outcome, Reason
+from authz.jose.dpop import ParsedProof
 from authz.jose.nested import VerifiedToken, decrypt_token, open_token
 
-__all__ = ["Decision", "Verdict", "decide", "reject"]
+__all__ = ["Decision", "Verdict", "decide", "reject", "settle"]
 
 
 class Verdict(enum.Enum):
@@ -52,6 +58,16 @@ class Decision:
     valid_from: float = -math.inf
     valid_until: float = math.inf
     detail: str = ""  # for logs only
+    # Sender-constrained tokens: how the request proved it holds the token; whether it
+    # used the DPoP scheme (the challenge follows it); the algorithms a DPoP challenge
+    # names ("" before any configuration); a fresh server nonce for the client; a short
+    # hash of the proof key (logs); the replay claim still to make (the check sequence's).
+    binding: Binding = Binding.NONE
+    dpop: bool = False
+    dpop_algs: str = ""
+    dpop_nonce: str | None = None
+    proof_key: str | None = None
+    claim: ReplayClaim | None = None
 
     @property
     def allowed(self) -> bool:
@@ -77,6 +93,12 @@ class _Progress:
     # tenant's dry-run mode turn a deny into an allow: a token must not pick a
     # dry-run tenant it does not belong to and walk in.
     tenant_established: bool = False
+    scheme: Scheme | None = None
+    proof: ParsedProof | None = None  # a DPoP-scheme request's proof, read before the token
+    binding: Binding = Binding.NONE
+    proof_key: str | None = None  # the proof key's thumbprint, once it matched cnf.jkt
+    proof_nonce: str | None = None  # the server nonce the proof carried (nonces required)
+    claim: ReplayClaim | None = None
 
 
 def decide(snapshot: Snapshot, request: AuthzRequest, now: float, steps: Steps = NO_STEPS) -> Decision:
@@ -92,10 +114,77 @@ def decide(snapshot: Snapshot, request: AuthzRequest, now: float, steps: Steps =
         decision = _deny(progress, Reason.INTERNAL_ERROR, f"unexpected {type(exc).__name__}", snapshot)
     tenant = progress.tenant
     dry_run = progress.tenant_established and tenant is not None and tenant.mode is Mode.DRY_RUN
+    if progress.scheme is Scheme.DPOP:
+        decision = _with_dpop(decision, progress, snapshot, now, dry_run)
     # Dry-run never relaxes the request sanity checks (400): those protect the upstream.
     if decision.verdict is Verdict.DENY and dry_run and decision.outcome is not Outcome.BAD_REQUEST:
         return replace(decision, verdict=Verdict.DRY_RUN_DENY)
     return decision
+
+
+def _with_dpop(
+    decision: Decision, progress: _Progress, snapshot: Snapshot, now: float, dry_run: bool
+) -> Decision:
+    """A DPoP-scheme decision: marked so (its challenge is DPoP's), a fresh nonce where the
+    client needs one, and its replay claim told what a deny after it looks like.
+
+    With nonces required, every 401 carries the current nonce (RFC 9449 9: the client
+    retries with it), and so does an allow whose nonce is in its last window.
+    """
+    issuer = snapshot.dpop.nonce
+    nonce = current = None
+    if issuer is not None:
+        current = issuer.issue(now)
+        if decision.outcome is Outcome.UNAUTHENTICATED or (
+            decision.verdict is Verdict.ALLOW
+            and progress.proof_nonce is not None
+            and issuer.needs_refresh(progress.proof_nonce, now)
+        ):
+            nonce = current
+    claim = decision.claim
+    if claim is not None:
+        claim = replace(claim, dry_run=dry_run, nonce=current)
+    return replace(decision, dpop=True, dpop_nonce=nonce, claim=claim)
+
+
+def settle(decision: Decision, verdict: ReplayVerdict, detail: str = "") -> Decision:
+    """The decision after its replay claim: unchanged when the proof is fresh, else the deny.
+
+    A replayed proof, a full or unavailable store: deny (dry-run-deny for a dry-run
+    tenant, like any token deny), without the identity the proof no longer stands for.
+    """
+    claim = decision.claim
+    if claim is None:
+        return decision
+    if verdict is ReplayVerdict.FRESH:
+        return replace(decision, claim=None)
+    code = _REPLAY_CODES[verdict]
+    return replace(
+        decision,
+        verdict=Verdict.DRY_RUN_DENY if claim.dry_run else Verdict.DENY,
+        reason=code,
+        subject=None,
+        scopes=(),
+        identity=False,
+        missing_scopes=(),
+        valid_from=-math.inf,
+        valid_until=math.inf,
+        dpop_nonce=claim.nonce if REASONS[code] is Outcome.UNAUTHENTICATED else None,
+        claim=None,
+        detail=detail or _REPLAY_DETAILS[verdict],
+    )
+
+
+_REPLAY_CODES = {
+    ReplayVerdict.REPLAYED: Reason.DPOP_PROOF_REPLAYED,
+    ReplayVerdict.FULL: Reason.DPOP_REPLAY_CACHE_FULL,
+    ReplayVerdict.UNAVAILABLE: Reason.DPOP_REPLAY_STORE_UNAVAILABLE,
+}
+_REPLAY_DETAILS = {
+    ReplayVerdict.REPLAYED: "this proof's jti was used before",
+    ReplayVerdict.FULL: "the replay cache is full of unexpired entries",
+    ReplayVerdict.UNAVAILABLE: "the replay store did not answer",
+}
 
 
 def reject(code: Reason, detail: str = "") -> Decision:
@@ -119,10 +208,15 @@ def _decide(
         if progress.rule is not None and progress.rule.public:
             return _public(tenant, progress.rule, snapshot)
 
-    token = bearer_token(request)
-    if token is None:
+    found = credentials(request)
+    if found is None:
         raise AuthzError(Reason.TOKEN_MISSING)
+    token = found.token
     progress.token_present = True
+    progress.scheme = found.scheme
+    if found.scheme is Scheme.DPOP:
+        # Stage A: the proof's own checks, before the token costs any crypto.
+        progress.proof = read_proof(request, token, snapshot.dpop, now)
     keys, cache = snapshot.token_keys, snapshot.cache
     cache_key = cache.key(token)
     verified = cache.get(cache_key, keys, now)
@@ -140,7 +234,7 @@ def _decide(
         claims = progress.claims = validate_claims(verified.claims, snapshot.claim_rules, now)
     with steps.step("policy"):
         return _authorize(
-            snapshot, request, tenant=tenant, progress=progress, verified=verified, claims=claims
+            snapshot, request, tenant=tenant, progress=progress, verified=verified, claims=claims, now=now
         )
 
 
@@ -152,6 +246,7 @@ def _authorize(
     progress: _Progress,
     verified: VerifiedToken,
     claims: Claims,
+    now: float,
 ) -> Decision:
     tenants = snapshot.tenants
     if tenant is None:
@@ -164,6 +259,19 @@ def _authorize(
         progress.rule = tenant.match(request.method, request.path)
     _bind(tenant, claims, verified, tenants.shared_issuers)
     progress.tenant_established = True
+    sender = check_sender(
+        request,
+        scheme=progress.scheme or Scheme.BEARER,
+        proof=progress.proof,
+        claims=claims.raw,
+        settings=snapshot.dpop,
+        origins=tenant.origins,
+        path_parameters=snapshot.allow_path_parameters,
+        certificate_source=snapshot.certificate_source,
+        now=now,
+    )
+    progress.binding, progress.claim, progress.proof_nonce = sender.binding, sender.claim, sender.nonce
+    progress.proof_key = sender.key
 
     rule = progress.rule
     if rule is None:
@@ -172,6 +280,9 @@ def _authorize(
         # Public, but reached through the token's tenant: the allow rests on the token
         # (tenant binding), so it carries the token's validity like any token allow.
         return replace(_public(tenant, rule, snapshot), **_token_facts(verified, claims, progress))
+    constraint = rule.sender_constraint or tenant.sender_constraint
+    if constraint is SenderConstraint.REQUIRED and sender.binding is Binding.NONE:
+        raise AuthzError(Reason.SENDER_CONSTRAINT_REQUIRED, f"rule {rule.name!r} needs a bound token")
     missing = require(rule, claims)
     if missing:
         return replace(_deny(progress, Reason.SCOPE_MISSING, "", snapshot), missing_scopes=missing)
@@ -184,6 +295,7 @@ def _authorize(
         scopes=tuple(sorted(claims.scopes)),
         identity=True,
         strip_authorization=snapshot.strip_authorization,
+        dpop_algs=snapshot.dpop.challenge_algs,
         **_token_facts(verified, claims, progress),
     )
 
@@ -198,6 +310,16 @@ def _token_facts(verified: VerifiedToken, claims: Claims, progress: _Progress) -
         "cache_hit": progress.cache_hit,
         "valid_from": claims.valid_from,
         "valid_until": claims.valid_until,
+        **_sender_facts(progress),
+    }
+
+
+def _sender_facts(progress: _Progress) -> dict[str, Any]:
+    """What a decision records of the sender binding (any verdict)."""
+    return {
+        "binding": progress.binding,
+        "proof_key": key_hash(progress.proof_key) if progress.proof_key else None,
+        "claim": progress.claim,
     }
 
 
@@ -227,6 +349,7 @@ def _public(tenant: Tenant, rule: Rule, snapshot: Snapshot) -> Decision:
         tenant=tenant.name,
         rule=rule.name,
         strip_authorization=snapshot.strip_authorization,
+        dpop_algs=snapshot.dpop.challenge_algs,
     )
 
 
@@ -249,6 +372,8 @@ def _deny(progress: _Progress, code: Reason, detail: str, snapshot: Snapshot) ->
         issuer=claims.issuer if claims else None,
         cache_hit=progress.cache_hit,
         detail=detail,
+        dpop_algs=snapshot.dpop.challenge_algs,
+        **_sender_facts(progress),
     )
 
 

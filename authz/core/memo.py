@@ -4,6 +4,12 @@ An entry is a rendered allow of a verified token, kept per snapshot (a reload st
 empty memo) and served while it provably holds: the token's entry in the verified-token
 cache unchanged (a key change, the token's expiry or an eviction retire it) and ``now``
 inside the claims' time window. Doors key it by a digest of every byte the decision reads.
+
+Sender-constrained tokens: a DPoP request (the DPoP scheme, or any ``dpop`` header) is never
+kept nor answered: each proof is single-use and must meet the replay store. An entry records
+the client certificate its request carried (the door's configured source, as given), and a
+lookup with any other is no hit: a certificate-bound token replayed over another connection
+is decided afresh. Doors include the certificate's bytes in their key as well.
 """
 
 from __future__ import annotations
@@ -12,12 +18,36 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from authz.core.binding import Binding
 from authz.core.decision import Decision, Verdict
-from authz.core.request import AuthzRequest, bearer_token
+from authz.core.request import AuthzRequest, Scheme, client_certificate, credentials
 from authz.core.snapshot import Snapshot
 from authz.jose.nested import VerifiedToken
 
-__all__ = ["AnswerMemo", "Kept"]
+__all__ = ["NEVER_REPEATED_HEADERS", "AnswerMemo", "Kept", "dpop_scheme", "repeatable"]
+
+# A request carrying any of these (lower-case names) is never answered from the memo.
+NEVER_REPEATED_HEADERS = frozenset({"dpop"})
+
+
+def dpop_scheme(authorization: bytes | str) -> bool:
+    """Whether an ``authorization`` value uses the DPoP scheme (any case): for a door's
+    byte-level look before it parses anything."""
+    text = authorization.decode("latin-1") if isinstance(authorization, bytes) else authorization
+    return text.strip().split(" ", 1)[0].lower() == "dpop"
+
+
+def repeatable(request: AuthzRequest) -> bool:
+    """Whether the memo may keep an answer to this request: not a DPoP request."""
+    if any(name in request.headers for name in NEVER_REPEATED_HEADERS):
+        return False
+    return not any(dpop_scheme(value) for value in request.authorization)
+
+
+def _certificate(request: AuthzRequest, snapshot: Snapshot) -> str:
+    found = client_certificate(request, snapshot.certificate_source)
+    return found.value if found is not None else ""
+
 
 T = TypeVar("T")
 
@@ -31,6 +61,7 @@ class Kept(Generic[T]):
     valid_from: float
     valid_until: float
     token: tuple[bytes, VerifiedToken]  # the cache key and the very entry it was decided on
+    certificate: str  # the client certificate the request carried, as given ("" for none)
 
 
 class AnswerMemo(Generic[T]):
@@ -58,10 +89,16 @@ class AnswerMemo(Generic[T]):
         if self._snapshot is not None:
             self._entries, self._snapshot = {}, None
 
-    def lookup(self, snapshot: Snapshot, key: bytes, now: float) -> Kept[T] | None:
-        """The kept answer under ``key`` if it still holds (then the cache counts a hit)."""
+    def lookup(self, snapshot: Snapshot, key: bytes, now: float, *, certificate: str) -> Kept[T] | None:
+        """The kept answer under ``key`` if it still holds (then the cache counts a hit).
+
+        ``certificate``: the client certificate this request carries, as given ("" for
+        none); an entry decided with another is no hit.
+        """
         kept = self._entries.get(key)
         if kept is None or snapshot is not self._snapshot or not kept.valid_from <= now < kept.valid_until:
+            return None
+        if kept.certificate != certificate:
             return None
         if not snapshot.cache.holds(*kept.token, snapshot.token_keys, now):
             return None
@@ -84,12 +121,15 @@ class AnswerMemo(Generic[T]):
             or self.size <= 0
             or decision.verdict is not Verdict.ALLOW
             or not decision.token_present  # a public rule by host: cheap to decide, tied to no token
+            or decision.dpop
+            or decision.binding is Binding.DPOP
+            or not repeatable(request)
         ):
             return
-        token = bearer_token(request)
-        if token is None:
+        found = credentials(request)
+        if found is None or found.scheme is not Scheme.BEARER:
             return
-        cache_key = snapshot.cache.key(token)
+        cache_key = snapshot.cache.key(found.token)
         verified = snapshot.cache.peek(cache_key)
         if verified is None:
             return  # not cached (yet): nothing to tie the answer to
@@ -98,5 +138,10 @@ class AnswerMemo(Generic[T]):
             while len(entries) >= self.size:
                 del entries[next(iter(entries))]  # the oldest first
         entries[key] = Kept(
-            answer, record(), decision.valid_from, decision.valid_until, (cache_key, verified)
+            answer,
+            record(),
+            decision.valid_from,
+            decision.valid_until,
+            (cache_key, verified),
+            _certificate(request, snapshot),
         )

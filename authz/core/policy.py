@@ -15,12 +15,19 @@ from typing import Any
 from authz.core.claims import Claims
 from authz.errors import AuthzError, Reason
 
-__all__ = ["Mode", "Rule", "Tenant", "TenantIndex", "compile_path", "require"]
+__all__ = ["Mode", "Rule", "SenderConstraint", "Tenant", "TenantIndex", "compile_path", "require"]
 
 
 class Mode(enum.Enum):
     ENFORCE = "enforce"
     DRY_RUN = "dry-run"
+
+
+class SenderConstraint(enum.Enum):
+    """Whether bearer tokens are accepted (``optional``) or only sender-constrained ones."""
+
+    OPTIONAL = "optional"
+    REQUIRED = "required"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +41,7 @@ class Rule:
     scopes: frozenset[str]  # all required
     roles: frozenset[str]  # any of (empty: no role needed)
     claims: Mapping[str, Any]  # each claim must equal (or, for a list claim, contain) the value
+    sender_constraint: SenderConstraint | None = None  # None: the tenant's
 
     def matches(self, method: str, path: str) -> bool:
         if self.methods and method not in self.methods:
@@ -52,6 +60,10 @@ class Tenant:
     # Decryption kids allowed for tokens without a JWS -> the issuers such a token may
     # name: the shared key is the only proof of its maker, so it speaks for those alone.
     encrypt_only_keys: Mapping[str, frozenset[str]]
+    sender_constraint: SenderConstraint = SenderConstraint.OPTIONAL
+    # Canonical public origins (scheme://host[:port]) a DPoP proof's htu may name; empty:
+    # the scheme and Host Envoy reports.
+    origins: tuple[str, ...] = ()
 
     def match(self, method: str, path: str) -> Rule | None:
         for rule in self.rules:

@@ -87,6 +87,13 @@ class MemoryReplayStore:
     def size(self) -> int:
         return len(self._seen)
 
+    def resize(self, capacity: int) -> None:
+        """A new bound (a reload changed it); entries beyond a smaller one stay until they expire."""
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        with self._lock:
+            self._capacity = capacity
+
     async def claim(self, key: bytes, expires_at: float, now: float) -> ReplayVerdict:
         return self.claim_now(key, expires_at, now)
 

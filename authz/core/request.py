@@ -7,24 +7,38 @@ not ``host[:port]`` (RFC 9110 §7.2; no userinfo) is ``host_invalid``; a path th
 normalized safely (an encoded ``/``, ``\\`` or ``;``, a control character, a ``..`` above
 the root, a bad escape) is ``path_invalid``; a method override naming another method is
 ``method_override``. We refuse to guess how the upstream would read such a request.
+
+What sender-constrained tokens need is read here too, as sent: the credentials' scheme
+(``Bearer`` or ``DPoP``, any case), every ``dpop`` header value, the scheme and authority
+for a proof's ``htu``, and the client certificate the door was given (never parsed here).
 """
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import unquote_plus
 
 from authz.errors import AuthzError, Reason
+from authz.jose.thumbprint import x5t_from_envoy_certificate, x5t_from_xfcc
 
 __all__ = [
     "METHODS",
     "METHOD_OVERRIDE_HEADERS",
+    "XFCC_HEADER",
     "AuthzRequest",
+    "CertificateSource",
+    "ClientCertificate",
+    "Credentials",
+    "Scheme",
     "bearer_token",
     "check_method_override",
+    "client_certificate",
+    "credentials",
     "first",
     "make_request",
     "normalize_host",
@@ -43,6 +57,8 @@ _FORBIDDEN_ESCAPES = frozenset({"2F", "5C", "00"})
 _PARAMETERS = re.compile(r";[^/]*")
 
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *")
+# RFC 9449 7.1: "DPoP" 1*SP token68, the scheme in any case (RFC 9110 11.1).
+_DPOP = re.compile(r"[Dd][Pp][Oo][Pp] +([A-Za-z0-9\-._~+/]+=*) *")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
@@ -69,6 +85,31 @@ _IPV6_CHARS = frozenset("0123456789abcdef:.")
 _PORT = re.compile(r"[0-9]{1,5}")
 
 
+class CertificateSource(enum.Enum):
+    """Where a door reads the client certificate of the downstream TLS connection."""
+
+    PEER = "peer"  # gRPC: attributes.source.certificate, Envoy's URL-encoded PEM
+    XFCC = "xfcc"  # x-forwarded-client-cert Hash=, set by an Envoy that sanitizes it
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCertificate:
+    """The client certificate a door was given, as given; hashed only when a token is bound to one."""
+
+    source: CertificateSource
+    value: str  # the URL-encoded PEM, or the x-forwarded-client-cert value
+
+    def x5t(self) -> str:
+        """RFC 8705 ``x5t#S256`` of the certificate; AuthzError(client_certificate_missing)
+        for an empty or malformed value."""
+        if self.source is CertificateSource.PEER:
+            found = x5t_from_envoy_certificate(self.value)
+            if found is None:
+                raise AuthzError(Reason.CLIENT_CERTIFICATE_MISSING, "no peer certificate")
+            return found
+        return x5t_from_xfcc(self.value)
+
+
 @dataclass(frozen=True, slots=True)
 class AuthzRequest:
     """What a decision needs from a request; built once, never mutated."""
@@ -84,10 +125,73 @@ class AuthzRequest:
     # The raw path had segment parameters (";"), removed from ``path``: the
     # decision refuses the request unless the configuration allows them.
     path_parameters: bool = False
+    # The Host as sent (checked by normalize_host, port kept): a DPoP proof's htu names it.
+    authority: str = ""
+    # gRPC door: attributes.source.certificate as given ("" without one); None: a door
+    # without that source (the HTTP door reads x-forwarded-client-cert only).
+    peer_certificate: str | None = None
 
     @property
     def authorization(self) -> tuple[str, ...]:
         return self.headers.get("authorization", ())
+
+    @property
+    def dpop(self) -> tuple[str, ...]:
+        """Every ``dpop`` header value (a DPoP request must carry exactly one)."""
+        return self.headers.get("dpop", ())
+
+
+class Scheme(enum.Enum):
+    """The authorization scheme of an access token."""
+
+    BEARER = "bearer"
+    DPOP = "dpop"
+
+
+class Credentials(NamedTuple):
+    scheme: Scheme
+    token: str  # the token68 exactly as sent (a DPoP proof's ath hashes these bytes)
+
+
+XFCC_HEADER = "x-forwarded-client-cert"
+
+
+def client_certificate(request: AuthzRequest, source: CertificateSource) -> ClientCertificate | None:
+    """The client certificate the request carries from ``source`` (a door without a peer
+    certificate reads x-forwarded-client-cert); None without one. Never a fallback from the
+    configured source to another: a client could set the other."""
+    if source is CertificateSource.PEER and request.peer_certificate is not None:
+        value = request.peer_certificate
+        return ClientCertificate(CertificateSource.PEER, value) if value else None
+    values = request.headers.get(XFCC_HEADER, ())
+    # Several fields: joined, so the element count refuses them (one element only).
+    return ClientCertificate(CertificateSource.XFCC, ",".join(values)) if values else None
+
+
+def credentials(request: AuthzRequest) -> Credentials | None:
+    """The one access token of ``authorization`` and its scheme; None when there is none.
+
+    ``Bearer`` and ``DPoP`` are matched in any case. Raises ``authorization_malformed``
+    for several authorization headers, or for a credential of either scheme that is not
+    exactly one token. Other schemes (Basic, ...) are no access token.
+    """
+    values = request.authorization
+    if not values:
+        return None
+    if len(values) > 1:
+        raise AuthzError(Reason.AUTHORIZATION_MALFORMED, "more than one authorization header")
+    value = values[0].strip()
+    scheme = value.split(" ", 1)[0].lower()
+    if scheme == "bearer":
+        pattern, found = _BEARER, Scheme.BEARER
+    elif scheme == "dpop":
+        pattern, found = _DPOP, Scheme.DPOP
+    else:
+        return None
+    match = pattern.fullmatch(value)
+    if match is None:
+        raise AuthzError(Reason.AUTHORIZATION_MALFORMED, f"{found.value} credential is not one token")
+    return Credentials(found, match.group(1))
 
 
 def plain_request_id(value: str) -> str:
@@ -98,22 +202,10 @@ def plain_request_id(value: str) -> str:
 def bearer_token(request: AuthzRequest) -> str | None:
     """The one bearer token of ``authorization``; None when there is no bearer credential.
 
-    Raises ``authorization_malformed`` for several authorization headers, or for a
-    bearer credential that is not exactly one token.
+    Raises ``authorization_malformed`` as ``credentials`` does.
     """
-    values = request.authorization
-    if not values:
-        return None
-    if len(values) > 1:
-        raise AuthzError(Reason.AUTHORIZATION_MALFORMED, "more than one authorization header")
-    value = values[0].strip()
-    scheme = value.split(" ", 1)[0]
-    if scheme.lower() != "bearer":
-        return None
-    match = _BEARER.fullmatch(value)
-    if match is None:
-        raise AuthzError(Reason.AUTHORIZATION_MALFORMED, "bearer credential is not one token")
-    return match.group(1)
+    found = credentials(request)
+    return found.token if found is not None and found.scheme is Scheme.BEARER else None
 
 
 def normalize_host(host: str) -> str:
@@ -204,6 +296,7 @@ def make_request(
     context_extensions: Mapping[str, str],
     peer_principal: str,
     request_id: str,
+    peer_certificate: str | None = None,
 ) -> AuthzRequest:
     """The request both doors decide on, checked in one order (see the module docstring).
 
@@ -224,6 +317,8 @@ def make_request(
         peer_principal=peer_principal,
         request_id=request_id,
         path_parameters=parameters,
+        authority=host,
+        peer_certificate=peer_certificate,
     )
 
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from authz.core.binding import DpopSettings
 from authz.core.cache import TokenCache
 from authz.core.claims import ClaimRules
 from authz.core.policy import TenantIndex
+from authz.core.request import CertificateSource
 from authz.jose.nested import TokenKeys
 
 __all__ = ["RecordSettings", "Snapshot"]
+
+DEFAULT_DPOP = DpopSettings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +36,9 @@ class Snapshot:
     allow_path_parameters: bool = False  # paths with ";" segment parameters are matched, not refused
     refetch_wait: float = 0.5  # how long a check may wait for an unknown signing kid's refetch
     record: RecordSettings = RecordSettings()
+    dpop: DpopSettings = DEFAULT_DPOP
+    # Where the gRPC door reads the client certificate (the HTTP door: x-forwarded-client-cert).
+    certificate_source: CertificateSource = CertificateSource.PEER
     cache: TokenCache = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
-from authz.core.answer import deny_headers, error_body, upstream_headers
+from authz.core.answer import client_headers, deny_headers, error_body, upstream_headers
 from authz.core.decision import Decision, reject
 from authz.core.request import AuthzRequest, first, make_request, plain_request_id
 from authz.errors import AuthzError, Outcome, Reason
@@ -24,6 +24,7 @@ _GRPC_CODES = {
 }
 
 _OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_APPEND = HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
 
 
 def parse(data: bytes) -> CheckRequest | Decision:
@@ -67,6 +68,7 @@ def from_check_request(message: CheckRequest) -> AuthzRequest:
         context_extensions=MappingProxyType(dict(message.attributes.context_extensions)),
         peer_principal=message.attributes.source.principal,
         request_id=plain_request_id(request_id),
+        peer_certificate=message.attributes.source.certificate,
     )
 
 
@@ -126,6 +128,20 @@ def _allow(response: CheckResponse, decision: Decision, carried: Iterable[str]) 
     for name, value in to_set:
         _add(ok.headers, name, value)
     ok.headers_to_remove.extend(to_remove)
+    _to_client(ok, decision)
+
+
+def _to_client(ok: object, decision: Decision) -> None:
+    """Headers for the client's response (a fresh DPoP nonce): OkHttpResponse.response_headers_to_add.
+
+    The nonce overwrites (RFC 9449 8: never two), ``cache-control`` appends (an
+    upstream's directives stay; ``no-store`` wins).
+    """
+    for name, value in client_headers(decision):
+        option = ok.response_headers_to_add.add()  # type: ignore[attr-defined]
+        option.header.key = name
+        option.header.value = value
+        option.append_action = _OVERWRITE if name != "cache-control" else _APPEND
 
 
 def _add(headers: object, name: str, value: str) -> None:

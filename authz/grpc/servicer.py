@@ -52,7 +52,7 @@ class AuthorizationService:
     ) -> None:
         self._holder = holder
         self._telemetry = telemetry or Telemetry()
-        self._checker = Checker(clock, self._telemetry)
+        self._checker = Checker(clock, self._telemetry, holder.replay)
         self.in_flight = InFlight()
 
     async def check(self, data: bytes, context: grpc.aio.ServicerContext[Any, Any] | None) -> CheckResponse:
@@ -113,7 +113,7 @@ def evaluate(
     request, early, request_id = read(message)
     if request is None:
         return early or reject(Reason.REQUEST_MALFORMED), None, request_id
-    checker = Checker(clock, _StepsOnly(steps))
+    checker = Checker(clock, _StepsOnly(steps), holder.replay)
     return checker.decide(config.snapshot if config else None, request), request, request_id
 
 
@@ -124,7 +124,7 @@ def check(
     telemetry = telemetry or Telemetry()
     config = holder.current
     request, early, request_id = read(message)
-    checker = Checker(clock, telemetry)
+    checker = Checker(clock, telemetry, holder.replay)
     snapshot = config.snapshot if config is not None else None
     decision = early if request is None else checker.decide(snapshot, request)
     answered = checker.finish(

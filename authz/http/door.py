@@ -18,8 +18,8 @@ from authz.config.settings import HttpSettings
 from authz.core.answer import IDENTITY_HEADERS, identity_spellings
 from authz.core.check import Answered, Checker, Clock
 from authz.core.decision import Decision, reject
-from authz.core.memo import AnswerMemo
-from authz.core.request import METHOD_OVERRIDE_HEADERS, AuthzRequest, plain_request_id
+from authz.core.memo import NEVER_REPEATED_HEADERS, AnswerMemo, dpop_scheme
+from authz.core.request import METHOD_OVERRIDE_HEADERS, XFCC_HEADER, AuthzRequest, plain_request_id
 from authz.errors import AuthzError, Reason
 from authz.http.protocol import Connection, RawHeaders
 from authz.http.wire import HEAD_ANSWERS, HTTP_ANSWERS, from_http, http_request_id
@@ -33,26 +33,35 @@ __all__ = ["HttpDoor", "memo_key"]
 _log = logging.getLogger("authz.http")
 # Request headers the door looks at before deciding whether it has seen this request already.
 _HOST, _AUTHORIZATION, _REQUEST_ID, _AUTHORITY = b"host", b"authorization", b"x-request-id", b":authority"
+# The client certificate (certificate-bound tokens): its bytes are part of the memo key.
+_XFCC = XFCC_HEADER.encode("ascii")
+# A DPoP proof is single-use: a request with one is never a memo repeat (core.memo's rule).
+_NEVER = frozenset(name.encode("ascii") for name in NEVER_REPEATED_HEADERS)
 _TRACE_HEADERS = frozenset(
     {b"traceparent", b"tracestate", b"b3", b"x-b3-traceid", b"x-b3-spanid", b"x-b3-sampled", b"x-b3-flags",
      b"x-b3-parentspanid"}
 )  # fmt: skip
-_NOTABLE = frozenset({_HOST, _AUTHORIZATION, _REQUEST_ID, _AUTHORITY}) | _TRACE_HEADERS
+_NOTABLE = frozenset({_HOST, _AUTHORIZATION, _REQUEST_ID, _AUTHORITY, _XFCC}) | _TRACE_HEADERS
 # A method override is decided on (method_override), so a request carrying one is never a memo repeat.
-_OVERRIDES = frozenset(name.encode("ascii") for name in METHOD_OVERRIDE_HEADERS)
+_OVERRIDES = frozenset(name.encode("ascii") for name in METHOD_OVERRIDE_HEADERS) | _NEVER
 # Another spelling of an identity header (x_authz_subject) is named in its answer's removals,
 # so a request that carries one is no repeat of one that did not: the memo never answers it.
 _SPELLING_LENGTHS = frozenset(len(name) for name in IDENTITY_HEADERS)
 
 
-def memo_key(method: bytes, target: bytes, host: bytes, authorization: bytes) -> bytes:
+def memo_key(
+    method: bytes, target: bytes, host: bytes, authorization: bytes, certificate: bytes = b""
+) -> bytes:
     """A digest of everything the decision reads from an HTTP-door request.
 
     A digest, not the bytes themselves: an entry costs the same whatever the size of the
-    request target and token. Length prefixes keep the fields apart.
+    request target and token. Length prefixes keep the fields apart. ``certificate``:
+    the x-forwarded-client-cert value (a certificate-bound token's decision reads it).
     """
-    lengths = b"%d:%d:%d:" % (len(method), len(target), len(host))
-    return hashlib.blake2b(lengths + method + target + host + authorization, digest_size=20).digest()
+    lengths = b"%d:%d:%d:%d:" % (len(method), len(target), len(host), len(authorization))
+    return hashlib.blake2b(
+        lengths + method + target + host + authorization + certificate, digest_size=20
+    ).digest()
 
 
 class HttpDoor:
@@ -65,7 +74,7 @@ class HttpDoor:
         self.clock = clock
         self.telemetry = telemetry
         self.settings = settings
-        self.checker = Checker(clock, telemetry)
+        self.checker = Checker(clock, telemetry, holder.replay)
         self.connections: set[Connection] = set()
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
@@ -143,7 +152,7 @@ class HttpDoor:
             and self.telemetry.tracer is None
             and self._memo.usable(config.snapshot, config.http.memo_size)
         ):
-            host = authorization = request_id = None
+            host = authorization = request_id = certificate = None
             traced = False
             for name, value in raw:
                 lowered = name.lower()
@@ -170,12 +179,18 @@ class HttpDoor:
                         request_id = value  # the first, as the full path reads it
                 elif lowered == _AUTHORITY:
                     break
+                elif lowered == _XFCC:
+                    if certificate is not None:
+                        break
+                    certificate = value
                 else:
                     traced = True
             else:
-                if host is not None and authorization is not None:
-                    key = memo_key(method, target, host, authorization)
-                    answer = self._repeat(config.snapshot, key, start, request_id, raw if traced else None)
+                if host is not None and authorization is not None and not dpop_scheme(authorization):
+                    key = memo_key(method, target, host, authorization, certificate or b"")
+                    answer = self._repeat(
+                        config.snapshot, key, start, request_id, raw if traced else None, certificate or b""
+                    )
                     if answer is not None:
                         return answer
         else:
@@ -200,15 +215,21 @@ class HttpDoor:
                 extra={"fields": {"status": status, "cause": cause, "left_out": left_out}},
             )
 
-    def _repeat(
-        self, snapshot: Any, key: bytes, start: float, request_id: bytes | None, traced: RawHeaders | None
+    def _repeat(  # noqa: PLR0917 - the request's parts as answer_raw found them
+        self,
+        snapshot: Any,
+        key: bytes,
+        start: float,
+        request_id: bytes | None,
+        traced: RawHeaders | None,
+        certificate: bytes,
     ) -> bytes | None:
         """The memo's answer to a repeated request, if it still holds; None to decide afresh."""
         try:
             now = self.clock()
         except Exception:  # noqa: BLE001 - the full path answers a failing clock
             return None
-        kept = self._memo.lookup(snapshot, key, now)
+        kept = self._memo.lookup(snapshot, key, now, certificate=certificate.decode("latin-1"))
         if kept is None:
             return None
         rid = plain_request_id(request_id.decode("latin-1")) if request_id else ""

@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
-from authz.core.answer import deny_headers, error_body, upstream_headers
+from authz.core.answer import client_headers, deny_headers, error_body, upstream_headers
 from authz.core.decision import Decision
 from authz.core.request import AuthzRequest, first, make_request, plain_request_id
 from authz.errors import AuthzError, Outcome, Reason
@@ -90,6 +90,8 @@ def to_http_response(
         to_set, to_remove = upstream_headers(decision, carried)
         if to_remove:
             to_set.append(("x-envoy-auth-headers-to-remove", ",".join(to_remove)))
+        # For the client (Envoy's allowed_client_headers_on_success names them, and only them).
+        to_set += client_headers(decision)
         return 200, to_set, b""
     outcome = decision.outcome or Outcome.FORBIDDEN
     return outcome.http_status, deny_headers(decision), error_body(decision, request_id).encode("utf-8")

@@ -1,11 +1,13 @@
 """DPoP proofs (RFC 9449 §4): strict parsing and verification of one proof, without state.
 
-``verify_proof`` checks, cheapest first: framing, sizes, canonical base64url; the header
-(``typ`` exactly ``dpop+jwt``, a supported asymmetric ``alg`` in the caller's allow-list,
-no ``crit``, a public ``jwk`` that fits ``alg``); the claims (``jti``, ``htm``, ``htu``,
-``iat``, ``ath``, ``nonce``); last the signature, with a key built only from the RFC 7638
-thumbprint members. Failures are ``dpop_nonce_required`` (nonce missing or not accepted)
-or ``dpop_proof_invalid``. Whether the ``jti`` was seen before is authz.core.replay's.
+Two stages, cheapest first. ``parse_proof``: framing, sizes, canonical base64url; the
+header (``typ`` exactly ``dpop+jwt``, a supported asymmetric ``alg`` in the caller's
+allow-list, no ``crit``, a public ``jwk`` that fits ``alg``); the claims (``jti``,
+``htm``, ``iat``, ``ath``; ``htu`` and ``nonce`` syntax). ``ParsedProof``: ``htu``, the
+nonce, last the signature, with a key built only from the RFC 7638 thumbprint members;
+between the two the caller compares ``jkt`` with the token's binding. ``verify_proof`` is
+both. Failures are ``dpop_nonce_required`` (nonce missing or not accepted) or
+``dpop_proof_invalid``. Whether the ``jti`` was seen before is authz.core.replay's.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
@@ -29,8 +31,10 @@ __all__ = [
     "DEFAULT_ALGORITHMS",
     "MAX_PROOF_CHARS",
     "SUPPORTED_ALGORITHMS",
+    "ParsedProof",
     "VerifiedProof",
     "check_algorithms",
+    "parse_proof",
     "verify_proof",
 ]
 
@@ -210,29 +214,56 @@ def verify_proof(
     SUPPORTED_ALGORITHMS never passes). ``nonce``: given, nonces are required and it
     says whether a proof's nonce is accepted; one argument, so "required but nothing to
     check it with" cannot be expressed. ``path_parameters``: as canonical_htu.
+
+    The two stages in one call: ``parse_proof`` (nothing that depends on the token's
+    binding or the tenant), then ``ParsedProof.verify`` (target URI, nonce, signature).
+    """
+    parsed = parse_proof(
+        proof,
+        method=method,
+        now=now,
+        max_age=max_age,
+        skew=skew,
+        access_token=access_token,
+        algorithms=algorithms,
+    )
+    return parsed.verify(htu=htu, nonce=nonce, path_parameters=path_parameters)
+
+
+def parse_proof(
+    proof: str,
+    *,
+    method: str,
+    now: float,
+    max_age: float,
+    skew: float,
+    access_token: str | None,
+    algorithms: Collection[str],
+) -> ParsedProof:
+    """The checks of a proof that need neither the token's binding nor the tenant, cheapest first.
+
+    Framing, sizes, canonical base64url, the header (``typ``, ``alg`` in ``algorithms``,
+    a public ``jwk`` that fits it), ``jti``, ``htm``, ``iat``, ``ath`` and the syntax of
+    ``htu`` and ``nonce``: no signature work (RFC 9449 4.3; the check sequence runs this
+    before the access token is decrypted). AuthzError(dpop_proof_invalid) on any failure.
     """
     try:
-        return _verify(
-            proof, method, htu, now, max_age, skew, access_token, algorithms, nonce, path_parameters
-        )
+        return _parse(proof, method, now, max_age, skew, access_token, algorithms)
     except AuthzError:
         raise
     except Exception as exc:  # noqa: BLE001 - fail closed on anything unexpected
         raise AuthzError(_INVALID, f"unexpected {type(exc).__name__}") from None
 
 
-def _verify(  # noqa: PLR0917 - the private body of verify_proof, same arguments
+def _parse(  # noqa: PLR0917 - the private body of parse_proof, same arguments
     proof: str,
     method: str,
-    htu: Collection[str],
     now: float,
     max_age: float,
     skew: float,
     access_token: str | None,
     algorithms: Collection[str],
-    nonce_check: Callable[[str], bool] | None,
-    path_parameters: bool,
-) -> VerifiedProof:
+) -> ParsedProof:
     # Framing: one compact JWS of bounded size (a JWE has 5 parts, JSON serialization 1).
     if not isinstance(proof, str) or len(proof) > MAX_PROOF_CHARS or not proof.isascii():
         raise AuthzError(_INVALID, "proof is not an ASCII string of bounded size")
@@ -257,7 +288,9 @@ def _verify(  # noqa: PLR0917 - the private body of verify_proof, same arguments
     htm = claims.get("htm")
     if not isinstance(htm, str) or _METHOD.fullmatch(htm) is None or htm != method:
         raise AuthzError(_INVALID, "htm is not the request method")
-    _check_htu(claims.get("htu"), htu, path_parameters)
+    htu = claims.get("htu")
+    if not isinstance(htu, str):
+        raise AuthzError(_INVALID, "htu missing or not a string")
     iat = claims.get("iat")
     if type(iat) is not int and type(iat) is not float:  # bool is an int: not a time
         raise AuthzError(_INVALID, "iat missing or not a number")
@@ -266,14 +299,83 @@ def _verify(  # noqa: PLR0917 - the private body of verify_proof, same arguments
     if iat > now + skew:
         raise AuthzError(_INVALID, "iat in the future")
     _check_ath(claims, access_token)
-    accepted_nonce = _check_nonce(claims, nonce_check)
+    nonce = claims.get("nonce")
+    if "nonce" in claims and (not isinstance(nonce, str) or _NONCE_SYNTAX.fullmatch(nonce) is None):
+        raise AuthzError(_INVALID, "nonce is not 1-256 NQCHAR")
+    return ParsedProof(header, protected + b"." + payload, signature, jti, htu, iat, nonce)
 
-    public_key, jkt = _public_key(header.key)
-    try:
-        header.spec.verify(public_key, signature, protected + b"." + payload)
-    except Exception:  # noqa: BLE001 - any failure is a bad signature
-        raise AuthzError(_INVALID, "signature does not verify") from None
-    return VerifiedProof(jkt, jti, iat, accepted_nonce)
+
+@dataclass(frozen=True, slots=True)
+class ParsedProof:
+    """A proof whose stateless checks up to ``ath`` passed; ``verify`` does the rest.
+
+    ``jkt``: the RFC 7638 thumbprint of its ``jwk`` (no signature work yet: compare it with
+    the token's ``cnf.jkt`` first, and a stolen token presented with another key costs no
+    verification).
+    """
+
+    _header: _Header
+    _signing_input: bytes = field(repr=False)
+    _signature: bytes = field(repr=False)
+    jti: str
+    htu: str
+    iat: int | float
+    nonce: str | None  # the claim as sent (syntax checked), None without one
+
+    @property
+    def jkt(self) -> str:
+        return self._header.key.thumbprint
+
+    def check_htu(self, expected: Collection[str], *, path_parameters: bool = False) -> None:
+        """``htu`` is one of ``expected`` (canonical target URIs); else dpop_proof_invalid."""
+        # A canonical value is its own canonical form (a tested property): equal strings
+        # need no parsing. canonical_htu raises for an htu that is no URI at all.
+        value = self.htu
+        if value in expected or canonical_htu(value, path_parameters=path_parameters) in expected:
+            return
+        raise AuthzError(_INVALID, "htu is not the request's target URI")
+
+    def check_nonce(self, nonce_check: Callable[[str], bool] | None) -> str | None:
+        """The accepted nonce (None when nonces are not required); else dpop_nonce_required."""
+        if nonce_check is None:
+            return None  # not required: a nonce claim is not looked at beyond syntax
+        if self.nonce is None:
+            raise AuthzError(_NONCE, "nonce missing")
+        try:
+            accepted = nonce_check(self.nonce)
+        except Exception as exc:  # noqa: BLE001 - fail closed on the checker's faults too
+            raise AuthzError(_INVALID, f"unexpected {type(exc).__name__}") from None
+        if not accepted:
+            raise AuthzError(_NONCE, "nonce not accepted")
+        return self.nonce
+
+    def check_signature(self) -> None:
+        """The signature verifies with the ``jwk`` (built from its thumbprint members only)."""
+        try:
+            public_key, _ = _public_key(self._header.key)
+            self._header.spec.verify(public_key, self._signature, self._signing_input)
+        except AuthzError:
+            raise
+        except Exception:  # noqa: BLE001 - any failure is a bad signature
+            raise AuthzError(_INVALID, "signature does not verify") from None
+
+    def verify(
+        self,
+        *,
+        htu: Collection[str],
+        nonce: Callable[[str], bool] | None = None,
+        path_parameters: bool = False,
+    ) -> VerifiedProof:
+        """The remaining checks in the check sequence's order: target URI, nonce, signature."""
+        try:
+            self.check_htu(htu, path_parameters=path_parameters)
+            accepted = self.check_nonce(nonce)
+            self.check_signature()
+        except AuthzError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - fail closed on anything unexpected
+            raise AuthzError(_INVALID, f"unexpected {type(exc).__name__}") from None
+        return VerifiedProof(self.jkt, self.jti, self.iat, accepted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,16 +477,6 @@ def _signature_bytes(spec: _Alg, key: PublicJwk) -> int:
     return _OKP_SIGNATURE_BYTES[key.crv or ""]
 
 
-def _check_htu(value: Any, expected: Collection[str], path_parameters: bool) -> None:
-    if not isinstance(value, str):
-        raise AuthzError(_INVALID, "htu missing or not a string")
-    # A canonical value is its own canonical form (a tested property): equal strings
-    # need no parsing. canonical_htu raises for an htu that is no URI at all.
-    if value in expected or canonical_htu(value, path_parameters=path_parameters) in expected:
-        return
-    raise AuthzError(_INVALID, "htu is not the request's target URI")
-
-
 def _check_ath(claims: Mapping[str, Any], access_token: str | None) -> None:
     ath = claims.get("ath")
     if access_token is None:
@@ -398,21 +490,6 @@ def _check_ath(claims: Mapping[str, Any], access_token: str | None) -> None:
     # RFC 9449 4.2: over the ASCII of the token as sent (the token68, no scheme, no spaces).
     if ath != sha256_b64url(access_token.encode("ascii")):
         raise AuthzError(_INVALID, "ath is not the access token's hash")
-
-
-def _check_nonce(claims: Mapping[str, Any], nonce_check: Callable[[str], bool] | None) -> str | None:
-    value = claims.get("nonce")
-    if value is None and "nonce" not in claims:
-        if nonce_check is not None:
-            raise AuthzError(_NONCE, "nonce missing")
-        return None
-    if not isinstance(value, str) or _NONCE_SYNTAX.fullmatch(value) is None:
-        raise AuthzError(_INVALID, "nonce is not 1-256 NQCHAR")
-    if nonce_check is None:
-        return None
-    if not nonce_check(value):
-        raise AuthzError(_NONCE, "nonce not accepted")
-    return value
 
 
 @functools.lru_cache(maxsize=1024)

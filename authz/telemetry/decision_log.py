@@ -1,8 +1,9 @@
 """The decision log: one JSON line per check, written straight to the log handler when it can be.
 
 Nothing from a token reaches it: the decision's fields (names from the configuration and
-closed code sets), the method, the normalized path, configured key ids; the subject only
-when the configuration enables it.
+closed code sets), the method, the normalized path, configured key ids, the sender binding
+and a short hash of a DPoP proof's key (never the proof); the subject only when the
+configuration enables it.
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ def decision_fields(
         "method": request.method if request else None,
         "path": request.path if request else None,
         "kid": decision.key_id,
+        "binding": decision.binding.value,
     }
+    if decision.proof_key:
+        fields["dpop_key"] = decision.proof_key
     if settings.log_subject:
         fields["subject"] = decision.subject
     if decision.detail:
@@ -54,6 +58,7 @@ class RepeatedAnswer:
 
     labels: tuple[str, str, str]  # authz_checks_total's tenant, decision, reason
     verdict_label: tuple[str]  # authz_check_duration_seconds' decision
+    binding_label: tuple[str]  # authz_sender_bindings_total's binding
     sample_rate: float  # 1.0 for anything but an allow (denies are always logged)
     log_fields: Mapping[str, Any]  # decision_fields()
     log_tail: str  # those fields as JSON, after the opening brace and request/trace ids
@@ -70,6 +75,7 @@ class RepeatedAnswer:
         return cls(
             labels=(decision.tenant or "", verdict, decision.reason),
             verdict_label=(verdict,),
+            binding_label=(decision.binding.value,),
             sample_rate=rate,
             log_fields=MappingProxyType(fields),
             log_tail="}" if tail == "{}" else "," + tail[1:],

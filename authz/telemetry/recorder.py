@@ -75,6 +75,11 @@ class Telemetry:
             "HTTP door requests answered without a decision and the connection closed, by status and cause.",
             ("status", "cause"),
         )
+        self.bindings = self.registry.counter(
+            "authz_sender_bindings_total",
+            "Checks of a token, by how the request proved it holds it: dpop, mtls or none (bearer).",
+            ("binding",),
+        )
         self._timers: dict[str, _Timer] = {}
         self.step_latency = self.registry.histogram(
             "authz_token_step_duration_seconds",
@@ -151,6 +156,8 @@ class Telemetry:
         settings = settings or DEFAULT_SETTINGS
         self.checks.inc((decision.tenant or "", decision.verdict.value, decision.reason))
         self.latency.observe((decision.verdict.value,), elapsed)
+        if decision.token_present:
+            self.bindings.inc((decision.binding.value,))
         check = trace if isinstance(trace, CheckTrace) else UNTRACED
         span = check.span
         if span is not None:
@@ -171,6 +178,7 @@ class Telemetry:
         repeats are answered only with tracing off)."""
         self.checks.inc(answer.labels)
         self.latency.observe(answer.verdict_label, elapsed)
+        self.bindings.inc(answer.binding_label)  # a repeat is always of a token's allow
         decision_log.write_repeat(answer, request_id=request_id, trace_id=trace_id)
 
     def shutdown(self) -> None:
@@ -183,6 +191,9 @@ def _attributes(decision: Decision, request: AuthzRequest | None, settings: Reco
     attributes: dict[str, Any] = {"authz.decision": decision.verdict.value, "authz.reason": decision.reason}
     if decision.token_present:
         attributes["authz.cache_hit"] = decision.cache_hit
+        attributes["authz.binding"] = decision.binding.value
+    if decision.proof_key:
+        attributes["authz.dpop.key_hash"] = decision.proof_key
     for key, value in (
         ("authz.tenant", decision.tenant),
         ("authz.rule", decision.rule),

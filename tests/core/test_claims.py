@@ -10,6 +10,7 @@ from authz.config import SnapshotHolder
 from authz.core.claims import ClaimRules, validate_claims
 from authz.errors import AuthzError
 from authz.grpc.servicer import check
+from testkit.dpop import INVALID_TOKEN_CHALLENGE
 from testkit.world import ACME_IDP, NOW, check_request
 
 SKEW = 30
@@ -354,5 +355,5 @@ def test_claims_end_to_end(world, config, overrides, code):
     body = json.loads(denied.body)
     assert body == {"error": "invalid_token", "reason": code, "request_id": "req-1"}
     headers = {h.header.key: h.header.value for h in denied.headers}
-    assert headers["www-authenticate"] == 'Bearer error="invalid_token"'
+    assert headers["www-authenticate"] == INVALID_TOKEN_CHALLENGE
     assert response.dynamic_metadata.fields["reason"].string_value == code

@@ -14,6 +14,7 @@ from authz.grpc._proto.envoy.config.core.v3.base_pb2 import HeaderValueOption
 from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckResponse
 from authz.grpc.messages import from_check_request
 from authz.grpc.servicer import check
+from testkit.dpop import INVALID_TOKEN_CHALLENGE, NO_TOKEN_CHALLENGE
 from testkit.world import GLOBEX_IDP, NOW, SHARED_IDP, check_request
 
 IDENTITY = ("x-authz-tenant", "x-authz-subject", "x-authz-scopes")
@@ -135,7 +136,7 @@ def test_public_rule_needs_the_tenant_host(config, host):
     """Without a tenant from route or host there is no public rule: token_missing 401."""
     result = run(config, host=host, path="/healthz")
     assert_denied(result, "token_missing", 401, 16)
-    assert result.headers["www-authenticate"] == "Bearer"
+    assert result.headers["www-authenticate"] == NO_TOKEN_CHALLENGE
 
 
 def test_unknown_host_falls_back_to_token_tenant(world, config):
@@ -212,7 +213,7 @@ def test_audience_mismatch(world, config):
     """A token for another audience is audience_mismatch 401."""
     result = run(config, world.token(world.claims(aud=["billing", "shipping"])))
     assert_denied(result, "audience_mismatch", 401, 16)
-    assert result.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+    assert result.headers["www-authenticate"] == INVALID_TOKEN_CHALLENGE
 
 
 # -- rules --------------------------------------------------------------------------------
@@ -307,7 +308,7 @@ def test_token_missing(config):
     """No token on a protected rule is 401 with a bare Bearer challenge and error unauthorized."""
     result = run(config)
     assert_denied(result, "token_missing", 401, 16)
-    assert result.headers["www-authenticate"] == "Bearer"
+    assert result.headers["www-authenticate"] == NO_TOKEN_CHALLENGE
     assert result.body == {"error": "unauthorized", "reason": "token_missing", "request_id": "req-1"}
 
 

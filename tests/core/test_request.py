@@ -16,6 +16,7 @@ from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckReque
 from authz.grpc.messages import from_check_request
 from authz.grpc.servicer import check
 from authz.http.wire import from_http
+from testkit.dpop import INVALID_TOKEN_CHALLENGE
 from testkit.world import NOW, check_request
 
 
@@ -325,7 +326,7 @@ def test_two_authorization_headers_end_to_end(config):
     assert response.denied_response.status.code == 401
     assert json.loads(response.denied_response.body)["reason"] == "authorization_malformed"
     headers = {h.header.key: h.header.value for h in response.denied_response.headers}
-    assert headers["www-authenticate"] == 'Bearer error="invalid_token"'
+    assert headers["www-authenticate"] == INVALID_TOKEN_CHALLENGE
 
 
 # -- host ---------------------------------------------------------------------

@@ -18,6 +18,7 @@ import pytest
 from authz.config import Config, SnapshotHolder
 from authz.grpc import servicer as service
 from authz.grpc.server import RunningServer, run_server
+from testkit.dpop import INVALID_TOKEN_CHALLENGE, NO_TOKEN_CHALLENGE
 from testkit.envoy import (
     EchoUpstream,
     EnvoyProcess,
@@ -139,7 +140,7 @@ async def test_missing_token_is_401_bearer(envoy, upstream) -> None:
     response = await send(envoy, headers=FORGED)
     body = assert_denied(response, upstream, 401, "token_missing")
     assert body["error"] == "unauthorized"
-    assert response.headers["www-authenticate"] == ["Bearer"]
+    assert response.headers["www-authenticate"] == [NO_TOKEN_CHALLENGE]
     assert response.header("cache-control") == "no-store"
 
 
@@ -161,7 +162,7 @@ async def test_invalid_token_is_401_invalid_token(envoy, upstream, token, *, aut
     response = await send(envoy, headers=[("authorization", authorization)])
     body = assert_denied(response, upstream, 401, reason)
     assert body["error"] == "invalid_token"
-    assert response.headers["www-authenticate"] == ['Bearer error="invalid_token"']
+    assert response.headers["www-authenticate"] == [INVALID_TOKEN_CHALLENGE]
 
 
 async def test_expired_token_is_401(envoy, upstream, world: World) -> None:

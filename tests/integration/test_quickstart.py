@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from testkit.dpop import NO_TOKEN_CHALLENGE
 from testkit.envoy import EnvoyProcess, free_port, http_request, run_envoy
 from testkit.quickstart import demo_token, wait_serving
 
@@ -87,7 +88,7 @@ def test_quickstart_denials(demo: tuple[Path, EnvoyProcess]) -> None:
     folder, envoy = demo
     missing = http_request(envoy.port, "GET", "/orders", host="api.acme.test")
     assert missing.status == 401
-    assert missing.header("www-authenticate") == "Bearer"
+    assert missing.header("www-authenticate") == NO_TOKEN_CHALLENGE
     assert missing.json()["reason"] == "token_missing"
     token = demo_token(folder, "--scope", "orders:read")
     forbidden = http_request(

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from testkit.dpop import NO_TOKEN_CHALLENGE
 from testkit.envoy import free_port, http_request, run_envoy
 from testkit.quickstart import demo_token, wait_serving
 
@@ -66,7 +67,7 @@ def test_quickstart_through_the_http_door(tmp_path: Path) -> None:
 
             missing = http_request(envoy.port, "GET", "/orders", host="api.acme.test")
             assert missing.status == 401
-            assert missing.header("www-authenticate") == "Bearer"
+            assert missing.header("www-authenticate") == NO_TOKEN_CHALLENGE
             assert missing.header("cache-control") == "no-store"
             assert missing.json()["reason"] == "token_missing"
 

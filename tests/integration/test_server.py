@@ -31,6 +31,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from authz.config import Config, SnapshotHolder
 from authz.grpc.server import RunningServer, run_server
+from testkit.dpop import INVALID_TOKEN_CHALLENGE, NO_TOKEN_CHALLENGE
 from testkit.processes import ServeProcess
 from testkit.world import CONFIG, NOW, World
 
@@ -168,7 +169,7 @@ async def test_missing_token_is_401_with_bare_bearer_challenge(stub) -> None:
     """No token: UNAUTHENTICATED, 401, `www-authenticate: Bearer`, JSON body with request id."""
     code, status, headers, body = denied(await check(stub, x_request(request_id="rid-missing")))
     assert (code, status) == (16, 401)
-    assert headers["www-authenticate"] == "Bearer"
+    assert headers["www-authenticate"] == NO_TOKEN_CHALLENGE
     assert headers["content-type"] == "application/json"
     assert body == {"error": "unauthorized", "reason": "token_missing", "request_id": "rid-missing"}
 
@@ -183,7 +184,7 @@ async def test_invalid_token_is_401_invalid_token(stub, token: str) -> None:
     response = await check(stub, x_request(token=token))
     code, status, headers, body = denied(response)
     assert (code, status) == (16, 401)
-    assert headers["www-authenticate"] == 'Bearer error="invalid_token"'
+    assert headers["www-authenticate"] == INVALID_TOKEN_CHALLENGE
     assert body["error"] == "invalid_token"
     assert token not in response.SerializeToString().decode("utf-8", "replace")
 

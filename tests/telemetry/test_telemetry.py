@@ -277,6 +277,7 @@ async def test_allow_span_kind_children_and_attributes(service, checker: Checker
         "authz.key_id": "acme-es256",
         "authz.decryption_key_id": "enc-rsa-oaep-256",
         "authz.cache_hit": False,
+        "authz.binding": "none",
         "http.request.method": "GET",
         "url.path": "/orders",
     }
@@ -467,6 +468,7 @@ async def test_decision_log_fields_and_trace_id(service, checker: Checker, caplo
         "method": "GET",
         "path": "/orders",
         "kid": "acme-es256",
+        "binding": "none",
     }
     assert fields["trace_id"] == TRACE_ID
 
