@@ -1,4 +1,4 @@
-"""Command line: serve, check-config, schema, keygen, mint, explain, check, demo."""
+"""Command line: serve, check-config, schema, keygen, mint, dpop-proof, explain, check, demo."""
 
 from __future__ import annotations
 
@@ -85,7 +85,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--claim", action="append", default=[], help="extra claim NAME=JSON (repeatable)")
     p.add_argument("--lifetime", type=int, default=300, help="seconds until exp")
     p.add_argument("--typ", default="at+jwt", help='inner "typ" ("" for none)')
+    bind = p.add_mutually_exclusive_group()
+    bind.add_argument(
+        "--dpop-key", type=Path, help="bind the token to this client key (JWK Set, first key): cnf.jkt"
+    )
+    bind.add_argument(
+        "--client-cert", type=Path, help='bind the token to this client certificate (PEM): cnf["x5t#S256"]'
+    )
     p.set_defaults(func=_mint)
+
+    p = sub.add_parser("dpop-proof", help="make a DPoP proof (RFC 9449) for one request, as a client does")
+    p.add_argument("--key", type=Path, required=True, help="the client's private key (JWK Set, first key)")
+    p.add_argument("--method", required=True)
+    p.add_argument("--url", required=True, help="the request URL (query and fragment are left out)")
+    token = p.add_mutually_exclusive_group(required=True)
+    token.add_argument("--token", help="the access token the proof goes with (ath)")
+    token.add_argument("--token-file", type=Path)
+    p.add_argument("--nonce", help="the server's DPoP-Nonce, when it asks for one")
+    p.set_defaults(func=_dpop_proof)
 
     p = sub.add_parser("explain", help="show the decision for a request, through the Check code path")
     _request_args(p)
@@ -112,6 +129,15 @@ def _request_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", help="bearer token (or use --token-file)")
     p.add_argument("--token-file", type=Path)
     p.add_argument("--header", action="append", default=[], help="extra header NAME:VALUE (repeatable)")
+    proof = p.add_mutually_exclusive_group()
+    proof.add_argument(
+        "--dpop-key", type=Path, help="send the token with the DPoP scheme and a fresh proof by this key"
+    )
+    proof.add_argument("--dpop", help="send the token with the DPoP scheme and this proof")
+    p.add_argument("--nonce", help="with --dpop-key: the server's DPoP-Nonce")
+    p.add_argument(
+        "--client-cert", type=Path, help="the client certificate (PEM) of the connection, as Envoy sends it"
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -234,6 +260,14 @@ def _mint(args: argparse.Namespace) -> int:
             claims[name] = value
     if args.role:
         claims["roles"] = args.role
+    try:
+        cnf = _cnf(args)
+    except (OSError, ValueError, KeyError, IndexError, JWException) as exc:
+        print(f"error: cannot read the key or certificate to bind to: {type(exc).__name__}: {exc}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if cnf:
+        claims["cnf"] = cnf
     for item in args.claim:
         name, _, value = item.partition("=")
         try:
@@ -247,6 +281,32 @@ def _mint(args: argparse.Namespace) -> int:
             claims, encryption_key=encryption_key, signing_key=signing_key, enc=args.enc, typ=args.typ or None
         )
     )
+    return 0
+
+
+def _cnf(args: argparse.Namespace) -> dict[str, str] | None:
+    """The confirmation claim (RFC 7800) for --dpop-key or --client-cert, or None."""
+    from authz.jose.mint import certificate_x5t, dpop_jkt, read_jwks
+
+    if args.dpop_key is not None:
+        return {"jkt": dpop_jkt(read_jwks(args.dpop_key)[0])}
+    if args.client_cert is not None:
+        return {"x5t#S256": certificate_x5t(args.client_cert.read_bytes())}
+    return None
+
+
+def _dpop_proof(args: argparse.Namespace) -> int:
+    from jwcrypto.common import JWException
+
+    from authz.jose.mint import dpop_proof, read_jwks
+
+    try:
+        key = read_jwks(args.key)[0]
+        token = args.token or args.token_file.read_text().strip()
+        print(dpop_proof(key, method=args.method, url=args.url, token=token, nonce=args.nonce))
+    except (OSError, ValueError, KeyError, IndexError, TypeError, JWException) as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -274,7 +334,22 @@ def _check_request(args: argparse.Namespace) -> Any:
     http.headers[":method"] = args.method
     token = args.token or (args.token_file.read_text().strip() if args.token_file else None)
     if token:
-        http.headers["authorization"] = f"Bearer {token}"
+        proof = args.dpop
+        if args.dpop_key is not None:
+            from authz.jose.mint import dpop_proof, read_jwks
+
+            url = f"{http.scheme}://{args.host}{args.path}"
+            proof = dpop_proof(
+                read_jwks(args.dpop_key)[0], method=args.method, url=url, token=token, nonce=args.nonce
+            )
+        http.headers["authorization"] = f"{'DPoP' if proof else 'Bearer'} {token}"
+        if proof:
+            http.headers["dpop"] = proof
+    if args.client_cert is not None:
+        from urllib.parse import quote
+
+        # As Envoy sends it (include_peer_certificate): the URL-encoded PEM.
+        message.attributes.source.certificate = quote(args.client_cert.read_text(), safe="")
     for item in args.header:
         name, _, value = item.partition(":")
         http.headers[name.strip().lower()] = value.strip()
@@ -301,6 +376,7 @@ def _explain(args: argparse.Namespace) -> int:
         "reason": decision.reason,
         "tenant": decision.tenant,
         "rule": decision.rule,
+        "binding": decision.binding.value,
         "detail": decision.detail or None,
         "grpc_status": response.status.code,
         "http_status": 200 if decision.allowed else response.denied_response.status.code,
@@ -322,17 +398,16 @@ def _check(args: argparse.Namespace) -> int:
             print(f"error: {exc.code().name}", file=sys.stderr)
             return 2
     if response.HasField("ok_response"):
-        headers = {h.header.key: h.header.value for h in response.ok_response.headers}
-        print(
-            json.dumps(
-                {
-                    "status": "allowed",
-                    "upstream_headers": headers,
-                    "removed": list(response.ok_response.headers_to_remove),
-                },
-                indent=2,
-            )
-        )
+        ok = response.ok_response
+        headers = {h.header.key: h.header.value for h in ok.headers}
+        answer: dict[str, Any] = {
+            "status": "allowed",
+            "upstream_headers": headers,
+            "removed": list(ok.headers_to_remove),
+        }
+        if ok.response_headers_to_add:
+            answer["client_headers"] = {h.header.key: h.header.value for h in ok.response_headers_to_add}
+        print(json.dumps(answer, indent=2))
         return 0
     denied = response.denied_response
     print(

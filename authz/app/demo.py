@@ -102,6 +102,20 @@ def setup_demo(folder: Path, listen: str) -> str:
         encoding="utf-8",
     )
     script.chmod(0o755)
+    # A client's DPoP key (RFC 9449): issue-token --dpop-key binds a token to it, dpop-proof signs with it.
+    client = keys / "client-dpop.private.jwks.json"
+    if not client.exists():
+        write_jwks(client, {"keys": [_private(generate_key("ES256", "demo-client-1"))]}, private=True)
+    proof = folder / "dpop-proof"
+    proof.write_text(
+        "#!/bin/sh\n"
+        "# A DPoP proof by the demo client's key, e.g.\n"
+        '#   dpop-proof --method GET --url http://api.acme.test/orders --token "$TOKEN" [--nonce N]\n'
+        'here=$(dirname "$0")\n'
+        f'exec {authz} dpop-proof --key "$here/keys/client-dpop.private.jwks.json" "$@"\n',
+        encoding="utf-8",
+    )
+    proof.chmod(0o755)
     host, _, port = listen.rpartition(":")
     server = f"{host if host not in ('', '0.0.0.0') else '127.0.0.1'}:{port}"  # noqa: S104 - a client address
     return (
@@ -114,6 +128,13 @@ def setup_demo(folder: Path, listen: str) -> str:
         "      # denied: 403 role_missing\n"
         f"  {authz} check --server {server} --host api.acme.test --path /orders\n"
         "      # denied: 401 token_missing\n"
+        "A DPoP-bound token (RFC 9449): only the holder of the client key can use it.\n"
+        f"  TOKEN=$({folder}/issue-token --scope orders:read --dpop-key {client})\n"
+        f'  {authz} check --server {server} --host api.acme.test --path /orders --token "$TOKEN" '
+        f"--dpop-key {client}\n"
+        f"      # allowed: a fresh proof each time ({folder}/dpop-proof makes one for curl)\n"
+        f'  {authz} check --server {server} --host api.acme.test --path /orders --token "$TOKEN"\n'
+        "      # denied: 401 dpop_proof_missing (a bound token is no bearer token)\n"
     )
 
 
