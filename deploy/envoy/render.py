@@ -14,6 +14,9 @@ the identity headers, for the quick start) and where the OTLP collector is
         --authz 127.0.0.1:10091 --upstream 127.0.0.1:10093 --output envoy.yaml
     python deploy/envoy/render.py --door http --listen 127.0.0.1:10001 --admin 127.0.0.1:9902 \\
         --authz 127.0.0.1:9003
+    python deploy/envoy/render.py --listen 0.0.0.0:8443 --authz 127.0.0.1:9001 \\
+        --downstream-cert server.pem --downstream-key server-key.pem --client-ca clients.pem
+        # an mTLS listener for certificate-bound tokens (RFC 8705)
 
 The committed variants are listed in VARIANTS; tests/deploy/test_deploy.py fails when a
 committed file differs from what this script renders, and validates each with
@@ -32,6 +35,7 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "ALLOW_CLIENT_HEADERS",
     "DENY_HEADERS",
     "DOORS",
     "EDGE_REMOVED_HEADERS",
@@ -48,6 +52,7 @@ __all__ = [
     "TRACE_CONTEXT_HEADERS",
     "UNDERSCORE_HEADERS_ACTION",
     "VARIANTS",
+    "DownstreamTls",
     "Params",
     "Variant",
     "render",
@@ -73,7 +78,11 @@ HTTP_PATH_PREFIX = "/ext-authz"
 METHOD_OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-override")
 # The client headers Envoy passes to the HTTP door (method, path and host always go):
 # the token, the request id for the deny body and the logs, the trace context (Envoy's
-# own, when it traces: the client's is removed at the edge) and method overrides.
+# own, when it traces: the client's is removed at the edge) and method overrides; for
+# sender-constrained tokens the DPoP proof, the scheme a proof's htu names (Envoy sets
+# x-forwarded-proto itself: use_remote_address) and the client certificate's hash in
+# x-forwarded-client-cert (Envoy removes a client's, and sets its own on an mTLS
+# listener: forward_client_cert_details).
 HTTP_CHECK_HEADERS = (
     "authorization",
     "x-request-id",
@@ -81,6 +90,9 @@ HTTP_CHECK_HEADERS = (
     "tracestate",
     "b3",
     *METHOD_OVERRIDE_HEADERS,
+    "dpop",
+    "x-forwarded-proto",
+    "x-forwarded-client-cert",
 )
 HTTP_CHECK_HEADER_PREFIXES = ("x-b3-",)
 # Copied from an allow to the upstream request, overwriting the client's copies (authz
@@ -94,8 +106,12 @@ IDENTITY_HEADERS = ("x-authz-tenant", "x-authz-subject", "x-authz-scopes")
 IDENTITY_SPELLINGS_REGEX = "x(-authz[^a-z0-9-]|[^a-z0-9-]authz[^a-z0-9])({})".format(
     "|".join(name.removeprefix("x-authz-") for name in IDENTITY_HEADERS)
 )
-# Passed from a deny to the client, with its JSON body.
-DENY_HEADERS = ("www-authenticate", "content-type", "cache-control")
+# Passed from a deny to the client, with its JSON body (dpop-nonce: RFC 9449 9, a server
+# nonce for the client's next proof).
+DENY_HEADERS = ("www-authenticate", "content-type", "cache-control", "dpop-nonce")
+# Passed from an allow to the client's response: a fresh DPoP nonce, never cached (authz sets
+# cache-control only beside it). Envoy appends them (an upstream's cache-control stays).
+ALLOW_CLIENT_HEADERS = ("dpop-nonce", "cache-control")
 # Envoy retires its HTTP/1.1 connections to the door before authz would close them
 # (authz config http: max_requests_per_connection 10000, idle_timeout 60 s): a
 # connection the server closes while Envoy sends a check on it fails that check.
@@ -178,6 +194,20 @@ _EXT_AUTHZ = "envoy.filters.http.ext_authz"
 
 
 @dataclass(frozen=True, slots=True)
+class DownstreamTls:
+    """An mTLS listener: clients present a certificate (certificate-bound tokens, RFC 8705).
+
+    ``client_ca``: the CA bundle client certificates must chain to; None accepts any
+    certificate (RFC 8705 2.2, self-signed: the token's cnf is then the only check, which is
+    what proof of possession needs). Either way a connection without one is refused.
+    """
+
+    cert: str  # server certificate chain (PEM file)
+    key: str  # its private key (PEM file)
+    client_ca: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Params:
     """The parameters of one rendering: ``host:port`` addresses."""
 
@@ -194,6 +224,8 @@ class Params:
     # for an Envoy that only a trusted front proxy reaches; that proxy then owns the trace
     # id. Never for an Envoy clients reach directly: they would choose the trace id.
     trusted_trace_context: bool = False
+    # An mTLS listener (certificate-bound tokens); None: plaintext, as the quick start's.
+    downstream_tls: DownstreamTls | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -522,7 +554,7 @@ def _ext_authz(params: Params) -> dict[str, Any]:
             "grpc_service": {"envoy_grpc": {"cluster_name": "authz"}, "timeout": AUTHZ_TIMEOUT},
             "failure_mode_allow": False,  # fail closed: authz unreachable or slow is a deny
             "status_on_error": {"code": "ServiceUnavailable"},  # ...a 503, not a misleading 403
-            "include_peer_certificate": True,
+            "include_peer_certificate": True,  # certificate-bound tokens: the client's certificate
             "encode_raw_headers": True,  # header_map with raw bytes: no lossy UTF-8 or joining
             # with_request_body is not set: the body is never buffered nor sent to authz.
         }
@@ -536,6 +568,7 @@ def _ext_authz(params: Params) -> dict[str, Any]:
             "authorization_response": {
                 "allowed_upstream_headers": _matcher(IDENTITY_HEADERS),
                 "allowed_client_headers": _matcher(DENY_HEADERS),
+                "allowed_client_headers_on_success": _matcher(ALLOW_CLIENT_HEADERS),
             },
             # A check is idempotent: one more try, on another pod, when a connection
             # fails or is reset (an HTTP/1.1 connection closed by authz as Envoy used it).
@@ -617,6 +650,9 @@ def render(params: Params) -> dict[str, Any]:
         # a client sends. Behind a trusted proxy, see README: Request ids.
         "use_remote_address": True,
         "preserve_external_request_id": False,
+        # A client's x-forwarded-client-cert never passes (authz's HTTP door reads the client
+        # certificate's hash from it); on the mTLS listener Envoy sets its own, with Hash=.
+        "forward_client_cert_details": "SANITIZE" if params.downstream_tls is None else "SANITIZE_SET",
         "access_log": _access_log(params.door),
     }
     if params.otlp is not None:
@@ -650,21 +686,14 @@ def render(params: Params) -> dict[str, Any]:
         clusters.append(_cluster("upstream", params.upstream, http2=False))
     if params.otlp is not None:
         clusters.append(_cluster("opentelemetry_collector", params.otlp, http2=True))
+    chain: dict[str, Any] = {
+        "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]
+    }
+    if params.downstream_tls is not None:
+        chain = {"transport_socket": _downstream_tls(params.downstream_tls), **chain}
     return {
         "static_resources": {
-            "listeners": [
-                {
-                    "name": "ingress",
-                    "address": _socket(params.listen),
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
-                            ]
-                        }
-                    ],
-                }
-            ],
+            "listeners": [{"name": "ingress", "address": _socket(params.listen), "filter_chains": [chain]}],
             "clusters": clusters,
         },
         "overload_manager": {
@@ -679,6 +708,29 @@ def render(params: Params) -> dict[str, Any]:
             ]
         },
         "admin": {"address": _socket(params.admin)},
+    }
+
+
+def _downstream_tls(tls: DownstreamTls) -> dict[str, Any]:
+    """The listener's TLS: a client certificate required, verified against ``client_ca`` or, without
+    one, accepted untrusted (RFC 8705 2.2: the token's cnf names the very certificate)."""
+    if tls.client_ca is not None:
+        validation: dict[str, Any] = {"trusted_ca": {"filename": tls.client_ca}}
+    else:
+        validation = {"trust_chain_verification": "ACCEPT_UNTRUSTED"}
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": _T + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": True,
+            "common_tls_context": {
+                "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+                "tls_certificates": [
+                    {"certificate_chain": {"filename": tls.cert}, "private_key": {"filename": tls.key}}
+                ],
+                "validation_context": validation,
+            },
+        },
     }
 
 
@@ -720,9 +772,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep the trace context requests arrive with (only a trusted front proxy reaches this Envoy)",
     )
+    parser.add_argument("--downstream-cert", help="an mTLS listener: its certificate chain (PEM file)")
+    parser.add_argument("--downstream-key", help="an mTLS listener: its private key (PEM file)")
+    parser.add_argument(
+        "--client-ca", help="an mTLS listener: the clients' CA bundle; omitted: any client certificate"
+    )
     parser.add_argument("--output", type=Path, help="file for --listen (default: stdout)")
     args = parser.parse_args(argv)
     if args.listen:
+        tls = None
+        if args.downstream_cert or args.downstream_key or args.client_ca:
+            if not (args.downstream_cert and args.downstream_key):
+                parser.error("an mTLS listener needs --downstream-cert and --downstream-key")
+            tls = DownstreamTls(args.downstream_cert, args.downstream_key, args.client_ca)
         params = Params(
             args.listen,
             args.admin,
@@ -732,6 +794,7 @@ def main(argv: list[str] | None = None) -> int:
             door=args.door,
             authz_admin_port=args.authz_admin_port,
             trusted_trace_context=args.trusted_trace_context,
+            downstream_tls=tls,
         )
         text = render_text(params, f"Rendered with {params}.")
         if args.output:

@@ -453,12 +453,17 @@ def test_envoy_ext_authz_filter_settings(variant: Any) -> None:
         "www-authenticate",
         "content-type",
         "cache-control",
+        "dpop-nonce",  # RFC 9449 9: the nonce the client's next proof needs
     }
+    # An allow's fresh DPoP nonce reaches the client, uncacheable; nothing else does.
+    assert _patterns(response["allowed_client_headers_on_success"]) == {"dpop-nonce", "cache-control"}
     # Only connection failures are retried (a check is idempotent), never a 5xx.
     assert set(service["retry_policy"]["retry_on"].split(",")) <= {"connect-failure", "reset"}
     assert "authorization_request" not in service  # allowed_headers is the filter-level one
     sent = _patterns(settings["allowed_headers"])
     assert sent >= {"authorization", "x-request-id", "traceparent", "tracestate", "b3", "x-b3-*"}
+    # Sender-constrained tokens: the proof, the scheme its htu names, the certificate's hash.
+    assert sent >= {"dpop", "x-forwarded-proto", "x-forwarded-client-cert"}
     # Method overrides, which authz refuses when they name another method (should the edge keep them).
     assert sent >= set(METHOD_OVERRIDE_HEADERS)
     assert not any(h.startswith("x-authz-") for h in sent)  # the client's copies stay out of the check
@@ -1317,6 +1322,7 @@ def test_istio_http_provider_agrees_with_the_http_door(
     assert "includeRequestBodyInCheck" not in http
     assert http["headersToUpstreamOnAllow"] == list(render.IDENTITY_HEADERS)
     assert http["headersToDownstreamOnDeny"] == list(render.DENY_HEADERS)
+    assert http["headersToDownstreamOnAllow"] == list(render.ALLOW_CLIENT_HEADERS)
     sent = set(http["includeRequestHeadersInCheck"])
     assert sent >= set(render.HTTP_CHECK_HEADERS)
     assert {h for h in sent if h.startswith("x-b3-")} >= {"x-b3-traceid", "x-b3-spanid", "x-b3-sampled"}
