@@ -58,6 +58,7 @@ __all__ = [
     "find_envoy",
     "free_port",
     "http_request",
+    "https_request",
     "load_render",
     "raw_request",
     "refused_port",
@@ -791,6 +792,38 @@ def http_request(
         for name, value in items:
             conn.putheader(name, value)
         conn.endheaders(body)
+        resp = conn.getresponse()
+        data = resp.read()
+        return HttpResponse(resp.status, _lowercased(resp.getheaders()), data)
+    finally:
+        conn.close()
+
+
+def https_request(
+    port: int,
+    method: str = "GET",
+    path: str = "/",
+    *,
+    host: str,
+    ca: Path,
+    client: tuple[Path, Path] | None = None,
+    headers: HeadersArg | None = None,
+    timeout: float = 10.0,
+) -> HttpResponse:
+    """One HTTP/1.1 request over TLS to 127.0.0.1:``port`` (the server's certificate verified
+    against ``ca`` for 127.0.0.1), Host ``host``, presenting ``client`` = (certificate, key) PEM files."""
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(ca))
+    if client is not None:
+        context.load_cert_chain(str(client[0]), str(client[1]))
+    conn = http.client.HTTPSConnection(LOOPBACK, port, timeout=timeout, context=context)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("Host", host)
+        for name, value in _header_items(headers):
+            conn.putheader(name, value)
+        conn.endheaders()
         resp = conn.getresponse()
         data = resp.read()
         return HttpResponse(resp.status, _lowercased(resp.getheaders()), data)

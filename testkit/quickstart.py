@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-__all__ = ["demo_token", "wait_serving"]
+__all__ = ["demo_proof", "demo_token", "wait_serving"]
 
 
 def wait_serving(port: int, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
@@ -31,8 +31,17 @@ def wait_serving(port: int, process: subprocess.Popen[bytes], timeout: float = 2
 
 
 def demo_token(folder: Path, *args: str) -> str:
+    return _script(folder, "issue-token", *args)
+
+
+def demo_proof(folder: Path, *args: str) -> str:
+    """A DPoP proof by the demo client's key (``dpop-proof --method M --url U --token T``)."""
+    return _script(folder, "dpop-proof", *args)
+
+
+def _script(folder: Path, name: str, *args: str) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     done = subprocess.run(
-        [str(folder / "issue-token"), *args], check=True, capture_output=True, text=True, timeout=30, env=env
+        [str(folder / name), *args], check=True, capture_output=True, text=True, timeout=30, env=env
     )
     return done.stdout.strip()

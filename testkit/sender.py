@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import ipaddress
 import json
 import secrets
 import shutil
@@ -43,6 +44,7 @@ __all__ = [
     "make_cert",
     "nonce_keys",
     "proof",
+    "write_cert",
     "write_config",
 ]
 
@@ -175,25 +177,45 @@ class Cert:
         return quote(self.pem, safe="")
 
 
-def make_cert(name: str = "client") -> Cert:
+def make_cert(
+    name: str = "client", *, issuer: Cert | None = None, ca: bool = False, dns: str | None = None
+) -> Cert:
+    """A certificate for ``name``: self-signed, or signed by ``issuer``; ``ca``: a CA's;
+    ``dns``: a server's (subjectAltName: that name and 127.0.0.1)."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.UTC)
-    certificate = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
-        .issuer_name(subject)
+        .issuer_name(subject if issuer is None else x509.load_der_x509_certificate(issuer.der).subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
+    if dns is not None:
+        names = [x509.DNSName(dns), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    certificate = builder.sign(key if issuer is None else issuer.key, hashes.SHA256())
     return Cert(
         certificate.public_bytes(serialization.Encoding.DER),
         certificate.public_bytes(serialization.Encoding.PEM).decode("ascii"),
         key,
     )
+
+
+def write_cert(cert: Cert, folder: Path, name: str) -> tuple[Path, Path]:
+    """``name``.pem and ``name``-key.pem in ``folder``: the certificate and its private key."""
+    pem, key = folder / f"{name}.pem", folder / f"{name}-key.pem"
+    pem.write_text(cert.pem, encoding="ascii")
+    key.write_bytes(
+        cert.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return pem, key
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import yaml
 
 from testkit.dpop import NO_TOKEN_CHALLENGE
 from testkit.envoy import EnvoyProcess, free_port, http_request, run_envoy
-from testkit.quickstart import demo_token, wait_serving
+from testkit.quickstart import demo_proof, demo_token, wait_serving
 
 pytestmark = pytest.mark.envoy
 
@@ -96,3 +96,22 @@ def test_quickstart_denials(demo: tuple[Path, EnvoyProcess]) -> None:
     )
     assert forbidden.status == 403
     assert forbidden.json()["reason"] == "role_missing"
+
+
+def test_quickstart_dpop_request(demo: tuple[Path, EnvoyProcess]) -> None:
+    """The README's DPoP request: a token bound to the demo client's key, a fresh proof for the URL
+    Envoy sees (http, Host api.acme.test); the same proof again is a replay."""
+    folder, envoy = demo
+    client = str(folder / "keys" / "client-dpop.private.jwks.json")
+    token = demo_token(folder, "--scope", "orders:read", "--dpop-key", client)
+    proof = demo_proof(folder, "--method", "GET", "--url", "http://api.acme.test/orders", "--token", token)
+    headers = {"authorization": f"DPoP {token}", "dpop": proof}
+    reply = http_request(envoy.port, "GET", "/orders", host="api.acme.test", headers=headers)
+    assert reply.status == 200, reply
+    assert reply.header("x-seen-subject") == "demo-user"
+    again = http_request(envoy.port, "GET", "/orders", host="api.acme.test", headers=headers)
+    assert (again.status, again.json()["reason"]) == (401, "dpop_proof_replayed")
+    bearer = http_request(
+        envoy.port, "GET", "/orders", host="api.acme.test", headers={"authorization": f"Bearer {token}"}
+    )
+    assert (bearer.status, bearer.json()["reason"]) == (401, "dpop_proof_missing")
