@@ -68,7 +68,10 @@ def ext_authz_http_filter(cluster: str, port: int) -> dict[str, Any]:
                     "allowed_client_headers": exact(["www-authenticate", "content-type", "cache-control"]),
                 },
             },
-            "allowed_headers": exact(["authorization", "x-request-id", "traceparent", "tracestate"]),
+            # dpop and x-forwarded-proto: sender-constrained tokens, as deploy/envoy renders them.
+            "allowed_headers": exact(
+                ["authorization", "x-request-id", "traceparent", "tracestate", "dpop", "x-forwarded-proto"]
+            ),
             "failure_mode_allow": False,
         },
     }

@@ -143,6 +143,24 @@ end
 """
 
 
+# One value per request for one header (a DPoP proof is single-use), read from a file at start;
+# the count bound keeps the requests sent below the values (one in flight per connection).
+_WRK_VARYING = """
+local varying = {{}}
+local taken = 0
+function init(args)
+  for line in io.lines("{path}") do varying[#varying + 1] = line end
+end
+function request()
+  taken = taken + 1
+  local headers = {{}}
+  for name, value in pairs(wrk.headers) do headers[name] = value end
+  headers["{name}"] = varying[taken]
+  return wrk.format(nil, nil, headers)
+end
+"""
+
+
 def run_wrk(
     port: int,
     *,
@@ -153,18 +171,25 @@ def run_wrk(
     max_requests: int | None = None,
     rate: float | None = None,
     timeout_s: int = 5,
+    varying: tuple[str, Path, int] | None = None,
 ) -> dict[str, Any]:
     """``wrk -t1 -c<connections> -d<seconds>s`` (paced at ``rate`` req/s if given); returns its numbers.
 
+    ``varying``: (header name, file of values one per line, how many): each request carries
+    the next value (a fresh DPoP proof), and no more requests are sent than there are values.
     Raises LoadError on any socket error, timeout or non-2xx response.
     """
     if max_requests is None:  # the count bound: 100k/s (paced: 1.2 x the rate), far above what is measured
         max_requests = int(seconds * (1.2 * rate if rate else 100_000)) + connections
+    if varying is not None:
+        max_requests = min(max_requests, varying[2] - connections - 1)
     script = _WRK_DONE + (
         _WRK_PACE.format(rate=rate, max_requests=max_requests)
         if rate
         else _WRK_COUNT.format(max_requests=max_requests)
     )
+    if varying is not None:
+        script += _WRK_VARYING.format(name=varying[0], path=varying[1])
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write(script)
     command = [

@@ -29,6 +29,7 @@ __all__ = [
     "abuse_tokens",
     "claims",
     "distinct_tokens",
+    "dpop_proofs",
     "make_world",
     "write_configs",
 ]
@@ -146,3 +147,21 @@ def check_messages(tokens: Sequence[str]) -> list[bytes]:
         check_request(token=token, request_id=f"bench-{i}").SerializeToString()
         for i, token in enumerate(tokens)
     ]
+
+
+def dpop_proofs(key: Any, token: str, url: str, count: int, path: Path) -> Path:
+    """``count`` fresh ES256 proofs by ``key`` for GET ``url`` with ``token``, iat now, one per line."""
+    from testkit import dpop
+
+    now = int(time.time())
+    ath = dpop.ath(token)
+    lines = [
+        dpop.mint(
+            "ES256",
+            key,
+            body={"jti": f"b{i}-{secrets.token_hex(6)}", "htm": "GET", "htu": url, "iat": now, "ath": ath},
+        )
+        for i in range(count)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -6,14 +6,17 @@ in time and in count; medians of ``--runs`` runs, the scenarios interleaved
 run by run so that machine noise hits them alike):
 
 1. in-process: bench/bench_token.py (cold token path against the raw
-   primitives) and bench/bench_tracing.py, called as they are;
+   primitives), bench/bench_tracing.py, bench/bench_http_door.py and
+   bench/bench_dpop.py (a DPoP proof's check against the raw signature
+   verification; the replay cache's memory per entry), called as they are;
 2. our gRPC server alone, driven by h2load with gRPC frames: 1 and 2 workers,
    cold (``cache_size: 0``) and warm (cache on);
 3. Envoy, a ``direct_response`` route after: no filter; the native
    ``jwt_authn`` (RS256); ext_authz to a do-nothing grpc.aio server (the
    framework floor, bench/noop_authz.py); ext_authz to ours, cold and warm; ours
    with 2 workers behind one HTTP/2 connection and behind several
-   (``max_concurrent_streams``);
+   (``max_concurrent_streams``); the HTTP door warm with a DPoP-bound token and a
+   fresh ES256 proof on every request (proofs minted before each run);
 4. latency at a fixed rate (half the warm maximum through Envoy): Envoy + ours
    warm against Envoy alone, p50/p99;
 5. memory: one worker's RSS after a stream of distinct valid tokens, with the
@@ -85,6 +88,7 @@ class Settings:
     token_bench_args: list[str]
     tracing_bench_args: list[str]
     http_door_bench_args: list[str]
+    dpop_bench_args: list[str]
     in_process_folder: Path | None = None  # where bench_token.py and bench_tracing.py write their JSON
     rate_tolerance: float = 0.1  # a paced run must reach the rate within this fraction
 
@@ -237,6 +241,8 @@ class EnvoyTarget:
     server: servers.AuthzServer | None = None
     warm: bool = True
     cluster: str | None = None
+    # A header with a new value for every request (fresh DPoP proofs): seconds -> (name, file, count).
+    varying: Callable[[int], tuple[str, Path, int]] | None = None
 
 
 def _envoy_run(
@@ -245,6 +251,7 @@ def _envoy_run(
     stats_before = envoy_counters(target.envoy, target.listener)
     metrics_before = target.server.metrics() if target.server else {}
     cpu_before = worker_cpu(target.server) if target.server else {}
+    varying = target.varying(seconds) if target.varying is not None else None
     result = loadgen.run_wrk(
         target.port,
         path=PATH,
@@ -252,6 +259,7 @@ def _envoy_run(
         seconds=seconds,
         connections=settings.connections,
         rate=rate,
+        varying=varying,
     )
     stats_after = envoy_counters(target.envoy, target.listener)
 
@@ -419,6 +427,7 @@ def in_process(folder: Path, settings: Settings) -> dict[str, Any]:
         ("token", "bench_token.py", settings.token_bench_args),
         ("tracing", "bench_tracing.py", settings.tracing_bench_args),
         ("http_door", "bench_http_door.py", settings.http_door_bench_args),
+        ("dpop", "bench_dpop.py", settings.dpop_bench_args),
     ):
         out = folder / f"{name}.json"
         done = subprocess.run(  # noqa: S603
@@ -539,6 +548,7 @@ def run(settings: Settings, folder: Path) -> dict[str, Any]:
             eb.listener("noop_uvloop", [eb.ext_authz_http_filter("http_noop_uvloop", noop_uvloop.port)]),
             eb.listener("ours_http_cold", [eb.ext_authz_http_filter("http_1w_cold", s1c.http_port)]),
             eb.listener("ours_http_warm", [eb.ext_authz_http_filter("http_1w_warm", s1w.http_port)]),
+            eb.listener("ours_http_dpop", [eb.ext_authz_http_filter("http_1w_warm", s1w.http_port)]),
         ]
         clusters = [
             eb.grpc_cluster("authz_noop", noop.port),
@@ -573,6 +583,9 @@ def run(settings: Settings, folder: Path) -> dict[str, Any]:
             t_noop_uvloop = target("noop_uvloop", filter_stat="ext_authz")
             t_http_cold = target("ours_http_cold", filter_stat="ext_authz", server=s1c, warm=False)
             t_http_warm = target("ours_http_warm", filter_stat="ext_authz", server=s1w)
+            t_http_dpop = _dpop_target(
+                envoy, ports["ours_http_dpop"], server=s1w, world=world, settings=settings, folder=folder
+            )
             for server in (s1w, s2w):
                 warm_every_worker(server, message)
             preflight(t_direct, must_deny_without_token=False)
@@ -581,6 +594,7 @@ def run(settings: Settings, folder: Path) -> dict[str, Any]:
             preflight(t_noop_uvloop, must_deny_without_token=False)
             for t in (t_jwt, t_cold, t_warm, t_2w_one, t_2w_mcs, t_http_cold, t_http_warm):
                 preflight(t, must_deny_without_token=True)
+            preflight_dpop(t_http_dpop)
 
             scenarios = [
                 grpc_scenario("grpc_1w_cold", s1c, body, settings, warm=False),
@@ -627,6 +641,12 @@ def run(settings: Settings, folder: Path) -> dict[str, Any]:
                 envoy_scenario(
                     "envoy_ours_http_warm", "Envoy + ours, HTTP door, warm", t_http_warm, settings
                 ),
+                envoy_scenario(
+                    "envoy_ours_http_dpop_warm",
+                    "Envoy + ours, HTTP door, warm, DPoP-bound token, a fresh ES256 proof per request",
+                    t_http_dpop,
+                    settings,
+                ),
             ]
             phase(f"throughput: {len(scenarios)} scenarios x {settings.runs} runs x {settings.seconds}s")
             _interleave(scenarios, settings.runs, settings.seconds, settings.warmup)
@@ -647,6 +667,58 @@ def run(settings: Settings, folder: Path) -> dict[str, Any]:
 
 
 MAX_CONCURRENT_STREAMS = 4  # with wrk's 32 connections: up to 8 HTTP/2 connections to the workers
+# Proofs minted for each DPoP run: this many per second of it, above any rate one process verifies
+# (the run stops early, and says so in its count, should it ever use them all).
+DPOP_PROOFS_PER_SECOND = 12_000
+DPOP_URL = f"http://{eb.HOST}{PATH}"  # as the HTTP door sees it: x-forwarded-proto http, Host
+
+
+def _dpop_target(
+    envoy: EnvoyProcess,
+    port: int,
+    *,
+    server: servers.AuthzServer,
+    world: World,
+    settings: Settings,
+    folder: Path,
+) -> EnvoyTarget:
+    """The HTTP door, warm, with a DPoP-bound token: a new proof file before each run."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from testkit.sender import jkt
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    outer, inner = settings.pair
+    token = world.token(minting.claims(world, cnf={"jkt": jkt(key)}), outer=outer, inner=inner)
+
+    def proofs(seconds: int) -> tuple[str, Path, int]:
+        count = seconds * DPOP_PROOFS_PER_SECOND + settings.connections + 100
+        return "DPoP", minting.dpop_proofs(key, token, DPOP_URL, count, folder / "proofs.txt"), count
+
+    headers = {"Host": eb.HOST, "Authorization": f"DPoP {token}"}
+    return EnvoyTarget(
+        envoy, "ours_http_dpop", port, headers, filter_stat="ext_authz", server=server, varying=proofs
+    )
+
+
+def preflight_dpop(target: EnvoyTarget) -> None:
+    """A fresh proof is allowed; the same proof again is denied (a replay); no proof is denied."""
+    assert target.varying is not None  # noqa: S101 - a DPoP target
+    _, path, _ = target.varying(0)
+    proof = path.read_text().split("\n", 1)[0]
+    headers = {"Authorization": target.headers["Authorization"], "DPoP": proof}
+    for expected in (200, 401):
+        response = http_request(target.port, "GET", PATH, host=eb.HOST, headers=headers)
+        _check(
+            response.status == expected,
+            f"{target.listener}: a proof answered {response.status}, not {expected}",
+        )
+    response = http_request(
+        target.port, "GET", PATH, host=eb.HOST, headers={"Authorization": headers["Authorization"]}
+    )
+    _check(response.status == 401, f"{target.listener}: no proof answered {response.status}, not 401")
+
+
 _ISSUER = "https://idp.acme.test"
 
 
@@ -704,6 +776,7 @@ def ratios(results: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
         "noop_http_vs_jwt_authn": rps["envoy_noop_http_ext_authz"] / rps["envoy_jwt_authn"],
         "noop_http_uvloop_vs_jwt_authn": rps["envoy_noop_http_uvloop_ext_authz"] / rps["envoy_jwt_authn"],
         "http_cold_vs_grpc_cold_envoy": rps["envoy_ours_http_cold"] / rps["envoy_ours_cold"],
+        "http_dpop_warm_vs_bearer_warm": rps["envoy_ours_http_dpop_warm"] / rps["envoy_ours_http_warm"],
         "grpc_2w_vs_1w_warm": rps["grpc_2w_warm"] / rps["grpc_1w_warm"],
         "grpc_2w_vs_1w_cold": rps["grpc_2w_cold"] / rps["grpc_1w_cold"],
         "envoy_2w_mcs_vs_1conn": rps["envoy_ours_warm_2w_mcs"] / rps["envoy_ours_warm_2w_1conn"],
@@ -799,6 +872,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
         token_bench_args=["--seconds", "0.01", "--rounds", "1"] if quick else ["--rounds", "3"],
         tracing_bench_args=["--checks", "30", "--rounds", "1"] if quick else ["--rounds", "3"],
         http_door_bench_args=["--requests", "50", "--rounds", "1"] if quick else ["--rounds", "3"],
+        dpop_bench_args=["--proofs", "50", "--rounds", "1", "--entries", "2000"]
+        if quick
+        else ["--rounds", "7"],
         in_process_folder=args.json.parent,
         rate_tolerance=0.3 if quick else 0.1,
     )

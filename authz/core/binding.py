@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from authz.core.replay import replay_key
+from authz.core.replay import ReplayVerdict, replay_key
 from authz.core.request import AuthzRequest, CertificateSource, Scheme, client_certificate
 from authz.errors import AuthzError, Reason
 from authz.jose.dpop import DEFAULT_ALGORITHMS, ParsedProof, parse_proof
@@ -69,14 +69,19 @@ class DpopSettings:
         return self.max_age + 2 * self.skew
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReplayClaim:
-    """What the check sequence claims in the replay store once a proof passed every other check."""
+    """What the check sequence claims in the replay store once a proof passed every other check.
+
+    Made once per request: ``verdict`` is None until the store answered (the one field that
+    changes; an answer built from a claim nobody made is refused, see authz.core.check).
+    """
 
     key: bytes = field(repr=False)
     expires_at: float
     dry_run: bool = False  # the tenant is in dry-run: a replay is recorded, not enforced
     nonce: str | None = None  # the fresh nonce a deny after the claim carries (nonces required)
+    verdict: ReplayVerdict | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,11 +150,13 @@ def check_sender(
     path_parameters: bool,
     certificate_source: CertificateSource,
     now: float,
+    dry_run: bool = False,
 ) -> SenderCheck:
     """Stage B: the token's binding against the request; AuthzError for the first failure.
 
     ``proof``: what ``read_proof`` returned (a ``DPoP``-scheme request always has one).
-    ``certificate_source``: where the gRPC door reads the client certificate.
+    ``certificate_source``: where the gRPC door reads the client certificate. ``dry_run``:
+    the tenant's mode, for the replay claim (a replay is then recorded, not enforced).
     """
     kind, bound_to = token_binding(claims)
     if scheme is Scheme.DPOP:
@@ -157,7 +164,10 @@ def check_sender(
             raise AuthzError(Reason.DPOP_KEY_MISMATCH, "DPoP scheme with a token not bound to a DPoP key")
         if proof is None:  # read_proof runs for every DPoP-scheme request
             raise AuthzError(Reason.DPOP_PROOF_MISSING, "no proof was read")
-        return _check_proof(request, proof, bound_to, settings, origins, path_parameters, now)
+        checked = _check_proof(request, proof, bound_to, settings, origins, path_parameters, now)
+        if checked.claim is not None:
+            checked.claim.dry_run = dry_run
+        return checked
     if kind is Binding.DPOP:
         # RFC 9449 7.2: a DPoP-bound token is never a bearer token (downgrade).
         raise AuthzError(Reason.DPOP_PROOF_MISSING, "a DPoP-bound token under the Bearer scheme")

@@ -85,7 +85,7 @@ class Checker:
         with trace.active():
             decision = decide(snapshot, request, now, self.recorder)
         claim = decision.claim
-        if claim is not None and isinstance(self.replay, MemoryReplayStore):
+        if claim is not None and claim.verdict is None and isinstance(self.replay, MemoryReplayStore):
             decision = _claimed(decision, claim, self.replay, now)
         return decision
 
@@ -112,7 +112,7 @@ class Checker:
         else:
             decision = self.decide(snapshot, request, trace)
             remote = refetch_source(snapshot, decision)
-            if remote is not None or decision.claim is not None:
+            if remote is not None or _unclaimed(decision):
                 return self._after_wait(
                     snapshot, request, decision, remote, door, trace, request_id, started, budget
                 )
@@ -140,7 +140,7 @@ class Checker:
             decision = self.decide(snapshot, request, trace)
             budget = None if budget is None else budget - (time.perf_counter() - started)
         claim = decision.claim
-        if claim is not None:
+        if claim is not None and claim.verdict is None:
             decision = await self._claim(decision, claim, budget)
         return self.finish(
             snapshot, request, decision, door, trace=trace, request_id=request_id, started=started
@@ -172,7 +172,7 @@ class Checker:
         started: float,
     ) -> Answered[T]:
         """Build the answer, then record it. Never raises."""
-        if decision.claim is not None:  # fail closed: an unclaimed proof may be a replay
+        if _unclaimed(decision):  # fail closed: a proof nobody claimed may be a replay
             decision = settle(decision, ReplayVerdict.UNAVAILABLE, "the replay claim was not made")
         try:
             answer = door.render(decision, request_id, request.headers if request is not None else ())
@@ -188,6 +188,10 @@ class Checker:
             settings=snapshot.record if snapshot is not None else None,
         )
         return Answered(answer, decision)
+
+
+def _unclaimed(decision: Decision) -> bool:
+    return decision.claim is not None and decision.claim.verdict is None
 
 
 def _claimed(decision: Decision, claim: ReplayClaim, store: MemoryReplayStore, now: float) -> Decision:

@@ -115,40 +115,34 @@ def decide(snapshot: Snapshot, request: AuthzRequest, now: float, steps: Steps =
     tenant = progress.tenant
     dry_run = progress.tenant_established and tenant is not None and tenant.mode is Mode.DRY_RUN
     if progress.scheme is Scheme.DPOP:
-        decision = _with_dpop(decision, progress, snapshot, now, dry_run)
+        decision = _with_dpop(decision, progress, snapshot, now)
     # Dry-run never relaxes the request sanity checks (400): those protect the upstream.
     if decision.verdict is Verdict.DENY and dry_run and decision.outcome is not Outcome.BAD_REQUEST:
         return replace(decision, verdict=Verdict.DRY_RUN_DENY)
     return decision
 
 
-def _with_dpop(
-    decision: Decision, progress: _Progress, snapshot: Snapshot, now: float, dry_run: bool
-) -> Decision:
-    """A DPoP-scheme decision: marked so (its challenge is DPoP's), a fresh nonce where the
-    client needs one, and its replay claim told what a deny after it looks like.
-
-    With nonces required, every 401 carries the current nonce (RFC 9449 9: the client
-    retries with it), and so does an allow whose nonce is in its last window.
-    """
+def _with_dpop(decision: Decision, progress: _Progress, snapshot: Snapshot, now: float) -> Decision:
+    """With server nonces: the current nonce on every 401 of a DPoP-scheme request (RFC 9449 9:
+    the client retries with it) and on an allow whose nonce is in its last window; and on the
+    deny a replay claim may still turn this decision into."""
     issuer = snapshot.dpop.nonce
-    nonce = current = None
-    if issuer is not None:
-        current = issuer.issue(now)
-        if decision.outcome is Outcome.UNAUTHENTICATED or (
-            decision.verdict is Verdict.ALLOW
-            and progress.proof_nonce is not None
-            and issuer.needs_refresh(progress.proof_nonce, now)
-        ):
-            nonce = current
-    claim = decision.claim
-    if claim is not None:
-        claim = replace(claim, dry_run=dry_run, nonce=current)
-    return replace(decision, dpop=True, dpop_nonce=nonce, claim=claim)
+    if issuer is None:
+        return decision
+    current = issuer.issue(now)
+    if decision.claim is not None:
+        decision.claim.nonce = current
+    if decision.outcome is Outcome.UNAUTHENTICATED or (
+        decision.verdict is Verdict.ALLOW
+        and progress.proof_nonce is not None
+        and issuer.needs_refresh(progress.proof_nonce, now)
+    ):
+        return replace(decision, dpop_nonce=current)
+    return decision
 
 
 def settle(decision: Decision, verdict: ReplayVerdict, detail: str = "") -> Decision:
-    """The decision after its replay claim: unchanged when the proof is fresh, else the deny.
+    """The decision after its replay claim: the same when the proof is fresh, else the deny.
 
     A replayed proof, a full or unavailable store: deny (dry-run-deny for a dry-run
     tenant, like any token deny), without the identity the proof no longer stands for.
@@ -156,8 +150,9 @@ def settle(decision: Decision, verdict: ReplayVerdict, detail: str = "") -> Deci
     claim = decision.claim
     if claim is None:
         return decision
+    claim.verdict = verdict
     if verdict is ReplayVerdict.FRESH:
-        return replace(decision, claim=None)
+        return decision
     code = _REPLAY_CODES[verdict]
     return replace(
         decision,
@@ -170,7 +165,6 @@ def settle(decision: Decision, verdict: ReplayVerdict, detail: str = "") -> Deci
         valid_from=-math.inf,
         valid_until=math.inf,
         dpop_nonce=claim.nonce if REASONS[code] is Outcome.UNAUTHENTICATED else None,
-        claim=None,
         detail=detail or _REPLAY_DETAILS[verdict],
     )
 
@@ -269,6 +263,7 @@ def _authorize(
         path_parameters=snapshot.allow_path_parameters,
         certificate_source=snapshot.certificate_source,
         now=now,
+        dry_run=tenant.mode is Mode.DRY_RUN,
     )
     progress.binding, progress.claim, progress.proof_nonce = sender.binding, sender.claim, sender.nonce
     progress.proof_key = sender.key
@@ -318,6 +313,7 @@ def _sender_facts(progress: _Progress) -> dict[str, Any]:
     """What a decision records of the sender binding (any verdict)."""
     return {
         "binding": progress.binding,
+        "dpop": progress.scheme is Scheme.DPOP,
         "proof_key": key_hash(progress.proof_key) if progress.proof_key else None,
         "claim": progress.claim,
     }

@@ -37,6 +37,7 @@ SCENARIOS = {
     "envoy_noop_http_uvloop_ext_authz",
     "envoy_ours_http_cold",
     "envoy_ours_http_warm",
+    "envoy_ours_http_dpop_warm",
 }
 ABUSE = {"garbage", "unknown_kid", "alg_not_allowed", "oversize", "wrong_signer"}
 
@@ -100,6 +101,9 @@ def test_quick_run_covers_every_scenario(tools, tmp_path):
     ):
         assert "value" in results["ratios"][name]
     assert results["ratios"]["cold_token_path_vs_raw"]["value"] > 0
+    assert results["ratios"]["http_dpop_warm_vs_bearer_warm"]["value"] > 0
+    assert set(results["in_process"]["dpop"]["warm_check"]) == {"ES256", "EdDSA"}
+    assert results["in_process"]["dpop"]["replay_store"]["bytes_per_entry"] > 0
     assert results["machine"]["cores"] >= 1
     assert results["machine"]["envoy"]
 
