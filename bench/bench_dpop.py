@@ -190,22 +190,34 @@ def check_figures(count: int, rounds: int) -> dict[str, dict[str, float]]:
             checker.decide(snapshot, item)
         return (time.perf_counter_ns() - start) / len(requests) / 1000
 
-    samples: dict[str, list[float]] = {"bearer": [], **{alg: [] for alg in ALGS}}
+    # Interleaved in each round: the bearer check, then per algorithm the DPoP checks on fresh
+    # proofs and the raw verification of those same proofs (noise hits all alike).
+    samples: dict[str, list[float]] = {"bearer": []}
     for _ in range(rounds):
         samples["bearer"].append(timed([bearer] * count))
         for alg, key in keys.items():
             token = tokens[alg]
             fresh = [dpop_request(token, key, alg) for _ in range(count)]
-            samples[alg].append(timed(fresh))
-    medians = {name: statistics.median(values) for name, values in samples.items()}
+            raw = raw_verifiers(alg, key, [item.dpop[0] for item in fresh])
+            samples.setdefault(alg, []).append(timed(fresh))
+            samples.setdefault(f"{alg}-raw", []).append(_per_proof_us(raw, count))
     decided = checker.decide(snapshot, dpop_request(tokens["ES256"], keys["ES256"], "ES256"))
     assert decided.reason == "ok", decided  # noqa: S101 - every timed check was an allow too
     shutil.rmtree(root, ignore_errors=True)
-    return {
-        alg: {"bearer_us": round(medians["bearer"], 2), "dpop_us": round(medians[alg], 2),
-              "added_us": round(medians[alg] - medians["bearer"], 2)}
-        for alg in ALGS
-    }  # fmt: skip
+    figures: dict[str, dict[str, float]] = {}
+    for alg in ALGS:
+        row: dict[str, float] = {}
+        for stat, pick in (("", statistics.median), ("best_", min)):
+            bearer_us, dpop_us, raw_us = (pick(samples[n]) for n in ("bearer", alg, f"{alg}-raw"))
+            row |= {
+                f"{stat}bearer_us": round(bearer_us, 2),
+                f"{stat}dpop_us": round(dpop_us, 2),
+                f"{stat}raw_us": round(raw_us, 2),
+                f"{stat}added_us": round(dpop_us - bearer_us, 2),
+                f"{stat}added_over_raw_us": round(dpop_us - bearer_us - raw_us, 2),
+            }
+        figures[alg] = row
+    return figures
 
 
 def replay_figures(entries: int) -> dict[str, float]:
@@ -267,16 +279,18 @@ def main() -> int:
             "overhead_new_key_us": round(over_new, 2),
         }
     checks = check_figures(args.proofs, args.rounds)
-    head = f"{'check':<7} {'bearer us':>10} {'dpop us':>8} {'added':>8} {'raw us':>8}"
+    head = f"{'check':<13} {'bearer us':>10} {'dpop us':>8} {'added':>8} {'raw us':>8} {'added-raw':>10}"
     print(f"\n{head}  target (added <= raw + 25)")
     for alg, row in checks.items():
-        raw = results["algorithms"][alg]["raw"]
-        meets = row["added_us"] <= raw + TARGET_US
-        ok &= meets
-        row |= {"raw_us": raw, "meets": meets}
-        verdict = "ok" if meets else "MISSED"
-        line = f"{alg:<7} {row['bearer_us']:>10.1f} {row['dpop_us']:>8.1f} {row['added_us']:>+8.1f}"
-        print(f"{line} {raw:>8.1f}  {verdict}")
+        for stat, label in (("", "median"), ("best_", "best")):
+            meets = row[f"{stat}added_over_raw_us"] <= TARGET_US
+            if not stat:
+                ok &= meets
+                row["meets"] = meets
+            bearer_us, dpop_us, added = (row[stat + n] for n in ("bearer_us", "dpop_us", "added_us"))
+            raw_us, over = row[stat + "raw_us"], row[stat + "added_over_raw_us"]
+            line = f"{alg + ' ' + label:<13} {bearer_us:>10.1f} {dpop_us:>8.1f} {added:>+8.1f} {raw_us:>8.1f} {over:>+10.1f}"
+            print(f"{line}  {'ok' if meets else 'MISSED'}")
     results["warm_check"] = checks
     replay = replay_figures(args.entries)
     results["replay_store"] = replay

@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from authz.core.answer import answer_failed
-from authz.core.binding import ReplayClaim
+from authz.core.binding import DEFAULT_REPLAY_CACHE_SIZE, ReplayClaim
 from authz.core.decision import Decision, decide, reject, settle
 from authz.core.observe import NO_TRACE, Recorder, Trace
 from authz.core.replay import MemoryReplayStore, ReplayStore, ReplayVerdict
@@ -67,7 +67,9 @@ class Checker:
     def __init__(self, clock: Clock, recorder: Recorder, replay: ReplayStore | None = None) -> None:
         self.clock = clock
         self.recorder = recorder
-        self.replay: ReplayStore = replay if replay is not None else MemoryReplayStore(1_000_000)
+        self.replay: ReplayStore = (
+            replay if replay is not None else MemoryReplayStore(DEFAULT_REPLAY_CACHE_SIZE)
+        )
 
     def decide(self, snapshot: Snapshot | None, request: AuthzRequest, trace: Trace = NO_TRACE) -> Decision:
         """Decide on one snapshot (a reload mid-check cannot split it). Never raises.
