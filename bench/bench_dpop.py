@@ -289,7 +289,10 @@ def main() -> int:
                 row["meets"] = meets
             bearer_us, dpop_us, added = (row[stat + n] for n in ("bearer_us", "dpop_us", "added_us"))
             raw_us, over = row[stat + "raw_us"], row[stat + "added_over_raw_us"]
-            line = f"{alg + ' ' + label:<13} {bearer_us:>10.1f} {dpop_us:>8.1f} {added:>+8.1f} {raw_us:>8.1f} {over:>+10.1f}"
+            name = f"{alg} {label}"
+            line = (
+                f"{name:<13} {bearer_us:>10.1f} {dpop_us:>8.1f} {added:>+8.1f} {raw_us:>8.1f} {over:>+10.1f}"
+            )
             print(f"{line}  {'ok' if meets else 'MISSED'}")
     results["warm_check"] = checks
     replay = replay_figures(args.entries)
