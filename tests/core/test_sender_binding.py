@@ -647,3 +647,35 @@ def test_decision_fields(sender_config, key, token):
     assert decision.dpop
     assert decision.binding.value == "dpop"
     assert decision.claim is not None  # left for the check sequence
+
+
+def test_the_scheme_is_checked_against_the_binding_before_the_proof(
+    doors, door, world, key, cert, cert_token
+):
+    """A token not bound to a key under DPoP is a key mismatch even when its proof names another
+    URL: the binding decides before the proof's htu is looked at."""
+    unbound = world.token()
+    stray = proof(key, unbound, url="https://api.globex.test/elsewhere")
+    denied(ask(doors, door, dpop_headers(unbound, stray)), "dpop_key_mismatch", DPOP_INVALID_TOKEN)
+    stray = proof(key, cert_token, url="https://api.globex.test/elsewhere")
+    denied(ask(doors, door, dpop_headers(cert_token, stray)), "dpop_key_mismatch", DPOP_INVALID_TOKEN)
+
+
+def test_a_reload_keeps_the_replay_cache(doors, door, key, token, sender_config):
+    """The replay cache is the process's, not the configuration's: a proof spent before a reload
+    is a replay after it (an emptied cache would re-open every live proof)."""
+    headers = dpop_headers(token, proof(key, token))
+    allowed(ask(doors, door, headers))
+    doors.holder.swap(sender_config)
+    denied(ask(doors, door, headers), "dpop_proof_replayed")
+
+
+def test_the_door_keeps_one_entry_per_certificate(doors, world, cert):
+    """The HTTP door's memo key holds the certificate bytes: the same request from two clients
+    keeps two entries (each repeated for its own certificate only)."""
+    unbound = world.token()
+    other = make_cert()
+    for value in (cert.xfcc, other.xfcc, cert.xfcc, other.xfcc):
+        allowed(doors.http([*_bearer(unbound), ("x-forwarded-client-cert", value)]))
+    assert doors.door.memo_entries == 2
+    assert doors.door.memo_hits == 2
