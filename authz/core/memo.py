@@ -24,7 +24,7 @@ from authz.core.request import AuthzRequest, Scheme, client_certificate, credent
 from authz.core.snapshot import Snapshot
 from authz.jose.nested import VerifiedToken
 
-__all__ = ["NEVER_REPEATED_HEADERS", "AnswerMemo", "Kept", "dpop_scheme", "repeatable"]
+__all__ = ["NEVER_REPEATED_HEADERS", "AnswerMemo", "Kept", "certificate_of", "dpop_scheme", "repeatable"]
 
 # A request carrying any of these (lower-case names) is never answered from the memo.
 NEVER_REPEATED_HEADERS = frozenset({"dpop"})
@@ -44,7 +44,9 @@ def repeatable(request: AuthzRequest) -> bool:
     return not any(dpop_scheme(value) for value in request.authorization)
 
 
-def _certificate(request: AuthzRequest, snapshot: Snapshot) -> str:
+def certificate_of(request: AuthzRequest, snapshot: Snapshot) -> str:
+    """The client certificate a decision on ``request`` reads, as given ("" for none): what
+    ``AnswerMemo.lookup`` compares (a door's fast path may pass the same bytes unparsed)."""
     found = client_certificate(request, snapshot.certificate_source)
     return found.value if found is not None else ""
 
@@ -93,7 +95,7 @@ class AnswerMemo(Generic[T]):
         """The kept answer under ``key`` if it still holds (then the cache counts a hit).
 
         ``certificate``: the client certificate this request carries, as given ("" for
-        none); an entry decided with another is no hit.
+        none; ``certificate_of``); an entry decided with another is no hit.
         """
         kept = self._entries.get(key)
         if kept is None or snapshot is not self._snapshot or not kept.valid_from <= now < kept.valid_until:
@@ -143,5 +145,5 @@ class AnswerMemo(Generic[T]):
             decision.valid_from,
             decision.valid_until,
             (cache_key, verified),
-            _certificate(request, snapshot),
+            certificate_of(request, snapshot),
         )

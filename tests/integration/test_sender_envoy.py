@@ -241,6 +241,19 @@ async def test_an_allow_brings_the_next_nonce_when_the_clients_is_in_its_last_wi
 
 
 @pytest.mark.parametrize("door", ["grpc", "http"])
+async def test_a_client_cannot_choose_the_scheme_a_proof_is_checked_against(
+    envoys: dict[str, EnvoyProcess], key: Any, token: str, door: str
+) -> None:
+    """A proof for https:// over a plaintext connection, with the client's own x-forwarded-proto:
+    Envoy (the edge) sets the header from the connection, so the proof names another URL."""
+    nonce = await nonce_of(envoys[door], key, token)
+    https = proof(key, token, url="https://api.acme.test/orders", nonce=nonce)
+    headers = [("authorization", f"DPoP {token}"), ("dpop", https), ("x-forwarded-proto", "https")]
+    reply = await send(envoys[door], headers)
+    assert (reply.status, reply.json()["reason"]) == (401, "dpop_proof_invalid")
+
+
+@pytest.mark.parametrize("door", ["grpc", "http"])
 async def test_a_dpop_bound_token_is_no_bearer_token_through_envoy(
     envoys: dict[str, EnvoyProcess], key: Any, token: str, door: str
 ) -> None:
