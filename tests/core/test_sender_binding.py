@@ -679,3 +679,25 @@ def test_the_door_keeps_one_entry_per_certificate(doors, world, cert):
         allowed(doors.http([*_bearer(unbound), ("x-forwarded-client-cert", value)]))
     assert doors.door.memo_entries == 2
     assert doors.door.memo_hits == 2
+
+
+def test_the_span_carries_the_binding_and_the_key_hash(doors, key, token):
+    """What a traced check's span gets: authz.binding, authz.dpop.key_hash (never the thumbprint)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from authz.telemetry.recorder import Telemetry
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    doors.telemetry = Telemetry(provider)
+    doors.door.telemetry = doors.telemetry
+    doors.door.checker.recorder = doors.telemetry
+    allowed(doors.http(dpop_headers(token, proof(key, token))))
+    (span,) = [s for s in exporter.get_finished_spans() if "authz.decision" in (s.attributes or {})]
+    attributes = dict(span.attributes or {})
+    assert attributes["authz.binding"] == "dpop"
+    assert len(attributes["authz.dpop.key_hash"]) == 12
+    assert jkt(key) not in json.dumps(attributes)
