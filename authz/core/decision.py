@@ -61,7 +61,8 @@ class Decision:
     # Sender-constrained tokens: how the request proved it holds the token; whether it
     # used the DPoP scheme (the challenge follows it); the algorithms a DPoP challenge
     # names ("" before any configuration); a fresh server nonce for the client; a short
-    # hash of the proof key (logs); the replay claim still to make (the check sequence's).
+    # hash of the proof key (logs); a valid proof's replay claim, which the check sequence
+    # makes (its verdict None until then: settle).
     binding: Binding = Binding.NONE
     dpop: bool = False
     dpop_algs: str = ""

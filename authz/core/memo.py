@@ -34,7 +34,8 @@ def dpop_scheme(authorization: bytes | str) -> bool:
     """Whether an ``authorization`` value uses the DPoP scheme (any case): for a door's
     byte-level look before it parses anything."""
     text = authorization.decode("latin-1") if isinstance(authorization, bytes) else authorization
-    return text.strip().split(" ", 1)[0].lower() == "dpop"
+    head = text.lstrip()[:5]  # "DPoP" 1*SP token68 (RFC 9449 7.1); a door's fast path calls this
+    return head[4:] == " " and head[:4].lower() == "dpop"
 
 
 def repeatable(request: AuthzRequest) -> bool:
