@@ -25,6 +25,7 @@ from urllib.parse import unquote_plus
 
 from authz.errors import AuthzError, Reason
 from authz.jose.thumbprint import x5t_from_envoy_certificate, x5t_from_xfcc
+from authz.paths import decode_unreserved, remove_dot_segments, strip_parameters
 
 __all__ = [
     "METHODS",
@@ -46,15 +47,6 @@ __all__ = [
     "normalize_target",
     "plain_request_id",
 ]
-
-_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-
-_HEX = frozenset("0123456789abcdefABCDEF")
-
-_FORBIDDEN_ESCAPES = frozenset({"2F", "5C", "00"})
-
-# ";" and what follows it up to the next "/": a segment's parameters (RFC 3986 §3.3).
-_PARAMETERS = re.compile(r";[^/]*")
 
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *")
 # RFC 9449 7.1: "DPoP" 1*SP token68, the scheme in any case (RFC 9110 11.1).
@@ -328,65 +320,19 @@ def normalize_path(raw: str) -> str:
 
 
 def normalize_target(raw: str) -> tuple[str, bool]:
-    """The normalized path, and whether the raw path had segment parameters."""
+    """The normalized path, and whether the raw path had segment parameters (removed from it)."""
     path = raw.split("?", 1)[0].split("#", 1)[0]
     if not path.startswith("/") or len(path) > _MAX_PATH:
         raise AuthzError(Reason.PATH_INVALID, "path must be absolute and bounded")
     if "\\" in path or any(_is_control(c) for c in path):
         raise AuthzError(Reason.PATH_INVALID, "backslash or control character")
-    decoded = _decode_unreserved(path)
-    parameters = ";" in decoded
-    if parameters:
-        # Servlet containers (Tomcat, Jetty, Spring) drop each segment's ";..."
-        # before they resolve dot segments: "/healthz/..;/admin" is "/admin" to
-        # them. Match what they see. (No escape decodes to ";": %3B is refused.)
-        decoded = _PARAMETERS.sub("", decoded)
-    segments: list[str] = []
-    for segment in decoded.split("/")[1:]:
-        if segment == "..":
-            if not segments:
-                raise AuthzError(Reason.PATH_INVALID, "dot segment escapes the root")
-            segments.pop()
-        elif segment not in (".", ""):
-            segments.append(segment)
-    trailing = decoded.endswith(("/", "/.", "/..")) and bool(segments)
-    return "/" + "/".join(segments) + ("/" if trailing else ""), parameters
+    decoded, parameters = strip_parameters(decode_unreserved(path, Reason.PATH_INVALID))
+    return remove_dot_segments(decoded, Reason.PATH_INVALID), parameters
 
 
 def _is_control(char: str) -> bool:
     # C0, DEL and C1 (U+0080-U+009F, e.g. NEL): every Unicode control character.
     return char < " " or "\x7f" <= char <= "\x9f"
-
-
-def _decode_unreserved(path: str) -> str:
-    if "%" not in path:
-        return path
-    out: list[str] = []
-    i = 0
-    while i < len(path):
-        char = path[i]
-        if char != "%":
-            out.append(char)
-            i += 1
-            continue
-        pair = path[i + 1 : i + 3]
-        if len(pair) != 2 or not set(pair) <= _HEX:
-            raise AuthzError(Reason.PATH_INVALID, "bad percent escape")
-        upper = pair.upper()
-        if upper in _FORBIDDEN_ESCAPES:
-            raise AuthzError(Reason.PATH_INVALID, "encoded slash, backslash or NUL")
-        if upper == "3B":
-            # Upstreams disagree on whether a decoded ";" starts parameters.
-            raise AuthzError(Reason.PATH_INVALID, "encoded semicolon")
-        decoded = chr(int(upper, 16))
-        if decoded in _UNRESERVED:
-            out.append(decoded)
-        elif int(upper, 16) < 0x20 or upper == "7F":
-            raise AuthzError(Reason.PATH_INVALID, "encoded control character")
-        else:
-            out.append("%" + upper)
-        i += 3
-    return "".join(out)
 
 
 def first(headers: Mapping[str, tuple[str, ...]], name: str) -> str:

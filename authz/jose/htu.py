@@ -14,6 +14,7 @@ import ipaddress
 import re
 
 from authz.errors import AuthzError, Reason
+from authz.paths import decode_unreserved, remove_dot_segments, strip_parameters
 
 __all__ = ["MAX_HTU_CHARS", "canonical_htu", "canonical_origin"]
 
@@ -37,12 +38,6 @@ _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 
 # RFC 3986 3.3: pchar = unreserved / pct-encoded / sub-delims / ":" / "@"; plus "/".
 _PATH_CHARS = _UNRESERVED | frozenset("!$&'()*+,;=:@/%")
-
-_HEX = frozenset("0123456789abcdefABCDEF")
-
-_FORBIDDEN_ESCAPES = frozenset({"2F", "5C", "00", "3B"})
-
-_PARAMETERS = re.compile(r";[^/]*")
 
 
 def canonical_htu(url: str, *, path_parameters: bool = False) -> str:
@@ -125,42 +120,7 @@ def _is_ipv6(text: str) -> bool:
 def _path(path: str, path_parameters: bool) -> str:
     if not set(path) <= _PATH_CHARS:
         raise AuthzError(_INVALID, "htu path has a character outside RFC 3986 pchar")
-    decoded = _decode_unreserved(path) if "%" in path else path
-    if ";" in decoded:
-        if not path_parameters:
-            raise AuthzError(_INVALID, "htu path has segment parameters")
-        decoded = _PARAMETERS.sub("", decoded)
-    segments: list[str] = []
-    for segment in decoded.split("/")[1:]:
-        if segment == "..":
-            if not segments:
-                raise AuthzError(_INVALID, "htu path escapes the root")
-            segments.pop()
-        elif segment not in (".", ""):
-            segments.append(segment)
-    trailing = decoded.endswith(("/", "/.", "/..")) and bool(segments)
-    return "/" + "/".join(segments) + ("/" if trailing else "")
-
-
-def _decode_unreserved(path: str) -> str:
-    out: list[str] = []
-    i = 0
-    while i < len(path):
-        char = path[i]
-        if char != "%":
-            out.append(char)
-            i += 1
-            continue
-        pair = path[i + 1 : i + 3]
-        if len(pair) != 2 or not set(pair) <= _HEX:
-            raise AuthzError(_INVALID, "htu path has a bad percent escape")
-        upper = pair.upper()
-        if upper in _FORBIDDEN_ESCAPES:
-            raise AuthzError(_INVALID, "htu path has an encoded slash, backslash, NUL or semicolon")
-        value = int(upper, 16)
-        if value < 0x20 or value == 0x7F:
-            raise AuthzError(_INVALID, "htu path has an encoded control character")
-        decoded = chr(value)
-        out.append(decoded if decoded in _UNRESERVED else "%" + upper)
-        i += 3
-    return "".join(out)
+    decoded, parameters = strip_parameters(decode_unreserved(path, _INVALID))
+    if parameters and not path_parameters:
+        raise AuthzError(_INVALID, "htu path has segment parameters")
+    return remove_dot_segments(decoded, _INVALID)
