@@ -12,6 +12,7 @@ DEMO_ENVOY_ADMIN_PORT ?= 10081
 DEMO_AUTHZ_PORT       ?= 10091
 DEMO_AUTHZ_ADMIN_PORT ?= 10092
 DEMO_UPSTREAM_PORT    ?= 10093
+DEMO_STORE_PORT       ?= 10094
 DEMO_OTLP             ?= auto
 
 .PHONY: run test lint typecheck protos bench clean demo demo-stop lock
@@ -82,7 +83,7 @@ demo: $(VENV)/.installed-dev
 	$(PY) deploy/demo/stack.py start --state $(DEMO_STATE) --otlp $(DEMO_OTLP) \
 	  --envoy-port $(DEMO_ENVOY_PORT) --envoy-admin-port $(DEMO_ENVOY_ADMIN_PORT) \
 	  --authz-port $(DEMO_AUTHZ_PORT) --authz-admin-port $(DEMO_AUTHZ_ADMIN_PORT) \
-	  --upstream-port $(DEMO_UPSTREAM_PORT)
+	  --upstream-port $(DEMO_UPSTREAM_PORT) --store-port $(DEMO_STORE_PORT)
 
 ## demo-stop: end the processes `make demo` started (by pid)
 demo-stop:

@@ -1,4 +1,5 @@
-"""Command line: serve, check-config, schema, keygen, mint, dpop-proof, explain, check, demo."""
+"""Command line: serve, check-config, schema, keygen, mint, dpop-proof, explain, check, demo, revoke,
+revocations."""
 
 from __future__ import annotations
 
@@ -118,7 +119,55 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", type=Path, default=Path(".demo"))
     p.add_argument("--listen", default="127.0.0.1:9001")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("revoke", help="revoke tokens in the shared store (every replica within a second)")
+    _store_args(p)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--jti", help="one token, by its jti")
+    what.add_argument(
+        "--subject", help="every token of this subject (sub) of --issuer issued before --before"
+    )
+    what.add_argument("--client", help="every token of this client (azp or client_id) of --issuer, likewise")
+    p.add_argument("--issuer", help="the issuer (iss) of --subject or --client")
+    p.add_argument(
+        "--before", help="tokens issued (iat) before this time: RFC 3339 or epoch seconds; default now"
+    )
+    p.add_argument(
+        "--expires",
+        help="when the entry may go (RFC 3339 or epoch seconds): for --jti the token's exp; "
+        "default: long enough for any token of max_lifetime",
+    )
+    p.set_defaults(func=_revoke)
+
+    p = sub.add_parser("revocations", help="list or remove revocation entries in the shared store")
+    rsub = p.add_subparsers(metavar="ACTION")
+    q = rsub.add_parser("list", help="print the live entries (jti as its hash), one JSON object a line")
+    _store_args(q)
+    q.set_defaults(func=_revocations_list)
+    q = rsub.add_parser("unrevoke", help="remove entries: by jti, jti hash, or subject or client and issuer")
+    _store_args(q)
+    what = q.add_mutually_exclusive_group(required=True)
+    what.add_argument("--jti")
+    what.add_argument("--jti-hash", help="as revocations list prints it")
+    what.add_argument("--subject")
+    what.add_argument("--client")
+    q.add_argument("--issuer")
+    q.set_defaults(func=_unrevoke)
     return parser
+
+
+def _store_args(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", help="the store (and token.max_lifetime) of this configuration file")
+    where.add_argument("--store", help="the store's URL: redis://host:port/db, rediss://, redis+sentinel://")
+    p.add_argument("--password-file", type=Path, help="with --store: file holding the store's password")
+    p.add_argument("--key-prefix", default="authz:", help="with --store: the key prefix (default authz:)")
+    p.add_argument(
+        "--max-lifetime",
+        type=float,
+        default=86400 + 30,
+        help="with --store: seconds a subject or client entry lives (token.max_lifetime + clock_skew)",
+    )
 
 
 def _request_args(p: argparse.ArgumentParser) -> None:
@@ -369,6 +418,11 @@ def _explain(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if config.revocation.entries:
+        from authz.app.revocation import attach
+        from authz.core.revocation import RevocationSet
+
+        config = attach(config, RevocationSet(config.revocation.entries))  # the revocation file's entries
     decision, request, request_id = evaluate(SnapshotHolder(config), _check_request(args), time.time)
     response = to_check_response(decision, request_id, request.headers if request else ())
     result = {
@@ -422,6 +476,148 @@ def _check(args: argparse.Namespace) -> int:
         )
     )
     return 1
+
+
+def _store_target(args: argparse.Namespace) -> Any:
+    """The store of ``--config`` or ``--store``, or None after printing why not."""
+    from authz.app.revoke import StoreTarget, store_settings
+    from authz.config import load_config
+    from authz.errors import ConfigError
+
+    if args.config:
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return None
+        if config.store is None:
+            print(f"error: {args.config} has no store section", file=sys.stderr)
+            return None
+        return StoreTarget(config.store, config.revocation.entry_lifetime)
+    try:
+        return StoreTarget(store_settings(args.store, args.password_file, args.key_prefix), args.max_lifetime)
+    except ValueError as exc:
+        print(f"error: --store: {exc}", file=sys.stderr)
+        return None
+
+
+def _when(value: str | None, name: str, default: float) -> float:
+    from authz.config.revocations import parse_time
+
+    if value is None:
+        return default
+    try:
+        return parse_time(value)
+    except ValueError as exc:
+        raise SystemExit(f"error: {name}: {exc}") from None
+
+
+def _store_call(call: Any, *args: Any) -> Any:
+    """``call(*args)``, or None after printing why the store could not be used."""
+    try:
+        return call(*args)
+    except Exception as exc:  # noqa: BLE001 - the store's own words stay out; the kind is enough
+        print(f"error: the store did not answer ({type(exc).__name__})", file=sys.stderr)
+        return None
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from authz.app.revoke import write_entries
+    from authz.core.revocation import Entry, EntryKind, jti_hash
+
+    if (args.subject or args.client) and not args.issuer:
+        print("error: --subject and --client need --issuer", file=sys.stderr)
+        return 2
+    if args.jti and (args.issuer or args.before):
+        print("error: --jti takes neither --issuer nor --before (a jti names one token)", file=sys.stderr)
+        return 2
+    target = _store_target(args)
+    if target is None:
+        return 2
+    now = time.time()
+    if args.jti:
+        entry = Entry(
+            EntryKind.JTI,
+            jti_hash(args.jti),
+            expires_at=_when(args.expires, "--expires", now + target.entry_lifetime),
+        )
+    else:
+        kind = EntryKind.SUBJECT if args.subject else EntryKind.CLIENT
+        before = _when(args.before, "--before", now)
+        expires = _when(args.expires, "--expires", before + target.entry_lifetime)
+        entry = Entry(kind, args.subject or args.client, args.issuer, before, expires)
+    if entry.expires_at <= now:
+        print("error: --expires is in the past: the entry would be dropped at once", file=sys.stderr)
+        return 2
+    version = _store_call(write_entries, target, [entry])
+    if version is None:
+        return 1
+    print(json.dumps({"revoked": _entry_json(entry), "version": version}))
+    return 0
+
+
+def _entry_json(entry: Any) -> dict[str, Any]:
+    from authz.core.revocation import EntryKind
+
+    found: dict[str, Any] = {"kind": entry.kind.value}
+    if entry.kind is EntryKind.JTI:
+        found["jti_hash"] = entry.value
+    else:
+        found[entry.kind.value] = entry.value
+        found["issuer"] = entry.issuer
+        found["before"] = _rfc3339(entry.before)
+    found["expires"] = _rfc3339(entry.expires_at)
+    return found
+
+
+def _rfc3339(value: float) -> str:
+    import datetime
+
+    moment = datetime.datetime.fromtimestamp(value, tz=datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _revocations_list(args: argparse.Namespace) -> int:
+    from authz.app.revoke import list_entries
+
+    target = _store_target(args)
+    if target is None:
+        return 2
+    entries = _store_call(list_entries, target)
+    if entries is None:
+        return 1
+    for entry in sorted(entries, key=lambda e: (e.kind.value, e.issuer, e.value, e.before)):
+        print(json.dumps(_entry_json(entry)))
+    return 0
+
+
+def _unrevoke(args: argparse.Namespace) -> int:
+    from authz.app.revoke import remove_entries
+    from authz.core.revocation import EntryKind, jti_hash
+
+    target = _store_target(args)
+    if target is None:
+        return 2
+    if args.jti or args.jti_hash:
+        digest = jti_hash(args.jti) if args.jti else args.jti_hash.lower()
+
+        def match(entry: Any) -> bool:
+            return bool(entry.kind is EntryKind.JTI and entry.value == digest)
+    else:
+        if not args.issuer:
+            print("error: --subject and --client need --issuer", file=sys.stderr)
+            return 2
+        kind = EntryKind.SUBJECT if args.subject else EntryKind.CLIENT
+        value = args.subject or args.client
+
+        def match(entry: Any) -> bool:
+            return bool(entry.kind is kind and entry.value == value and entry.issuer == args.issuer)
+
+    removed = _store_call(remove_entries, target, match)
+    if removed is None:
+        return 1
+    print(json.dumps({"removed": [_entry_json(entry) for entry in removed]}))
+    return 0 if removed else 1
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -87,6 +87,9 @@ class Reason(enum.StrEnum):
     SENDER_CONSTRAINT_REQUIRED = "sender_constraint_required"
     DPOP_REPLAY_CACHE_FULL = "dpop_replay_cache_full"
     DPOP_REPLAY_STORE_UNAVAILABLE = "dpop_replay_store_unavailable"
+    # Revocation (issue 15): a revoked token, and a revocation mirror too old to trust.
+    TOKEN_REVOKED = "token_revoked"
+    REVOCATION_STATE_STALE = "revocation_state_stale"
     # Tenant and policy.
     TENANT_UNKNOWN = "tenant_unknown"
     TENANT_MISMATCH = "tenant_mismatch"
@@ -171,6 +174,11 @@ REASONS: Mapping[Reason, Outcome] = MappingProxyType(
         # The replay store did not answer in time (or failed): without it a proof could be
         # replayed, so it is refused; not the client's fault either.
         Reason.DPOP_REPLAY_STORE_UNAVAILABLE: Outcome.UNAVAILABLE,
+        # A revoked token is an invalid credential (RFC 6750 error="invalid_token").
+        Reason.TOKEN_REVOKED: _U,
+        # The revocation mirror has not been confirmed current for revocation.max_staleness:
+        # a token revoked meanwhile could pass, so tokens are refused (revocation.on_stale: deny).
+        Reason.REVOCATION_STATE_STALE: Outcome.UNAVAILABLE,
         # Tenant and policy.
         Reason.TENANT_UNKNOWN: _F,
         Reason.TENANT_MISMATCH: _F,

@@ -89,6 +89,7 @@ class Settings:
     tracing_bench_args: list[str]
     http_door_bench_args: list[str]
     dpop_bench_args: list[str]
+    store_bench_args: list[str] = field(default_factory=list)
     in_process_folder: Path | None = None  # where bench_token.py and bench_tracing.py write their JSON
     rate_tolerance: float = 0.1  # a paced run must reach the rate within this fraction
 
@@ -428,6 +429,8 @@ def in_process(folder: Path, settings: Settings) -> dict[str, Any]:
         ("tracing", "bench_tracing.py", settings.tracing_bench_args),
         ("http_door", "bench_http_door.py", settings.http_door_bench_args),
         ("dpop", "bench_dpop.py", settings.dpop_bench_args),
+        # Revocation lookups with 100,000 entries, memory per entry, store round trips per claim.
+        ("store", "bench_store.py", settings.store_bench_args),
     ):
         out = folder / f"{name}.json"
         done = subprocess.run(  # noqa: S603
@@ -875,6 +878,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
         dpop_bench_args=["--proofs", "50", "--rounds", "1", "--entries", "2000"]
         if quick
         else ["--rounds", "7"],
+        store_bench_args=["--entries", "3000", "--checks", "500", "--rounds", "1", "--claims", "200"]
+        if quick
+        else [],
         in_process_folder=args.json.parent,
         rate_tolerance=0.3 if quick else 0.1,
     )

@@ -22,6 +22,8 @@ from authz.app.admin import run_admin
 from authz.app.jwks import JwksRegistry
 from authz.app.limits import raise_open_files_limit
 from authz.app.reload import RESTART_SETTINGS, Deferred, Reloader, ReloadStatus
+from authz.app.revocation import RevocationService, attach
+from authz.app.store import StoreHolder, StoreMetrics
 from authz.app.workers import WorkerLink
 from authz.config import Config, SnapshotHolder, TlsSettings, load_config
 from authz.core.replay import MemoryReplayStore
@@ -66,6 +68,13 @@ async def serve(
         _log.error("telemetry configuration rejected", extra={"fields": {"error": str(exc)}})
         return 2
     telemetry = Telemetry(provider)
+    # One store client and one revocation mirror per process, kept across reloads: every
+    # snapshot reads the same mirror, so a revocation needs no reload to take effect.
+    stores = StoreHolder()
+    revocations = RevocationService(StoreMetrics(telemetry.registry))
+    telemetry.registry.collector(revocations.collector())
+    config = attach(config, revocations.mirror)
+    prepare = functools.partial(_prepare, registry, stores, revocations)
     open_files, _ = raise_open_files_limit()  # the doors and the admin port share the descriptors
     address = listen or config.listen or "127.0.0.1:9001"
     admin_address = admin_listen or config.admin_listen
@@ -97,7 +106,7 @@ async def serve(
             reloader: Reloader | None = None
             admin_port = None
             if admin_address:
-                ready = functools.partial(_ready, holder, stop)
+                ready = functools.partial(_ready, holder, stop, revocations)
                 admin_port = await stack.enter_async_context(
                     run_admin(
                         admin_address,
@@ -123,14 +132,14 @@ async def serve(
             # Listening, NOT_SERVING until the first jwks_uri fetches are in (bounded).
             ports = {"port": running.port, "admin_port": admin_port, "http_port": http_port}
             _log.info("listening", extra={"fields": ports})
-            await _prepare(registry, config)
+            await prepare(config)
             holder.swap(config)
             await running.set_serving(True)
             reloader = Reloader(
                 holder,
                 config_path,
-                loader=functools.partial(load_config, sources=registry),
-                prepare=functools.partial(_prepare, registry),
+                loader=functools.partial(_load, registry, revocations),
+                prepare=prepare,
                 restart_required=functools.partial(tls_restart_required, config.tls),
             )
             reloader.start()
@@ -153,6 +162,8 @@ async def serve(
             _log.info("draining", extra={"fields": {"grace_seconds": config.server.grace_seconds}})
             await reloader.stop()
             await registry.stop()
+            await revocations.stop()
+            await stores.close()
     except OSError as exc:
         _log.error("cannot serve", extra={"fields": {"error": str(exc)}})
         return 1
@@ -190,13 +201,26 @@ def _write_metrics(files: WorkerFiles) -> None:
             )
 
 
-def _ready(holder: SnapshotHolder, stopping: asyncio.Event) -> bool:
-    return holder.current is not None and not stopping.is_set()
+def _ready(
+    holder: SnapshotHolder, stopping: asyncio.Event, revocations: RevocationService | None = None
+) -> bool:
+    # Not ready while every token check would be revocation_state_stale (on_stale: deny).
+    ready = holder.current is not None and not stopping.is_set()
+    return ready and (revocations is None or revocations.ready())
 
 
-async def _prepare(registry: JwksRegistry, config: Config) -> None:
-    """Before a snapshot goes live: refresh its jwks_uri sources, first fetch awaited (bounded)."""
+def _load(registry: JwksRegistry, revocations: RevocationService, path: str) -> Config:
+    return attach(load_config(path, registry), revocations.mirror)
+
+
+async def _prepare(
+    registry: JwksRegistry, stores: StoreHolder, revocations: RevocationService, config: Config
+) -> None:
+    """Before a snapshot goes live: refresh its jwks_uri sources, first fetch awaited (bounded);
+    connect to its store (a changed one replaces the old) and load its revocations (bounded)."""
     await registry.start(config.jwks, config.server.jwks_first_fetch_wait)
+    client = await stores.apply(config.store)
+    await revocations.apply(config, client, config.server.jwks_first_fetch_wait)
 
 
 def _tls_mode(tls: TlsSettings | None) -> str:
@@ -249,6 +273,12 @@ GAUGE_MODES = {
     # Each worker has its own replay cache (README: a proof may pass once per process).
     "authz_dpop_replay_cache_entries": "livesum",
     "authz_dpop_replay_cache_capacity": "livesum",
+    # Every worker mirrors the same revocations: the largest mirror, the oldest, any stale one,
+    # and 0 when any worker has lost its subscription.
+    "authz_revocation_entries": "livemax",
+    "authz_revocation_mirror_age_seconds": "livemax",
+    "authz_revocation_mirror_stale": "livemax",
+    "authz_revocation_subscribed": "livemin",
 }
 
 

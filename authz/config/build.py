@@ -16,12 +16,23 @@ from msgspec import UNSET, UnsetType
 
 from authz.config import model as m
 from authz.config.convert import to_model
-from authz.config.settings import Config, HttpSettings, JwksSettings, ServerSettings, TlsSettings
+from authz.config.revocations import parse_revocation_file
+from authz.config.settings import (
+    Config,
+    HttpSettings,
+    JwksSettings,
+    RevocationSettings,
+    ServerSettings,
+    StoreSettings,
+    TlsSettings,
+)
+from authz.config.store import parse_store_url
 from authz.config.tenants import compile_tenants
 from authz.config.yaml import Place, parse_yaml
 from authz.core.binding import DpopSettings
 from authz.core.claims import ClaimRules
 from authz.core.request import CertificateSource
+from authz.core.revocation import Entry
 from authz.core.snapshot import RecordSettings, Snapshot
 from authz.errors import ConfigError
 from authz.jose.keys import IssuerKeys, KeySet, Purpose, RemoteKeys, parse_keyset
@@ -83,6 +94,8 @@ class _Builder:
             raise ConfigError(self.source, "the file is not UTF-8") from None
         config, root = to_model(parse_yaml(text, self.source), self.source)
         tls = None if config.tls is UNSET else self._tls(config.tls, root.key("tls"))
+        store = None if config.store is UNSET else self._store(config.store, root.key("store"))
+        revocation = self._revocation(config, root.key("revocation"), store)
         decryption = root.key("decryption")
         decryption_keys = self._keys(config.decryption.keys, decryption.key("keys"), Purpose.DECRYPT)
         issuers: dict[str, IssuerKeys] = {}
@@ -150,6 +163,80 @@ class _Builder:
                 dpop=dpop,
                 certificate_source=CertificateSource(config.request.client_certificate),
             ),
+            store=store,
+            revocation=revocation,
+        )
+
+    def _store(self, store: m.Store, place: Place) -> StoreSettings:
+        try:
+            url = parse_store_url(store.url)
+        except ValueError as exc:
+            raise place.key("url").error(str(exc)) from None
+        password = None
+        if store.password_file is not UNSET:
+            raw = self._read(self._path(store.password_file), place.key("password_file"), "store password")
+            password = raw.rstrip(b"\r\n")  # a file written by echo ends with a newline
+            if not password or b"\n" in password:
+                raise place.key("password_file").error("the password file must hold one non-empty line")
+        ca_file = None
+        if store.ca_file is not UNSET:
+            if not url.tls:
+                raise place.key("ca_file").error("only applies with rediss:// (TLS)")
+            ca_path = self._path(store.ca_file)
+            self._read(ca_path, place.key("ca_file"), "store CA bundle")
+            ca_file = str(ca_path)
+        return StoreSettings(
+            url=store.url,
+            hosts=url.hosts,
+            sentinel_service=url.sentinel_service,
+            db=url.db,
+            username=url.username,
+            tls=url.tls,
+            password=password,
+            ca_file=ca_file,
+            key_prefix=store.key_prefix,
+            timeout=store.timeout,
+            local_fallback=store.on_unavailable == "local",
+            max_connections=store.max_connections,
+        )
+
+    def _revocation(
+        self, config: m.ConfigFile, place: Place, store: StoreSettings | None
+    ) -> RevocationSettings:
+        revocation, token = config.revocation, config.token
+        file: str | None = None
+        entries: tuple[Entry, ...] = ()
+        lifetime = float(token.max_lifetime + token.clock_skew)
+        if revocation.file is not UNSET:
+            # Read as part of the config: its changes reload like the config's, and a bad
+            # edit keeps the last good configuration and its entries (file, line, reason).
+            path = self._path(revocation.file)
+            raw = self._read(path, place.key("file"), "revocation file")
+            try:
+                entries = parse_revocation_file(raw, str(path), lifetime)
+            except ConfigError as exc:
+                raise ConfigError(
+                    exc.file,
+                    f"{exc.reason} (referenced from {self.source}:{place.key('file').line})",
+                    exc.line,
+                ) from None
+            file = str(path)
+        elif store is not None and revocation.resync_interval >= revocation.max_staleness:
+            raise place.key("resync_interval").error(
+                "must be shorter than max_staleness (else the mirror goes stale between resyncs)"
+            )
+        if file is not None or store is None:
+            for key in ("max_staleness", "on_stale", "resync_interval", "full_resync_interval"):
+                if place.has(key):
+                    raise place.key(key).error("only applies to revocations from the store")
+        return RevocationSettings(
+            file=file,
+            max_staleness=revocation.max_staleness,
+            serve_stale=revocation.on_stale == "serve",
+            resync_interval=revocation.resync_interval,
+            full_resync_interval=revocation.full_resync_interval,
+            entry_lifetime=lifetime,
+            entries=entries,
         )
 
     def _dpop(self, dpop: m.Dpop, place: Place) -> DpopSettings:

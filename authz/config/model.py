@@ -25,7 +25,9 @@ __all__ = [
     "DpopNonce",
     "EncryptOnlyKey",
     "Issuer",
+    "Revocation",
     "Rule",
+    "Store",
     "Tenant",
     "about",
 ]
@@ -296,6 +298,86 @@ class Tls(_Section, kw_only=True, frozen=True):
     ] = UNSET
 
 
+# redis:// and rediss:// (TLS): one server; redis+sentinel:// and rediss+sentinel://: a
+# Sentinel-managed primary, with the Sentinels' addresses and the service name. No password
+# in the URL: it would sit in the YAML (password_file holds it).
+StoreUrl = Annotated[
+    str,
+    Meta(
+        pattern=_whole(r"rediss?(\+sentinel)?://[^\s:@/]*@?[^\s@/]+(/[^\s]*)?"),
+        extra={
+            "reason": "must be a redis://, rediss://, redis+sentinel:// or rediss+sentinel:// URL "
+            "(no password: use password_file)"
+        },
+    ),
+]
+KeyPrefix = Annotated[
+    str,
+    Meta(
+        pattern=_whole(r"[A-Za-z0-9:._-]{0,64}"),
+        extra={"reason": "must be at most 64 letters, digits, ':', '.', '_' or '-'"},
+    ),
+]
+StoreTimeout = Annotated[
+    float, Meta(gt=0, le=5, extra={"reason": "must be a number of seconds above 0, at most 5"})
+]
+
+
+class Store(_Section, kw_only=True, frozen=True):
+    """The shared store (Redis or Valkey): DPoP replay state and revocations, one for every replica."""
+
+    url: Annotated[
+        StoreUrl,
+        about(
+            "redis://[user@]host:port/db, rediss:// (TLS), or redis+sentinel://[user@]h1:p1,h2:p2/service/db "
+            "(rediss+sentinel: TLS); no password here"
+        ),
+    ]
+    password_file: Annotated[
+        FilePath | UnsetType, about("File holding the store's password (ACL or requirepass); not set: none")
+    ] = UNSET
+    ca_file: Annotated[
+        FilePath | UnsetType, about("CA bundle (PEM) for rediss:// to a private CA; not set: system trust")
+    ] = UNSET
+    key_prefix: Annotated[KeyPrefix, about("Prefix of every key authz writes (share a store safely)")] = (
+        "authz:"
+    )
+    timeout: Annotated[
+        StoreTimeout, about("Seconds one store operation may take (never beyond a check's deadline)")
+    ] = 0.05
+    on_unavailable: Annotated[
+        Literal["deny", "local"],
+        about(
+            "Store not answering: deny DPoP checks (503 dpop_replay_store_unavailable) or local (per process)"
+        ),
+        Meta(extra={"reason": "must be deny or local"}),
+    ] = "deny"
+    max_connections: Annotated[Positive, about("Connections per process for store operations")] = 8
+
+
+class Revocation(_Section, kw_only=True, frozen=True):
+    """Token revocation: entries from the shared store (authz revoke) or from a watched file."""
+
+    file: Annotated[
+        FilePath | UnsetType,
+        about("A revocation file (watched, reloaded); not set: the store's revocations, if there is a store"),
+    ] = UNSET
+    max_staleness: Annotated[
+        Seconds, about("Seconds the store's revocation mirror may go unconfirmed before on_stale applies")
+    ] = 30.0
+    on_stale: Annotated[
+        Literal["deny", "serve"],
+        about("Mirror stale: deny token checks (503 revocation_state_stale) or serve on the stale mirror"),
+        Meta(extra={"reason": "must be deny or serve"}),
+    ] = "deny"
+    resync_interval: Annotated[
+        Seconds, about("Seconds between checks that the mirror matches the store (and resyncs if not)")
+    ] = 5.0
+    full_resync_interval: Annotated[
+        Seconds, about("Seconds between full reloads of the mirror from the store (a safety net)")
+    ] = 300.0
+
+
 class EncryptOnlyKey(_Section, kw_only=True, frozen=True):
     """A symmetric decryption key accepted without an inner JWS, and the issuers it speaks for."""
 
@@ -378,4 +460,11 @@ class ConfigFile(_Section, kw_only=True, frozen=True):
     telemetry: Annotated[Telemetry, about("What decisions record")] = Telemetry()
     tls: Annotated[Tls | UnsetType, about("TLS on the gRPC listener; not set: plaintext")] = UNSET
     dpop: Annotated[Dpop, about("DPoP proofs of key-bound tokens")] = Dpop()
+    store: Annotated[
+        Store | UnsetType,
+        about("The shared store (Redis/Valkey); not set: every replica keeps its own state"),
+    ] = UNSET
+    revocation: Annotated[Revocation, about("Token revocation: its source and staleness bound")] = (
+        Revocation()
+    )
     tenants: Annotated[tuple[Tenant, ...], Meta(min_length=1), about("The tenants; at least one")]

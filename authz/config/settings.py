@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from authz.core.revocation import Entry
 from authz.core.snapshot import Snapshot
 
-__all__ = ["Config", "HttpSettings", "JwksSettings", "ServerSettings", "TlsSettings"]
+__all__ = [
+    "Config",
+    "HttpSettings",
+    "JwksSettings",
+    "RevocationSettings",
+    "ServerSettings",
+    "StoreSettings",
+    "TlsSettings",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +62,43 @@ class JwksSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """The shared store, as parsed from ``store.url`` and read from its files for this snapshot."""
+
+    url: str  # as written (it holds no password)
+    hosts: tuple[tuple[str, int], ...]  # the server, or the Sentinels
+    sentinel_service: str | None  # the Sentinel service name; None: a single server
+    db: int
+    username: str | None
+    tls: bool
+    password: bytes | None = field(repr=False)
+    ca_file: str | None  # PEM bundle for rediss:// to a private CA
+    key_prefix: str
+    timeout: float
+    local_fallback: bool  # on_unavailable: local
+    max_connections: int
+
+    @property
+    def endpoint(self) -> str:
+        """Where the store is, for logs and metrics (the URL holds no secret)."""
+        return self.url
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationSettings:
+    """Where revocations come from and how stale the mirror may get."""
+
+    file: str | None = None  # a watched revocation file; None: the store's revocations (if any)
+    max_staleness: float = 30.0
+    serve_stale: bool = False  # on_stale: serve
+    resync_interval: float = 5.0
+    full_resync_interval: float = 300.0
+    # How long a subject or client entry must live: no token issued before it may be valid after.
+    entry_lifetime: float = 86400.0 + 30.0
+    entries: tuple[Entry, ...] = field(default=(), repr=False)  # the file's entries, as loaded
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """One immutable load of the configuration; a reload builds a new one and swaps it in whole."""
 
@@ -67,3 +113,5 @@ class Config:
     server: ServerSettings
     jwks: tuple[JwksSettings, ...]  # issuer keys from URLs (fetched by the server, shared across reloads)
     snapshot: Snapshot = field(compare=False)
+    store: StoreSettings | None = None  # None: no shared store (per-process state)
+    revocation: RevocationSettings = RevocationSettings()

@@ -3,7 +3,7 @@
 This is the one code path shared by the gRPC Check handler and ``authz
 explain``. Order: tenant from the request (route context, host) -> public
 rule -> access token (Bearer or DPoP; a DPoP proof's cheap checks) -> token
-layer -> claims -> tenant binding (tenant claim, issuer, audience, encrypt-only
+layer -> claims -> revocation -> tenant binding (tenant claim, issuer, audience, encrypt-only
 opt-in) -> sender binding (cnf: DPoP proof or client certificate) -> rule ->
 sender constraint -> requirements. Any failure is a deny with a reason code;
 anything unexpected is ``internal_error``, still a deny. In ``dry-run`` the
@@ -24,6 +24,7 @@ from authz.core.observe import NO_STEPS, Steps
 from authz.core.policy import Mode, Rule, SenderConstraint, Tenant, require
 from authz.core.replay import ReplayVerdict
 from authz.core.request import AuthzRequest, Scheme, credentials
+from authz.core.revocation import Revocation
 from authz.core.snapshot import Snapshot
 from authz.errors import REASONS, AuthzError, Outcome, Reason
 from authz.jose.dpop import ParsedProof
@@ -54,6 +55,10 @@ class Decision:
     decryption_key_id: str | None = None
     issuer: str | None = None  # a configured issuer the token named (verified, or a refetch hint)
     cache_hit: bool = False  # the token layer's result came from the verified-token cache
+    # token_revoked: the kind of entry that matched (jti, subject, client) and the token's
+    # jti as a short hash (never the jti itself).
+    revocation: str | None = None
+    jti_hash: str | None = None
     # An allow on a token holds, as far as time goes, while valid_from <= now < valid_until.
     valid_from: float = -math.inf
     valid_until: float = math.inf
@@ -89,6 +94,7 @@ class _Progress:
     token: VerifiedToken | None = None
     token_present: bool = False
     cache_hit: bool = False
+    revocation: Revocation | None = None
     # The tenant is established: chosen by the request (route, host), or chosen
     # by the token and the token proven to belong to it. Only then may that
     # tenant's dry-run mode turn a deny into an allow: a token must not pick a
@@ -227,6 +233,11 @@ def _decide(
         progress.token = verified
         # The time checks run on every request, cached or not.
         claims = progress.claims = validate_claims(verified.claims, snapshot.claim_rules, now)
+    # So does the revocation check: a revocation is effective from the next request on,
+    # whether the token's verification is cached or not (a dict lookup in the mirror).
+    revoked = progress.revocation = snapshot.revocations.check(claims)
+    if revoked is not None:
+        raise AuthzError(Reason.TOKEN_REVOKED, f"revoked by a {revoked.kind} entry")
     with steps.step("policy"):
         return _authorize(
             snapshot, request, tenant=tenant, progress=progress, verified=verified, claims=claims, now=now
@@ -368,6 +379,8 @@ def _deny(progress: _Progress, code: Reason, detail: str, snapshot: Snapshot) ->
         decryption_key_id=token.decryption_kid if token else None,
         issuer=claims.issuer if claims else None,
         cache_hit=progress.cache_hit,
+        revocation=progress.revocation.kind.value if progress.revocation else None,
+        jti_hash=progress.revocation.jti if progress.revocation else None,
         detail=detail,
         dpop_algs=snapshot.dpop.challenge_algs,
         **_sender_facts(progress),

@@ -2,8 +2,10 @@
 
 An entry is a rendered allow of a verified token, kept per snapshot (a reload starts an
 empty memo) and served while it provably holds: the token's entry in the verified-token
-cache unchanged (a key change, the token's expiry or an eviction retire it) and ``now``
-inside the claims' time window. Doors key it by a digest of every byte the decision reads.
+cache unchanged (a key change, the token's expiry or an eviction retire it), ``now``
+inside the claims' time window, and the revocation mirror at the generation it was decided
+on (any change of the revocations, or a mirror gone stale, sends the repeat to a full check).
+Doors key it by a digest of every byte the decision reads.
 
 Sender-constrained tokens: a DPoP request (the DPoP scheme, or any ``dpop`` header) is never
 kept nor answered: each proof is single-use and must meet the replay store. An entry records
@@ -65,6 +67,7 @@ class Kept(Generic[T]):
     valid_until: float
     token: tuple[bytes, VerifiedToken]  # the cache key and the very entry it was decided on
     certificate: str  # the client certificate the request carried, as given ("" for none)
+    revocations: int = 0  # the revocation mirror's generation when it was decided
 
 
 class AnswerMemo(Generic[T]):
@@ -102,6 +105,8 @@ class AnswerMemo(Generic[T]):
         if kept is None or snapshot is not self._snapshot or not kept.valid_from <= now < kept.valid_until:
             return None
         if kept.certificate != certificate:
+            return None
+        if not snapshot.revocations.holds(kept.revocations):
             return None
         if not snapshot.cache.holds(*kept.token, snapshot.token_keys, now):
             return None
@@ -147,4 +152,5 @@ class AnswerMemo(Generic[T]):
             decision.valid_until,
             (cache_key, verified),
             certificate_of(request, snapshot),
+            snapshot.revocations.generation,
         )

@@ -9,6 +9,7 @@ from authz.core.cache import TokenCache
 from authz.core.claims import ClaimRules
 from authz.core.policy import TenantIndex
 from authz.core.request import CertificateSource
+from authz.core.revocation import NO_REVOCATIONS, Revocations
 from authz.jose.nested import TokenKeys
 
 __all__ = ["RecordSettings", "Snapshot"]
@@ -39,6 +40,9 @@ class Snapshot:
     dpop: DpopSettings = DEFAULT_DPOP
     # Where the gRPC door reads the client certificate (the HTTP door: x-forwarded-client-cert).
     certificate_source: CertificateSource = CertificateSource.PEER
+    # The process's revocation mirror (authz/app/revocation.py), the same object across
+    # reloads: a revocation takes effect without one, in the cache and the memo alike.
+    revocations: Revocations = field(default=NO_REVOCATIONS, compare=False, repr=False)
     cache: TokenCache = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -47,6 +47,10 @@ def decision_fields(
         fields["dpop_key"] = decision.proof_key
     if settings.log_subject:
         fields["subject"] = decision.subject
+    if decision.revocation:
+        # token_revoked: which kind of entry matched, and the token by a short hash of its jti.
+        fields["revocation"] = decision.revocation
+        fields["jti_hash"] = decision.jti_hash
     if decision.detail:
         fields["detail"] = decision.detail
     return fields

@@ -202,6 +202,8 @@ def _attributes(decision: Decision, request: AuthzRequest | None, settings: Reco
         ("http.request.method", request.method if request else None),
         ("url.path", request.path if request else None),
         ("authz.subject", decision.subject if settings.log_subject else None),
+        ("authz.revocation", decision.revocation),
+        ("authz.jti_hash", decision.jti_hash),
     ):
         if value:
             attributes[key] = value

@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO / "deploy" / "envoy"))
 import render  # noqa: E402 - deploy/envoy/render.py, the one source of Envoy configs
 
 LOOPBACK = "127.0.0.1"
-NAMES = ("echo", "authz", "envoy")  # start order; stopped in reverse
+NAMES = ("store", "echo", "authz", "envoy")  # start order; stopped in reverse
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 
@@ -185,6 +185,7 @@ class Ports:
     authz: int
     authz_admin: int
     upstream: int
+    store: int = 10094  # the shared store (a local redis-server or valkey-server), when installed
 
 
 def _find_envoy() -> str:
@@ -237,6 +238,20 @@ def _start(state: Path, ports: Ports, otlp: str | None) -> None:
         stdout=subprocess.DEVNULL,
         timeout=60,
     )
+
+    server = _store_binary()
+    if server is not None:
+        # The shared store: DPoP replay state and revocations for every replica (README "Shared store").
+        # set-proc-title no: its command line stays as started, so demo-stop knows it is ours.
+        argv = [server, "--port", str(ports.store), "--bind", LOOPBACK, "--save", "", "--appendonly", "no",
+                "--dir", str(state), "--set-proc-title", "no"]  # fmt: skip
+        pid = _spawn(state, "store", argv)
+        _wait("store", lambda: _listening(LOOPBACK, ports.store), pid, state, "store")
+        with (demo / "config.yaml").open("a", encoding="utf-8") as config:
+            config.write(
+                f"store:\n  url: redis://{LOOPBACK}:{ports.store}/0\n  key_prefix: 'demo:'\n"
+                "revocation:\n  resync_interval: 1\n"
+            )
 
     pid = _spawn(state, "echo", [sys.executable, str(HERE / "echo.py"), "--port", str(ports.upstream)])
     _wait("echo upstream", lambda: _listening(LOOPBACK, ports.upstream), pid, state, "echo")
@@ -303,6 +318,10 @@ CASES = (
 )
 
 
+def _store_binary() -> str | None:
+    return os.environ.get("REDIS_SERVER") or shutil.which("valkey-server") or shutil.which("redis-server")
+
+
 def _mint(demo: Path, tenant: str) -> str:
     env = {**os.environ, "TENANT": tenant}
     done = subprocess.run(  # noqa: S603
@@ -347,7 +366,35 @@ def _requests(state: Path, ports: Ports) -> list[dict[str, Any]]:
                 "trace_id": trace_id,
             }
         )
+    if (state / "store.pid").exists():
+        rows.append(_revocation(demo, ports, tokens["acme"]))
     return rows
+
+
+def _revocation(demo: Path, ports: Ports, token: str) -> dict[str, Any]:
+    """With the store: revoke demo-user's acme tokens (authz revoke), then the allowed request again."""
+    subprocess.run(  # noqa: S603
+        [sys.executable, "-m", "authz", "revoke", "--config", str(demo / "config.yaml"),
+         "--subject", "demo-user", "--issuer", "https://idp.acme.test"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    trace_id = secrets.token_hex(16)
+    headers = {"host": "api.acme.test", "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01",
+               "authorization": f"Bearer {token}"}  # fmt: skip
+    deadline = time.monotonic() + 5  # a revocation reaches authz within a second; generous here
+    while True:
+        status, _, body = _http(ports.envoy, "GET", "/orders", headers)
+        if status != 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    return {
+        "case": "revoked",
+        "request": "GET api.acme.test/orders (the allowed token, after authz revoke --subject demo-user)",
+        "expected": 401,
+        "status": status,
+        "result": _result(status, body),
+        "trace_id": trace_id,
+    }
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -380,6 +427,9 @@ def start(state: Path, ports: Ports, otlp_choice: str) -> int:
     print(f"\nEnvoy   http://{LOOPBACK}:{ports.envoy}  (admin {ports.envoy_admin})")
     print(f"authz   {LOOPBACK}:{ports.authz}  (metrics: http://{LOOPBACK}:{ports.authz_admin}/metrics)")
     print(f"echo    http://{LOOPBACK}:{ports.upstream}  (the upstream)")
+    if (state / "store.pid").exists():
+        print(f"store   redis://{LOOPBACK}:{ports.store}/0  (revocations: authz revocations list --config "
+              f"{state}/demo/config.yaml)")  # fmt: skip
     print(f"Logs:   {state}/{{envoy,authz,echo}}.log  (envoy.log: JSON access log with authz's decision)")
     if otlp is None:
         print("Traces: no OTLP collector found; the trace ids above are in authz.log's decision lines.")
@@ -406,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--authz-port", type=int, default=10091)
     parser.add_argument("--authz-admin-port", type=int, default=10092)
     parser.add_argument("--upstream-port", type=int, default=10093)
+    parser.add_argument(
+        "--store-port", type=int, default=10094, help="redis-server/valkey-server, if installed"
+    )
     parser.add_argument("--otlp", default="auto", help="auto, none, or an OTLP/gRPC collector host:port")
     args = parser.parse_args(argv)
     state = args.state.resolve()
@@ -414,7 +467,12 @@ def main(argv: list[str] | None = None) -> int:
         print("stopped " + ", ".join(stopped) if stopped else "nothing to stop")
         return 0
     ports = Ports(
-        args.envoy_port, args.envoy_admin_port, args.authz_port, args.authz_admin_port, args.upstream_port
+        args.envoy_port,
+        args.envoy_admin_port,
+        args.authz_port,
+        args.authz_admin_port,
+        args.upstream_port,
+        args.store_port,
     )
     return start(state, ports, args.otlp)
 

@@ -16,6 +16,7 @@ import fnmatch
 import json
 import os
 import re
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -39,7 +40,7 @@ from testkit.envoy import find_envoy, load_render
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 ISTIO_SCHEMAS = REPO / "tests" / "data" / "istio"
-OVERLAYS = ("sidecar", "standalone", "standalone-http")
+OVERLAYS = ("sidecar", "standalone", "standalone-http", "sidecar-store", "standalone-store")
 # The oldest Kubernetes these manifests support (gRPC probes GA since 1.27, preStop
 # `sleep` on by default since 1.30) and the newest kubernetes-validate ships schemas for.
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
@@ -936,7 +937,38 @@ def _lay_out_pod(docs: list[dict[str, Any]], secret: dict[str, Any] | None, root
         (config_dir / name).write_text(text)
     for name, value in (secret or {}).get("data", {}).items():
         (keys_dir / name).write_bytes(base64.b64decode(value))
+    if any(mount["mountPath"] == "/etc/authz/store" for mount in authz.get("volumeMounts", [])):
+        # The Secret authz-store, as components/shared-store tells to create it.
+        (root / "etc-authz" / "store").mkdir()
+        (root / "etc-authz" / "store" / "password").write_text(secrets.token_hex(32))
     return config_dir / "config.yaml"
+
+
+def test_the_shared_store_component_adds_only_the_store_to_the_policy() -> None:
+    """components/shared-store replaces the policy ConfigMap: its config is the base's plus store and
+    revocation, so that the two cannot drift apart."""
+    base = yaml.safe_load((REPO / "deploy/kubernetes/base/policy/config.yaml").read_text(encoding="utf-8"))
+    component = REPO / "deploy/kubernetes/components/shared-store/config.yaml"
+    withstore = yaml.safe_load(component.read_text(encoding="utf-8"))
+    assert {k: v for k, v in withstore.items() if k not in ("store", "revocation")} == base
+    assert withstore["store"]["url"] == "redis://valkey.jwe-authz.svc:6379/0"
+
+
+def test_only_authz_pods_reach_the_store(overlays: dict[str, list[dict[str, Any]]]) -> None:
+    """The Valkey's NetworkPolicy admits the label that only the pods running authz carry."""
+    for name in ("standalone-store", "sidecar-store"):
+        docs = overlays[name]
+        policy = next(d for d in _of(docs, "NetworkPolicy") if d["metadata"]["name"] == "valkey")
+        admitted = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+        assert policy["spec"]["ingress"][0]["ports"] == [{"port": 6379, "protocol": "TCP"}]
+        labelled = [
+            d for d in _of(docs, "Deployment")
+            if admitted.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]  # fmt: skip
+        assert labelled
+        for deployment in labelled:
+            names = {c["name"] for c in deployment["spec"]["template"]["spec"]["containers"]}
+            assert "authz" in names, deployment["metadata"]["name"]
 
 
 def _check_config(config: Path) -> subprocess.CompletedProcess[str]:
@@ -988,7 +1020,12 @@ def test_authz_config_validates_against_the_config_schema(overlay: list[dict[str
 
 def test_every_kustomization_renders_from_a_clean_checkout(checkout: Checkout) -> None:
     """Each kustomization in git renders from a copy of what git has (what Argo CD and Flux see), Secret-free."""
-    folders = sorted(path.parent for path in checkout.root.rglob("kustomization.yaml"))
+    # A Component is not rendered alone: the overlays that use it render it.
+    folders = sorted(
+        path.parent
+        for path in checkout.root.rglob("kustomization.yaml")
+        if "kind: Component" not in path.read_text(encoding="utf-8")
+    )
     relative = {str(folder.relative_to(checkout.root)) for folder in folders}
     assert relative >= {"deploy/istio", *(f"deploy/kubernetes/overlays/{name}" for name in OVERLAYS)}
     for folder in folders:

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from testkit.redis import redis_binary
+
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,8 +99,8 @@ class DemoRun:
 
 
 def _run_demo(state: Path, otlp: str) -> DemoRun:
-    ports = _free_ports(5)
-    names = ["ENVOY", "ENVOY_ADMIN", "AUTHZ", "AUTHZ_ADMIN", "UPSTREAM"]
+    ports = _free_ports(6)
+    names = ["ENVOY", "ENVOY_ADMIN", "AUTHZ", "AUTHZ_ADMIN", "UPSTREAM", "STORE"]
     variables = [f"DEMO_{name}_PORT={port}" for name, port in zip(names, ports, strict=True)]
     variables += [f"DEMO_STATE={state}", f"DEMO_OTLP={otlp}"]
     try:
@@ -138,6 +140,14 @@ def test_make_demo_shows_the_expected_statuses(demo: DemoRun) -> None:
     assert f"{len(demo.rows)} of {len(demo.rows)} requests got the expected status" in demo.start.stdout
 
 
+def test_make_demo_shows_a_revocation_taking_effect(demo: DemoRun) -> None:
+    """With a redis-server installed (.ci/run installs it), the demo runs the shared store and shows
+    the allowed token refused after `authz revoke --subject demo-user`."""
+    assert redis_binary() is not None, "redis-server missing: apt-get install redis-server"
+    row = demo.rows["revoked"]
+    assert (int(row["status"]), row["result"]) == (401, "invalid_token: token_revoked")
+
+
 def test_make_demo_prints_trace_ids_that_reach_authz(demo: DemoRun) -> None:
     """Without a collector each request's trace id is printed, and authz logged its decision under it."""
     assert "no OTLP collector found" in demo.start.stdout
@@ -168,8 +178,8 @@ def test_demo_envoy_access_log_carries_the_decision(demo: DemoRun) -> None:
 
 
 def test_make_demo_stop_leaves_no_process_behind(demo: DemoRun) -> None:
-    """`make demo-stop` ends Envoy, authz and the echo upstream it started, and removes their pid files."""
-    assert set(demo.pids) == {"echo", "authz", "envoy"}
+    """`make demo-stop` ends Envoy, authz, the echo upstream and the store it started, and removes their pid files."""
+    assert set(demo.pids) == {"echo", "authz", "envoy", "store"}
     assert demo.stop.returncode == 0, demo.stop.stdout + demo.stop.stderr
     assert demo.alive_after_stop == []
     assert demo.pid_files_after_stop == []
