@@ -17,7 +17,9 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from authz.app.jwks import JwksRegistry
 from authz.app.reload import Reloader
+from authz.app.revocation import RevocationService
 from authz.app.serve import GAUGE_MODES, config_metrics
+from authz.app.store import StoreMetrics
 from authz.config import SnapshotHolder, load_config
 from authz.telemetry.metrics import Registry
 from authz.telemetry.multiprocess import MergedWorkers, WorkerFiles
@@ -198,11 +200,12 @@ async def test_every_gauge_of_the_service_has_a_declared_merge(world: World) -> 
     """Each gauge the service exposes is in GAUGE_MODES, and nothing else is."""
     holder = SnapshotHolder(load_config(world.config_path))
     reloader = Reloader(holder, str(world.config_path))
-    gauges = {
-        family.name
-        for family in config_metrics(holder, JwksRegistry(), lambda: reloader.status).collect()
-        if family.type == "gauge"
-    }
+    revocations = RevocationService(StoreMetrics(Registry(standard=False)))
+    families = [
+        *config_metrics(holder, JwksRegistry(), lambda: reloader.status).collect(),
+        *revocations.collector().collect(),
+    ]
+    gauges = {family.name for family in families if family.type == "gauge"}
     assert gauges == set(GAUGE_MODES)
 
 
