@@ -56,7 +56,7 @@ def _content_digest(paths: Sequence[str]) -> str | None:
 
 # Settings a reload cannot change in a running process (authz.server decides which
 # differ); authz_config_restart_required has one series for each.
-RESTART_SETTINGS = ("tls", "tls.client_ca")
+RESTART_SETTINGS = ("tls", "tls.client_ca", "store")
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,9 +23,10 @@ from authz.app.jwks import JwksRegistry
 from authz.app.limits import raise_open_files_limit
 from authz.app.reload import RESTART_SETTINGS, Deferred, Reloader, ReloadStatus
 from authz.app.revocation import RevocationService, attach
-from authz.app.store import StoreHolder, StoreMetrics
+from authz.app.store import SharedReplayStore, StoreHolder, StoreMetrics
 from authz.app.workers import WorkerLink
 from authz.config import Config, SnapshotHolder, TlsSettings, load_config
+from authz.config.holder import ProcessReplayStore
 from authz.core.replay import MemoryReplayStore
 from authz.errors import ConfigError
 from authz.grpc.server import run_server
@@ -71,7 +72,8 @@ async def serve(
     # One store client and one revocation mirror per process, kept across reloads: every
     # snapshot reads the same mirror, so a revocation needs no reload to take effect.
     stores = StoreHolder()
-    revocations = RevocationService(StoreMetrics(telemetry.registry))
+    store_metrics = StoreMetrics(telemetry.registry)
+    revocations = RevocationService(store_metrics)
     telemetry.registry.collector(revocations.collector())
     config = attach(config, revocations.mirror)
     prepare = functools.partial(_prepare, registry, stores, revocations)
@@ -83,6 +85,12 @@ async def serve(
         # A worker's admin port is private; the supervisor serves the public one.
         address, admin_address, http_address = worker.listen, "127.0.0.1:0", worker.http_listen
     holder = SnapshotHolder()
+    if config.store is not None and isinstance(holder.replay, MemoryReplayStore):
+        # DPoP replay claims go to the shared store (both doors read holder.replay when they
+        # are made); this process's store stays as the fallback (on_unavailable: local, or a
+        # reload that removes the store). Started without a store, a reload that adds one is
+        # applied to revocations at once, to DPoP after a restart (restart required: store).
+        holder.replay = SharedReplayStore(stores, store_metrics, local=holder.replay, tracer=telemetry.tracer)
     # A worker's metrics reach the supervisor's admin port through files (authz.telemetry.multiprocess).
     files = None
     if worker is not None and worker.metrics is not None:
@@ -140,7 +148,7 @@ async def serve(
                 config_path,
                 loader=functools.partial(_load, registry, revocations),
                 prepare=prepare,
-                restart_required=functools.partial(tls_restart_required, config.tls),
+                restart_required=functools.partial(_restart_required, config.tls, config.store is not None),
             )
             reloader.start()
             _log.info(
@@ -234,6 +242,19 @@ _IN_EFFECT = {
 }
 
 
+def _restart_required(
+    started_tls: TlsSettings | None, started_store: bool, config: Config
+) -> tuple[Deferred, ...]:
+    """What of ``config`` waits for a restart: the TLS mode, and a store added to a process that
+    started without one (its doors claim DPoP proofs in the process's own store until then)."""
+    deferred = tls_restart_required(started_tls, config)
+    if not started_store and config.store is not None:
+        deferred += (
+            Deferred("store", "added", "DPoP replay checked per process; revocations from the store"),
+        )
+    return deferred
+
+
 def tls_restart_required(started: TlsSettings | None, config: Config) -> tuple[Deferred, ...]:
     """What of ``config.tls`` the listener started with ``started`` cannot do before a restart.
 
@@ -255,7 +276,7 @@ def tls_restart_required(started: TlsSettings | None, config: Config) -> tuple[D
 class _Holder(Protocol):
     current: Config | None
     generation: int
-    replay: MemoryReplayStore
+    replay: ProcessReplayStore
 
 
 # How the supervisor of ``--workers`` merges each gauge over its live workers (prometheus-client's

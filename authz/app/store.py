@@ -172,8 +172,17 @@ class SharedReplayStore:
         self._in_flight = 0
         self._warnings = Throttle(10.0)
 
+    @property
+    def capacity(self) -> int:
+        """The bound of this process's own store (the fallback, and the shadow with ``local``)."""
+        return self._local.capacity
+
     def size(self) -> int:
-        return -1  # the store's entries are not counted per check
+        """Proofs remembered in this process (the store's own keys are not counted per check)."""
+        return self._local.size()
+
+    def resize(self, capacity: int) -> None:
+        self._local.resize(capacity)
 
     async def claim(
         self, key: bytes, expires_at: float, now: float, *, deadline: float | None = None

@@ -11,12 +11,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Protocol
 
 from authz.config.settings import Config
-from authz.core.replay import MemoryReplayStore
+from authz.core.replay import MemoryReplayStore, ReplayStore
 from authz.core.snapshot import DEFAULT_DPOP
 
-__all__ = ["SnapshotHolder"]
+__all__ = ["ProcessReplayStore", "SnapshotHolder"]
+
+
+class ProcessReplayStore(ReplayStore, Protocol):
+    """The process's replay store: in memory, or the shared store over one (authz/app/store.py)."""
+
+    @property
+    def capacity(self) -> int: ...
+
+    def resize(self, capacity: int) -> None: ...
 
 
 class SnapshotHolder:
@@ -29,7 +39,7 @@ class SnapshotHolder:
         self.current: Config | None = config
         self.generation = 1 if config is not None else 0
         size = (config.snapshot.dpop if config is not None else DEFAULT_DPOP).replay_cache_size
-        self.replay = MemoryReplayStore(size)
+        self.replay: ProcessReplayStore = MemoryReplayStore(size)
         self._clock = clock
 
     def swap(self, config: Config) -> None:

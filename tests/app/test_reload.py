@@ -232,7 +232,7 @@ async def test_a_part_that_needs_a_restart_is_reported_and_the_rest_applies(
         return {sample.labels["setting"]: sample.value for sample in family.samples}
 
     assert reloader.status.restart_required == ()
-    assert pending() == {"tls": 0.0, "tls.client_ca": 0.0}
+    assert pending() == {"tls": 0.0, "tls.client_ca": 0.0, "store": 0.0}
     write_in_place(path, config_text(tmp_path / "keys", scope="orders:write"))
     with caplog.at_level(logging.INFO, logger="authz.reload"):
         assert await reloader.reload()
@@ -245,11 +245,11 @@ async def test_a_part_that_needs_a_restart_is_reported_and_the_rest_applies(
     reloaded = next(r for r in caplog.records if r.getMessage() == "config reloaded")
     assert reloaded.fields["restart_required"] == ["tls.client_ca added"]  # type: ignore[attr-defined]
     assert [d.setting for d in reloader.status.restart_required] == ["tls.client_ca"]
-    assert pending() == {"tls": 0.0, "tls.client_ca": 1.0}
+    assert pending() == {"tls": 0.0, "tls.client_ca": 1.0, "store": 0.0}
     write_in_place(path, config_text(tmp_path / "keys"))
     assert await reloader.reload()
     assert reloader.status.restart_required == ()
-    assert pending() == {"tls": 0.0, "tls.client_ca": 0.0}
+    assert pending() == {"tls": 0.0, "tls.client_ca": 0.0, "store": 0.0}
 
 
 # ------------------------------------------------------------------ ways of writing a file

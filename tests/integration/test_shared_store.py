@@ -218,3 +218,47 @@ def test_a_bad_store_url_is_refused_at_start_with_file_line_and_reason(world: Wo
         assert "secret" not in "".join(process.raw)
     finally:
         process.stop()
+
+
+def test_a_dpop_proof_accepted_by_one_replica_is_a_replay_for_the_other(
+    world: World, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """The shared replay store: one SET NX per proof, so a captured proof sent to another
+    replica is refused there; the store's own counters show one round trip per check at most."""
+    from testkit import dpop
+    from testkit.sender import jkt, proof, write_config
+
+    authzs = []
+    for name in ("one", "two"):
+        folder = tmp_path / name
+        folder.mkdir()
+        path = write_config(world, folder, extra=f"store:\n  url: {redis_server.url}\n  timeout: 0.2\n")
+        authzs.append(Authz(path))
+    try:
+        key = dpop.new_key("ES256")
+        now = int(time.time())
+        token = world.token(world.claims(iat=now - 5, nbf=now - 5, exp=now + 600, cnf={"jkt": jkt(key)}))
+
+        def send(authz: Authz, value: str) -> str:
+            headers = {"authorization": f"DPoP {token}", "dpop": value, "x-forwarded-proto": "https"}
+            answer = http_request(
+                authz.http_port, "GET", "/orders", host="api.acme.test", headers=headers, timeout=5
+            )
+            return "ok" if answer.status == 200 else str(json.loads(answer.body)["reason"])
+
+        one, two = authzs
+        first = proof(key, token, iat=int(time.time()))  # https://api.acme.test/orders
+        assert send(one, first) == "ok"
+        assert send(two, first) == "dpop_proof_replayed"  # another process: still a replay
+        assert send(one, first) == "dpop_proof_replayed"
+        second = proof(key, token, iat=int(time.time()))
+        assert send(two, second) == "ok"
+        assert send(one, second) == "dpop_proof_replayed"
+        for authz in authzs:
+            claims = authz.metric('authz_replay_claims_total{source="store"')
+            trips = authz.metric('authz_store_round_trips_total{operation="claim"}')
+            assert claims >= 2
+            assert trips <= claims
+    finally:
+        for authz in authzs:
+            authz.stop()
