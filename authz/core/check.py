@@ -143,7 +143,8 @@ class Checker:
             budget = None if budget is None else budget - (time.perf_counter() - started)
         claim = decision.claim
         if claim is not None and claim.verdict is None:
-            decision = await self._claim(decision, claim, budget)
+            with trace.active():  # a shared store's span is a child of the check's
+                decision = await self._claim(decision, claim, budget)
         return self.finish(
             snapshot, request, decision, door, trace=trace, request_id=request_id, started=started
         )

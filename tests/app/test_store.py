@@ -214,3 +214,77 @@ async def test_a_changed_store_takes_the_next_claims_without_dropping_any(
         assert not server.client().exists(b"authz:dpop:" + replay_key(JKT, "on-the-new-one").hex().encode())
     finally:
         with_other.stop()
+
+
+async def test_a_claim_is_a_child_span_of_the_check_span(server: RedisServer) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    holder, metrics = StoreHolder(), StoreMetrics(Registry())
+    store = SharedReplayStore(holder, metrics, local=MemoryReplayStore(10), tracer=tracer)
+    await holder.apply(settings(server))
+    try:
+        with tracer.start_as_current_span("check") as check:
+            now = time.time()
+            assert await store.claim(replay_key(JKT, "traced"), now + 60, now) is FRESH
+        now = time.time()
+        assert await store.claim(replay_key(JKT, "untraced"), now + 60, now) is FRESH  # no check span: none
+    finally:
+        await holder.close()
+        provider.shutdown()
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    assert set(spans) == {"check", "store claim"}
+    assert spans["store claim"].parent.span_id == check.get_span_context().span_id
+    assert "traced" not in repr(spans["store claim"].attributes)
+
+
+async def test_the_check_span_is_the_parent_of_its_store_claim(
+    server: RedisServer, world, tmp_path: Path
+) -> None:
+    """Through the HTTP door, a DPoP check whose claim goes to the shared store: the claim's span
+    is a child of the check's span (the check sequence makes it current while it waits)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from authz.config import SnapshotHolder, load_config
+    from authz.http.door import HttpDoor
+    from authz.telemetry.recorder import Telemetry
+    from testkit import dpop
+    from testkit.sender import jkt, proof, write_config
+    from testkit.world import NOW
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry = Telemetry(provider)
+    config = load_config(write_config(world, tmp_path))
+    holder = SnapshotHolder(config, clock=lambda: float(NOW))
+    stores = StoreHolder()
+    await stores.apply(settings(server))
+    holder.replay = SharedReplayStore(
+        stores, StoreMetrics(Registry()), local=MemoryReplayStore(10), tracer=telemetry.tracer
+    )
+    door = HttpDoor(holder, lambda: float(NOW), telemetry, config.http)
+    key = dpop.new_key("ES256")
+    token = world.token(world.claims(cnf={"jkt": jkt(key)}))
+    raw = [(b"host", b"api.acme.test"), (b"x-forwarded-proto", b"https"),
+           (b"authorization", f"DPoP {token}".encode()), (b"dpop", proof(key, token).encode())]  # fmt: skip
+    try:
+        answer = door.answer_raw(b"GET", b"/orders", raw)
+        if not isinstance(answer, bytes):
+            answer = await answer
+    finally:
+        await stores.close()
+        provider.shutdown()
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    spans = exporter.get_finished_spans()
+    (claim,) = [s for s in spans if s.name == "store claim"]
+    (check,) = [s for s in spans if s.parent is None]
+    assert claim.parent is not None
+    assert claim.parent.span_id == check.context.span_id
