@@ -72,8 +72,8 @@ clean:
 ## (about 10 minutes; wrk and h2load from apt; writes bench/results/*.json and docs/bench.png)
 bench: $(VENV)/.installed-dev
 	$(PIP_INSTALL) -e '.[bench]'
-	command -v wrk >/dev/null && command -v h2load >/dev/null || \
-	  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk nghttp2-client; }
+	command -v wrk >/dev/null && command -v h2load >/dev/null && command -v redis-server >/dev/null || \
+	  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk nghttp2-client redis-server; }
 	@# run.py calls bench/bench_tracing.py and bench/bench_token.py first (-> bench/results/tracing.json,
 	@# token.json), then the servers, Envoy, wrk and h2load scenarios (-> results.json, docs/bench.png)
 	$(PY) bench/run.py --json bench/results/results.json --chart docs/bench.png

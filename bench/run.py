@@ -58,6 +58,7 @@ import minting  # noqa: E402
 import servers  # noqa: E402
 
 from testkit.envoy import EnvoyProcess, find_envoy, http_request, run_envoy  # noqa: E402
+from testkit.redis import redis_binary, running_redis  # noqa: E402
 from testkit.world import INNER_ALGS, World  # noqa: E402
 
 PATH = "/orders"
@@ -68,7 +69,9 @@ TARGETS = {  # ratio name -> (target, "min" or "max")
     "grpc_2w_vs_1w_cold": (1.6, "min"),
     "p99_added_ms": (2.0, "max"),
     "http_warm_envoy_vs_jwt_authn": (0.7, "min"),
+    "http_dpop_store_vs_local": (0.8, "min"),  # issue 15: the shared replay store
 }
+SHARED_DPOP = "envoy_ours_http_dpop_store_warm"
 UNAUTHENTICATED = 16  # google.rpc.Code, the CheckResponse status of a 401 deny
 
 
@@ -530,6 +533,15 @@ def run(settings: Settings, folder: Path) -> dict[str, Any]:
 
     logs = folder / "logs"
     logs.mkdir()
+    # The shared store: a local redis-server, when one is installed (make bench installs it).
+    store = contextlib.ExitStack()
+    redis = store.enter_context(running_redis(folder / "redis")) if redis_binary() else None
+    if redis is not None:
+        configs["store"] = configs["warm"].with_name("config-store.yaml")  # beside the keys it names
+        configs["store"].write_text(
+            configs["warm"].read_text() + f"store:\n  url: {redis.url}\n  on_unavailable: deny\n"
+        )
+    s1s = servers.AuthzServer("ours_1w_store", configs["store"], 1, logs) if redis else None
     s1c = servers.AuthzServer("ours_1w_cold", configs["cold"], 1, logs)
     s1w = servers.AuthzServer("ours_1w_warm", configs["warm"], 1, logs)
     s2c = servers.AuthzServer("ours_2w_cold", configs["cold"], 2, logs)
@@ -538,7 +550,8 @@ def run(settings: Settings, folder: Path) -> dict[str, Any]:
     noop = servers.NoopServer(logs)
     noop_http = servers.NoopServer(logs, "noop_http.py")
     noop_uvloop = servers.NoopServer(logs, "noop_http.py", ("--loop", "uvloop"))
-    with servers.started(s1c, s1w, s2c, s2w, mem, noop, noop_http, noop_uvloop):
+    shared = (s1s,) if s1s is not None else ()
+    with store, servers.started(s1c, s1w, s2c, s2w, mem, noop, noop_http, noop_uvloop, *shared):
         listeners = [
             eb.listener("direct", []),
             eb.listener("jwt_authn", [eb.jwt_authn_filter(_ISSUER, "orders-api", _public_jwks(jws_key))]),
@@ -553,6 +566,12 @@ def run(settings: Settings, folder: Path) -> dict[str, Any]:
             eb.listener("ours_http_warm", [eb.ext_authz_http_filter("http_1w_warm", s1w.http_port)]),
             eb.listener("ours_http_dpop", [eb.ext_authz_http_filter("http_1w_warm", s1w.http_port)]),
         ]
+        if s1s is not None:
+            listeners.append(
+                eb.listener(
+                    "ours_http_dpop_store", [eb.ext_authz_http_filter("http_1w_store", s1s.http_port)]
+                )
+            )
         clusters = [
             eb.grpc_cluster("authz_noop", noop.port),
             eb.grpc_cluster("authz_1w_cold", s1c.port),
@@ -564,6 +583,8 @@ def run(settings: Settings, folder: Path) -> dict[str, Any]:
             eb.http_cluster("http_1w_cold", s1c.http_port),
             eb.http_cluster("http_1w_warm", s1w.http_port),
         ]
+        if s1s is not None:
+            clusters.append(eb.http_cluster("http_1w_store", s1s.http_port))
         with run_envoy(eb.bootstrap(listeners, clusters), tmp_path=folder / "envoy", validate=False) as envoy:
             phase("Envoy ready")
             ports = servers.envoy_listener_ports(envoy)
@@ -589,6 +610,19 @@ def run(settings: Settings, folder: Path) -> dict[str, Any]:
             t_http_dpop = _dpop_target(
                 envoy, ports["ours_http_dpop"], server=s1w, world=world, settings=settings, folder=folder
             )
+            t_http_dpop_store = (
+                _dpop_target(
+                    envoy,
+                    ports["ours_http_dpop_store"],
+                    server=s1s,
+                    world=world,
+                    settings=settings,
+                    folder=folder / "store-proofs",
+                    listener="ours_http_dpop_store",
+                )
+                if s1s is not None
+                else None
+            )
             for server in (s1w, s2w):
                 warm_every_worker(server, message)
             preflight(t_direct, must_deny_without_token=False)
@@ -598,6 +632,8 @@ def run(settings: Settings, folder: Path) -> dict[str, Any]:
             for t in (t_jwt, t_cold, t_warm, t_2w_one, t_2w_mcs, t_http_cold, t_http_warm):
                 preflight(t, must_deny_without_token=True)
             preflight_dpop(t_http_dpop)
+            if t_http_dpop_store is not None:
+                preflight_dpop(t_http_dpop_store)
 
             scenarios = [
                 grpc_scenario("grpc_1w_cold", s1c, body, settings, warm=False),
@@ -651,9 +687,20 @@ def run(settings: Settings, folder: Path) -> dict[str, Any]:
                     settings,
                 ),
             ]
+            if t_http_dpop_store is not None:
+                scenarios.append(
+                    envoy_scenario(
+                        "envoy_ours_http_dpop_store_warm",
+                        "Envoy + ours, HTTP door, warm, DPoP, replay store shared on a local redis-server",
+                        t_http_dpop_store,
+                        settings,
+                    )
+                )
             phase(f"throughput: {len(scenarios)} scenarios x {settings.runs} runs x {settings.seconds}s")
             _interleave(scenarios, settings.runs, settings.seconds, settings.warmup)
             results["scenarios"] = {s.name: s.summary() for s in scenarios}
+            if s1s is not None:
+                results["store_round_trips"] = store_round_trips(s1s)
 
             rate = max(1.0, round(results["scenarios"]["envoy_ours_warm"]["rps"] / 2))
             phase(f"latency at a fixed {rate:.0f} req/s (half the warm maximum through Envoy)")
@@ -676,6 +723,14 @@ DPOP_PROOFS_PER_SECOND = 12_000
 DPOP_URL = f"http://{eb.HOST}{PATH}"  # as the HTTP door sees it: x-forwarded-proto http, Host
 
 
+def store_round_trips(server: servers.AuthzServer) -> dict[str, float]:
+    """Round trips to the shared store per DPoP claim, from the server's own counters."""
+    metrics = server.metrics()
+    trips = sum(v for k, v in metrics.items() if k.startswith("authz_store_round_trips_total"))
+    claims = sum(v for k, v in metrics.items() if k.startswith("authz_replay_claims_total"))
+    return {"round_trips": trips, "claims": claims, "per_claim": trips / claims if claims else 0.0}
+
+
 def _dpop_target(
     envoy: EnvoyProcess,
     port: int,
@@ -684,6 +739,7 @@ def _dpop_target(
     world: World,
     settings: Settings,
     folder: Path,
+    listener: str = "ours_http_dpop",
 ) -> EnvoyTarget:
     """The HTTP door, warm, with a DPoP-bound token: a new proof file before each run."""
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -699,9 +755,8 @@ def _dpop_target(
         return "DPoP", minting.dpop_proofs(key, token, DPOP_URL, count, folder / "proofs.txt"), count
 
     headers = {"Host": eb.HOST, "Authorization": f"DPoP {token}"}
-    return EnvoyTarget(
-        envoy, "ours_http_dpop", port, headers, filter_stat="ext_authz", server=server, varying=proofs
-    )
+    folder.mkdir(parents=True, exist_ok=True)
+    return EnvoyTarget(envoy, listener, port, headers, filter_stat="ext_authz", server=server, varying=proofs)
 
 
 def preflight_dpop(target: EnvoyTarget) -> None:
@@ -780,6 +835,14 @@ def ratios(results: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
         "noop_http_uvloop_vs_jwt_authn": rps["envoy_noop_http_uvloop_ext_authz"] / rps["envoy_jwt_authn"],
         "http_cold_vs_grpc_cold_envoy": rps["envoy_ours_http_cold"] / rps["envoy_ours_cold"],
         "http_dpop_warm_vs_bearer_warm": rps["envoy_ours_http_dpop_warm"] / rps["envoy_ours_http_warm"],
+        **(
+            {
+                "http_dpop_store_vs_local": rps["envoy_ours_http_dpop_store_warm"]
+                / rps["envoy_ours_http_dpop_warm"]
+            }
+            if "envoy_ours_http_dpop_store_warm" in rps
+            else {}
+        ),
         "grpc_2w_vs_1w_warm": rps["grpc_2w_warm"] / rps["grpc_1w_warm"],
         "grpc_2w_vs_1w_cold": rps["grpc_2w_cold"] / rps["grpc_1w_cold"],
         "envoy_2w_mcs_vs_1conn": rps["envoy_ours_warm_2w_mcs"] / rps["envoy_ours_warm_2w_1conn"],

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from testkit.redis import redis_binary
+
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,6 +41,8 @@ SCENARIOS = {
     "envoy_ours_http_warm",
     "envoy_ours_http_dpop_warm",
 }
+if redis_binary():  # CI installs redis-server: the shared-store scenario runs there
+    SCENARIOS.add("envoy_ours_http_dpop_store_warm")
 ABUSE = {"garbage", "unknown_kid", "alg_not_allowed", "oversize", "wrong_signer"}
 
 
