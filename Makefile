@@ -15,7 +15,7 @@ DEMO_UPSTREAM_PORT    ?= 10093
 DEMO_STORE_PORT       ?= 10094
 DEMO_OTLP             ?= auto
 
-.PHONY: run test lint typecheck protos bench clean demo demo-stop lock
+.PHONY: run test lint typecheck protos bench clean demo demo-stop lock docs docs-serve
 
 # Every install takes its versions from constraints.txt (make lock refreshes it).
 PIP_INSTALL := $(PY) -m pip install --quiet -c constraints.txt
@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP_INSTALL) -e '.[test,lint,bench,fuzz]'
+	$(PIP_INSTALL) -e '.[test,lint,bench,fuzz,docs]'
 	@# xds-protos (test-only) ships older copies of opentelemetry-proto's and googleapis-common-protos'
 	@# modules over theirs, depending on install order: put the owners' files back.
 	$(PIP_INSTALL) --force-reinstall --no-deps $$($(PY) -c "import importlib.metadata as m; \
@@ -61,12 +61,12 @@ protos: $(VENV)/.installed-dev
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install --quiet --upgrade pip
-	.lock-venv/bin/python -m pip install --quiet -e '.[test,lint,bench,fuzz]'
+	.lock-venv/bin/python -m pip install --quiet -e '.[test,lint,bench,fuzz,docs]'
 	{ sed -n '1,2p' constraints.txt; .lock-venv/bin/python -m pip freeze --exclude-editable | grep -vi '^envoy-jwe-authz'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt && rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache site
 
 ## bench: benchmarks (not tests): numbers and ratios against baselines measured in the same run
 ## (about 10 minutes; wrk and h2load from apt; writes bench/results/*.json and docs/bench.png)
@@ -100,3 +100,18 @@ $(VENV)/.installed-fuzz: $(VENV)/.installed
 
 fuzz: $(VENV)/.installed-fuzz
 	$(PY) -m fuzz.run --seconds $(FUZZ_SECONDS)
+
+## docs: build the documentation site (mkdocs.yml, pages in docs/) into site/, strictly: a broken link,
+## a missing anchor or a page outside the navigation fails the build
+DOCS_ADDR ?= 127.0.0.1:8000
+
+$(VENV)/.installed-docs: $(VENV)/.installed
+	$(PIP_INSTALL) -e '.[docs]'
+	touch $@
+
+docs: $(VENV)/.installed-docs
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
+## docs-serve: serve the site on DOCS_ADDR (default 127.0.0.1:8000), rebuilt on every change
+docs-serve: $(VENV)/.installed-docs
+	$(VENV)/bin/mkdocs serve --strict --dev-addr $(DOCS_ADDR)

@@ -47,12 +47,14 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("check-config", help="validate a configuration file and its keys")
-    p.add_argument("config")
+    p.add_argument("config", help="configuration file (YAML)")
     p.set_defaults(func=_check_config)
 
     p = sub.add_parser("schema", help="print the configuration's JSON Schema (draft 2020-12)")
     p.add_argument(
-        "--markdown", action="store_true", help="print the table of every setting instead (README reference)"
+        "--markdown",
+        action="store_true",
+        help="print the table of every setting instead (docs/configuration.md)",
     )
     p.set_defaults(func=_schema)
 
@@ -60,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--alg", required=True, help="e.g. RSA-OAEP-256, ECDH-ES+A256KW, A256KW, dir, RS256, ES256, EdDSA"
     )
-    p.add_argument("--kid", required=True)
+    p.add_argument("--kid", required=True, help="the key's id (kid); tokens name their key by it")
     p.add_argument("--size", type=int, help="RSA modulus or symmetric key size in bits")
     p.add_argument("--crv", help="curve: P-256, P-384, P-521, Ed25519, Ed448, X25519")
     p.add_argument(
@@ -75,12 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--signing-key", type=Path, help="issuer's private JWK Set (omit with --encrypt-only)")
     p.add_argument("--signing-kid", help="key to use (default: the first)")
     p.add_argument("--encrypt-only", action="store_true", help="no inner JWS (symmetric keys only)")
-    p.add_argument("--enc", default="A256GCM")
-    p.add_argument("--iss", required=True)
+    p.add_argument("--enc", default="A256GCM", help="content encryption (enc)")
+    p.add_argument("--iss", required=True, help="issuer (iss), as configured under issuers")
     p.add_argument("--aud", action="append", default=[], help="audience (repeatable)")
-    p.add_argument("--sub")
+    p.add_argument("--sub", help="subject (sub)")
     p.add_argument("--tenant", help="tenant claim")
-    p.add_argument("--tenant-claim", default="tenant")
+    p.add_argument("--tenant-claim", default="tenant", help="the claim --tenant is written to")
     p.add_argument("--scope", help="space-separated scopes")
     p.add_argument("--role", action="append", default=[], help="role (repeatable)")
     p.add_argument("--claim", action="append", default=[], help="extra claim NAME=JSON (repeatable)")
@@ -97,27 +99,27 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dpop-proof", help="make a DPoP proof (RFC 9449) for one request, as a client does")
     p.add_argument("--key", type=Path, required=True, help="the client's private key (JWK Set, first key)")
-    p.add_argument("--method", required=True)
+    p.add_argument("--method", required=True, help="the request's method (htm)")
     p.add_argument("--url", required=True, help="the request URL (query and fragment are left out)")
     token = p.add_mutually_exclusive_group(required=True)
     token.add_argument("--token", help="the access token the proof goes with (ath)")
-    token.add_argument("--token-file", type=Path)
+    token.add_argument("--token-file", type=Path, help="a file holding the access token")
     p.add_argument("--nonce", help="the server's DPoP-Nonce, when it asks for one")
     p.set_defaults(func=_dpop_proof)
 
     p = sub.add_parser("explain", help="show the decision for a request, through the Check code path")
     _request_args(p)
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", required=True, help="configuration file (YAML)")
     p.set_defaults(func=_explain)
 
     p = sub.add_parser("check", help="send one Check to a running server and print the answer")
     _request_args(p)
-    p.add_argument("--server", default="127.0.0.1:9001")
+    p.add_argument("--server", default="127.0.0.1:9001", help="the gRPC door's address (host:port)")
     p.set_defaults(func=_check)
 
     p = sub.add_parser("demo", help="create demo keys, config and token issuer in a folder")
-    p.add_argument("--dir", type=Path, default=Path(".demo"))
-    p.add_argument("--listen", default="127.0.0.1:9001")
+    p.add_argument("--dir", type=Path, default=Path(".demo"), help="folder for the keys, config and scripts")
+    p.add_argument("--listen", default="127.0.0.1:9001", help="the demo config's gRPC address")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("revoke", help="revoke tokens in the shared store (every replica within a second)")
@@ -171,12 +173,12 @@ def _store_args(p: argparse.ArgumentParser) -> None:
 
 
 def _request_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", default="GET")
-    p.add_argument("--path", default="/")
-    p.add_argument("--host", required=True)
+    p.add_argument("--method", default="GET", help="the request's method, exactly as sent")
+    p.add_argument("--path", default="/", help="the request's path (and query)")
+    p.add_argument("--host", required=True, help="the request's Host")
     p.add_argument("--tenant", help="the route's context_extensions tenant")
     p.add_argument("--token", help="bearer token (or use --token-file)")
-    p.add_argument("--token-file", type=Path)
+    p.add_argument("--token-file", type=Path, help="a file holding the token")
     p.add_argument("--header", action="append", default=[], help="extra header NAME:VALUE (repeatable)")
     proof = p.add_mutually_exclusive_group()
     proof.add_argument(

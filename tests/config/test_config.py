@@ -14,7 +14,7 @@ from authz.core.policy import Mode
 from authz.errors import ConfigError
 from testkit.world import ACME_IDP, SHARED_IDP
 
-# The configuration reference of the README, verbatim (comments included).
+# The configuration reference (docs/configuration.md) as it was first written, comments included.
 SPEC_CONFIG = """\
 listen: 0.0.0.0:9001                 # optional; --listen overrides; default 127.0.0.1:9001
 token:                               # all optional, defaults shown

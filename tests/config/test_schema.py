@@ -1,7 +1,7 @@
-"""The configuration model, its JSON Schema and the README's reference agree, and nothing drifts.
+"""The configuration model, its JSON Schema and the docs' reference agree, and nothing drifts.
 
 The schema is generated from the model (authz/config/model.py) that the loader converts with;
-these tests pin the committed copy, the README's table and example, the shipped configs'
+these tests pin the committed copy, the table and example of docs/configuration.md, the shipped configs'
 modelines, and check that the schema and the model accept exactly the same documents.
 """
 
@@ -33,11 +33,13 @@ from tests.core import test_path_parameters
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_FILE = REPO / "docs" / "config.schema.json"
-README = REPO / "README.md"
+REFERENCE = REPO / "docs" / "configuration.md"  # the docs site's configuration reference
 SHIPPED = [REPO / "deploy" / "kubernetes" / "base" / "policy" / "config.yaml"]
 MODELINE = re.compile(r"# yaml-language-server: \$schema=(\S+)")
 TABLE = re.compile(r"<!-- BEGIN settings table[^>]*-->\n(.*?)<!-- END settings table -->", re.S)
-REGENERATE = "regenerate: authz schema > docs/config.schema.json; authz schema --markdown (README table)"
+REGENERATE = (
+    "regenerate: authz schema > docs/config.schema.json; authz schema --markdown (docs/configuration.md)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +47,9 @@ def validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text(encoding="utf-8")))
 
 
-def readme_example() -> str:
-    """The YAML block of the README's configuration reference."""
-    section = README.read_text(encoding="utf-8").split("## Configuration reference", 1)[1]
+def reference_example() -> str:
+    """The YAML block of the configuration reference (its first)."""
+    section = REFERENCE.read_text(encoding="utf-8").split("# Configuration reference\n", 1)[1]
     return section.split("```yaml\n", 1)[1].split("```", 1)[0]
 
 
@@ -69,7 +71,7 @@ def test_committed_schema_is_the_models() -> None:
 
 
 def test_cli_prints_the_schema_and_the_table(capsys: pytest.CaptureFixture[str]) -> None:
-    """`authz schema` prints the schema; `--markdown` the README's settings table."""
+    """`authz schema` prints the schema; `--markdown` the reference's settings table."""
     assert main(["schema"]) == 0
     assert capsys.readouterr().out == schema_text()
     assert main(["schema", "--markdown"]) == 0
@@ -92,13 +94,13 @@ def test_schema_is_a_described_2020_12_document() -> None:
                 assert check.is_valid(prop["default"]), f"{name}.{key}"
 
 
-# -- the README's reference -------------------------------------------------------------------------
+# -- the docs' reference ----------------------------------------------------------------------------
 
 
-def test_readme_settings_table_is_generated_from_the_model() -> None:
-    """The README's table of settings is `authz schema --markdown`, row for row."""
-    match = TABLE.search(README.read_text(encoding="utf-8"))
-    assert match, "README: the settings table markers are missing"
+def test_reference_settings_table_is_generated_from_the_model() -> None:
+    """The reference's table of settings is `authz schema --markdown`, row for row."""
+    match = TABLE.search(REFERENCE.read_text(encoding="utf-8"))
+    assert match, f"{REFERENCE}: the settings table markers are missing"
     assert match[1] == reference_table(), REGENERATE
 
 
@@ -130,10 +132,10 @@ def _written(value: Any, prefix: str, found: dict[str, Any]) -> None:
                     _written(entry, f"{prefix}{name}[].", found)
 
 
-def test_readme_example_shows_every_setting_and_its_default(validator) -> None:
-    """The README's example is a valid file naming every setting the model has, and no other;
+def test_reference_example_shows_every_setting_and_its_default(validator) -> None:
+    """The reference's example is a valid file naming every setting the model has, and no other;
     outside the tenants (whose values are examples) each setting with a default shows it."""
-    text = readme_example()
+    text = reference_example()
     assert model_accepts(text)
     document = yaml.safe_load(text)
     assert validator.is_valid(document)
@@ -162,7 +164,7 @@ def _corpus(world: World, tmp_path: Path) -> dict[str, str]:
         "cli (tests/app/test_cli.py)": test_cli.CONFIG,
         "jwks_uri (tests/app/test_jwks.py)": jwks.read_text(encoding="utf-8"),
         "demo (authz demo)": (tmp_path / "demo" / "config.yaml").read_text(encoding="utf-8"),
-        "README example": readme_example(),
+        "reference example": reference_example(),
     }
     for request in ("", "request:\n  path_parameters: strip\n"):
         corpus[f"policy {request!r} (tests/core/test_path_parameters.py)"] = (
@@ -174,7 +176,7 @@ def _corpus(world: World, tmp_path: Path) -> dict[str, str]:
 
 
 def test_shipped_and_tested_configs_validate_against_the_schema(validator, world, tmp_path) -> None:
-    """The demo, deploy, README and test configs are valid for the model and the committed schema."""
+    """The demo, deploy, reference and test configs are valid for the model and the committed schema."""
     for name, text in _corpus(world, tmp_path).items():
         assert model_accepts(text), name
         errors = [error.message for error in validator.iter_errors(yaml.safe_load(text))]
@@ -237,8 +239,8 @@ def _settings(document: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ..
 
 @st.composite
 def mutated(draw: st.DrawFn) -> Any:
-    """The README example with one to three settings changed, removed or joined by an unknown key."""
-    document = copy.deepcopy(yaml.safe_load(readme_example()))
+    """The reference example with one to three settings changed, removed or joined by an unknown key."""
+    document = copy.deepcopy(yaml.safe_load(reference_example()))
     for _ in range(draw(st.integers(1, 3))):
         path = draw(st.sampled_from(_settings(document)))
         parent = document

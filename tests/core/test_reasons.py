@@ -14,7 +14,7 @@ _ROW = re.compile(r"^\| (\d{3}) \| ([A-Z_]+) \| (.*) \|$")
 
 
 def _reason_table() -> dict[Outcome, set[str]]:
-    """The reason table of the docs (the README until the docs site holds it): codes by outcome."""
+    """The docs' reason table (docs/concepts/reasons.md): codes by outcome."""
     pages = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
     rows: dict[Outcome, set[str]] = {}
     for page in pages:
