@@ -116,7 +116,7 @@ class Reason(enum.StrEnum):
 _U = Outcome.UNAUTHENTICATED
 _F = Outcome.FORBIDDEN
 
-# Every deny reason and how it is answered: the README's reason table is checked against it.
+# Every deny reason and how it is answered: docs/concepts/reasons.md's table is checked against it.
 REASONS: Mapping[Reason, Outcome] = MappingProxyType(
     {
         # The request itself cannot be evaluated safely.

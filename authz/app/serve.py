@@ -280,7 +280,7 @@ class _Holder(Protocol):
 
 
 # How the supervisor of ``--workers`` merges each gauge over its live workers (prometheus-client's
-# multiprocess_mode; a dead worker's value is dropped). README, "Metrics".
+# multiprocess_mode; a dead worker's value is dropped). docs/observability.md, "Metrics".
 GAUGE_MODES = {
     # Each worker counts its own loads, and a replacement starts at 1: the highest moves with a reload.
     "authz_config_generation": "livemax",
@@ -291,7 +291,7 @@ GAUGE_MODES = {
     # Each worker has its own cache: the memory held, and the room there is.
     "authz_token_cache_entries": "livesum",
     "authz_token_cache_capacity": "livesum",
-    # Each worker has its own replay cache (README: a proof may pass once per process).
+    # Each worker has its own replay cache (docs/sender-constrained.md: a proof may pass once per process).
     "authz_dpop_replay_cache_entries": "livesum",
     "authz_dpop_replay_cache_capacity": "livesum",
     # Every worker mirrors the same revocations: the largest mirror, the oldest, any stale one,

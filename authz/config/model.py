@@ -1,7 +1,7 @@
 """The configuration file's shape: every section and setting with its type, limits, default and meaning.
 
 The one source of truth: the loader converts the YAML with it (msgspec), ``authz schema`` prints
-the JSON Schema made from it, the README's settings table is generated from that schema. A
+the JSON Schema made from it, the docs' settings table is generated from that schema. A
 ``reason`` in a ``Meta``'s ``extra`` is the error text for a value that breaks the constraint.
 Checks that relate several values or read files are in build.py and tenants.py.
 """
@@ -43,7 +43,7 @@ def _whole(regex: str) -> str:
 
 
 def about(text: str) -> Meta:
-    """A setting's one-line description (the schema's, the editor's and the README table's)."""
+    """A setting's one-line description (the schema's, the editor's and the docs table's)."""
     return Meta(description=text)
 
 
@@ -117,7 +117,7 @@ class _Section(Struct, frozen=True, forbid_unknown_fields=True):
     """Every mapping of the file: unknown keys are errors (a typo must not silently drop a rule)."""
 
 
-# -- sections, in the order of the README's reference --------------------------------------------
+# -- sections, in the order of the docs' reference ----------------------------------------------
 
 
 class Token(_Section, kw_only=True, frozen=True):

@@ -1,7 +1,7 @@
-"""The configuration's JSON Schema (draft 2020-12), made from the model, and the README's settings table.
+"""The configuration's JSON Schema (draft 2020-12), made from the model, and the docs' settings table.
 
 ``authz schema`` prints the schema (committed as docs/config.schema.json); ``authz schema
---markdown`` prints the table of every setting that the README's configuration reference holds.
+--markdown`` prints the table of every setting that docs/configuration.md holds.
 """
 
 from __future__ import annotations

@@ -41,8 +41,8 @@ __all__ = [
 
 
 # Replay entries live max_age + 2 x clock_skew (70 s by default): 1,000,000 entries hold
-# 14,285 accepted proofs/s per process, more than one process verifies (README: Sender-
-# constrained tokens), at about 100 bytes each (about 95 MiB when full, nothing while idle).
+# 14,285 accepted proofs/s per process, more than one process verifies
+# (docs/sender-constrained.md), at about 100 bytes each (about 95 MiB when full, nothing while idle).
 DEFAULT_REPLAY_CACHE_SIZE = 1_000_000
 
 

@@ -3,9 +3,10 @@
 Counters and histograms on the request path are plain dict updates on the event loop
 thread (no lock, no allocation beyond the first sample of a label set): prometheus-client's
 own metric objects take a lock per update and cost a warm HTTP-door answer 9 %, 30 % in
-multi-process mode (README, "Metrics"). They are read at scrape time, as are the collectors of state that
-lives elsewhere (reload results, key set sizes, JWKS fetches), by prometheus-client's
-registry, which also brings the process and Python collectors and both exposition formats.
+multi-process mode (docs/observability.md, "Metrics"). They are read at scrape time, as are
+the collectors of state that lives elsewhere (reload results, key set sizes, JWKS fetches),
+by prometheus-client's registry, which also brings the process and Python collectors and both
+exposition formats.
 
 Label values come only from bounded sets: reason codes, decisions, and names from the
 configuration (tenants, issuers). Never paths, subjects or tokens.

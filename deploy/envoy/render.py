@@ -169,7 +169,7 @@ EDGE_REMOVED_PREFIXES = ("x-b3-",)  # B3's multi-header form, with the trace con
 # and the traces, like the request id Envoy makes itself. A client would otherwise choose it
 # (Envoy continues a traceparent; authz reads traceparent and b3 when Envoy does not trace).
 # Removed at the edge with EDGE_REMOVED_HEADERS, unless Params.trusted_trace_context says that
-# whoever reaches this Envoy is a trusted front proxy that owns the trace (README: Traces).
+# whoever reaches this Envoy is a trusted front proxy that owns the trace (docs/deployment/envoy.md: Traces).
 TRACE_CONTEXT_HEADERS = ("traceparent", "tracestate", "b3")
 # Envoy's bounds on a client's request headers, explicit because authz's HTTP door must
 # accept whatever they let through (its http.max_header_bytes 64 KiB and max_headers 128
@@ -180,7 +180,7 @@ MAX_HEADERS_COUNT = 100
 # Tenant -> Envoy domains. The per-route context_extensions name the tenant, so a
 # request on these hosts is checked against that tenant's policy whatever else
 # it carries. Any other host falls to the "*" virtual host, where authz picks
-# the tenant from the Host (the only way under Istio, see the README).
+# the tenant from the Host (the only way under Istio: docs/deployment/istio.md).
 TENANTS: dict[str, list[str]] = {
     "acme": ["api.acme.test", "*.acme.test"],
     "globex": ["api.globex.test"],
@@ -284,7 +284,7 @@ VARIANTS: tuple[Variant, ...] = (
             door="http",
         ),
         "Like demo.yaml, through authz's HTTP door (Envoy's http_service) instead of\n"
-        "gRPC (README, Deployment: Which door). Serve the demo with the door on (the\n"
+        "gRPC (docs/deployment/which-door.md). Serve the demo with the door on (the\n"
         f"demo config already has its path prefix, {HTTP_PATH_PREFIX}):\n"
         "  .venv/bin/authz serve --config .demo/config.yaml --http-listen 127.0.0.1:9003\n"
         "then\n"
@@ -506,8 +506,8 @@ def _access_log(door: str) -> list[dict[str, Any]]:
         "traceparent": "%REQ(TRACEPARENT)%",
     }
     if door == "grpc":
-        # Dynamic metadata that authz returns with its decision (README: How a request is
-        # decided). The HTTP protocol has none: join authz's decision log on request_id.
+        # Dynamic metadata that authz returns with its decision (docs/concepts/decision.md,
+        # step 10). The HTTP protocol has none: join authz's decision log on request_id.
         fields |= {
             f"authz_{key}": f"%DYNAMIC_METADATA({_EXT_AUTHZ}:{key})%"
             for key in ("decision", "reason", "tenant", "rule")
@@ -647,7 +647,7 @@ def render(params: Params) -> dict[str, Any]:
         # without cidr_ranges falls back to RFC 1918 and loopback). So every request is an
         # external one: Envoy replaces a client's x-request-id with its own (the id that
         # joins Envoy's and authz's logs is Envoy's) and ignores x-envoy-* control headers
-        # a client sends. Behind a trusted proxy, see README: Request ids.
+        # a client sends. Behind a trusted proxy, see docs/deployment/envoy.md: Request ids.
         "use_remote_address": True,
         "preserve_external_request_id": False,
         # A client's x-forwarded-client-cert never passes (authz's HTTP door reads the client

@@ -1,4 +1,4 @@
-"""Property tests of claim validation: time claims as README step 7 says, identity values as they are or refused.
+"""Property tests of claim validation: time claims as step 7 of docs/concepts/decision.md says, identity values as they are or refused.
 
 Examples are bounded and derandomized (tests/conftest.py keeps them independent of the run).
 """
@@ -32,7 +32,7 @@ bad_time_values = st.one_of(
 
 
 def reference_time_ok(claims: Mapping[str, Any], now: float) -> bool:
-    """README step 7: exp required; nbf, iat with the skew; lifetime from iat, else nbf, else now."""
+    """Step 7 (docs/concepts/decision.md): exp required; nbf, iat with the skew; lifetime from iat, else nbf, else now."""
     if "exp" not in claims:
         return False
     values = {name: claims[name] for name in ("exp", "nbf", "iat") if name in claims}

@@ -1,10 +1,10 @@
-"""kubectl for running the README's deployment commands without a cluster (tests/deploy/test_deploy.py).
+"""kubectl for running the deployment guide's commands without a cluster (tests/deploy/test_deploy.py).
 
 What needs no cluster runs for real: ``create secret generic ... --dry-run=client`` and
 the render of ``apply -k DIR`` (``kubectl kustomize DIR``). What would reach a cluster
 is recorded instead: one JSON line per call in ``$FAKE_KUBECTL_LOG/calls.jsonl``, and
 what ``apply`` would send in a file beside it. Any other command fails, so that a
-README step this fake does not know is noticed rather than skipped.
+guide's step this fake does not know is noticed rather than skipped.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def main(argv: list[str]) -> int:
     elif args == ["apply", "-f", "-"]:
         manifest = sys.stdin.read()
     elif args[:2] != ["rollout", "status"]:
-        print(f"fake kubectl: not a command the tested README steps use: {argv}", file=sys.stderr)
+        print(f"fake kubectl: not a command the tested guide's steps use: {argv}", file=sys.stderr)
         return 2
     if manifest is not None:
         path = log / f"applied-{os.getpid()}.yaml"

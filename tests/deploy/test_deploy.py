@@ -3,7 +3,7 @@
 Every kustomization is rendered with ``kubectl kustomize`` from a clean checkout: a
 copy of the files git has (tracked, or untracked and not ignored), as Argo CD or Flux
 would see them, with nothing generated. The keys Secret is not in git: it is made by
-the README's own commands, run in that checkout with a kubectl that records what
+the deployment guide's own commands (docs/deployment/kubernetes.md), run in that checkout with a kubectl that records what
 would reach a cluster (tests/deploy/fake_kubectl.py).
 """
 
@@ -90,7 +90,7 @@ def _git_files() -> list[str]:
     return [name for name in listed.split("\0") if name and (REPO / name).is_file()]
 
 
-# The README's deployment commands, each marked in the Markdown with <!-- deploy-test: NAME -->
+# The deployment guide's commands, each marked in the Markdown with <!-- deploy-test: NAME -->
 # before its code block (README.md or docs/, wherever the deployment guide lives).
 _MARKED_BLOCK = re.compile(
     r"^(?P<indent>[ ]*)<!-- deploy-test: (?P<name>[a-z-]+) -->\n+(?P=indent)```(?P<lang>sh|yaml)\n"
@@ -115,14 +115,14 @@ def _readme_blocks(root: Path) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Checkout:
-    """A clean checkout and a way to run the README's shell blocks in it."""
+    """A clean checkout and a way to run the guide's shell blocks in it."""
 
     root: Path
     bin: Path  # the fake kubectl
     blocks: dict[str, str]
 
     def run(self, *script: str, log: Path, env: dict[str, str] | None = None) -> str:
-        """Run README blocks (or test lines) in one bash, from the checkout's root; returns stdout."""
+        """Run the guide's blocks (or test lines) in one bash, from the checkout's root; returns stdout."""
         environment = {
             **os.environ,
             "PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}",
@@ -181,7 +181,7 @@ def overlays(checkout: Checkout) -> dict[str, list[dict[str, Any]]]:
 
 @pytest.fixture(scope="module")
 def demo_deploy(checkout: Checkout, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
-    """The README's demo deployment, steps 2 to 4, run in the clean checkout: its stdout and kubectl log."""
+    """The guide's demo deployment, steps 2 to 4, run in the clean checkout: its stdout and kubectl log."""
     log = tmp_path_factory.mktemp("kubectl-demo")
     blocks = checkout.blocks
     stdout = checkout.run(
@@ -191,7 +191,7 @@ def demo_deploy(checkout: Checkout, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def _applied_secret(log: Path) -> dict[str, Any]:
-    """The one Secret the README's commands sent to ``kubectl apply -f -``."""
+    """The one Secret the guide's commands sent to ``kubectl apply -f -``."""
     (call,) = [c for c in _calls(log) if c["argv"] == ["apply", "-f", "-"]]
     (secret,) = yaml.safe_load_all(Path(call["manifest"]).read_text())
     assert secret["kind"] == "Secret"
@@ -200,7 +200,7 @@ def _applied_secret(log: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def keys_secret(demo_deploy: tuple[str, Path]) -> dict[str, Any]:
-    """The keys Secret as the README's demo commands make it."""
+    """The keys Secret as the guide's demo commands make it."""
     return _applied_secret(demo_deploy[1])
 
 
@@ -998,7 +998,7 @@ def test_container_args_and_key_paths_match_the_mounts(
 def test_authz_config_loads_as_mounted(
     overlay: list[dict[str, Any]], keys_secret: dict[str, Any], tmp_path: Path
 ) -> None:
-    """`authz check-config` accepts the ConfigMap's config with the README's Secret laid out as in the pod."""
+    """`authz check-config` accepts the ConfigMap's config with the guide's Secret laid out as in the pod."""
     done = _check_config(_lay_out_pod(overlay, keys_secret, tmp_path))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 tenant(s)" in done.stdout
@@ -1090,7 +1090,7 @@ def test_readme_demo_deployment_runs_as_written(
 def test_keys_secret_is_valid_and_carries_no_issuer_private_key(
     keys_secret: dict[str, Any], version: str
 ) -> None:
-    """The README's Secret validates strictly; only our decryption key is private (the demo's issuer keys stay out)."""
+    """The guide's Secret validates strictly; only our decryption key is private (the demo's issuer keys stay out)."""
     kubernetes_validate.validate(keys_secret, version, strict=True)
     assert keys_secret.get("type", "Opaque") == "Opaque"  # the default: files, not a TLS or token Secret
     for name, value in keys_secret["data"].items():
@@ -1130,7 +1130,7 @@ def test_readme_own_keys_make_a_working_secret(
 def test_external_secret_example_matches_the_deployment(
     checkout: Checkout, overlay: list[dict[str, Any]]
 ) -> None:
-    """The README's ExternalSecret makes the Secret the pods mount, in their namespace, with the files they read."""
+    """The guide's ExternalSecret makes the Secret the pods mount, in their namespace, with the files they read."""
     example = yaml.safe_load(checkout.blocks["external-secret"])
     assert example["apiVersion"] == "external-secrets.io/v1"
     assert example["kind"] == "ExternalSecret"

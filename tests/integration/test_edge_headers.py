@@ -237,7 +237,7 @@ async def test_the_request_id_is_envoys(
     request_id = denied.json()["request_id"]
     assert UUID.fullmatch(request_id)
     assert request_id != seen.environ["HTTP_X_REQUEST_ID"]
-    # Envoy's access log line of that request carries the same id: the join the README describes.
+    # Envoy's access log line of that request carries the same id: the join docs/deployment/envoy.md describes.
     deadline = time.monotonic() + 10  # flushed every 50 ms here; 10 s allows for a busy machine
     while f'"request_id":"{request_id}"' not in process.logs():
         assert time.monotonic() < deadline, process.logs()
@@ -451,7 +451,7 @@ async def test_the_trace_id_is_never_the_clients(
     join with Envoy's access log and the traces) is Envoy's own or none, on an allow and a deny,
     and the upstream never sees the client's (attack-19 E; the request-id rule of issue 19).
     With the removal off (these configurations do not trace), authz records the client's: the
-    edge is the layer that decides who owns the trace id (README: Traces)."""
+    edge is the layer that decides who owns the trace id (docs/deployment/envoy.md: Traces)."""
     process, action = envoy
     caplog.set_level(logging.INFO, logger="authz.decision")
     upstream.clear()

@@ -5,7 +5,7 @@ DPoP server nonces required; one Envoy per door on a plaintext listener, and one
 listener (gRPC door: client certificates verified against a CA; HTTP door: any certificate,
 ``ACCEPT_UNTRUSTED``). A client does what RFC 9449 and RFC 8705 clients do: asks, gets a nonce,
 retries with a fresh proof; presents its certificate. The four questions the design note left open
-about Envoy are answered here (README: Sender-constrained tokens, What Envoy does).
+about Envoy are answered here (docs/sender-constrained.md, What Envoy 1.40 does).
 """
 
 from __future__ import annotations
