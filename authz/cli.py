@@ -149,11 +149,11 @@ def _parser() -> argparse.ArgumentParser:
     q = rsub.add_parser("unrevoke", help="remove entries: by jti, jti hash, or subject or client and issuer")
     _store_args(q)
     what = q.add_mutually_exclusive_group(required=True)
-    what.add_argument("--jti")
-    what.add_argument("--jti-hash", help="as revocations list prints it")
-    what.add_argument("--subject")
-    what.add_argument("--client")
-    q.add_argument("--issuer")
+    what.add_argument("--jti", help="the entry of one token, by its jti")
+    what.add_argument("--jti-hash", help="the same, by the jti's hash, as revocations list prints it")
+    what.add_argument("--subject", help="the entry of a subject (sub) of --issuer")
+    what.add_argument("--client", help="the entry of a client (azp or client_id) of --issuer")
+    q.add_argument("--issuer", help="the issuer (iss) of --subject or --client")
     q.set_defaults(func=_unrevoke)
     return parser
 

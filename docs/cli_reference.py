@@ -23,8 +23,10 @@ BEGIN = (
 END = "<!-- END cli reference -->"
 
 
-def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction[argparse.ArgumentParser]:
-    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+def _subcommands(
+    parser: argparse.ArgumentParser,
+) -> argparse._SubParsersAction[argparse.ArgumentParser] | None:
+    return next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
 
 
 def _spelling(action: argparse.Action) -> str:
@@ -49,24 +51,37 @@ def _cell(text: str | None) -> str:
     return (text or "").replace("|", "\\|")
 
 
-def _command(name: str, summary: str, parser: argparse.ArgumentParser) -> str:
-    lines = [f"### `authz {name}`", "", f"{summary[0].upper()}{summary[1:]}.", ""]
-    options = [a for a in parser._actions if not isinstance(a, argparse._HelpAction)]
-    lines += ["| option | | description |", "|---|---|---|"]
-    lines += [f"| `{_spelling(a)}` | {_condition(a)} | {_cell(a.help)} |" for a in options]
-    for group in parser._mutually_exclusive_groups:
-        names = ", ".join(f"`{max(a.option_strings, key=len)}`" for a in group._group_actions)
-        lines += ["", f"{'Exactly' if group.required else 'At most'} one of {names}."]
-    return "\n".join(lines) + "\n"
+def _commands(prefix: str, parser: argparse.ArgumentParser) -> list[str]:
+    """A section for each subcommand of the parser (and of theirs): its summary and options."""
+    sub = _subcommands(parser)
+    if sub is None:
+        return []
+    summaries = {action.dest: action.help or "" for action in sub._choices_actions}
+    sections = []
+    for name, command in sub.choices.items():
+        summary = summaries[name]
+        lines = [f"### `{prefix} {name}`", "", f"{summary[0].upper()}{summary[1:]}.", ""]
+        options = [
+            a
+            for a in command._actions
+            if not isinstance(a, argparse._HelpAction | argparse._SubParsersAction)
+        ]
+        if options:
+            lines += ["| option | | description |", "|---|---|---|"]
+            lines += [f"| `{_spelling(a)}` | {_condition(a)} | {_cell(a.help)} |" for a in options]
+        for group in command._mutually_exclusive_groups:
+            names = ", ".join(f"`{max(a.option_strings, key=len)}`" for a in group._group_actions)
+            lines += ["", f"{'Exactly' if group.required else 'At most'} one of {names}."]
+        nested = _subcommands(command)
+        if nested is not None:
+            lines += [f"Actions: {', '.join(f'`{action}`' for action in nested.choices)}."]
+        sections += ["\n".join(lines).strip() + "\n", *_commands(f"{prefix} {name}", command)]
+    return sections
 
 
 def reference() -> str:
     """The Markdown between the markers: every subcommand with every option, as the parser has them."""
-    parser = _parser()
-    sub = _subcommands(parser)
-    summaries = {action.dest: action.help or "" for action in sub._choices_actions}
-    sections = [_command(name, summaries[name], command) for name, command in sub.choices.items()]
-    return "\n".join(sections)
+    return "\n".join(_commands("authz", _parser()))
 
 
 def page_with_reference(text: str) -> str:

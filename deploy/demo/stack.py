@@ -241,7 +241,7 @@ def _start(state: Path, ports: Ports, otlp: str | None) -> None:
 
     server = _store_binary()
     if server is not None:
-        # The shared store: DPoP replay state and revocations for every replica (README "Shared store").
+        # The shared store: DPoP replay state and revocations for every replica (docs/shared-store.md).
         # set-proc-title no: its command line stays as started, so demo-stop knows it is ours.
         argv = [server, "--port", str(ports.store), "--bind", LOOPBACK, "--save", "", "--appendonly", "no",
                 "--dir", str(state), "--set-proc-title", "no"]  # fmt: skip
