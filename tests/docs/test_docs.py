@@ -74,7 +74,7 @@ README_SECTIONS = {
     "Command line": "cli.md",
     "Development": "development.md",
 }
-# The README's own section of links into the docs: the one part the pages need not repeat.
+# The README's own section of links into the docs: its list is the one part the pages need not repeat.
 README_LINKS_SECTION = "Documentation"
 
 _FENCE = re.compile(r"^ *(```|~~~)")
@@ -146,6 +146,23 @@ def test_every_readme_section_of_the_move_has_its_page() -> None:
     """Each section the README had when the site was made is a heading of the page that took it."""
     for heading, page in README_SECTIONS.items():
         assert heading in _headings(DOCS / page), f"{heading!r} is not a heading of docs/{page}"
+
+
+def test_the_readme_says_nothing_the_docs_do_not() -> None:
+    """Every heading, paragraph, list, table and code block of the README is in a page too."""
+    docs = _normalized("\n".join(p.read_text() for p in _pages()))
+    headings = {h for p in _pages() for h in _headings(p)}
+    missing = []
+    for section, block in _blocks(README.read_text()):
+        if section == README_LINKS_SECTION and block.startswith("- "):
+            continue  # the list of links into the pages
+        if block.startswith("#"):
+            heading = block.lstrip("#").strip()
+            if heading not in headings and heading not in (README_LINKS_SECTION, "envoy-jwe-authz"):
+                missing.append(block)
+        elif _normalized(block) not in docs:
+            missing.append(block)
+    assert not missing, "README blocks no page holds:\n\n" + "\n\n".join(missing)
 
 
 def test_every_page_is_in_the_navigation() -> None:
