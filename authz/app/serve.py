@@ -85,6 +85,10 @@ async def serve(
         # A worker's admin port is private; the supervisor serves the public one.
         address, admin_address, http_address = worker.listen, "127.0.0.1:0", worker.http_listen
     holder = SnapshotHolder()
+    if isinstance(holder.replay, MemoryReplayStore):
+        # The process's own replay memory begins now: a proof made before may have been
+        # accepted by the process this one replaces (a restart, a replaced worker).
+        holder.replay.memory.forgot(time.time())
     if config.store is not None and isinstance(holder.replay, MemoryReplayStore):
         # DPoP replay claims go to the shared store (both doors read holder.replay when they
         # are made); this process's store stays as the fallback (on_unavailable: local, or a

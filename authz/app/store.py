@@ -32,7 +32,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
 from authz.config.settings import StoreSettings
-from authz.core.replay import MemoryReplayStore, ReplayVerdict
+from authz.core.replay import MemoryReplayStore, ReplayMemory, ReplayVerdict
 from authz.telemetry.logs import Throttle
 from authz.telemetry.metrics import Counter, Histogram, Registry
 
@@ -171,6 +171,23 @@ class SharedReplayStore:
         self._scheduled = False
         self._in_flight = 0
         self._warnings = Throttle(10.0)
+        # The store's memory predates this process; a reload that moves the replay keys
+        # elsewhere (another server, db or key_prefix, or no store) starts a new one.
+        self.memory = ReplayMemory()
+        self._where: object = _UNSET
+        holder.listeners.append(self._moved)
+
+    def _moved(self, client: StoreClient | None) -> None:
+        where = _where(client)
+        if self._where is not _UNSET and where != self._where:
+            now = time.time()
+            self.memory.forgot(now)
+            self._local.memory.forgot(now)  # it decides the claims while there is no store
+        self._where = where
+
+    def narrowed(self, at: float, max_age: float) -> None:
+        self.memory.narrowed(at, max_age)
+        self._local.narrowed(at, max_age)
 
     @property
     def capacity(self) -> int:
@@ -185,11 +202,20 @@ class SharedReplayStore:
         self._local.resize(capacity)
 
     async def claim(
-        self, key: bytes, expires_at: float, now: float, *, deadline: float | None = None
+        self,
+        key: bytes,
+        expires_at: float,
+        now: float,
+        *,
+        issued_at: float | None = None,
+        deadline: float | None = None,
     ) -> ReplayVerdict:
         client = self._holder.client
         if client is None:
-            return self._local.claim_now(key, expires_at, now)
+            return self._local.claim_now(key, expires_at, now, issued_at=issued_at)
+        if issued_at is not None and not self.memory.covers(issued_at, expires_at, now):
+            self._metrics.replay_claims.inc(("store", ReplayVerdict.UNREMEMBERED.value))
+            return ReplayVerdict.UNREMEMBERED
         settings = client.settings
         bound = settings.timeout
         if deadline is not None:
@@ -201,7 +227,7 @@ class SharedReplayStore:
             if span is not None:
                 span.end()
         if verdict is ReplayVerdict.UNAVAILABLE and settings.local_fallback:
-            verdict = self._local.claim_now(key, expires_at, now)
+            verdict = self._local.claim_now(key, expires_at, now, issued_at=issued_at)
             self._metrics.replay_claims.inc(("local", verdict.value))
             left_out = self._warnings.admit("fallback")
             if left_out is not None:
@@ -313,6 +339,17 @@ class SharedReplayStore:
                 self._schedule()
 
 
+_UNSET = object()
+
+
+def _where(client: StoreClient | None) -> object:
+    """Where a client keeps replay keys: the same place means the same memory."""
+    if client is None:
+        return None
+    settings = client.settings
+    return (settings.hosts, settings.sentinel_service, settings.db, settings.key_prefix)
+
+
 def _fail(batch: list[_Claim]) -> None:
     for claim in batch:
         if not claim.future.done():
@@ -327,6 +364,7 @@ class StoreHolder:
     def __init__(self) -> None:
         self.client: StoreClient | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        self._replaced: set[StoreClient] = set()  # replaced clients not closed yet
         self.listeners: list[Callable[[StoreClient | None], None]] = []
 
     async def apply(self, settings: StoreSettings | None) -> StoreClient | None:
@@ -349,7 +387,8 @@ class StoreHolder:
         for listener in self.listeners:
             listener(client)
         if current is not None:
-            task = asyncio.get_running_loop().create_task(_close_later(current))
+            self._replaced.add(current)
+            task = asyncio.get_running_loop().create_task(_close_later(current, self._replaced))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
         return client
@@ -358,13 +397,17 @@ class StoreHolder:
         client, self.client = self.client, None
         if client is not None:
             await client.close()
+        # Replaced clients are closed here, not by their tasks: a task cancelled before it
+        # first ran never reaches its ``finally``.
         for task in list(self._closing):
             task.cancel()
         await asyncio.gather(*self._closing, return_exceptions=True)
+        for old in list(self._replaced):
+            await old.close()
+        self._replaced.clear()
 
 
-async def _close_later(client: StoreClient) -> None:
-    try:
-        await asyncio.sleep(_CLOSE_GRACE)
-    finally:
-        await client.close()
+async def _close_later(client: StoreClient, replaced: set[StoreClient]) -> None:
+    await asyncio.sleep(_CLOSE_GRACE)
+    replaced.discard(client)
+    await client.close()

@@ -28,11 +28,17 @@ class ProcessReplayStore(ReplayStore, Protocol):
 
     def resize(self, capacity: int) -> None: ...
 
+    def narrowed(self, at: float, max_age: float) -> None:
+        """Proofs accepted before ``at`` were remembered for this shorter ``max_age`` only."""
+        ...
+
 
 class SnapshotHolder:
     """Doors read ``current`` once per check, so a reload mid-check cannot split it.
 
-    ``replay``: the process's replay store, one for both doors and every reload.
+    ``replay``: the process's replay store, one for both doors and every reload. A reload
+    that raises ``dpop.max_age`` narrows its memory (ReplayMemory): entries made so far
+    expire by the old one.
     """
 
     def __init__(self, config: Config | None = None, *, clock: Callable[[], float] = time.time) -> None:
@@ -45,6 +51,10 @@ class SnapshotHolder:
     def swap(self, config: Config) -> None:
         config = self._carry_nonce_keys(config)
         self.replay.resize(config.snapshot.dpop.replay_cache_size)
+        if self.current is not None:
+            before = self.current.snapshot.dpop.max_age
+            if config.snapshot.dpop.max_age > before:  # entries made so far expire by the old one
+                self.replay.narrowed(self._clock(), before)
         self.current = config
         self.generation += 1
 

@@ -86,6 +86,7 @@ class ReplayClaim:
 
     key: bytes = field(repr=False)
     expires_at: float
+    issued_at: float | None = None  # the proof's iat (the store refuses one it cannot cover)
     dry_run: bool = False  # the tenant is in dry-run: a replay is recorded, not enforced
     nonce: str | None = None  # the fresh nonce a deny after the claim carries (nonces required)
     verdict: ReplayVerdict | None = None
@@ -205,7 +206,9 @@ def _check_proof(  # noqa: PLR0917 - check_sender's arguments, passed on
     accepted = proof.check_nonce(None if issuer is None else lambda nonce: issuer.verify(nonce, now))
     proof.check_signature()
     # Remembered until the proof would be refused for its age anyway (iat + max_age), plus skew.
-    claim = ReplayClaim(replay_key(jkt, proof.jti), proof.iat + settings.max_age + settings.skew)
+    claim = ReplayClaim(
+        replay_key(jkt, proof.jti), proof.iat + settings.max_age + settings.skew, issued_at=proof.iat
+    )
     return SenderCheck(Binding.DPOP, claim, jkt, accepted)
 
 

@@ -154,7 +154,9 @@ class Checker:
         wait = CLAIM_WAIT if budget is None else min(CLAIM_WAIT, budget * 0.5)
         try:
             now = self.clock()
-            verdict = await asyncio.wait_for(self.replay.claim(claim.key, claim.expires_at, now), wait)
+            verdict = await asyncio.wait_for(
+                self.replay.claim(claim.key, claim.expires_at, now, issued_at=claim.issued_at), wait
+            )
         except TimeoutError:
             return settle(
                 decision, ReplayVerdict.UNAVAILABLE, f"no answer from the replay store in {wait:.3f}s"
@@ -199,7 +201,7 @@ def _unclaimed(decision: Decision) -> bool:
 
 def _claimed(decision: Decision, claim: ReplayClaim, store: MemoryReplayStore, now: float) -> Decision:
     try:
-        verdict = store.claim_now(claim.key, claim.expires_at, now)
+        verdict = store.claim_now(claim.key, claim.expires_at, now, issued_at=claim.issued_at)
     except Exception as exc:  # noqa: BLE001 - fail closed
         return settle(decision, ReplayVerdict.UNAVAILABLE, f"replay store failed ({type(exc).__name__})")
     return settle(decision, verdict)

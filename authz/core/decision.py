@@ -180,11 +180,13 @@ _REPLAY_CODES = {
     ReplayVerdict.REPLAYED: Reason.DPOP_PROOF_REPLAYED,
     ReplayVerdict.FULL: Reason.DPOP_REPLAY_CACHE_FULL,
     ReplayVerdict.UNAVAILABLE: Reason.DPOP_REPLAY_STORE_UNAVAILABLE,
+    ReplayVerdict.UNREMEMBERED: Reason.DPOP_PROOF_INVALID,
 }
 _REPLAY_DETAILS = {
     ReplayVerdict.REPLAYED: "this proof's jti was used before",
     ReplayVerdict.FULL: "the replay cache is full of unexpired entries",
     ReplayVerdict.UNAVAILABLE: "the replay store did not answer",
+    ReplayVerdict.UNREMEMBERED: "proof made before the replay store's memory began: make a new proof",
 }
 
 

@@ -6,6 +6,8 @@ across replicas, e.g. Redis ``SET key 1 NX PX ms``, never blocks the event loop)
 replicas a captured proof can be accepted up to N x R times within its window, once per
 process that receives it; the two doors of one process share one store. When full, the
 store refuses (``dpop_replay_cache_full``) and never evicts an unexpired entry.
+``ReplayMemory``: when a store's memory of accepted proofs began or narrowed (a start, a
+store change, a reload raising ``max_age``), so that a proof it cannot know is refused.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import math
 import threading
 from typing import Protocol
 
-__all__ = ["MemoryReplayStore", "ReplayStore", "ReplayVerdict", "replay_key"]
+__all__ = ["MemoryReplayStore", "ReplayMemory", "ReplayStore", "ReplayVerdict", "replay_key"]
 
 _PERSON = b"dpop-jti-v1"
 
@@ -28,6 +30,9 @@ class ReplayVerdict(enum.Enum):
     REPLAYED = "replayed"  # seen before and not expired: dpop_proof_replayed
     FULL = "full"  # not remembered (no room): dpop_replay_cache_full
     UNAVAILABLE = "unavailable"  # a shared store did not answer: deny as well
+    # made before the store's memory began (or under a shorter max_age): the store cannot
+    # know whether it was accepted, so it is refused (dpop_proof_invalid: make a new proof)
+    UNREMEMBERED = "unremembered"
 
 
 def replay_key(jkt: str, jti: str) -> bytes:
@@ -41,10 +46,60 @@ def replay_key(jkt: str, jti: str) -> bytes:
     return hashlib.blake2b(data, digest_size=16, person=_PERSON).digest()
 
 
-class ReplayStore(Protocol):
-    """Remembers proof keys until they expire; ``claim`` is check-and-insert, atomically."""
+class ReplayMemory:
+    """Where a replay store's memory breaks: proofs made before a break may have been accepted unseen.
 
-    async def claim(self, key: bytes, expires_at: float, now: float) -> ReplayVerdict: ...
+    ``forgot(at)``: nothing accepted before ``at`` is remembered (the process started, the
+    shared store changed): a proof with ``iat`` before it is refused. ``narrowed(at, max_age)``:
+    proofs accepted before ``at`` were remembered only for that shorter ``max_age`` (a reload
+    raised it): such a proof is judged by it. A break matters for one proof window; later,
+    every proof made before it is too old anyway, and the break is dropped.
+    Residual: a proof made in the second of a break, or whose ``iat`` was ahead of the
+    server's clock (at most the skew), accepted within that much time before the break.
+    """
+
+    __slots__ = ("_breaks",)
+
+    def __init__(self) -> None:
+        self._breaks: tuple[tuple[float, float | None], ...] = ()
+
+    @property
+    def breaks(self) -> tuple[tuple[float, float | None], ...]:
+        """(at, max_age before, or None when nothing before is remembered), oldest first."""
+        return self._breaks
+
+    def forgot(self, at: float) -> None:
+        # Whole seconds: iat is usually one, and a proof made in the second a process started
+        # (iat = that second) must pass. The residual: a proof of that second accepted before.
+        self._breaks = (*self._breaks, (math.floor(at), None))
+
+    def narrowed(self, at: float, max_age: float) -> None:
+        self._breaks = (*self._breaks, (math.floor(at), max_age))
+
+    def covers(self, issued_at: float, expires_at: float, now: float) -> bool:
+        """Whether a proof made at ``issued_at`` (remembered until ``expires_at``) was seen if accepted."""
+        breaks = self._breaks
+        if not breaks:
+            return True
+        window = expires_at - issued_at  # max_age + skew in force now
+        if breaks[0][0] < now - window:  # the oldest break no longer matters: drop what passed
+            breaks = self._breaks = tuple(b for b in breaks if b[0] >= now - window)
+        for at, max_age in breaks:
+            if issued_at < at and (max_age is None or now > issued_at + max_age):
+                return False
+        return True
+
+
+class ReplayStore(Protocol):
+    """Remembers proof keys until they expire; ``claim`` is check-and-insert, atomically.
+
+    ``issued_at``: the proof's ``iat``, refused as UNREMEMBERED when the store's memory
+    (``ReplayMemory``) cannot cover a proof made then.
+    """
+
+    async def claim(
+        self, key: bytes, expires_at: float, now: float, *, issued_at: float | None = None
+    ) -> ReplayVerdict: ...
 
     def size(self) -> int:
         """Entries held now (for a gauge); -1 when the store cannot tell cheaply."""
@@ -66,12 +121,13 @@ class MemoryReplayStore:
     each claim first drops the seconds that have passed since the last one.
     """
 
-    __slots__ = ("_buckets", "_capacity", "_lock", "_purged", "_seen")
+    __slots__ = ("_buckets", "_capacity", "_lock", "_purged", "_seen", "memory")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self._capacity = capacity
+        self.memory = ReplayMemory()
         self._seen: set[bytes] = set()
         self._buckets: dict[int, list[bytes]] = {}
         self._purged = -1  # every second up to this one has been purged
@@ -94,11 +150,20 @@ class MemoryReplayStore:
         with self._lock:
             self._capacity = capacity
 
-    async def claim(self, key: bytes, expires_at: float, now: float) -> ReplayVerdict:
-        return self.claim_now(key, expires_at, now)
+    def narrowed(self, at: float, max_age: float) -> None:
+        self.memory.narrowed(at, max_age)
 
-    def claim_now(self, key: bytes, expires_at: float, now: float) -> ReplayVerdict:
+    async def claim(
+        self, key: bytes, expires_at: float, now: float, *, issued_at: float | None = None
+    ) -> ReplayVerdict:
+        return self.claim_now(key, expires_at, now, issued_at=issued_at)
+
+    def claim_now(
+        self, key: bytes, expires_at: float, now: float, *, issued_at: float | None = None
+    ) -> ReplayVerdict:
         """``claim`` without the coroutine: for callers that are not async."""
+        if issued_at is not None and not self.memory.covers(issued_at, expires_at, now):
+            return ReplayVerdict.UNREMEMBERED
         with self._lock:
             self._purge(math.floor(now))
             if key in self._seen:

@@ -653,6 +653,13 @@ def render(params: Params) -> dict[str, Any]:
         # A client's x-forwarded-client-cert never passes (authz's HTTP door reads the client
         # certificate's hash from it); on the mTLS listener Envoy sets its own, with Hash=.
         "forward_client_cert_details": "SANITIZE" if params.downstream_tls is None else "SANITIZE_SET",
+        # The scheme is this listener's, never the client's: over HTTP/2 a client sends its own
+        # :scheme, which Envoy would otherwise keep and pass on as the request's (the gRPC door's
+        # attributes.request.http.scheme), so a DPoP proof's htu could name https on plaintext.
+        # Behind a proxy that ends TLS, the public scheme is the tenant's origins'.
+        "scheme_header_transformation": {
+            "scheme_to_overwrite": "http" if params.downstream_tls is None else "https"
+        },
         "access_log": _access_log(params.door),
     }
     if params.otlp is not None:

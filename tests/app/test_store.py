@@ -288,3 +288,27 @@ async def test_the_check_span_is_the_parent_of_its_store_claim(
     (check,) = [s for s in spans if s.parent is None]
     assert claim.parent is not None
     assert claim.parent.span_id == check.context.span_id
+
+
+async def test_a_reload_that_moves_the_replay_keys_refuses_proofs_made_before_it(server: RedisServer) -> None:
+    """Security review of issue 14, finding D: another key_prefix (or server, db, or no store) is a
+    memory without the proofs accepted so far; a proof made before the move is refused
+    (UNREMEMBERED: dpop_proof_invalid, make a new one), one made after is claimed as usual."""
+    async with Process(settings(server)) as one:
+        made = time.time() - 1
+        key = replay_key(JKT, "captured")
+        assert await one.replay.claim(key, made + 65, time.time(), issued_at=made) is FRESH
+        await one.holder.apply(settings(server, prefix="other:"))
+        assert (
+            await one.replay.claim(key, made + 65, time.time(), issued_at=made) is ReplayVerdict.UNREMEMBERED
+        )
+        fresh = time.time() + 0.01
+        assert await one.replay.claim(replay_key(JKT, "new"), fresh + 65, fresh, issued_at=fresh) is FRESH
+        # a client change that keeps the keys where they were (a new timeout) is no move
+        before = one.replay.memory.breaks
+        await one.holder.apply(settings(server, prefix="other:", local=True))
+        assert one.replay.memory.breaks == before
+        await one.holder.apply(None)  # the store removed: this process's own memory decides
+        assert (
+            await one.replay.claim(key, made + 65, time.time(), issued_at=made) is ReplayVerdict.UNREMEMBERED
+        )

@@ -226,3 +226,33 @@ async def test_a_changed_nonce_secret_is_reloaded_and_the_old_key_verifies_meanw
     assert after.issue(now[0]) != nonce  # the new key signs
     assert after.verify(nonce, now[0])  # the old one still verifies
     assert not after.verify(nonce, now[0] + 2 * 120 + 1)
+
+
+def test_a_reload_raising_max_age_judges_proofs_made_before_it_by_the_old_one(folder):
+    """Security review of issue 14, finding B: replay entries made under max_age 10 expire by it;
+    after a reload to 60 a proof accepted before would pass its age check again once its entry
+    is gone. The holder narrows the replay store's memory, so it is refused instead."""
+    from authz.core.replay import ReplayVerdict
+
+    path = folder / "config.yaml"
+    path.write_text(SPEC_CONFIG + "dpop:\n  max_age: 10\n", encoding="utf-8")
+    now = [1_900_000_000.0]
+    holder = SnapshotHolder(load_config(path), clock=lambda: now[0])
+    iat = now[0]
+    replay = holder.replay
+    assert replay.claim_now(b"captured", iat + 10 + 5, now[0], issued_at=iat) is ReplayVerdict.FRESH  # type: ignore[attr-defined]
+
+    path.write_text(SPEC_CONFIG + "dpop:\n  max_age: 60\n", encoding="utf-8")
+    now[0] += 1
+    holder.swap(load_config(path))
+    now[0] = iat + 30  # the entry expired at iat + 15; the proof is 30 s old, within 60
+    verdict = replay.claim_now(b"captured", iat + 60 + 5, now[0], issued_at=iat)  # type: ignore[attr-defined]
+    assert verdict is ReplayVerdict.UNREMEMBERED
+    # a proof made after the reload gets the new max_age
+    assert replay.claim_now(b"later", iat + 2 + 65, iat + 50, issued_at=iat + 2) is ReplayVerdict.FRESH  # type: ignore[attr-defined]
+
+    # lowering it again adds no break: entries outlive the shorter window anyway
+    path.write_text(SPEC_CONFIG + "dpop:\n  max_age: 20\n", encoding="utf-8")
+    breaks = replay.memory.breaks
+    holder.swap(load_config(path))
+    assert replay.memory.breaks == breaks  # type: ignore[attr-defined]

@@ -175,3 +175,46 @@ def test_memory_per_entry_is_bounded():
     key_bytes = sum(key.__sizeof__() for key in keys)  # the keys existed before: they count too
     per_entry = (grown + key_bytes) / count
     assert 40 < per_entry < 200, per_entry
+
+
+# ReplayMemory: where a store's memory of accepted proofs breaks (security review of issue 14,
+# findings B, C, D). Windows below: max_age 60 + skew 5 (expires_at = iat + 65).
+UNREMEMBERED = ReplayVerdict.UNREMEMBERED
+
+
+def test_a_proof_made_before_the_memory_began_is_refused_and_one_made_after_is_not():
+    """A restart: the process before may have accepted a proof made before this one started."""
+    store = MemoryReplayStore(10)
+    store.memory.forgot(T)
+    assert store.claim_now(b"old", T - 1 + 65, T + 1, issued_at=T - 1) is UNREMEMBERED
+    assert store.claim_now(b"old", T - 1 + 65, T + 1, issued_at=T - 1) is UNREMEMBERED  # not remembered
+    assert store.claim_now(b"new", T + 65, T + 1, issued_at=T) is FRESH
+    assert store.claim_now(b"new", T + 65, T + 2, issued_at=T) is REPLAYED
+
+
+def test_a_break_is_dropped_once_every_proof_made_before_it_is_too_old_anyway():
+    store = MemoryReplayStore(10)
+    store.memory.forgot(T)
+    assert store.claim_now(b"a", T - 1 + 65, T + 60, issued_at=T - 1) is UNREMEMBERED
+    # 66 s on, a proof of before T is refused by its age; the break no longer decides
+    assert store.memory.covers(T + 66, T + 66 + 65, T + 66)
+    assert store.claim_now(b"b", T + 66 + 65, T + 66, issued_at=T + 66) is FRESH
+    assert store.memory.breaks == ()  # dropped, not kept forever
+
+
+def test_a_raised_max_age_judges_proofs_made_before_by_the_old_one():
+    """Entries made under max_age 10 expire by it: a proof of then is refused once 10 s old."""
+    store = MemoryReplayStore(10)
+    assert store.claim_now(b"p", T + 10 + 5, T, issued_at=T) is FRESH  # accepted under max_age 10
+    store.narrowed(T + 1, 10)
+    assert store.claim_now(b"p", T + 65, T + 9, issued_at=T) is REPLAYED  # its entry lives
+    # past T + 15 the entry is gone; without the narrowing the proof (60 s allowed now) passes
+    assert store.claim_now(b"p", T + 65, T + 20, issued_at=T) is UNREMEMBERED
+    assert store.claim_now(b"q", T + 2 + 65, T + 20, issued_at=T + 2) is FRESH  # made after the reload
+
+
+def test_without_issued_at_or_a_break_every_claim_is_covered():
+    store = MemoryReplayStore(10)
+    assert store.claim_now(b"x", T + 65, T, issued_at=T - 50) is FRESH
+    store.memory.forgot(T)
+    assert store.claim_now(b"y", T + 65, T) is FRESH  # callers that pass no iat

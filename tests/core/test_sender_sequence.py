@@ -80,7 +80,9 @@ class _SharedStore:
         self.delay, self.error = delay, error
         self.seen: set[bytes] = set()
 
-    async def claim(self, key: bytes, expires_at: float, now: float) -> ReplayVerdict:
+    async def claim(
+        self, key: bytes, expires_at: float, now: float, *, issued_at: float | None = None
+    ) -> ReplayVerdict:
         await asyncio.sleep(self.delay)
         if self.error is not None:
             raise self.error

@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import json
 import ssl
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -37,6 +38,7 @@ from testkit.envoy import (
     raw_request,
     run_envoy,
 )
+from testkit.h2wire import H2Connection
 from testkit.sender import Cert, jkt, make_cert, proof, write_cert, write_config
 from testkit.world import NOW, World
 
@@ -251,6 +253,37 @@ async def test_a_client_cannot_choose_the_scheme_a_proof_is_checked_against(
     headers = [("authorization", f"DPoP {token}"), ("dpop", https), ("x-forwarded-proto", "https")]
     reply = await send(envoys[door], headers)
     assert (reply.status, reply.json()["reason"]) == (401, "dpop_proof_invalid")
+
+
+def _h2(port: int, headers: list[tuple[str, str]]) -> tuple[int | None, bytes]:
+    connection = H2Connection(port)
+    try:
+        stream = connection.request(headers)
+        return connection.response(stream, time.monotonic() + 10)  # 10 s: bounds a busy machine
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("door", ["grpc", "http"])
+async def test_a_client_cannot_choose_the_scheme_by_its_h2_scheme_pseudo_header(
+    envoys: dict[str, EnvoyProcess], key: Any, token: str, door: str
+) -> None:
+    """Security review of issue 14, finding A: over HTTP/2 a client sends its own :scheme, which
+    Envoy kept and passed to the gRPC door as the request's scheme; the rendered listener now
+    overwrites it with its own (scheme_header_transformation), so both doors see http here."""
+    nonce = await nonce_of(envoys[door], key, token)
+
+    def ask(scheme: str) -> tuple[int | None, bytes]:
+        value = proof(key, token, url=f"{scheme}://api.acme.test/orders", nonce=nonce)
+        headers = [(":method", "GET"), (":scheme", scheme), (":path", "/orders"),
+                   (":authority", "api.acme.test"), ("authorization", f"DPoP {token}"), ("dpop", value)]  # fmt: skip
+        return _h2(envoys[door].port, headers)
+
+    status, body = await asyncio.to_thread(ask, "https")
+    # (401 is not in HPACK's static table: h2wire reads it as None; the body says which deny)
+    assert (status, json.loads(body)["reason"]) == (None, "dpop_proof_invalid")
+    status, _ = await asyncio.to_thread(ask, "http")  # the honest client on this listener
+    assert status == 200
 
 
 @pytest.mark.parametrize("door", ["grpc", "http"])

@@ -1,0 +1,57 @@
+"""A restarted ``authz serve`` does not accept again a DPoP proof its predecessor accepted.
+
+Security review of issue 14, finding C: the per-process replay store starts empty, so a captured
+request (token + proof) allowed before a restart (a crash, an OOM kill, a rolling deploy, a
+replaced worker) was allowed once more after it, within the proof's window. The new process's
+replay memory begins at its start: a proof made before is refused (dpop_proof_invalid, make a
+new proof); one made after is checked as usual.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from testkit import dpop
+from testkit.envoy import http_request
+from testkit.sender import jkt, proof, write_config
+from testkit.world import World
+from tests.integration.test_shared_store import Authz
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_proof_accepted_before_a_restart_is_refused_after_it(world: World, tmp_path: Path) -> None:
+    path = write_config(world, tmp_path)
+    key = dpop.new_key("ES256")
+    now = int(time.time())
+    token = world.token(world.claims(iat=now - 5, nbf=now - 5, exp=now + 600, cnf={"jkt": jkt(key)}))
+
+    def send(authz: Authz, value: str) -> str:
+        headers = {"authorization": f"DPoP {token}", "dpop": value, "x-forwarded-proto": "https"}
+        answer = http_request(
+            authz.http_port, "GET", "/orders", host="api.acme.test", headers=headers, timeout=5
+        )
+        return "ok" if answer.status == 200 else str(json.loads(answer.body)["reason"])
+
+    authz = Authz(path)
+    try:
+        captured = proof(key, token, iat=int(time.time()))
+        assert send(authz, captured) == "ok"
+        assert send(authz, captured) == "dpop_proof_replayed"
+    finally:
+        authz.stop()  # SIGKILL: a crash, nothing written anywhere on the way out
+    # The memory begins at the whole second of the start (a proof of that second passes): the
+    # captured proof's second must be over before the next process starts.
+    time.sleep(max(0.0, 1.05 - (time.time() % 1)))
+    again = Authz(path)
+    try:
+        assert send(again, captured) == "dpop_proof_invalid"  # within its 60 s window: no second use
+        fresh = proof(key, token, iat=int(time.time()))
+        assert send(again, fresh) == "ok"  # a client's next proof is made after the start
+        assert send(again, fresh) == "dpop_proof_replayed"
+    finally:
+        again.stop()
