@@ -9,14 +9,12 @@ new proof); one made after is checked as usual.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import pytest
 
 from testkit import dpop
-from testkit.envoy import http_request
 from testkit.sender import jkt, proof, write_config
 from testkit.world import World
 from tests.integration.test_shared_store import Authz
@@ -31,11 +29,7 @@ def test_a_proof_accepted_before_a_restart_is_refused_after_it(world: World, tmp
     token = world.token(world.claims(iat=now - 5, nbf=now - 5, exp=now + 600, cnf={"jkt": jkt(key)}))
 
     def send(authz: Authz, value: str) -> str:
-        headers = {"authorization": f"DPoP {token}", "dpop": value, "x-forwarded-proto": "https"}
-        answer = http_request(
-            authz.http_port, "GET", "/orders", host="api.acme.test", headers=headers, timeout=5
-        )
-        return "ok" if answer.status == 200 else str(json.loads(answer.body)["reason"])
+        return authz.dpop(token, value)
 
     authz = Authz(path)
     try:
