@@ -31,10 +31,11 @@ import yaml
 
 from authz.config.revocations import format_time, parse_time
 from authz.config.yaml import LineList, LineMap, Place, parse_yaml
+from authz.core.policy import TenantIndex
 from authz.core.subscription import Status, Subscription
 from authz.errors import ConfigError
 
-__all__ = ["audit_path", "parse_subscription_file", "render_subscription_file"]
+__all__ = ["audit_path", "known_apis", "parse_subscription_file", "render_subscription_file"]
 
 _REQUIRED = ("tenant", "client", "api", "status")
 _TEXTS = ("requested_by", "request_reason", "decided_by", "decision_reason")
@@ -43,6 +44,11 @@ _HEADER = (
     "# API subscriptions of client applications (envoy-jwe-authz). `authz subscriptions` edits this\n"
     "# file and appends each change to the audit trail beside it; hand edits are read alike.\n"
 )
+
+
+def known_apis(tenants: TenantIndex) -> dict[str, frozenset[str]]:
+    """Each configured tenant and the names of its APIs: what a subscription may name."""
+    return {name: frozenset(tenant.apis) for name, tenant in tenants.by_name.items()}
 
 
 def audit_path(file: str | Path) -> Path:
