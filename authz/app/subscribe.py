@@ -86,7 +86,7 @@ def _known(move: Move, apis: Mapping[str, frozenset[str]]) -> None:
         raise WorkflowError(f"tenant {move.tenant!r} is not in the configuration (tenants: {known})")
     if move.api not in apis[move.tenant]:
         known = ", ".join(sorted(apis[move.tenant])) or "none"
-        raise WorkflowError(f"API {move.api!r} is not one of tenant {move.tenant!r}'s apis ({known})")
+        raise WorkflowError(f"API {move.api!r} is not one of the apis of tenant {move.tenant!r} ({known})")
     if not move.client or move.client != move.client.strip():
         raise WorkflowError("the client must be its id, without surrounding spaces")
 

@@ -112,7 +112,7 @@ def _record(item: Any, place: Place, apis: Mapping[str, frozenset[str]]) -> Subs
     if tenant not in apis:
         raise place.key("tenant").error(f"tenant {tenant!r} is not configured")
     if api not in apis[tenant]:
-        raise place.key("api").error(f"API {api!r} is not one of tenant {tenant!r}'s apis")
+        raise place.key("api").error(f"API {api!r} is not one of the apis of tenant {tenant!r}")
     status = item.get("status")
     if status not in set(Status):
         raise place.key("status").error("must be pending, approved, rejected or revoked")
