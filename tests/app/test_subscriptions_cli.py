@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,8 @@ def running(server: RedisServer) -> None:
 def store_config(world: World, server: RedisServer) -> Path:
     head = (
         f"store:\n  url: {server.url}\n"
-        "subscriptions:\n  max_staleness: 3\n  resync_interval: 0.2\n  full_resync_interval: 60\n"
+        # Resyncs far apart: a change must come by its published message to arrive within 1 s.
+        "subscriptions:\n  max_staleness: 30\n  resync_interval: 10\n  full_resync_interval: 60\n"
     )
     return subscriptions_config(world, "store-subscriptions.yaml", head=head)
 
@@ -183,7 +185,9 @@ async def test_a_process_started_later_loads_what_is_there(
 async def test_a_change_written_without_a_message_is_found_by_the_version_check(
     store_config: Path, server: RedisServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async with Process(load_config(store_config)) as one:
+    config = load_config(store_config)
+    config = replace(config, subscriptions=replace(config.subscriptions, resync_interval=0.2))
+    async with Process(config) as one:
         keys = SubscriptionKeys("authz:")
         record = '{"tenant":"acme","client":"mobile-app","api":"orders","status":"approved"}'
         client = server.client()
