@@ -268,7 +268,11 @@ def _restart_required(
     deferred = tls_restart_required(started_tls, config)
     if not started_store and config.store is not None:
         deferred += (
-            Deferred("store", "added", "DPoP replay checked per process; revocations from the store"),
+            Deferred(
+                "store",
+                "added",
+                "DPoP replay checked per process; revocations and subscriptions from the store",
+            ),
         )
     return deferred
 
