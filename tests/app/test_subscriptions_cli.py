@@ -326,3 +326,20 @@ def test_a_broken_hand_edit_is_named_by_file_and_line(
     code, _, err = authz(capsys, "list", "--config", str(file_config))
     assert code == 2
     assert f"{subs}:2" in err
+
+
+def test_explain_reads_the_subscriptions_file(
+    world: World, file_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    now = int(time.time())
+    token = world.token(world.claims(iat=now - 5, nbf=now - 5, exp=now + 600, azp="mobile-app"))
+    explain = ["explain", "--config", str(file_config), "--host", "api.acme.test", "--path", "/orders"]
+
+    def reason() -> object:
+        main([*explain, "--token", token])
+        return json.loads(capsys.readouterr().out)["reason"]
+
+    assert reason() == "subscription_required"
+    assert move(capsys, file_config, "request")[0] == 0
+    assert move(capsys, file_config, "approve", "--by", "alice")[0] == 0
+    assert reason() == "ok"

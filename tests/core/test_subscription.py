@@ -279,9 +279,13 @@ def test_the_subscription_is_checked_before_scopes(world: World, config: Config)
     assert decision.reason == "subscription_required"
 
 
-def test_the_decision_log_and_the_metric_name_the_api_and_the_client(
+def test_the_decision_log_the_span_and_the_metric_name_the_api_and_the_client(
     world: World, config: Config, mirror: SubscriptionSet
 ) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
     mirror.put(_record(Status.PENDING))
     decision = _decide(config, world.token(world.claims(azp="mobile-app")))
     fields = decision_fields(decision, None, DEFAULT_SETTINGS)
@@ -291,9 +295,19 @@ def test_the_decision_log_and_the_metric_name_the_api_and_the_client(
         "mobile-app",
         "subscription_pending",
     )
-    telemetry = Telemetry()
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry = Telemetry(provider)
     trace = telemetry.begin((), None, "check", grpc=True)
     telemetry.finish(trace, decision, None, request_id="r", elapsed=0.001, settings=None)
+    (span,) = exporter.get_finished_spans()
+    attributes = dict(span.attributes or {})
+    assert (attributes["authz.api"], attributes["authz.client"], attributes["authz.subscription"]) == (
+        "orders",
+        "mobile-app",
+        "subscription_pending",
+    )
     text = telemetry.registry.render()[0].decode()
     assert (
         'authz_subscription_checks_total{api="orders",result="subscription_pending",tenant="acme"} 1.0'
