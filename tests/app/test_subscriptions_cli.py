@@ -343,3 +343,28 @@ def test_explain_reads_the_subscriptions_file(
     assert move(capsys, file_config, "request")[0] == 0
     assert move(capsys, file_config, "approve", "--by", "alice")[0] == 0
     assert reason() == "ok"
+
+
+async def test_a_reload_moves_between_the_file_and_the_store(
+    store_config: Path, file_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The mirror follows each loaded configuration's source: the file's records, then the
+    store's (stale until loaded, then what the store holds), then the file's again."""
+    assert (await asyncio.to_thread(move, capsys, file_config, "request"))[0] == 0
+    assert (await asyncio.to_thread(move, capsys, file_config, "approve", "--by", "alice"))[0] == 0
+    from_file, from_store = load_config(file_config), load_config(store_config)
+    holder, service = StoreHolder(), SubscriptionService(StoreMetrics(Registry()))
+    try:
+        await service.apply(from_file, None, 5.0)
+        assert (service.mirror.check(*KEY, time.time())[0], service.feed) == (Reason.OK, None)
+        client = await holder.apply(from_store.store)
+        await service.apply(from_store, client, 5.0)
+        assert service.feed is not None
+        assert (
+            service.mirror.check(*KEY, time.time())[0] is Reason.SUBSCRIPTION_REQUIRED
+        )  # the store has none
+        await service.apply(from_file, None, 5.0)
+        assert (service.mirror.check(*KEY, time.time())[0], service.feed) == (Reason.OK, None)
+    finally:
+        await service.stop()
+        await holder.close()
