@@ -1,5 +1,5 @@
 """Command line: serve, check-config, schema, keygen, mint, dpop-proof, explain, check, demo, revoke,
-revocations."""
+revocations, subscriptions."""
 
 from __future__ import annotations
 
@@ -155,6 +155,53 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--client", help="the entry of a client (azp or client_id) of --issuer")
     q.add_argument("--issuer", help="the issuer (iss) of --subject or --client")
     q.set_defaults(func=_unrevoke)
+
+    p = sub.add_parser(
+        "subscriptions",
+        help="the API subscription workflow: request, approve, reject, revoke, list, log",
+        description="Client applications' subscriptions to APIs, in the store or the subscriptions "
+        "file of --config (every replica enforces a change within a second from the store, or at its "
+        "next reload of the file). A move the workflow does not allow changes nothing.",
+    )
+    ssub = p.add_subparsers(metavar="ACTION")
+    for action, text in (
+        ("request", "ask for a subscription (pending until decided)"),
+        ("approve", "approve a pending subscription (its client's calls start to pass)"),
+        ("reject", "reject a pending subscription"),
+        ("revoke", "revoke an approved subscription (its client's calls stop passing)"),
+    ):
+        q = ssub.add_parser(action, help=text)
+        q.add_argument("--config", required=True, help="the configuration file (its tenants, APIs, store)")
+        q.add_argument("--tenant", required=True, help="the tenant")
+        q.add_argument(
+            "--client", required=True, help="the client application (its tokens' azp or client_id)"
+        )
+        q.add_argument("--api", required=True, help="one of the tenant's apis")
+        q.add_argument(
+            "--by",
+            required=action != "request",
+            help="who makes the change (kept in the audit log)"
+            + ("; default: the client" if action == "request" else ""),
+        )
+        q.add_argument("--reason", default="", help="why (kept in the audit log)")
+        if action == "approve":
+            q.add_argument(
+                "--expires", help="the approval ends then: RFC 3339 or epoch seconds; default: never"
+            )
+        q.set_defaults(func=_subscription_move, action=action)
+    q = ssub.add_parser("list", help="print the subscriptions, one JSON object a line")
+    q.add_argument("--config", required=True, help="the configuration file")
+    q.add_argument("--tenant", help="only this tenant's")
+    q.add_argument("--client", help="only this client's")
+    q.add_argument("--api", help="only this API's")
+    q.add_argument("--status", choices=["pending", "approved", "rejected", "revoked"], help="only these")
+    q.set_defaults(func=_subscriptions_list)
+    q = ssub.add_parser("log", help="print the audit log, oldest first, one JSON object a line")
+    q.add_argument("--config", required=True, help="the configuration file")
+    q.add_argument("--tenant", help="only this tenant's")
+    q.add_argument("--client", help="only this client's")
+    q.add_argument("--api", help="only this API's")
+    q.set_defaults(func=_subscriptions_log)
     return parser
 
 
@@ -425,6 +472,11 @@ def _explain(args: argparse.Namespace) -> int:
         from authz.core.revocation import RevocationSet
 
         config = attach(config, RevocationSet(config.revocation.entries))  # the revocation file's entries
+    if config.subscriptions.records:
+        from authz.app.subscriptions import attach as attach_subscriptions
+        from authz.core.subscription import SubscriptionSet
+
+        config = attach_subscriptions(config, SubscriptionSet(config.subscriptions.records))
     decision, request, request_id = evaluate(SnapshotHolder(config), _check_request(args), time.time)
     response = to_check_response(decision, request_id, request.headers if request else ())
     result = {
@@ -620,6 +672,125 @@ def _unrevoke(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps({"removed": [_entry_json(entry) for entry in removed]}))
     return 0 if removed else 1
+
+
+def _subscription_book(args: argparse.Namespace) -> Any:
+    """The subscriptions of ``--config`` (its file or its store), or None after printing why not."""
+    from authz.app.subscribe import book_for
+    from authz.config import load_config
+    from authz.core.subscription import WorkflowError
+    from authz.errors import ConfigError
+
+    try:
+        return book_for(load_config(args.config))
+    except (ConfigError, WorkflowError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def _subscription_move(args: argparse.Namespace) -> int:
+    from authz.app.subscribe import Move
+    from authz.config.revocations import format_time
+    from authz.core.subscription import Action, WorkflowError
+    from authz.errors import ConfigError
+
+    book = _subscription_book(args)
+    if book is None:
+        return 2
+    expires = getattr(args, "expires", None)
+    move = Move(
+        Action(args.action),
+        args.tenant,
+        args.client,
+        args.api,
+        by=args.by or args.client,
+        reason=args.reason,
+        expires_at=_when(expires, "--expires", float("inf")),
+    )
+    try:
+        changed = _subscription_call(book.change, move, time.time())
+    except (WorkflowError, ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if changed is None:
+        return 1
+    record, _ = changed
+    print(json.dumps({"subscription": _subscription_json(record, format_time), "where": book.where}))
+    return 0
+
+
+def _subscription_call(call: Any, *args: Any) -> Any:
+    """``call(*args)``, or None after printing why the file or the store could not be used (the
+    store's own words stay out); the workflow's refusals and a bad file are raised."""
+    from authz.core.subscription import WorkflowError
+    from authz.errors import ConfigError
+
+    try:
+        return call(*args)
+    except (WorkflowError, ConfigError, ValueError):
+        raise
+    except OSError as exc:
+        print(f"error: {exc.strerror or type(exc).__name__}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - the store's own words stay out; the kind is enough
+        print(f"error: the store did not answer ({type(exc).__name__})", file=sys.stderr)
+    return None
+
+
+def _subscription_json(record: Any, format_time: Any) -> dict[str, Any]:
+    found = record.to_dict()
+    for key in ("requested_at", "decided_at", "expires"):
+        if found[key] is not None:
+            found[key] = format_time(found[key])
+    return {key: value for key, value in found.items() if value not in (None, "")}
+
+
+def _subscriptions_list(args: argparse.Namespace) -> int:
+    from authz.config.revocations import format_time
+    from authz.errors import ConfigError
+
+    book = _subscription_book(args)
+    if book is None:
+        return 2
+    try:
+        records = _subscription_call(book.records)
+    except (ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if records is None:
+        return 1
+    for record in sorted(records, key=lambda r: r.key):
+        wanted = (args.tenant, args.api, args.client, args.status)
+        actual = (*record.key, record.status.value)
+        if all(want is None or want == have for want, have in zip(wanted, actual, strict=True)):
+            print(json.dumps(_subscription_json(record, format_time)))
+    return 0
+
+
+def _subscriptions_log(args: argparse.Namespace) -> int:
+    from authz.config.revocations import format_time
+
+    book = _subscription_book(args)
+    if book is None:
+        return 2
+    try:
+        events = _subscription_call(book.events)
+    except ValueError as exc:
+        print(f"error: the audit log is not readable: {exc}", file=sys.stderr)
+        return 1
+    if events is None:
+        return 1
+    for event in events:
+        wanted = (args.tenant, args.api, args.client)
+        if all(
+            want is None or want == have
+            for want, have in zip(wanted, (event.tenant, event.api, event.client), strict=True)
+        ):
+            found = event.to_dict()
+            found["at"] = format_time(found["at"])
+            if found["expires"] is not None:
+                found["expires"] = format_time(found["expires"])
+            print(json.dumps({key: value for key, value in found.items() if value is not None}))
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

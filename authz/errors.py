@@ -90,6 +90,14 @@ class Reason(enum.StrEnum):
     # Revocation (issue 15): a revoked token, and a revocation mirror too old to trust.
     TOKEN_REVOKED = "token_revoked"
     REVOCATION_STATE_STALE = "revocation_state_stale"
+    # Subscriptions (issue 18): a rule of an API that needs the client's approved subscription.
+    CLIENT_UNKNOWN = "client_unknown"
+    SUBSCRIPTION_REQUIRED = "subscription_required"
+    SUBSCRIPTION_PENDING = "subscription_pending"
+    SUBSCRIPTION_REJECTED = "subscription_rejected"
+    SUBSCRIPTION_REVOKED = "subscription_revoked"
+    SUBSCRIPTION_EXPIRED = "subscription_expired"
+    SUBSCRIPTION_STATE_STALE = "subscription_state_stale"
     # Tenant and policy.
     TENANT_UNKNOWN = "tenant_unknown"
     TENANT_MISMATCH = "tenant_mismatch"
@@ -179,6 +187,17 @@ REASONS: Mapping[Reason, Outcome] = MappingProxyType(
         # The revocation mirror has not been confirmed current for revocation.max_staleness:
         # a token revoked meanwhile could pass, so tokens are refused (revocation.on_stale: deny).
         Reason.REVOCATION_STATE_STALE: Outcome.UNAVAILABLE,
+        # Subscriptions (issue 18): the token is valid and bound to the tenant, but its client
+        # application may not use this API (yet, or any more): forbidden, not unauthenticated.
+        Reason.CLIENT_UNKNOWN: _F,
+        Reason.SUBSCRIPTION_REQUIRED: _F,
+        Reason.SUBSCRIPTION_PENDING: _F,
+        Reason.SUBSCRIPTION_REJECTED: _F,
+        Reason.SUBSCRIPTION_REVOKED: _F,
+        Reason.SUBSCRIPTION_EXPIRED: _F,
+        # The subscription mirror has not been confirmed current for subscriptions.max_staleness:
+        # a subscription revoked meanwhile could pass (subscriptions.on_stale: deny).
+        Reason.SUBSCRIPTION_STATE_STALE: Outcome.UNAVAILABLE,
         # Tenant and policy.
         Reason.TENANT_UNKNOWN: _F,
         Reason.TENANT_MISMATCH: _F,

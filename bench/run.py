@@ -93,6 +93,7 @@ class Settings:
     http_door_bench_args: list[str]
     dpop_bench_args: list[str]
     store_bench_args: list[str] = field(default_factory=list)
+    subscriptions_bench_args: list[str] = field(default_factory=list)
     in_process_folder: Path | None = None  # where bench_token.py and bench_tracing.py write their JSON
     rate_tolerance: float = 0.1  # a paced run must reach the rate within this fraction
 
@@ -434,6 +435,8 @@ def in_process(folder: Path, settings: Settings) -> dict[str, Any]:
         ("dpop", "bench_dpop.py", settings.dpop_bench_args),
         # Revocation lookups with 100,000 entries, memory per entry, store round trips per claim.
         ("store", "bench_store.py", settings.store_bench_args),
+        # Subscription lookups with 100,000 subscriptions, memory per subscription (issue 18).
+        ("subscriptions", "bench_subscriptions.py", settings.subscriptions_bench_args),
     ):
         out = folder / f"{name}.json"
         done = subprocess.run(  # noqa: S603
@@ -942,6 +945,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
         if quick
         else ["--rounds", "7"],
         store_bench_args=["--entries", "3000", "--checks", "500", "--rounds", "1", "--claims", "200"]
+        if quick
+        else [],
+        subscriptions_bench_args=["--subscriptions", "3000", "--checks", "500", "--rounds", "1"]
         if quick
         else [],
         in_process_folder=args.json.parent,

@@ -235,3 +235,34 @@ def token_outcome(token: str, keys: TokenKeys) -> str:
     assert code in REASONS
     assert code != "token_invalid", f"unexpected exception inside the token layer: {detail}"
     return code
+
+
+def subscriptions_config(world: World, name: str = "subscriptions-config.yaml", *, head: str = "") -> Path:
+    """The world's config with acme's ``read-orders`` rule in API ``orders``, which requires an
+    approved subscription of the token's client, and ``admin`` in API ``admin`` (none needed).
+
+    ``head``: YAML put before the rest (a ``store:`` or ``subscriptions:`` section). Written
+    beside the world's config (so its relative key paths hold); returns its path.
+    """
+    acme = "    mode: enforce\n    rules:\n"
+    apis = (
+        "    mode: enforce\n"
+        "    apis:\n"
+        "      - name: orders\n"
+        "        subscription: required\n"
+        "      - name: admin\n"
+        "    rules:\n"
+    )
+    text = CONFIG.replace(acme, apis, 1)
+    text = text.replace(
+        "      - name: read-orders\n        methods: [GET, HEAD]\n",
+        "      - name: read-orders\n        api: orders\n        methods: [GET, HEAD]\n",
+        1,
+    )
+    text = text.replace(
+        "      - name: admin\n        paths:", "      - name: admin\n        api: admin\n        paths:", 1
+    )
+    assert text.count("api: ") == 2, "the world's CONFIG changed: update subscriptions_config"
+    path = world.root / name
+    path.write_text(head + text, encoding="utf-8")
+    return path

@@ -10,12 +10,9 @@ A change is one Lua script (add or remove, raise the version, publish it): atomi
 that loads the set and the version in one transaction sees a state that some version names.
 
 Each process subscribes to the channel, then loads the set (``MULTI``: purge the expired, read
-the rest, read the version). Messages apply at once (the 1 s promise); one that skips a version
-(a message lost) is applied and followed by a full load. Every ``resync_interval`` the version
-is read: equal, the mirror is confirmed current; different, it is loaded again. Every
-``full_resync_interval`` it is loaded again anyway. A lost subscription is made again, then
-the set loaded again. Checks never wait for any of this: they read the mirror, which says
-when it has gone unconfirmed for longer than ``max_staleness`` (authz.core.revocation).
+the rest, read the version), and keeps it current as authz/app/feed.py describes. Checks never
+wait for any of this: they read the mirror, which says when it has gone unconfirmed for longer
+than ``max_staleness`` (authz.core.mirror).
 """
 
 from __future__ import annotations
@@ -23,24 +20,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import random
 import time
 from collections.abc import Iterable
 from dataclasses import replace
+from typing import Any
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from authz.app.store import BACKGROUND_TIMEOUT, StoreClient, StoreMetrics
+from authz.app.feed import FeedCounters, StoreFeed
+from authz.app.store import StoreClient, StoreMetrics
 from authz.config.settings import Config, RevocationSettings
 from authz.core.revocation import Entry, RevocationSet
-from authz.telemetry.logs import Throttle
 from authz.telemetry.metrics import Collector
 
 __all__ = ["ADD_SCRIPT", "REMOVE_SCRIPT", "RevocationFeed", "RevocationService", "attach", "load_entries"]
 
 _log = logging.getLogger("authz.revocation")
-_RETRY_MIN, _RETRY_MAX = 0.1, 2.0  # seconds between attempts to subscribe again
 _PURGE_EVERY = 1.0
 
 # KEYS: entries, version; ARGV: channel, then expiry and member pairs. Returns the last version.
@@ -96,69 +91,22 @@ def _parse(members: Iterable[tuple[bytes, float]]) -> tuple[list[Entry], int]:
     return entries, bad
 
 
-class RevocationFeed:
-    """Keeps one mirror current from one store client (until stopped)."""
+class RevocationFeed(StoreFeed[RevocationSet, RevocationSettings]):
+    """Keeps the revocation mirror current from one store client (until stopped)."""
 
-    def __init__(
-        self,
-        mirror: RevocationSet,
-        client: StoreClient,
-        settings: RevocationSettings,
-        counters: _Counters,
-    ) -> None:
-        self.mirror = mirror
-        self.client = client
-        self.settings = settings
-        self._counters = counters
-        self.version = -1  # the store version the mirror holds (once loaded)
-        self._loading: list[tuple[int, str]] | None = None  # messages while a load is in flight
-        self._resync = asyncio.Event()
-        self._loaded = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._warnings = Throttle(10.0)
-        self.subscribed = False
+    name = "revocation"
 
-    async def start(self, wait: float) -> bool:
-        """Subscribe and load in the background; wait up to ``wait`` for the first load."""
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._subscription(), name="authz-revocation-subscription"),
-            loop.create_task(self._resyncs(), name="authz-revocation-resync"),
-        ]
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(wait):
-                await self._loaded.wait()
-        return self._loaded.is_set()
+    @property
+    def version_key(self) -> str:
+        return self.client.version_key
 
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+    @property
+    def channel(self) -> str:
+        return self.client.channel
 
-    # -- messages ----------------------------------------------------------------
-
-    def on_message(self, data: bytes | str) -> None:
-        """Apply one change message: at once, and again after a load that was in flight."""
-        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-        try:
-            head, sign, rest = text.split(" ", 2)
-            version = int(head)
-        except ValueError:
-            self._counters.bad_messages += 1
-            return
-        if self._loading is not None:
-            self._loading.append((version, text))
-        if not self._loaded.is_set():
-            self._apply(sign, rest)  # early; the first load holds it too
-            return
-        if version <= self.version:
-            return  # a load already holds it
-        if self._apply(sign, rest) is None:
-            self._counters.bad_messages += 1
-        if version != self.version + 1:
-            self._resync.set()  # one or more messages went missing: load it all
-        self.version = version
+    async def fetch(self) -> tuple[list[Any], int, int]:
+        entries, version, bad = await load_entries(self.client, time.time())
+        return list(entries), version, bad
 
     def _apply(self, sign: str, rest: str) -> bool | None:
         if sign == "+":
@@ -175,148 +123,6 @@ class RevocationFeed:
             return self.mirror.remove(rest)
         return None
 
-    # -- loads ---------------------------------------------------------------------
-
-    async def load(self) -> bool:
-        """Load every entry and replace the mirror's; True when done."""
-        started = time.perf_counter()
-        self._loading = []
-        try:
-            async with asyncio.timeout(BACKGROUND_TIMEOUT * 5):
-                entries, version, bad = await load_entries(self.client, time.time())
-        except Exception as exc:  # noqa: BLE001 - the store is unavailable: the mirror ages
-            self._counters.store.observe("revocation_load", _result(exc), time.perf_counter() - started)
-            self._counters.resyncs["failure"] += 1
-            self._warn("revocation load failed", exc)
-            return False
-        finally:
-            pending, self._loading = self._loading, None
-        self._counters.store.observe("revocation_load", "ok", time.perf_counter() - started)
-        before = len(self.mirror)
-        self.mirror.replace(entries)
-        self.version = version
-        for message_version, text in pending:
-            if message_version > version:
-                _, sign, rest = text.split(" ", 2)
-                self._apply(sign, rest)
-                self.version = max(self.version, message_version)
-        self.mirror.confirm()
-        self._counters.applied["resync"] += max(0, len(self.mirror) - before)
-        self._counters.resyncs["success"] += 1
-        self._counters.bad_members += bad
-        if not self._loaded.is_set():
-            self._loaded.set()
-            _log.info(
-                "revocations loaded",
-                extra={"fields": {"entries": len(self.mirror), "version": version, "unreadable": bad}},
-            )
-        return True
-
-    async def _resyncs(self) -> None:
-        """The first load, once subscribed (so that no change falls between the two; 1 s at most);
-        then the safety net: the version confirmed every resync_interval, a load on a difference,
-        a gap or a new subscription, and every full_resync_interval anyway."""
-        settings = self.settings
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(1.0):
-                await self._resync.wait()
-        self._resync.clear()
-        last_full = -math.inf
-        requested = True
-        while True:
-            due = time.monotonic() - last_full >= settings.full_resync_interval
-            if requested or due or not self._loaded.is_set():
-                if await self.load():
-                    last_full = time.monotonic()
-            else:
-                await self._confirm()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(settings.resync_interval):
-                    await self._resync.wait()
-            requested = self._resync.is_set()
-            self._resync.clear()
-
-    async def _confirm(self) -> None:
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(BACKGROUND_TIMEOUT):
-                raw = await self.client.background.get(self.client.version_key)
-        except Exception as exc:  # noqa: BLE001 - unavailable: the mirror ages
-            self._counters.store.observe("revocation_version", _result(exc), time.perf_counter() - started)
-            self._warn("revocation version check failed", exc)
-            return
-        self._counters.store.observe("revocation_version", "ok", time.perf_counter() - started)
-        if int(raw or 0) == self.version:
-            self.mirror.confirm()
-        else:
-            await self.load()
-
-    # -- the subscription ------------------------------------------------------------
-
-    async def _subscription(self) -> None:
-        delay = _RETRY_MIN
-        while True:
-            pubsub = self.client.background.pubsub(ignore_subscribe_messages=True)
-            try:
-                async with asyncio.timeout(BACKGROUND_TIMEOUT):
-                    await pubsub.subscribe(self.client.channel)
-                self.subscribed = True
-                self._counters.subscriptions["subscribed"] += 1
-                # Load now: the first time, or changes may have been missed while unsubscribed.
-                self._resync.set()
-                delay = _RETRY_MIN
-                while True:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        self.on_message(message["data"])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - lost: subscribe again, then load
-                if self.subscribed:
-                    self._counters.subscriptions["lost"] += 1
-                    _log.warning(
-                        "revocation subscription lost; subscribing again",
-                        extra={
-                            "fields": {"error": type(exc).__name__, "store": self.client.settings.endpoint}
-                        },
-                    )
-                self.subscribed = False
-            finally:
-                self.subscribed = False
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(pubsub.aclose(), BACKGROUND_TIMEOUT)
-            await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter, not a secret
-            delay = min(_RETRY_MAX, delay * 2)
-
-    def _warn(self, message: str, exc: BaseException) -> None:
-        left_out = self._warnings.admit(message)
-        if left_out is not None:
-            _log.warning(
-                message,
-                extra={
-                    "fields": {
-                        "error": type(exc).__name__,
-                        "store": self.client.settings.endpoint,
-                        "age_seconds": round(self.mirror.age(), 3),
-                        "left_out": left_out,
-                    }
-                },
-            )
-
-
-def _result(exc: BaseException) -> str:
-    return "timeout" if isinstance(exc, TimeoutError) else "error"
-
-
-class _Counters:
-    def __init__(self, store: StoreMetrics) -> None:
-        self.store = store
-        self.applied = {"message": 0, "resync": 0, "file": 0}
-        self.resyncs = {"success": 0, "failure": 0}
-        self.subscriptions = {"subscribed": 0, "lost": 0}
-        self.bad_messages = 0
-        self.bad_members = 0
-
 
 class RevocationService:
     """The process's mirror and what feeds it, following each loaded configuration."""
@@ -324,7 +130,7 @@ class RevocationService:
     def __init__(self, store_metrics: StoreMetrics) -> None:
         self.mirror = RevocationSet()
         self.feed: RevocationFeed | None = None
-        self._counters = _Counters(store_metrics)
+        self._counters = FeedCounters(store_metrics)
         self._file_entries: tuple[Entry, ...] | None = None
         self._purger: asyncio.Task[None] | None = None
 

@@ -14,6 +14,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -24,6 +25,8 @@ from authz.app.limits import raise_open_files_limit
 from authz.app.reload import RESTART_SETTINGS, Deferred, Reloader, ReloadStatus
 from authz.app.revocation import RevocationService, attach
 from authz.app.store import SharedReplayStore, StoreHolder, StoreMetrics
+from authz.app.subscriptions import SubscriptionService
+from authz.app.subscriptions import attach as attach_subscriptions
 from authz.app.workers import WorkerLink
 from authz.config import Config, SnapshotHolder, TlsSettings, load_config
 from authz.config.holder import ProcessReplayStore
@@ -69,14 +72,16 @@ async def serve(
         _log.error("telemetry configuration rejected", extra={"fields": {"error": str(exc)}})
         return 2
     telemetry = Telemetry(provider)
-    # One store client and one revocation mirror per process, kept across reloads: every
-    # snapshot reads the same mirror, so a revocation needs no reload to take effect.
+    # One store client and one revocation and subscription mirror per process, kept across
+    # reloads: every snapshot reads the same mirrors, so a revocation, an approval or the
+    # revocation of a subscription needs no reload to take effect.
     stores = StoreHolder()
     store_metrics = StoreMetrics(telemetry.registry)
-    revocations = RevocationService(store_metrics)
-    telemetry.registry.collector(revocations.collector())
-    config = attach(config, revocations.mirror)
-    prepare = functools.partial(_prepare, registry, stores, revocations)
+    mirrors = Mirrors(RevocationService(store_metrics), SubscriptionService(store_metrics))
+    telemetry.registry.collector(mirrors.revocations.collector())
+    telemetry.registry.collector(mirrors.subscriptions.collector())
+    config = mirrors.attach(config)
+    prepare = functools.partial(_prepare, registry, stores, mirrors)
     open_files, _ = raise_open_files_limit()  # the doors and the admin port share the descriptors
     address = listen or config.listen or "127.0.0.1:9001"
     admin_address = admin_listen or config.admin_listen
@@ -118,7 +123,7 @@ async def serve(
             reloader: Reloader | None = None
             admin_port = None
             if admin_address:
-                ready = functools.partial(_ready, holder, stop, revocations)
+                ready = functools.partial(_ready, holder, stop, mirrors)
                 admin_port = await stack.enter_async_context(
                     run_admin(
                         admin_address,
@@ -150,7 +155,7 @@ async def serve(
             reloader = Reloader(
                 holder,
                 config_path,
-                loader=functools.partial(_load, registry, revocations),
+                loader=functools.partial(_load, registry, mirrors),
                 prepare=prepare,
                 restart_required=functools.partial(_restart_required, config.tls, config.store is not None),
             )
@@ -174,7 +179,8 @@ async def serve(
             _log.info("draining", extra={"fields": {"grace_seconds": config.server.grace_seconds}})
             await reloader.stop()
             await registry.stop()
-            await revocations.stop()
+            await mirrors.revocations.stop()
+            await mirrors.subscriptions.stop()
             await stores.close()
     except OSError as exc:
         _log.error("cannot serve", extra={"fields": {"error": str(exc)}})
@@ -213,26 +219,38 @@ def _write_metrics(files: WorkerFiles) -> None:
             )
 
 
-def _ready(
-    holder: SnapshotHolder, stopping: asyncio.Event, revocations: RevocationService | None = None
-) -> bool:
-    # Not ready while every token check would be revocation_state_stale (on_stale: deny).
+@dataclass(frozen=True, slots=True)
+class Mirrors:
+    """The process's mirrors of shared state, the same objects across reloads."""
+
+    revocations: RevocationService
+    subscriptions: SubscriptionService
+
+    def attach(self, config: Config) -> Config:
+        """``config`` with its snapshot reading these mirrors."""
+        return attach_subscriptions(attach(config, self.revocations.mirror), self.subscriptions.mirror)
+
+
+def _ready(holder: SnapshotHolder, stopping: asyncio.Event, mirrors: Mirrors | None = None) -> bool:
+    # Not ready while every token check would be revocation_state_stale (on_stale: deny), or
+    # every check of an API that requires subscriptions subscription_state_stale.
     ready = holder.current is not None and not stopping.is_set()
-    return ready and (revocations is None or revocations.ready())
+    return ready and (mirrors is None or (mirrors.revocations.ready() and mirrors.subscriptions.ready()))
 
 
-def _load(registry: JwksRegistry, revocations: RevocationService, path: str) -> Config:
-    return attach(load_config(path, registry), revocations.mirror)
+def _load(registry: JwksRegistry, mirrors: Mirrors, path: str) -> Config:
+    return mirrors.attach(load_config(path, registry))
 
 
-async def _prepare(
-    registry: JwksRegistry, stores: StoreHolder, revocations: RevocationService, config: Config
-) -> None:
+async def _prepare(registry: JwksRegistry, stores: StoreHolder, mirrors: Mirrors, config: Config) -> None:
     """Before a snapshot goes live: refresh its jwks_uri sources, first fetch awaited (bounded);
-    connect to its store (a changed one replaces the old) and load its revocations (bounded)."""
+    connect to its store (a changed one replaces the old) and load its revocations and
+    subscriptions (bounded)."""
     await registry.start(config.jwks, config.server.jwks_first_fetch_wait)
     client = await stores.apply(config.store)
-    await revocations.apply(config, client, config.server.jwks_first_fetch_wait)
+    wait = config.server.jwks_first_fetch_wait
+    await mirrors.revocations.apply(config, client, wait)
+    await mirrors.subscriptions.apply(config, client, wait)
 
 
 def _tls_mode(tls: TlsSettings | None) -> str:
@@ -254,7 +272,11 @@ def _restart_required(
     deferred = tls_restart_required(started_tls, config)
     if not started_store and config.store is not None:
         deferred += (
-            Deferred("store", "added", "DPoP replay checked per process; revocations from the store"),
+            Deferred(
+                "store",
+                "added",
+                "DPoP replay checked per process; revocations and subscriptions from the store",
+            ),
         )
     return deferred
 
@@ -304,6 +326,11 @@ GAUGE_MODES = {
     "authz_revocation_mirror_age_seconds": "livemax",
     "authz_revocation_mirror_stale": "livemax",
     "authz_revocation_subscribed": "livemin",
+    # Likewise the subscriptions.
+    "authz_subscription_records": "livemax",
+    "authz_subscription_mirror_age_seconds": "livemax",
+    "authz_subscription_mirror_stale": "livemax",
+    "authz_subscription_subscribed": "livemin",
 }
 
 

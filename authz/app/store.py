@@ -124,8 +124,10 @@ class StoreClient:
         self.version_key = f"{prefix}{{rev}}:version"
         self.channel = f"{prefix}{{rev}}:changes"
         self.commands, commands_sentinels = connect(settings, timeout=max(settings.timeout, 0.001))
+        # Background: two pub/sub connections (revocations, subscriptions), their loads and
+        # version checks, a readiness ping: room for all of them at once.
         self.background, background_sentinels = connect(
-            settings, timeout=BACKGROUND_TIMEOUT, max_connections=4
+            settings, timeout=BACKGROUND_TIMEOUT, max_connections=8
         )
         self._clients = [self.commands, self.background, *commands_sentinels, *background_sentinels]
 

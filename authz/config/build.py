@@ -24,16 +24,20 @@ from authz.config.settings import (
     RevocationSettings,
     ServerSettings,
     StoreSettings,
+    SubscriptionSettings,
     TlsSettings,
 )
 from authz.config.store import parse_store_url
+from authz.config.subscriptions import known_apis, parse_subscription_file
 from authz.config.tenants import compile_tenants
 from authz.config.yaml import Place, parse_yaml
 from authz.core.binding import DpopSettings
 from authz.core.claims import ClaimRules
+from authz.core.policy import TenantIndex
 from authz.core.request import CertificateSource
 from authz.core.revocation import Entry
 from authz.core.snapshot import RecordSettings, Snapshot
+from authz.core.subscription import Subscription
 from authz.errors import ConfigError
 from authz.jose.keys import IssuerKeys, KeySet, Purpose, RemoteKeys, parse_keyset
 from authz.jose.nested import TokenKeys
@@ -105,6 +109,7 @@ class _Builder:
                 raise place.key("issuer").error("duplicate issuer")
             issuers[issuer.issuer] = self._issuer(issuer, place)
         tenants = compile_tenants(config.tenants, root, issuers, decryption_keys)
+        subscriptions = self._subscriptions(config, root.key("subscriptions"), store, tenants)
         dpop = self._dpop(config.dpop, root.key("dpop"))
         token, http, server = config.token, config.http, config.server
         token_keys = TokenKeys(
@@ -165,6 +170,7 @@ class _Builder:
             ),
             store=store,
             revocation=revocation,
+            subscriptions=subscriptions,
         )
 
     def _store(self, store: m.Store, place: Place) -> StoreSettings:
@@ -237,6 +243,44 @@ class _Builder:
             full_resync_interval=revocation.full_resync_interval,
             entry_lifetime=lifetime,
             entries=entries,
+        )
+
+    def _subscriptions(
+        self, config: m.ConfigFile, place: Place, store: StoreSettings | None, tenants: TenantIndex
+    ) -> SubscriptionSettings:
+        spec = config.subscriptions
+        file: str | None = None
+        records: tuple[Subscription, ...] = ()
+        if spec.file is not UNSET:
+            # Read as part of the config, like the revocation file: an edit reloads, and a bad
+            # one keeps the last good configuration and its subscriptions (file, line, reason).
+            path = self._path(spec.file)
+            raw = self._read(path, place.key("file"), "subscriptions file")
+            try:
+                records = parse_subscription_file(raw, str(path), known_apis(tenants))
+            except ConfigError as exc:
+                raise ConfigError(
+                    exc.file,
+                    f"{exc.reason} (referenced from {self.source}:{place.key('file').line})",
+                    exc.line,
+                ) from None
+            file = str(path)
+        elif store is not None and spec.resync_interval >= spec.max_staleness:
+            raise place.key("resync_interval").error(
+                "must be shorter than max_staleness (else the mirror goes stale between resyncs)"
+            )
+        if file is not None or store is None:
+            for key in ("max_staleness", "on_stale", "resync_interval", "full_resync_interval"):
+                if place.has(key):
+                    raise place.key(key).error("only applies to subscriptions from the store")
+        return SubscriptionSettings(
+            file=file,
+            max_staleness=spec.max_staleness,
+            serve_stale=spec.on_stale == "serve",
+            resync_interval=spec.resync_interval,
+            full_resync_interval=spec.full_resync_interval,
+            records=records,
+            required=any(api.subscription for t in tenants.by_name.values() for api in t.apis.values()),
         )
 
     def _dpop(self, dpop: m.Dpop, place: Place) -> DpopSettings:

@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_CONTENT_ENCRYPTION",
     "DEFAULT_REPLAY_CACHE_SIZE",
     "METHODS",
+    "Api",
     "ConfigFile",
     "Dpop",
     "DpopNonce",
@@ -28,6 +29,7 @@ __all__ = [
     "Revocation",
     "Rule",
     "Store",
+    "Subscriptions",
     "Tenant",
     "about",
 ]
@@ -355,6 +357,9 @@ class Store(_Section, kw_only=True, frozen=True):
     max_connections: Annotated[Positive, about("Connections per process for store operations")] = 8
 
 
+OnStale = Annotated[Literal["deny", "serve"], Meta(extra={"reason": "must be deny or serve"})]
+
+
 class Revocation(_Section, kw_only=True, frozen=True):
     """Token revocation: entries from the shared store (authz revoke) or from a watched file."""
 
@@ -366,9 +371,36 @@ class Revocation(_Section, kw_only=True, frozen=True):
         Seconds, about("Seconds the store's revocation mirror may go unconfirmed before on_stale applies")
     ] = 30.0
     on_stale: Annotated[
-        Literal["deny", "serve"],
+        OnStale,
         about("Mirror stale: deny token checks (503 revocation_state_stale) or serve on the stale mirror"),
-        Meta(extra={"reason": "must be deny or serve"}),
+    ] = "deny"
+    resync_interval: Annotated[
+        Seconds, about("Seconds between checks that the mirror matches the store (and resyncs if not)")
+    ] = 5.0
+    full_resync_interval: Annotated[
+        Seconds, about("Seconds between full reloads of the mirror from the store (a safety net)")
+    ] = 300.0
+
+
+class Subscriptions(_Section, kw_only=True, frozen=True):
+    """API subscriptions of client applications: from the shared store (authz subscriptions) or a file."""
+
+    file: Annotated[
+        FilePath | UnsetType,
+        about(
+            "A subscriptions file (watched, reloaded; authz subscriptions edits it); "
+            "not set: the store's subscriptions, if there is a store"
+        ),
+    ] = UNSET
+    max_staleness: Annotated[
+        Seconds, about("Seconds the store's subscription mirror may go unconfirmed before on_stale applies")
+    ] = 30.0
+    on_stale: Annotated[
+        OnStale,
+        about(
+            "Mirror stale: deny checks of APIs that require a subscription (503 "
+            "subscription_state_stale) or serve on the stale mirror"
+        ),
     ] = "deny"
     resync_interval: Annotated[
         Seconds, about("Seconds between checks that the mirror matches the store (and resyncs if not)")
@@ -408,6 +440,21 @@ class Rule(_Section, kw_only=True, frozen=True):
         SenderConstraint | UnsetType,
         about("optional or required (bound tokens only: DPoP or certificate); not set: the tenant's"),
     ] = UNSET
+    api: Annotated[
+        Name | UnsetType,
+        about("The API (one of the tenant's apis) the rule belongs to; its subscription setting applies"),
+    ] = UNSET
+
+
+class Api(_Section, kw_only=True, frozen=True):
+    """A named API of a tenant: rules name it, and it may require an approved subscription."""
+
+    name: Annotated[Name, about("1-63 letters, digits, '.', '_' or '-'; unique in the tenant")]
+    subscription: Annotated[
+        Literal["required", "none"],
+        about("required: a token's client needs an approved subscription to this API; none: not checked"),
+        Meta(extra={"reason": "must be required or none"}),
+    ] = "none"
 
 
 class Tenant(_Section, kw_only=True, frozen=True):
@@ -434,6 +481,13 @@ class Tenant(_Section, kw_only=True, frozen=True):
     origins: Annotated[
         tuple[Text, ...],
         about("Public origins (https://host[:port]) a DPoP proof's htu may name; empty: what Envoy saw"),
+    ] = ()
+    client_claim: Annotated[
+        Text | UnsetType,
+        about("The claim naming a token's client application (subscriptions); not set: azp, then client_id"),
+    ] = UNSET
+    apis: Annotated[
+        tuple[Api, ...], about("Named APIs its rules belong to, and whether they require subscriptions")
     ] = ()
     rules: Annotated[tuple[Rule, ...], about("In order: the first that matches a method and path decides")]
 
@@ -467,4 +521,7 @@ class ConfigFile(_Section, kw_only=True, frozen=True):
     revocation: Annotated[Revocation, about("Token revocation: its source and staleness bound")] = (
         Revocation()
     )
+    subscriptions: Annotated[
+        Subscriptions, about("API subscriptions of client applications: their source and staleness bound")
+    ] = Subscriptions()
     tenants: Annotated[tuple[Tenant, ...], Meta(min_length=1), about("The tenants; at least one")]

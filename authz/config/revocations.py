@@ -26,7 +26,7 @@ from authz.config.yaml import LineList, LineMap, Place, parse_yaml
 from authz.core.revocation import Entry, EntryKind, jti_hash
 from authz.errors import ConfigError
 
-__all__ = ["parse_revocation_file", "parse_time"]
+__all__ = ["format_time", "parse_revocation_file", "parse_time"]
 
 _KEYS = {
     EntryKind.JTI: ({"jti", "jti_hash"}, {"expires"}),
@@ -133,3 +133,9 @@ def parse_time(value: Any) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.UTC)  # YAML's timestamps without a zone are UTC
     return moment.timestamp()
+
+
+def format_time(value: float) -> str:
+    """RFC 3339 in UTC with milliseconds (``2026-12-01T00:00:00.000Z``): what ``parse_time`` reads."""
+    moment = datetime.datetime.fromtimestamp(value, tz=datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

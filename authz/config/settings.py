@@ -6,14 +6,17 @@ from dataclasses import dataclass, field
 
 from authz.core.revocation import Entry
 from authz.core.snapshot import Snapshot
+from authz.core.subscription import Subscription
 
 __all__ = [
     "Config",
+    "FeedSettings",
     "HttpSettings",
     "JwksSettings",
     "RevocationSettings",
     "ServerSettings",
     "StoreSettings",
+    "SubscriptionSettings",
     "TlsSettings",
 ]
 
@@ -85,17 +88,31 @@ class StoreSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class RevocationSettings:
-    """Where revocations come from and how stale the mirror may get."""
+class FeedSettings:
+    """Where a mirror's contents come from and how stale it may get (authz/app/feed.py)."""
 
-    file: str | None = None  # a watched revocation file; None: the store's revocations (if any)
+    file: str | None = None  # a watched file; None: the store's (if there is a store)
     max_staleness: float = 30.0
     serve_stale: bool = False  # on_stale: serve
     resync_interval: float = 5.0
     full_resync_interval: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationSettings(FeedSettings):
+    """Where revocations come from and how stale the mirror may get."""
+
     # How long a subject or client entry must live: no token issued before it may be valid after.
     entry_lifetime: float = 86400.0 + 30.0
     entries: tuple[Entry, ...] = field(default=(), repr=False)  # the file's entries, as loaded
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionSettings(FeedSettings):
+    """Where API subscriptions come from and how stale the mirror may get."""
+
+    records: tuple[Subscription, ...] = field(default=(), repr=False)  # the file's, as loaded
+    required: bool = False  # some API requires subscriptions (a stale mirror then refuses checks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,3 +132,4 @@ class Config:
     snapshot: Snapshot = field(compare=False)
     store: StoreSettings | None = None  # None: no shared store (per-process state)
     revocation: RevocationSettings = RevocationSettings()
+    subscriptions: SubscriptionSettings = SubscriptionSettings()

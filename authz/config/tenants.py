@@ -1,7 +1,7 @@
 """The tenants of the model -> the core's TenantIndex: the checks across tenants, issuers and keys.
 
-Names, hosts and issuers must agree across the file; rules compile their path patterns; an
-encrypt-only key speaks only for the issuers it is bound to.
+Names, hosts and issuers must agree across the file; rules compile their path patterns and
+name only their tenant's APIs; an encrypt-only key speaks only for the issuers it is bound to.
 """
 
 from __future__ import annotations
@@ -13,7 +13,16 @@ from msgspec import UNSET
 
 from authz.config import model as m
 from authz.config.yaml import Place
-from authz.core.policy import Mode, Rule, SenderConstraint, Tenant, TenantIndex, compile_path
+from authz.core.policy import (
+    DEFAULT_CLIENT_CLAIMS,
+    Api,
+    Mode,
+    Rule,
+    SenderConstraint,
+    Tenant,
+    TenantIndex,
+    compile_path,
+)
 from authz.jose.htu import canonical_origin
 from authz.jose.keys import IssuerKeys, KeySet
 
@@ -55,10 +64,11 @@ def _tenant(spec: m.Tenant, place: Place, issuers: dict[str, IssuerKeys], keys: 
         if issuer not in issuers:
             raise place.key("issuers").error(f"issuer {issuer!r} is not configured under issuers")
     encrypt_only = _encrypt_only(spec, place, keys)
+    apis = _apis(spec, place)
     rules: list[Rule] = []
     for index, rule_spec in enumerate(spec.rules):
         rule_place = place.key("rules").item(index)
-        rule = _rule(rule_spec, rule_place)
+        rule = _rule(rule_spec, rule_place, apis)
         if any(r.name == rule.name for r in rules):
             raise rule_place.key("name").error("duplicate rule name in this tenant")
         rules.append(rule)
@@ -72,7 +82,18 @@ def _tenant(spec: m.Tenant, place: Place, issuers: dict[str, IssuerKeys], keys: 
         encrypt_only_keys=MappingProxyType(encrypt_only),
         sender_constraint=SenderConstraint(spec.sender_constraint),
         origins=_origins(spec, place),
+        apis=MappingProxyType(apis),
+        client_claims=DEFAULT_CLIENT_CLAIMS if spec.client_claim is UNSET else (spec.client_claim,),
     )
+
+
+def _apis(spec: m.Tenant, place: Place) -> dict[str, Api]:
+    apis: dict[str, Api] = {}
+    for index, api in enumerate(spec.apis):
+        if api.name in apis:
+            raise place.key("apis").item(index).key("name").error("duplicate API name in this tenant")
+        apis[api.name] = Api(api.name, subscription=api.subscription == "required")
+    return apis
 
 
 def _origins(spec: m.Tenant, place: Place) -> tuple[str, ...]:
@@ -121,7 +142,7 @@ def _encrypt_only(spec: m.Tenant, place: Place, keys: KeySet) -> dict[str, froze
     return bound
 
 
-def _rule(spec: m.Rule, place: Place) -> Rule:
+def _rule(spec: m.Rule, place: Place, apis: dict[str, Api]) -> Rule:
     paths = []
     for pattern in spec.paths:
         try:
@@ -132,6 +153,16 @@ def _rule(spec: m.Rule, place: Place) -> Rule:
         raise place.key("public").error("a public rule cannot also require scopes, roles or claims")
     if spec.public and spec.sender_constraint is not UNSET:
         raise place.key("sender_constraint").error("a public rule takes no token: no sender constraint")
+    api = None
+    if spec.api is not UNSET:
+        api = apis.get(spec.api)
+        if api is None:
+            known = ", ".join(sorted(apis)) or "none"
+            raise place.key("api").error(f"API {spec.api!r} is not one of this tenant's apis ({known})")
+        if spec.public and api.subscription:
+            raise place.key("api").error(
+                f"a public rule takes no token: API {api.name!r} requires subscriptions of clients"
+            )
     return Rule(
         name=spec.name,
         methods=frozenset(method.upper() for method in spec.methods),
@@ -143,4 +174,6 @@ def _rule(spec: m.Rule, place: Place) -> Rule:
         sender_constraint=None
         if spec.sender_constraint is UNSET
         else SenderConstraint(spec.sender_constraint),
+        api=api.name if api is not None else None,
+        subscription=api is not None and api.subscription,
     )

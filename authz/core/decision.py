@@ -5,7 +5,8 @@ explain``. Order: tenant from the request (route context, host) -> public
 rule -> access token (Bearer or DPoP; a DPoP proof's cheap checks) -> token
 layer -> claims -> revocation -> tenant binding (tenant claim, issuer, audience, encrypt-only
 opt-in) -> sender binding (cnf: DPoP proof or client certificate) -> rule ->
-sender constraint -> requirements. Any failure is a deny with a reason code;
+sender constraint -> subscription (the rule's API, the token's client) -> requirements.
+Any failure is a deny with a reason code;
 anything unexpected is ``internal_error``, still a deny. In ``dry-run`` the
 tenant's denies are answered as allows and recorded. A valid DPoP proof leaves
 its replay claim to the check sequence (``Decision.claim``, ``settle``).
@@ -21,7 +22,7 @@ from typing import Any
 from authz.core.binding import Binding, ReplayClaim, check_sender, key_hash, read_proof
 from authz.core.claims import Claims, validate_claims
 from authz.core.observe import NO_STEPS, Steps
-from authz.core.policy import Mode, Rule, SenderConstraint, Tenant, require
+from authz.core.policy import Mode, Rule, SenderConstraint, Tenant, client_of, require
 from authz.core.replay import ReplayVerdict
 from authz.core.request import AuthzRequest, Scheme, credentials
 from authz.core.revocation import Revocation
@@ -59,6 +60,12 @@ class Decision:
     # jti as a short hash (never the jti itself).
     revocation: str | None = None
     jti_hash: str | None = None
+    # The API of the rule (any rule that names one); on a rule whose API requires a
+    # subscription, the token's client and what its subscription check answered (ok, or the
+    # deny reason); None where no subscription was checked.
+    api: str | None = None
+    client: str | None = None
+    subscription: Reason | None = None
     # An allow on a token holds, as far as time goes, while valid_from <= now < valid_until.
     valid_from: float = -math.inf
     valid_until: float = math.inf
@@ -95,6 +102,8 @@ class _Progress:
     token_present: bool = False
     cache_hit: bool = False
     revocation: Revocation | None = None
+    client: str | None = None
+    subscription: Reason | None = None
     # The tenant is established: chosen by the request (route, host), or chosen
     # by the token and the token proven to belong to it. Only then may that
     # tenant's dry-run mode turn a deny into an allow: a token must not pick a
@@ -292,9 +301,14 @@ def _authorize(
     constraint = rule.sender_constraint or tenant.sender_constraint
     if constraint is SenderConstraint.REQUIRED and sender.binding is Binding.NONE:
         raise AuthzError(Reason.SENDER_CONSTRAINT_REQUIRED, f"rule {rule.name!r} needs a bound token")
+    until = math.inf  # an approved subscription holds until its expiry
+    if rule.subscription:
+        until = _subscribed(snapshot, tenant, rule, claims, progress, now=now)
     missing = require(rule, claims)
     if missing:
         return replace(_deny(progress, Reason.SCOPE_MISSING, "", snapshot), missing_scopes=missing)
+    facts = _token_facts(verified, claims, progress)
+    facts["valid_until"] = min(facts["valid_until"], until)  # not repeated past the approval's expiry
     return Decision(
         verdict=Verdict.ALLOW,
         reason=Reason.OK,
@@ -305,8 +319,28 @@ def _authorize(
         identity=True,
         strip_authorization=snapshot.strip_authorization,
         dpop_algs=snapshot.dpop.challenge_algs,
-        **_token_facts(verified, claims, progress),
+        **facts,
     )
+
+
+def _subscribed(
+    snapshot: Snapshot, tenant: Tenant, rule: Rule, claims: Claims, progress: _Progress, *, now: float
+) -> float:
+    """The client's subscription to the rule's API: until when it holds, or the deny.
+
+    A lookup in the process's mirror (no I/O); the token is verified and bound to the tenant
+    by now, so the client claim is the issuer's word.
+    """
+    client = progress.client = client_of(tenant, claims)
+    if client is None:
+        progress.subscription = Reason.CLIENT_UNKNOWN
+        raise AuthzError(Reason.CLIENT_UNKNOWN, f"no client claim ({', '.join(tenant.client_claims)})")
+    api = rule.api or ""
+    outcome, until = snapshot.subscriptions.check(tenant.name, api, client, now)
+    progress.subscription = outcome
+    if outcome is not Reason.OK:
+        raise AuthzError(outcome, f"the client's subscription to API {api!r}")
+    return until
 
 
 def _token_facts(verified: VerifiedToken, claims: Claims, progress: _Progress) -> dict[str, Any]:
@@ -324,12 +358,15 @@ def _token_facts(verified: VerifiedToken, claims: Claims, progress: _Progress) -
 
 
 def _sender_facts(progress: _Progress) -> dict[str, Any]:
-    """What a decision records of the sender binding (any verdict)."""
+    """What a decision records of the sender binding and the subscription (any verdict)."""
     return {
         "binding": progress.binding,
         "dpop": progress.scheme is Scheme.DPOP,
         "proof_key": key_hash(progress.proof_key) if progress.proof_key else None,
         "claim": progress.claim,
+        "api": progress.rule.api if progress.rule is not None else None,
+        "client": progress.client,
+        "subscription": progress.subscription,
     }
 
 
@@ -358,6 +395,7 @@ def _public(tenant: Tenant, rule: Rule, snapshot: Snapshot) -> Decision:
         reason=Reason.OK,
         tenant=tenant.name,
         rule=rule.name,
+        api=rule.api,
         strip_authorization=snapshot.strip_authorization,
         dpop_algs=snapshot.dpop.challenge_algs,
     )
@@ -391,5 +429,16 @@ def _deny(progress: _Progress, code: Reason, detail: str, snapshot: Snapshot) ->
 
 # Denies that happen after the token was bound to the tenant.
 _POLICY_CODES = frozenset(
-    {Reason.NO_MATCHING_RULE, Reason.SCOPE_MISSING, Reason.ROLE_MISSING, Reason.CLAIM_MISMATCH}
+    {
+        Reason.NO_MATCHING_RULE,
+        Reason.SCOPE_MISSING,
+        Reason.ROLE_MISSING,
+        Reason.CLAIM_MISMATCH,
+        Reason.CLIENT_UNKNOWN,
+        Reason.SUBSCRIPTION_REQUIRED,
+        Reason.SUBSCRIPTION_PENDING,
+        Reason.SUBSCRIPTION_REJECTED,
+        Reason.SUBSCRIPTION_REVOKED,
+        Reason.SUBSCRIPTION_EXPIRED,
+    }
 )

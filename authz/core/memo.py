@@ -3,8 +3,12 @@
 An entry is a rendered allow of a verified token, kept per snapshot (a reload starts an
 empty memo) and served while it provably holds: the token's entry in the verified-token
 cache unchanged (a key change, the token's expiry or an eviction retire it), ``now``
-inside the claims' time window, and the revocation mirror at the generation it was decided
-on (any change of the revocations, or a mirror gone stale, sends the repeat to a full check).
+inside the claims' time window (and before the expiry of the subscription it rests on), the
+revocation mirror at the generation it was decided on (any change of the revocations, or a
+mirror gone stale, sends the repeat to a full check), and for an allow that rested on an API
+subscription, the subscription mirror at its generation likewise (an approval, rejection or
+revocation anywhere sends such repeats to a full check: the next request after it is decided
+on the new state).
 Doors key it by a digest of every byte the decision reads.
 
 Sender-constrained tokens: a DPoP request (the DPoP scheme, or any ``dpop`` header) is never
@@ -68,6 +72,8 @@ class Kept(Generic[T]):
     token: tuple[bytes, VerifiedToken]  # the cache key and the very entry it was decided on
     certificate: str  # the client certificate the request carried, as given ("" for none)
     revocations: int = 0  # the revocation mirror's generation when it was decided
+    # The subscription mirror's generation when it was decided; None: no subscription was checked.
+    subscriptions: int | None = None
 
 
 class AnswerMemo(Generic[T]):
@@ -107,6 +113,8 @@ class AnswerMemo(Generic[T]):
         if kept.certificate != certificate:
             return None
         if not snapshot.revocations.holds(kept.revocations):
+            return None
+        if kept.subscriptions is not None and not snapshot.subscriptions.holds(kept.subscriptions):
             return None
         if not snapshot.cache.holds(*kept.token, snapshot.token_keys, now):
             return None
@@ -153,4 +161,5 @@ class AnswerMemo(Generic[T]):
             (cache_key, verified),
             certificate_of(request, snapshot),
             snapshot.revocations.generation,
+            None if decision.subscription is None else snapshot.subscriptions.generation,
         )

@@ -9,13 +9,28 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from authz.core.claims import Claims
 from authz.errors import AuthzError, Reason
 
-__all__ = ["Mode", "Rule", "SenderConstraint", "Tenant", "TenantIndex", "compile_path", "require"]
+__all__ = [
+    "DEFAULT_CLIENT_CLAIMS",
+    "Api",
+    "Mode",
+    "Rule",
+    "SenderConstraint",
+    "Tenant",
+    "TenantIndex",
+    "client_of",
+    "compile_path",
+    "require",
+]
+
+# The claims naming a token's client application, in order, unless a tenant names its own:
+# azp (OpenID Connect's authorized party), then client_id (RFC 9068, RFC 8693).
+DEFAULT_CLIENT_CLAIMS = ("azp", "client_id")
 
 
 class Mode(enum.Enum):
@@ -42,11 +57,21 @@ class Rule:
     roles: frozenset[str]  # any of (empty: no role needed)
     claims: Mapping[str, Any]  # each claim must equal (or, for a list claim, contain) the value
     sender_constraint: SenderConstraint | None = None  # None: the tenant's
+    api: str | None = None  # the API the rule belongs to (one of the tenant's apis)
+    subscription: bool = False  # that API requires the client's approved subscription
 
     def matches(self, method: str, path: str) -> bool:
         if self.methods and method not in self.methods:
             return False
         return any(p.fullmatch(path) for p in self.paths)
+
+
+@dataclass(frozen=True, slots=True)
+class Api:
+    """A named API of a tenant: its rules name it; it may require approved subscriptions."""
+
+    name: str
+    subscription: bool = False  # subscription: required
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +89,9 @@ class Tenant:
     # Canonical public origins (scheme://host[:port]) a DPoP proof's htu may name; empty:
     # the scheme and Host Envoy reports.
     origins: tuple[str, ...] = ()
+    apis: Mapping[str, Api] = field(default_factory=dict)
+    # The claims naming a token's client application, the first present decides.
+    client_claims: tuple[str, ...] = DEFAULT_CLIENT_CLAIMS
 
     def match(self, method: str, path: str) -> Rule | None:
         for rule in self.rules:
@@ -100,6 +128,17 @@ class TenantIndex:
             if host.endswith(suffix) and len(host) > len(suffix):
                 return candidate
         return None
+
+
+def client_of(tenant: Tenant, claims: Claims) -> str | None:
+    """The token's client application: the first of the tenant's client claims it has, if that
+    is a non-empty string; None when it has none (a subscription cannot be looked up)."""
+    raw = claims.raw
+    for name in tenant.client_claims:
+        value = raw.get(name)
+        if value is not None:
+            return value if isinstance(value, str) and value else None
+    return None
 
 
 def require(rule: Rule, claims: Claims) -> tuple[str, ...]:

@@ -22,12 +22,12 @@ import enum
 import hashlib
 import json
 import math
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from authz.core.claims import Claims
+from authz.core.mirror import Mirror
 from authz.errors import AuthzError, Reason
 
 __all__ = [
@@ -131,38 +131,22 @@ class Revocations(Protocol):
         ...
 
 
-class RevocationSet:
+class RevocationSet(Mirror):
     """The mirror of one process: every live entry, indexed for O(1) checks; not thread-safe.
 
-    Writers (the app's sync task, on the event loop) call ``add``, ``remove``, ``replace``
-    and ``purge``. Freshness: a mirror fed from a shared store is current while its feed
-    confirms it (``confirm``); past ``max_staleness`` without one, a check raises
-    ``revocation_state_stale`` unless ``serve_stale`` (then it is counted in ``stale_checks``).
+    Writers (the app's feed, on the event loop) call ``add``, ``remove``, ``replace`` and
+    ``purge``; generation and freshness are the ``Mirror``'s: past ``max_staleness`` without
+    a confirmation, a check raises ``revocation_state_stale`` unless ``serve_stale``.
     """
 
-    __slots__ = (
-        "_clients",
-        "_entries",
-        "_fresh_until",
-        "_jti",
-        "_subjects",
-        "generation",
-        "max_staleness",
-        "serve_stale",
-        "stale_checks",
-    )
+    __slots__ = ("_clients", "_entries", "_jti", "_subjects")
 
     def __init__(self, entries: Iterable[Entry] = (), *, max_staleness: float | None = None) -> None:
+        super().__init__(max_staleness=max_staleness)
         self._entries: dict[tuple[str, str, str], dict[str, Entry]] = {}
         self._jti: dict[str, float] = {}
         self._subjects: dict[tuple[str, str], float] = {}
         self._clients: dict[tuple[str, str], float] = {}
-        self.generation = 0
-        # None: always current (a file, or nothing); else seconds a confirmation holds.
-        self.max_staleness = max_staleness
-        self.serve_stale = False
-        self.stale_checks = 0
-        self._fresh_until = math.inf if max_staleness is None else -math.inf
         for entry in entries:
             self._add(entry)
 
@@ -175,10 +159,8 @@ class RevocationSet:
     # -- the check ---------------------------------------------------------------
 
     def check(self, claims: Claims) -> Revocation | None:
-        if self._fresh_until != math.inf and time.monotonic() >= self._fresh_until:
-            if not self.serve_stale:
-                raise AuthzError(Reason.REVOCATION_STATE_STALE, "revocation mirror not confirmed recently")
-            self.stale_checks += 1
+        if not self.current():
+            raise AuthzError(Reason.REVOCATION_STATE_STALE, "revocation mirror not confirmed recently")
         if not self._entries:
             return None
         raw = claims.raw
@@ -205,46 +187,13 @@ class RevocationSet:
             digest = jti_hash(jti)
         return Revocation(kind, digest[:SHORT] if digest else None)
 
-    def holds(self, generation: int) -> bool:
-        if generation != self.generation:
-            return False
-        return self._fresh_until == math.inf or self.serve_stale or time.monotonic() < self._fresh_until
-
-    # -- freshness ---------------------------------------------------------------
-
-    def confirm(self, at: float | None = None) -> None:
-        """The feed has just shown the mirror current (monotonic ``at``, default now)."""
-        if self.max_staleness is not None:
-            self._fresh_until = (time.monotonic() if at is None else at) + self.max_staleness
-
-    def set_staleness(self, max_staleness: float | None, *, serve_stale: bool) -> None:
-        """A reload's settings; None: always current (the entries come from a file, or none)."""
-        if max_staleness is None:
-            self._fresh_until = math.inf
-        elif self.max_staleness is None:
-            self._fresh_until = -math.inf  # not confirmed by the new feed yet
-        elif self._fresh_until != -math.inf:
-            self._fresh_until += max_staleness - self.max_staleness
-        self.max_staleness = max_staleness
-        self.serve_stale = serve_stale
-
-    def age(self, now: float | None = None) -> float:
-        """Seconds since the last confirmation (0 when always current, inf before the first)."""
-        if self._fresh_until == math.inf or self.max_staleness is None:
-            return 0.0
-        return max(0.0, (time.monotonic() if now is None else now) - (self._fresh_until - self.max_staleness))
-
-    @property
-    def stale(self) -> bool:
-        return self._fresh_until != math.inf and time.monotonic() >= self._fresh_until
-
     # -- writers -----------------------------------------------------------------
 
     def add(self, entry: Entry) -> bool:
         """Add (or update the expiry of) one entry; True when the entries changed."""
         if not self._add(entry):
             return False
-        self.generation += 1
+        self.changed()
         return True
 
     def remove(self, member: str) -> bool:
@@ -257,7 +206,7 @@ class RevocationSet:
         if members is None or members.pop(member, None) is None:
             return False
         self._reindex(entry.identity)
-        self.generation += 1
+        self.changed()
         return True
 
     def replace(self, entries: Iterable[Entry]) -> None:
@@ -265,7 +214,7 @@ class RevocationSet:
         fresh = RevocationSet(entries)
         self._entries, self._jti = fresh._entries, fresh._jti
         self._subjects, self._clients = fresh._subjects, fresh._clients
-        self.generation += 1
+        self.changed()
 
     def purge(self, now: float) -> int:
         """Forget entries expired at ``now`` (epoch seconds); how many went."""
@@ -280,7 +229,7 @@ class RevocationSet:
         for identity in {identity for identity, _ in gone}:
             self._reindex(identity)
         if gone:
-            self.generation += 1
+            self.changed()
         return len(gone)
 
     def _add(self, entry: Entry) -> bool:

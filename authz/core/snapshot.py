@@ -10,6 +10,7 @@ from authz.core.claims import ClaimRules
 from authz.core.policy import TenantIndex
 from authz.core.request import CertificateSource
 from authz.core.revocation import NO_REVOCATIONS, Revocations
+from authz.core.subscription import NO_SUBSCRIPTIONS, Subscriptions
 from authz.jose.nested import TokenKeys
 
 __all__ = ["RecordSettings", "Snapshot"]
@@ -43,6 +44,9 @@ class Snapshot:
     # The process's revocation mirror (authz/app/revocation.py), the same object across
     # reloads: a revocation takes effect without one, in the cache and the memo alike.
     revocations: Revocations = field(default=NO_REVOCATIONS, compare=False, repr=False)
+    # The process's subscription mirror (authz/app/subscriptions.py), likewise one object
+    # across reloads: an approval or a revocation takes effect without one.
+    subscriptions: Subscriptions = field(default=NO_SUBSCRIPTIONS, compare=False, repr=False)
     cache: TokenCache = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:

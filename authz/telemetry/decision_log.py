@@ -2,8 +2,9 @@
 
 Nothing from a token reaches it: the decision's fields (names from the configuration and
 closed code sets), the method, the normalized path, configured key ids, the sender binding
-and a short hash of a DPoP proof's key (never the proof); the subject only when the
-configuration enables it.
+and a short hash of a DPoP proof's key (never the proof); on a rule whose API requires a
+subscription, the client application's id (a name the issuer gives an application, not a
+person); the subject only when the configuration enables it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from authz.core.request import AuthzRequest
 from authz.core.snapshot import RecordSettings
 from authz.telemetry.logs import direct_sink, render_line
 
-__all__ = ["DEFAULT_SETTINGS", "RepeatedAnswer", "decision_fields", "write", "write_repeat"]
+__all__ = [
+    "DEFAULT_SETTINGS",
+    "RepeatedAnswer",
+    "decision_fields",
+    "subscription_labels",
+    "write",
+    "write_repeat",
+]
 
 DEFAULT_SETTINGS = RecordSettings()
 _LOGGER, _MSG = "authz.decision", "decision"
@@ -47,6 +55,13 @@ def decision_fields(
         fields["dpop_key"] = decision.proof_key
     if settings.log_subject:
         fields["subject"] = decision.subject
+    if decision.api:
+        fields["api"] = decision.api
+    if decision.subscription is not None:
+        # A rule whose API requires a subscription: the client application it was checked for,
+        # and what the check answered (ok, or the deny reason).
+        fields["client"] = decision.client
+        fields["subscription"] = decision.subscription
     if decision.revocation:
         # token_revoked: which kind of entry matched, and the token by a short hash of its jti.
         fields["revocation"] = decision.revocation
@@ -63,6 +78,7 @@ class RepeatedAnswer:
     labels: tuple[str, str, str]  # authz_checks_total's tenant, decision, reason
     verdict_label: tuple[str]  # authz_check_duration_seconds' decision
     binding_label: tuple[str]  # authz_sender_bindings_total's binding
+    subscription_label: tuple[str, str, str] | None  # authz_subscription_checks_total's, if checked
     sample_rate: float  # 1.0 for anything but an allow (denies are always logged)
     log_fields: Mapping[str, Any]  # decision_fields()
     log_tail: str  # those fields as JSON, after the opening brace and request/trace ids
@@ -80,10 +96,19 @@ class RepeatedAnswer:
             labels=(decision.tenant or "", verdict, decision.reason),
             verdict_label=(verdict,),
             binding_label=(decision.binding.value,),
+            subscription_label=subscription_labels(decision),
             sample_rate=rate,
             log_fields=MappingProxyType(fields),
             log_tail="}" if tail == "{}" else "," + tail[1:],
         )
+
+
+def subscription_labels(decision: Decision) -> tuple[str, str, str] | None:
+    """authz_subscription_checks_total's tenant, api and result for a decision that checked a
+    subscription (result: ok, or the deny reason); None for one that did not."""
+    if decision.subscription is None:
+        return None
+    return (decision.tenant or "", decision.api or "", decision.subscription.value)
 
 
 def _json(value: Any) -> str:

@@ -16,7 +16,7 @@ from authz.core.request import AuthzRequest
 from authz.core.snapshot import RecordSettings
 from authz.errors import AuthzError, Reason
 from authz.telemetry import decision_log
-from authz.telemetry.decision_log import DEFAULT_SETTINGS, RepeatedAnswer
+from authz.telemetry.decision_log import DEFAULT_SETTINGS, RepeatedAnswer, subscription_labels
 from authz.telemetry.metrics import Histogram, Registry
 from authz.telemetry.tracing import EMPTY_CONTEXT, UNTRACED, CheckTrace, extract_parent
 
@@ -79,6 +79,11 @@ class Telemetry:
             "authz_sender_bindings_total",
             "Checks of a token, by how the request proved it holds it: dpop, mtls or none (bearer).",
             ("binding",),
+        )
+        self.subscriptions = self.registry.counter(
+            "authz_subscription_checks_total",
+            "Checks of a client's API subscription, by tenant, API and result (ok, or the deny reason).",
+            ("tenant", "api", "result"),
         )
         self._timers: dict[str, _Timer] = {}
         self.step_latency = self.registry.histogram(
@@ -158,6 +163,9 @@ class Telemetry:
         self.latency.observe((decision.verdict.value,), elapsed)
         if decision.token_present:
             self.bindings.inc((decision.binding.value,))
+        subscription = subscription_labels(decision)
+        if subscription is not None:
+            self.subscriptions.inc(subscription)
         check = trace if isinstance(trace, CheckTrace) else UNTRACED
         span = check.span
         if span is not None:
@@ -179,6 +187,8 @@ class Telemetry:
         self.checks.inc(answer.labels)
         self.latency.observe(answer.verdict_label, elapsed)
         self.bindings.inc(answer.binding_label)  # a repeat is always of a token's allow
+        if answer.subscription_label is not None:
+            self.subscriptions.inc(answer.subscription_label)
         decision_log.write_repeat(answer, request_id=request_id, trace_id=trace_id)
 
     def shutdown(self) -> None:
@@ -204,6 +214,9 @@ def _attributes(decision: Decision, request: AuthzRequest | None, settings: Reco
         ("authz.subject", decision.subject if settings.log_subject else None),
         ("authz.revocation", decision.revocation),
         ("authz.jti_hash", decision.jti_hash),
+        ("authz.api", decision.api),
+        ("authz.client", decision.client),
+        ("authz.subscription", decision.subscription),
     ):
         if value:
             attributes[key] = value

@@ -20,6 +20,7 @@ from authz.app.reload import Reloader
 from authz.app.revocation import RevocationService
 from authz.app.serve import GAUGE_MODES, config_metrics
 from authz.app.store import StoreMetrics
+from authz.app.subscriptions import SubscriptionService
 from authz.config import SnapshotHolder, load_config
 from authz.telemetry.metrics import Registry
 from authz.telemetry.multiprocess import MergedWorkers, WorkerFiles
@@ -201,9 +202,11 @@ async def test_every_gauge_of_the_service_has_a_declared_merge(world: World) -> 
     holder = SnapshotHolder(load_config(world.config_path))
     reloader = Reloader(holder, str(world.config_path))
     revocations = RevocationService(StoreMetrics(Registry(standard=False)))
+    subscriptions = SubscriptionService(StoreMetrics(Registry(standard=False)))
     families = [
         *config_metrics(holder, JwksRegistry(), lambda: reloader.status).collect(),
         *revocations.collector().collect(),
+        *subscriptions.collector().collect(),
     ]
     gauges = {family.name for family in families if family.type == "gauge"}
     assert gauges == set(GAUGE_MODES)

@@ -110,6 +110,8 @@ def test_quick_run_covers_every_scenario(tools, tmp_path):
     assert results["ratios"]["http_dpop_warm_vs_bearer_warm"]["value"] > 0
     assert set(results["in_process"]["dpop"]["warm_check"]) == {"ES256", "EdDSA"}
     assert results["in_process"]["dpop"]["replay_store"]["bytes_per_entry"] > 0
+    assert results["in_process"]["subscriptions"]["memory"]["bytes_per_subscription"] > 0
+    assert results["in_process"]["subscriptions"]["lookup_us"]["loaded"] > 0
     assert results["machine"]["cores"] >= 1
     assert results["machine"]["envoy"]
 
