@@ -28,7 +28,9 @@ from testkit.world import World, check_request
 
 CHECK = "/envoy.service.auth.v3.Authorization/Check"
 START_TIMEOUT = 20.0
-RELOAD_WITHIN = 2.0  # the server's own poll (0.25 s) + debounce (0.3 s) + the load, with margin
+# Poll (0.25 s) + debounce (0.3 s) when idle; the bound guards a reload that never comes and must
+# hold at a load average of 7 on 2 cores (2 s did not, once in the issue-12 campaign).
+RELOAD_WITHIN = 10.0
 RPC_TIMEOUT = 5.0
 FAILED = "config reload failed; keeping the last good configuration"
 
