@@ -10,7 +10,9 @@ Each process subscribes to the channel, then loads the state. Messages apply at 
 promise); one that skips a version (a message lost) is applied and followed by a full load.
 Every ``resync_interval`` the version is read: equal, the mirror is confirmed current;
 different, it is loaded again. Every ``full_resync_interval`` it is loaded again anyway. A lost
-subscription is made again, then the state loaded again. Checks never wait for any of this:
+subscription is made again, then the state loaded again. While the store reads a
+``maxmemory-policy`` that may evict these keys (``allkeys-*``, or not read:
+authz/app/eviction.py), nothing is loaded or confirmed. Checks never wait for any of this:
 they read the mirror, which says when it has gone unconfirmed for longer than
 ``max_staleness`` (authz.core.mirror).
 """
@@ -87,6 +89,8 @@ class StoreFeed(Generic[M, S]):
             loop.create_task(self._subscription(), name=f"authz-{self.name}-subscription"),
             loop.create_task(self._resyncs(), name=f"authz-{self.name}-resync"),
         ]
+        if not self.client.eviction.state_safe:
+            wait = 0  # no load until the store reads a policy that keeps its keys: do not hold the start
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait):
                 await self._loaded.wait()
@@ -187,16 +191,21 @@ class StoreFeed(Generic[M, S]):
         last_full = -math.inf
         requested = True
         while True:
-            due = time.monotonic() - last_full >= settings.full_resync_interval
-            if requested or due or not self._loaded.is_set():
-                if await self.load():
-                    last_full = time.monotonic()
-            else:
-                await self._confirm()
+            # A store that may evict these keys (allkeys-*, or a policy not read) may have
+            # dropped some (a revocation: an un-revocation): neither load nor confirm; the
+            # mirror keeps what it has and ages towards stale, as with a store that is lost.
+            if self.client.eviction.state_safe:
+                due = time.monotonic() - last_full >= settings.full_resync_interval
+                if requested or due or not self._loaded.is_set():
+                    if await self.load():
+                        last_full = time.monotonic()
+                else:
+                    await self._confirm()
+                requested = False
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(settings.resync_interval):
                     await self._resync.wait()
-            requested = self._resync.is_set()
+            requested = requested or self._resync.is_set()
             self._resync.clear()
 
     async def _confirm(self) -> None:

@@ -80,6 +80,7 @@ async def serve(
     mirrors = Mirrors(RevocationService(store_metrics), SubscriptionService(store_metrics))
     telemetry.registry.collector(mirrors.revocations.collector())
     telemetry.registry.collector(mirrors.subscriptions.collector())
+    telemetry.registry.collector(stores.collector())
     config = mirrors.attach(config)
     prepare = functools.partial(_prepare, registry, stores, mirrors)
     open_files, _ = raise_open_files_limit()  # the doors and the admin port share the descriptors
@@ -247,7 +248,7 @@ async def _prepare(registry: JwksRegistry, stores: StoreHolder, mirrors: Mirrors
     connect to its store (a changed one replaces the old) and load its revocations and
     subscriptions (bounded)."""
     await registry.start(config.jwks, config.server.jwks_first_fetch_wait)
-    client = await stores.apply(config.store)
+    client = await stores.apply(config.store, check_every=config.revocation.resync_interval)
     wait = config.server.jwks_first_fetch_wait
     await mirrors.revocations.apply(config, client, wait)
     await mirrors.subscriptions.apply(config, client, wait)
@@ -331,6 +332,9 @@ GAUGE_MODES = {
     "authz_subscription_mirror_age_seconds": "livemax",
     "authz_subscription_mirror_stale": "livemax",
     "authz_subscription_subscribed": "livemin",
+    # One store for all: 0 when any worker read a policy that may evict; the store's own counter.
+    "authz_store_eviction_safe": "livemin",
+    "authz_store_evicted_keys": "livemax",
 }
 
 

@@ -13,6 +13,12 @@ and never past the check's deadline; a store that does not answer in time is UNA
 (``on_unavailable: deny``), or the claim falls back to this process's replay store
 (``on_unavailable: local``), logged and counted. With ``local``, every proof the store
 accepts is also remembered here, so the fallback is never weaker than a per-process store.
+
+A store that may evict keys is no replay store: its ``maxmemory-policy`` is read (``INFO``)
+when a client is made and every ``revocation.resync_interval`` after, and until it reads
+``noeviction`` every claim is UNAVAILABLE without asking it (authz/app/eviction.py). When
+it is trusted again, or its ``evicted_keys`` grew between two readings, keys may be gone:
+its memory breaks there (``ReplayMemory.forgot``), as when the store is changed.
 """
 
 from __future__ import annotations
@@ -27,14 +33,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
+from authz.app.eviction import UNREAD, EvictionReading, read_eviction
 from authz.config.settings import StoreSettings
 from authz.core.replay import MemoryReplayStore, ReplayMemory, ReplayVerdict
 from authz.telemetry.logs import Throttle
-from authz.telemetry.metrics import Counter, Histogram, Registry
+from authz.telemetry.metrics import Collector, Counter, Histogram, Registry
 
 __all__ = ["SharedReplayStore", "StoreClient", "StoreHolder", "StoreMetrics", "connect"]
 
@@ -130,6 +138,8 @@ class StoreClient:
             settings, timeout=BACKGROUND_TIMEOUT, max_connections=8
         )
         self._clients = [self.commands, self.background, *commands_sentinels, *background_sentinels]
+        # What INFO said last: until a reading says noeviction, no claim is sent (fail closed).
+        self.eviction: EvictionReading = UNREAD
 
     async def ping(self, timeout: float) -> bool:
         try:
@@ -178,6 +188,7 @@ class SharedReplayStore:
         self.memory = ReplayMemory()
         self._where: object = _UNSET
         holder.listeners.append(self._moved)
+        holder.forgetting.append(self.memory.forgot)
 
     def _moved(self, client: StoreClient | None) -> None:
         where = _where(client)
@@ -222,12 +233,17 @@ class SharedReplayStore:
         bound = settings.timeout
         if deadline is not None:
             bound = min(bound, deadline - time.monotonic())
-        span = self._span()
-        try:
-            verdict = await self._claim(client, key, expires_at, now, bound)
-        finally:
-            if span is not None:
-                span.end()
+        if not client.eviction.replay_safe:
+            # It may evict this key and accept the proof again: as good as no store.
+            self._metrics.operations.inc(("claim", "unsafe"))
+            verdict = ReplayVerdict.UNAVAILABLE
+        else:
+            span = self._span()
+            try:
+                verdict = await self._claim(client, key, expires_at, now, bound)
+            finally:
+                if span is not None:
+                    span.end()
         if verdict is ReplayVerdict.UNAVAILABLE and settings.local_fallback:
             verdict = self._local.claim_now(key, expires_at, now, issued_at=issued_at)
             self._metrics.replay_claims.inc(("local", verdict.value))
@@ -235,7 +251,13 @@ class SharedReplayStore:
             if left_out is not None:
                 _log.warning(
                     "shared store unavailable: DPoP replay checked in this process only",
-                    extra={"fields": {"store": settings.endpoint, "left_out": left_out}},
+                    extra={
+                        "fields": {
+                            "store": settings.endpoint,
+                            "maxmemory_policy": client.eviction.label,
+                            "left_out": left_out,
+                        }
+                    },
                 )
             return verdict
         # With local fallback, remembered here too: should the store fail (or restart
@@ -361,31 +383,56 @@ def _fail(batch: list[_Claim]) -> None:
 
 
 class StoreHolder:
-    """The current ``StoreClient`` of the process (None: no store configured)."""
+    """The current ``StoreClient`` of the process (None: no store configured), and its eviction watch."""
 
     def __init__(self) -> None:
         self.client: StoreClient | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self._replaced: set[StoreClient] = set()  # replaced clients not closed yet
+        self._watch: asyncio.Task[None] | None = None
         self.listeners: list[Callable[[StoreClient | None], None]] = []
+        # Called with the time when the current store may have lost replay keys (evictions).
+        self.forgetting: list[Callable[[float], None]] = []
+        self.check_every = 5.0  # seconds between INFO readings (revocation.resync_interval)
 
-    async def apply(self, settings: StoreSettings | None) -> StoreClient | None:
+    async def apply(
+        self, settings: StoreSettings | None, *, check_every: float | None = None
+    ) -> StoreClient | None:
         """Use ``settings`` from now on: the same client if they did not change, else a new one.
 
-        The old client is closed after a grace period, so that pipelines and loads it is
-        running finish; checks pick the new one from their next claim.
+        A new client's eviction policy is read before it goes live (when it answers). The old
+        client is closed after a grace period, so that pipelines and loads it is running
+        finish; checks pick the new one from their next claim.
         """
+        if check_every is not None:
+            self.check_every = check_every
         current = self.client
         if current is not None and current.settings == settings:
             return current
         client = StoreClient(settings) if settings is not None else None
         if client is not None:
-            reachable = await client.ping(max(settings.timeout, 1.0))  # type: ignore[union-attr]
+            bound = max(client.settings.timeout, 1.0)
+            reachable = await client.ping(bound)
+            if reachable:
+                await self.read_policy(client, bound)
             _log.info(
                 "shared store configured",
-                extra={"fields": {"store": client.settings.endpoint, "reachable": reachable}},
+                extra={
+                    "fields": {
+                        "store": client.settings.endpoint,
+                        "reachable": reachable,
+                        "maxmemory_policy": client.eviction.label,
+                    }
+                },
             )
         self.client = client
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        if client is not None:
+            self._watch = asyncio.get_running_loop().create_task(
+                self._watching(client), name="authz-store-eviction-watch"
+            )
         for listener in self.listeners:
             listener(client)
         if current is not None:
@@ -395,8 +442,42 @@ class StoreHolder:
             task.add_done_callback(self._closing.discard)
         return client
 
+    async def read_policy(self, client: StoreClient, timeout: float = BACKGROUND_TIMEOUT) -> None:
+        """Read the store's eviction policy now; say so once when what it means changes, and
+        break the replay memory when keys may have been evicted since the last reading."""
+        reading = await read_eviction(client.background, timeout)
+        if reading is None:
+            return  # not answering: claims fail on their own; the last reading stands
+        before, client.eviction = client.eviction, reading
+        _report(client.settings, before, reading)
+        if before.replay_safe == reading.replay_safe and not _evicted_since(before, reading):
+            return
+        if reading.replay_safe and before.answered:
+            # Trusted again after a reading that was not safe, or keys evicted between two
+            # safe readings (the policy changed and back unseen): keys may be gone, and a
+            # proof made before now may have been accepted and forgotten.
+            now = time.time()
+            for forget in self.forgetting:
+                forget(now)
+
+    async def _watching(self, client: StoreClient) -> None:
+        while True:
+            # Until a first answer, soon again: claims are refused until then.
+            answered = client.eviction.answered
+            await asyncio.sleep(self.check_every if answered else min(1.0, self.check_every))
+            await self.read_policy(client)
+
+    def collector(self) -> Collector:
+        """The store's eviction policy and evicted keys as last read, at each scrape."""
+        return _StoreCollector(self)
+
     async def close(self) -> None:
         client, self.client = self.client, None
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
         if client is not None:
             await client.close()
         # Replaced clients are closed here, not by their tasks: a task cancelled before it
@@ -407,6 +488,81 @@ class StoreHolder:
         for old in list(self._replaced):
             await old.close()
         self._replaced.clear()
+
+
+def _evicted_since(before: EvictionReading, after: EvictionReading) -> bool:
+    """Whether the store evicted keys between two readings (a restart resets the count: not that)."""
+    if before.evicted_keys is None or after.evicted_keys is None:
+        return False
+    return after.evicted_keys > before.evicted_keys
+
+
+def _report(settings: StoreSettings, before: EvictionReading, after: EvictionReading) -> None:
+    """One line when the reading changes what authz does with the store (not at every reading)."""
+    evicted = _evicted_since(before, after) and before.replay_safe and after.replay_safe
+    if (before.label, before.replay_safe) == (after.label, after.replay_safe) and not evicted:
+        return
+    fields: dict[str, object] = {
+        "store": settings.endpoint,
+        "maxmemory_policy": after.label,
+        "maxmemory": after.maxmemory,
+        "evicted_keys": after.evicted_keys,
+        "on_unavailable": "local" if settings.local_fallback else "deny",
+        "revocations": "kept" if after.state_safe else "not confirmed",
+    }
+    if evicted:
+        _log.error(
+            "the shared store evicted keys since the last reading; proofs made before now are refused"
+            " for one proof window (set maxmemory-policy noeviction and keep it)",
+            extra={"fields": fields},
+        )
+        return
+    if after.replay_safe:
+        if before.answered:
+            _log.info(
+                "shared store cannot evict keys: DPoP replay claims use it again"
+                " (proofs made before now are refused for one proof window)",
+                extra={"fields": fields},
+            )
+        return
+    if after.refused:
+        message = (
+            "cannot read the shared store's maxmemory-policy (INFO refused: grant +info to authz's user);"
+            " DPoP replay claims do not use it until it reads noeviction"
+        )
+    else:
+        message = (
+            "the shared store may evict keys (set maxmemory-policy noeviction);"
+            " DPoP replay claims do not use it until then"
+        )
+    _log.error(message, extra={"fields": fields})
+
+
+class _StoreCollector:
+    def __init__(self, holder: StoreHolder) -> None:
+        self._holder = holder
+
+    def collect(self) -> list[Metric]:
+        client = self._holder.client
+        if client is None:
+            return []
+        reading = client.eviction
+        safe = GaugeMetricFamily(
+            "authz_store_eviction_safe",
+            "1 while the shared store reads maxmemory-policy noeviction; 0 otherwise (DPoP claims not sent).",
+            labels=["policy"],
+        )
+        safe.add_metric([reading.label], float(reading.replay_safe))
+        families: list[Metric] = [safe]
+        if reading.evicted_keys is not None:
+            families.append(
+                GaugeMetricFamily(
+                    "authz_store_evicted_keys",
+                    "The shared store's evicted_keys (INFO stats) as last read: keys it dropped for memory.",
+                    reading.evicted_keys,
+                )
+            )
+        return families
 
 
 async def _close_later(client: StoreClient, replaced: set[StoreClient]) -> None:
