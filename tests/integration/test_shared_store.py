@@ -1,6 +1,6 @@
 """Two real ``authz serve`` processes sharing one real Redis: revocations everywhere within a second,
 through both doors, the token cache and the HTTP door's memo; the store lost and back; a reload
-moving the store. (A DPoP replay across processes: tests/app/test_store.py until DPoP is wired.)
+moving the store; a store that turns evicting (attack review 14, F).
 """
 
 from __future__ import annotations
@@ -88,6 +88,9 @@ class Authz:
     def metric(self, name: str) -> float:
         text = http_request(self.admin_port, "GET", "/metrics", timeout=5).body.decode()
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+    def exposition(self) -> str:
+        return http_request(self.admin_port, "GET", "/metrics", timeout=5).body.decode()
 
     def ready(self) -> int:
         return http_request(self.admin_port, "GET", "/readyz", timeout=5).status
@@ -266,3 +269,70 @@ def test_a_dpop_proof_accepted_by_one_replica_is_a_replay_for_the_other(
     finally:
         for authz in authzs:
             authz.stop()
+
+
+def test_a_store_that_turns_evicting_forgets_nothing_it_is_asked_to_keep(
+    world: World, tmp_path: Path
+) -> None:
+    """Attack review 14, finding F (its evict.py through a real `authz serve`): a proof accepted
+    on a noeviction store, then the store set to volatile-lru (the managed default) and filled
+    by keys with an expiry until it evicts the replay key. The captured request must not pass
+    again: from the next resync the store is not asked (503 dpop_replay_store_unavailable with
+    on_unavailable: deny), one error line names the policy, the gauges show it; set back to
+    noeviction, proofs are accepted and refused as replays again without a restart."""
+    from testkit import dpop
+    from testkit.sender import jkt, proof, write_config
+
+    store = RedisServer(tmp_path / "evicting-redis").start()
+    authz = None
+    try:
+        admin = store.client()
+        admin.config_set("maxmemory", str(int(admin.info("memory")["used_memory"]) + 1_500_000))
+        folder = tmp_path / "evict"
+        folder.mkdir()
+        extra = f"store:\n  url: {store.url}\n  timeout: 0.2\nrevocation:\n  resync_interval: 0.5\n"
+        authz = Authz(write_config(world, folder, extra=extra))
+        key = dpop.new_key("ES256")
+        now = int(time.time())
+        token = world.token(world.claims(iat=now - 5, nbf=now - 5, exp=now + 600, cnf={"jkt": jkt(key)}))
+
+        def send(value: str) -> str:
+            headers = {"authorization": f"DPoP {token}", "dpop": value, "x-forwarded-proto": "https"}
+            answer = http_request(
+                authz.http_port, "GET", "/orders", host="api.acme.test", headers=headers, timeout=5
+            )  # type: ignore[union-attr]
+            return "ok" if answer.status == 200 else str(json.loads(answer.body)["reason"])
+
+        captured = proof(key, token, iat=int(time.time()))
+        assert (send(captured), send(captured)) == ("ok", "dpop_proof_replayed")
+        assert authz.metric('authz_store_eviction_safe{policy="noeviction"}') == 1
+
+        admin.config_set("maxmemory-policy", "volatile-lru")
+        # Bounds the next INFO reading (every resync_interval, 0.5 s): the gauge names the new policy.
+        _until(10, lambda: 'authz_store_eviction_safe{policy="volatile-lru"} 0.0' in authz.exposition())  # type: ignore[union-attr]
+        # Another application's keys with an expiry: the store evicts, the replay key among them.
+        pipe = admin.pipeline(transaction=False)
+        for i in range(30_000):
+            pipe.set(f"otherapp:session:{i}", "x" * 64, px=600_000)
+        pipe.execute()
+        assert int(admin.info("stats")["evicted_keys"]) > 0
+        assert not list(admin.scan_iter("authz:dpop:*"))
+        assert send(captured) == "dpop_replay_store_unavailable"
+        assert send(proof(key, token, iat=int(time.time()))) == "dpop_replay_store_unavailable"
+        _until(10, lambda: authz.metric("authz_store_evicted_keys") > 0)  # type: ignore[union-attr]
+        [line] = [
+            r for r in authz.process.lines if r.get("level") == "error" and r.get("logger") == "authz.store"
+        ]
+        assert line["maxmemory_policy"] == "volatile-lru"
+        assert "maxmemory-policy noeviction" in str(line["msg"])
+
+        admin.config_set("maxmemory", "0")
+        admin.config_set("maxmemory-policy", "noeviction")
+        fresh = proof(key, token, iat=int(time.time()))
+        _until(10, lambda: send(fresh) != "dpop_replay_store_unavailable")  # the next resync
+        assert send(fresh) == "dpop_proof_replayed"  # accepted by the poll above, once
+        assert authz.metric('authz_store_eviction_safe{policy="noeviction"}') == 1
+    finally:
+        if authz is not None:
+            authz.stop()
+        store.stop()
