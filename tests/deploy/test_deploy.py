@@ -971,6 +971,21 @@ def test_only_authz_pods_reach_the_store(overlays: dict[str, list[dict[str, Any]
             assert "authz" in names, deployment["metadata"]["name"]
 
 
+def test_the_shipped_store_never_evicts(overlays: dict[str, list[dict[str, Any]]]) -> None:
+    """Its Valkey runs with maxmemory-policy noeviction (set explicitly: authz refuses any other
+    for replay claims, docs/shared-store.md), and a memory limit above its maxmemory."""
+    for name in ("standalone-store", "sidecar-store"):
+        valkey = next(d for d in _of(overlays[name], "Deployment") if d["metadata"]["name"] == "valkey")
+        [container] = valkey["spec"]["template"]["spec"]["containers"]
+        command = " ".join(container["args"]).split()
+        assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+        maxmemory = command[command.index("--maxmemory") + 1]
+        assert maxmemory.endswith("mb")
+        limit = container["resources"]["limits"]["memory"]
+        assert limit.endswith("Mi")
+        assert int(limit[:-2]) * 2**20 > int(maxmemory[:-2]) * 10**6
+
+
 def _check_config(config: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "authz", "check-config", str(config)],

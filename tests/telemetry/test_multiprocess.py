@@ -15,13 +15,15 @@ from pathlib import Path
 import pytest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
+from authz.app.eviction import EvictionReading
 from authz.app.jwks import JwksRegistry
 from authz.app.reload import Reloader
 from authz.app.revocation import RevocationService
 from authz.app.serve import GAUGE_MODES, config_metrics
-from authz.app.store import StoreMetrics
+from authz.app.store import StoreClient, StoreHolder, StoreMetrics
 from authz.app.subscriptions import SubscriptionService
 from authz.config import SnapshotHolder, load_config
+from authz.config.settings import StoreSettings
 from authz.telemetry.metrics import Registry
 from authz.telemetry.multiprocess import MergedWorkers, WorkerFiles
 from testkit.exposition import Exposition, assert_histogram_consistent, parse_exposition
@@ -203,11 +205,34 @@ async def test_every_gauge_of_the_service_has_a_declared_merge(world: World) -> 
     reloader = Reloader(holder, str(world.config_path))
     revocations = RevocationService(StoreMetrics(Registry(standard=False)))
     subscriptions = SubscriptionService(StoreMetrics(Registry(standard=False)))
-    families = [
-        *config_metrics(holder, JwksRegistry(), lambda: reloader.status).collect(),
-        *revocations.collector().collect(),
-        *subscriptions.collector().collect(),
-    ]
+    # A store client that has read the store's INFO (no connection is made: none is used).
+    stores = StoreHolder()
+    stores.client = StoreClient(
+        StoreSettings(
+            url="redis://127.0.0.1:6379/0",
+            hosts=(("127.0.0.1", 6379),),
+            sentinel_service=None,
+            db=0,
+            username=None,
+            tls=False,
+            password=None,
+            ca_file=None,
+            key_prefix="authz:",
+            timeout=0.1,
+            local_fallback=False,
+            max_connections=1,
+        )
+    )
+    stores.client.eviction = EvictionReading(policy="noeviction", maxmemory=0, evicted_keys=0, answered=True)
+    try:
+        families = [
+            *config_metrics(holder, JwksRegistry(), lambda: reloader.status).collect(),
+            *revocations.collector().collect(),
+            *subscriptions.collector().collect(),
+            *stores.collector().collect(),
+        ]
+    finally:
+        await stores.close()
     gauges = {family.name for family in families if family.type == "gauge"}
     assert gauges == set(GAUGE_MODES)
 
