@@ -275,11 +275,12 @@ def test_a_store_that_turns_evicting_forgets_nothing_it_is_asked_to_keep(
     world: World, tmp_path: Path
 ) -> None:
     """Attack review 14, finding F (its evict.py through a real `authz serve`): a proof accepted
-    on a noeviction store, then the store set to volatile-lru (the managed default) and filled
-    by keys with an expiry until it evicts the replay key. The captured request must not pass
-    again: from the next resync the store is not asked (503 dpop_replay_store_unavailable with
-    on_unavailable: deny), one error line names the policy, the gauges show it; set back to
-    noeviction, proofs are accepted and refused as replays again without a restart."""
+    on a noeviction store, then the store set to volatile-lru (a common managed default) and
+    filled by keys with an expiry until it evicts the replay key. The captured request must not
+    pass again: from the next resync the store is not asked (503 dpop_replay_store_unavailable
+    with on_unavailable: deny), one error line names the policy, the gauges show it. Set back
+    to noeviction, new proofs are accepted (and refused as replays) without a restart, and the
+    captured request, made before, is refused: its key may be among the evicted."""
     from testkit import dpop
     from testkit.sender import jkt, proof, write_config
 
@@ -296,29 +297,26 @@ def test_a_store_that_turns_evicting_forgets_nothing_it_is_asked_to_keep(
         now = int(time.time())
         token = world.token(world.claims(iat=now - 5, nbf=now - 5, exp=now + 600, cnf={"jkt": jkt(key)}))
 
-        def send(value: str) -> str:
-            headers = {"authorization": f"DPoP {token}", "dpop": value, "x-forwarded-proto": "https"}
-            answer = http_request(
-                authz.http_port, "GET", "/orders", host="api.acme.test", headers=headers, timeout=5
-            )  # type: ignore[union-attr]
-            return "ok" if answer.status == 200 else str(json.loads(answer.body)["reason"])
-
         captured = proof(key, token, iat=int(time.time()))
-        assert (send(captured), send(captured)) == ("ok", "dpop_proof_replayed")
+        assert (authz.dpop(token, captured), authz.dpop(token, captured)) == ("ok", "dpop_proof_replayed")
         assert authz.metric('authz_store_eviction_safe{policy="noeviction"}') == 1
 
         admin.config_set("maxmemory-policy", "volatile-lru")
         # Bounds the next INFO reading (every resync_interval, 0.5 s): the gauge names the new policy.
         _until(10, lambda: 'authz_store_eviction_safe{policy="volatile-lru"} 0.0' in authz.exposition())  # type: ignore[union-attr]
-        # Another application's keys with an expiry: the store evicts, the replay key among them.
-        pipe = admin.pipeline(transaction=False)
-        for i in range(30_000):
-            pipe.set(f"otherapp:session:{i}", "x" * 64, px=600_000)
-        pipe.execute()
+        # Another application's keys with an expiry: the store evicts, until the replay key is
+        # among the evicted (LRU is sampled: bounded at 300,000 keys, a few seconds).
+        for batch in range(30):
+            pipe = admin.pipeline(transaction=False)
+            for i in range(10_000):
+                pipe.set(f"otherapp:session:{batch}:{i}", "x" * 64, px=600_000)
+            pipe.execute()
+            if not list(admin.scan_iter("authz:dpop:*")):
+                break
         assert int(admin.info("stats")["evicted_keys"]) > 0
         assert not list(admin.scan_iter("authz:dpop:*"))
-        assert send(captured) == "dpop_replay_store_unavailable"
-        assert send(proof(key, token, iat=int(time.time()))) == "dpop_replay_store_unavailable"
+        assert authz.dpop(token, captured) == "dpop_replay_store_unavailable"
+        assert authz.dpop(token, proof(key, token, iat=int(time.time()))) == "dpop_replay_store_unavailable"
         _until(10, lambda: authz.metric("authz_store_evicted_keys") > 0)  # type: ignore[union-attr]
         [line] = [
             r for r in authz.process.lines if r.get("level") == "error" and r.get("logger") == "authz.store"
@@ -328,9 +326,15 @@ def test_a_store_that_turns_evicting_forgets_nothing_it_is_asked_to_keep(
 
         admin.config_set("maxmemory", "0")
         admin.config_set("maxmemory-policy", "noeviction")
-        fresh = proof(key, token, iat=int(time.time()))
-        _until(10, lambda: send(fresh) != "dpop_replay_store_unavailable")  # the next resync
-        assert send(fresh) == "dpop_proof_replayed"  # accepted by the poll above, once
+        accepted: list[str] = []
+
+        def fresh_accepted() -> bool:
+            accepted[:] = [proof(key, token, iat=int(time.time()))]
+            return authz.dpop(token, accepted[0]) == "ok"  # type: ignore[union-attr]
+
+        _until(10, fresh_accepted)  # bounds the next resync
+        assert authz.dpop(token, accepted[0]) == "dpop_proof_replayed"
+        assert authz.dpop(token, captured) == "dpop_proof_invalid"  # made before: maybe evicted
         assert authz.metric('authz_store_eviction_safe{policy="noeviction"}') == 1
     finally:
         if authz is not None:
