@@ -375,7 +375,11 @@ class Revocation(_Section, kw_only=True, frozen=True):
         about("Mirror stale: deny token checks (503 revocation_state_stale) or serve on the stale mirror"),
     ] = "deny"
     resync_interval: Annotated[
-        Seconds, about("Seconds between checks that the mirror matches the store (and resyncs if not)")
+        Seconds,
+        about(
+            "Seconds between checks that the mirror matches the store (and resyncs if not),"
+            " and readings of the store's eviction policy"
+        ),
     ] = 5.0
     full_resync_interval: Annotated[
         Seconds, about("Seconds between full reloads of the mirror from the store (a safety net)")
@@ -403,11 +407,7 @@ class Subscriptions(_Section, kw_only=True, frozen=True):
         ),
     ] = "deny"
     resync_interval: Annotated[
-        Seconds,
-        about(
-            "Seconds between checks that the mirror matches the store (and resyncs if not),"
-            " and readings of the store's eviction policy"
-        ),
+        Seconds, about("Seconds between checks that the mirror matches the store (and resyncs if not)")
     ] = 5.0
     full_resync_interval: Annotated[
         Seconds, about("Seconds between full reloads of the mirror from the store (a safety net)")
