@@ -21,6 +21,7 @@ from prometheus_client.metrics_core import Metric
 
 from authz.app.revocation import RevocationService
 from authz.app.store import StoreHolder, StoreMetrics
+from authz.app.subscriptions import SubscriptionService
 from authz.config import Config
 from authz.config.settings import RevocationSettings
 from authz.core.replay import ReplayVerdict, replay_key
@@ -225,29 +226,34 @@ def _revocations(max_staleness: float) -> RevocationSettings:
     )
 
 
-async def test_revocations_are_not_confirmed_by_a_store_that_may_evict_them(
+async def test_store_mirrors_are_not_confirmed_by_a_store_that_may_evict_them(
     server: RedisServer, config: Config
 ) -> None:
-    """allkeys-lru may drop the revocation set (an un-revocation): the mirror is neither loaded
-    nor confirmed, and goes stale as with a lost store; volatile-lru cannot (no expiry on them);
-    back to noeviction: confirmed again, no restart."""
+    """allkeys-lru may drop the revocation set (an un-revocation) or the subscriptions: the
+    mirrors are neither loaded nor confirmed, and go stale as with a lost store; volatile-lru
+    cannot drop them (no expiry on them); back to noeviction: confirmed again, no restart."""
     revocation = _revocations(max_staleness=1.0)
+    subscriptions = replace(config.subscriptions, max_staleness=1.0, resync_interval=CHECK_EVERY)
+    config = replace(config, revocation=revocation, subscriptions=subscriptions)
     server.client().config_set("maxmemory-policy", "allkeys-lru")
     holder = StoreHolder()
-    service = RevocationService(StoreMetrics(Registry()))
+    services = (RevocationService(StoreMetrics(Registry())), SubscriptionService(StoreMetrics(Registry())))
+    mirrors = [service.mirror for service in services]
     try:
         client = await holder.apply(settings(server), check_every=CHECK_EVERY)
-        await service.apply(replace(config, revocation=revocation), client, 5.0)
-        await _within(NOTICED, lambda: service.mirror.stale)
-        assert not service.ready()
+        for service in services:
+            await service.apply(config, client, 5.0)
+        await _within(NOTICED, lambda: all(mirror.stale for mirror in mirrors))
+        assert not services[0].ready()
         server.client().config_set("maxmemory-policy", "noeviction")
-        await _within(NOTICED, lambda: not service.mirror.stale)
-        assert service.ready()
-        server.client().config_set("maxmemory-policy", "volatile-lru")  # replay refused, revocations kept
+        await _within(NOTICED, lambda: not any(mirror.stale for mirror in mirrors))
+        assert services[0].ready()
+        server.client().config_set("maxmemory-policy", "volatile-lru")  # replay refused, mirrors kept
         await asyncio.sleep(revocation.max_staleness + CHECK_EVERY * 3)
-        assert not service.mirror.stale
+        assert not any(mirror.stale for mirror in mirrors)
         server.client().config_set("maxmemory-policy", "allkeys-lfu")  # loaded, then at risk: stale
-        await _within(NOTICED, lambda: service.mirror.stale)
+        await _within(NOTICED, lambda: all(mirror.stale for mirror in mirrors))
     finally:
-        await service.stop()
+        for service in services:
+            await service.stop()
         await holder.close()
