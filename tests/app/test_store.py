@@ -42,11 +42,13 @@ def running(server: RedisServer) -> None:
     server.client().flushall()
 
 
-def settings(server: RedisServer, *, local: bool = False, prefix: str = "authz:") -> StoreSettings:
+def settings(
+    server: RedisServer, *, local: bool = False, prefix: str = "authz:", timeout: float = TIMEOUT
+) -> StoreSettings:
     url = parse_store_url(server.url)
     return StoreSettings(
         url=server.url, hosts=url.hosts, sentinel_service=None, db=0, username=None, tls=False,
-        password=None, ca_file=None, key_prefix=prefix, timeout=TIMEOUT, local_fallback=local, max_connections=4,
+        password=None, ca_file=None, key_prefix=prefix, timeout=timeout, local_fallback=local, max_connections=4,
     )  # fmt: skip
 
 
@@ -98,8 +100,11 @@ async def test_an_entry_lives_as_long_as_its_proof(server: RedisServer) -> None:
 
 
 async def test_claims_of_one_loop_iteration_share_one_round_trip(server: RedisServer) -> None:
-    """Under load the store is asked once per batch, never more than once per check."""
-    async with Process(settings(server)) as one:
+    """Under load the store is asked once per batch, never more than once per check.
+
+    (A batch of 300 claims may take longer than the 0.1 s the other tests bound a claim by, on
+    a 2-core machine at load 7: this test is about batching, so its bound is 5 s.)"""
+    async with Process(settings(server, timeout=5.0)) as one:
         verdicts = await asyncio.gather(*(one.claim(f"burst-{i}") for i in range(300)))
         assert verdicts == [FRESH] * 300
         trips, claims = one.count("round_trips", "claim"), one.count("operations", "claim", "ok")
