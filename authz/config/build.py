@@ -127,6 +127,7 @@ class _Builder:
             grace_seconds=float(server.grace_seconds),
             jwks_first_fetch_wait=server.jwks_first_fetch_wait,
             jwks_unknown_kid_wait=server.jwks_unknown_kid_wait,
+            memo_size=server.memo_size,
         )
         return Config(
             source=self.source,

@@ -244,6 +244,9 @@ class Server(_Section, kw_only=True, frozen=True):
     jwks_unknown_kid_wait: Annotated[
         Seconds, about("A request with an unknown signing kid waits this long for a refetch")
     ] = 0.5
+    memo_size: Annotated[
+        NonNegative, about("Allows kept per load to answer identical repeats (gRPC door); 0: decide each one")
+    ] = 4096
 
 
 class Http(_Section, kw_only=True, frozen=True):

@@ -28,6 +28,7 @@ class ServerSettings:
     grace_seconds: float
     jwks_first_fetch_wait: float  # at load: how long to wait for a new jwks_uri's first fetch
     jwks_unknown_kid_wait: float  # on a request: how long to wait for an unknown-kid refetch
+    memo_size: int  # the gRPC door's allows kept per snapshot to answer identical repeats; 0: none
 
 
 @dataclass(frozen=True, slots=True)

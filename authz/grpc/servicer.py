@@ -1,9 +1,14 @@
-"""``envoy.service.auth.v3.Authorization/Check``: CheckRequest in, the core's check, CheckResponse out."""
+"""``envoy.service.auth.v3.Authorization/Check``: CheckRequest in, the core's check, CheckResponse out.
+
+Identical repeats of a token's allow are answered from the answer memo (authz.core.memo), as
+serialized bytes, when tracing is off.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -11,14 +16,17 @@ import grpc
 from authz.config.holder import SnapshotHolder
 from authz.core.check import Checker, Clock
 from authz.core.decision import Decision, reject
+from authz.core.memo import AnswerMemo
 from authz.core.observe import NO_STEPS, NO_TRACE, Steps
 from authz.core.request import AuthzRequest
+from authz.core.snapshot import Snapshot
 from authz.errors import Reason
 from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from authz.grpc.drain import InFlight
-from authz.grpc.messages import fallback_deny, parse, read, to_check_response
+from authz.grpc.messages import RepeatRead, fallback_deny, parse, read, read_repeat, to_check_response
+from authz.telemetry.decision_log import RepeatedAnswer
 from authz.telemetry.recorder import Telemetry
-from authz.telemetry.tracing import CHECK_SPAN
+from authz.telemetry.tracing import CHECK_SPAN, TRACE_HEADERS, trace_id_from
 
 __all__ = ["AUTHORIZATION_SERVICE", "AuthorizationService", "GrpcAnswers", "check", "evaluate"]
 
@@ -40,27 +48,78 @@ class GrpcAnswers:
 ANSWERS = GrpcAnswers()
 
 
+class SerializedAnswers:
+    """The servicer's Door: the CheckResponse serialized, as the memo keeps and grpc sends it."""
+
+    __slots__ = ()
+
+    def render(self, decision: Decision, request_id: str, carried: Iterable[str]) -> bytes:
+        data: bytes = to_check_response(decision, request_id, carried).SerializeToString()
+        return data
+
+    def fallback(self, request_id: str) -> bytes:
+        data: bytes = fallback_deny(request_id).SerializeToString()
+        return data
+
+
+SERIALIZED = SerializedAnswers()
+_log = logging.getLogger("authz.grpc")
+
+
 class AuthorizationService:
-    """The servicer, registered to receive the raw request bytes.
+    """The servicer, registered to receive the raw request bytes and send serialized answers.
 
     gRPC's own deserializer would answer an undecodable message with an RPC error;
-    parsing here turns it into a deny like every other bad input.
+    parsing here turns it into a deny like every other bad input. Answers go out as
+    bytes, so that a repeat answered from the memo is sent as it was kept.
     """
 
     def __init__(
         self, holder: SnapshotHolder, clock: Clock = time.time, telemetry: Telemetry | None = None
     ) -> None:
         self._holder = holder
+        self._clock = clock
         self._telemetry = telemetry or Telemetry()
         self._checker = Checker(clock, self._telemetry, holder.replay)
+        self._memo: AnswerMemo[bytes] = AnswerMemo()
         self.in_flight = InFlight()
 
+    @property
+    def memo_hits(self) -> int:
+        """Checks answered from the memo (``authz_grpc_memo_hits_total``)."""
+        return int(self._telemetry.grpc_memo_hits.values.get((), 0))
+
+    @property
+    def memo_entries(self) -> int:
+        """Answers kept for repeats, in the current snapshot's memo."""
+        return len(self._memo)
+
     async def check(self, data: bytes, context: grpc.aio.ServicerContext[Any, Any] | None) -> CheckResponse:
+        """The answer as a message (tests, tools): what ``answer`` sends, parsed back."""
+        response: CheckResponse = CheckResponse.FromString(await self.answer(data, context))
+        return response
+
+    async def answer(self, data: bytes, context: grpc.aio.ServicerContext[Any, Any] | None) -> bytes:
+        """Answer one serialized CheckRequest with a serialized CheckResponse (the registered handler)."""
         started = time.perf_counter()
         if context is not None:
             self.in_flight.begin(context)  # the drain waits for this answer to be sent
         config = self._holder.current  # once: the whole check runs on this snapshot
         parsed = parse(data)
+        remaining = _time_remaining(context)
+        repeat: RepeatRead | None = None
+        if config is not None and isinstance(parsed, CheckRequest) and (remaining is None or remaining > 0):
+            if self._telemetry.tracer is None and self._memo.usable(config.snapshot, config.server.memo_size):
+                try:
+                    repeat = read_repeat(parsed)
+                    kept = self._repeat(config.snapshot, repeat, context, started) if repeat else None
+                except Exception:  # noqa: BLE001 - the full path answers whatever this could not read
+                    _log.exception("grpc door: reading a repeat failed; decided in full")
+                    repeat = kept = None
+                if kept is not None:
+                    return kept
+            else:
+                self._memo.forget()  # memo off now: let the old snapshot go
         request: AuthzRequest | None = None
         early: Decision | None = None
         request_id = ""
@@ -72,15 +131,15 @@ class AuthorizationService:
         trace = self._telemetry.begin(
             metadata or (), request.headers if request else None, CHECK_SPAN, grpc=True
         )
-        remaining = _time_remaining(context)
         if early is None and remaining is not None and remaining <= 0:
             # Queued past Envoy's deadline: Envoy has given up on this one. Shed it
             # without the crypto, so that a backlog drains instead of growing.
             early = reject(Reason.OVERLOADED, "deadline passed before the check started")
+        snapshot = config.snapshot if config is not None else None
         answered = self._checker.run(
-            config.snapshot if config is not None else None,
+            snapshot,
             request,
-            ANSWERS,
+            SERIALIZED,
             early=early,
             trace=trace,
             request_id=request_id,
@@ -89,16 +148,59 @@ class AuthorizationService:
         )
         if not isinstance(answered, tuple):
             answered = await answered
+        if repeat is not None and request is not None and snapshot is not None and trace.span is None:
+            try:
+                # The decision answered (an allow whose answer could not be built is an
+                # internal_error deny by now): only an allow is ever kept.
+                decision = answered.decision
+                self._memo.remember(
+                    snapshot,
+                    repeat.key,
+                    request=request,
+                    decision=decision,
+                    answer=answered.answer,
+                    record=lambda: RepeatedAnswer.of(decision, request, snapshot.record),
+                )
+            except Exception:  # noqa: BLE001 - the answer stands; only its repeats are not kept
+                _log.exception("grpc door: keeping an answer for its repeats failed")
         return answered.answer
+
+    def _repeat(
+        self,
+        snapshot: Snapshot,
+        repeat: RepeatRead,
+        context: grpc.aio.ServicerContext[Any, Any] | None,
+        started: float,
+    ) -> bytes | None:
+        """The memo's answer to a repeated request, if it still holds; None to decide afresh."""
+        try:
+            now = self._clock()
+        except Exception:  # noqa: BLE001 - the full path answers a failing clock
+            return None
+        kept = self._memo.lookup(snapshot, repeat.key, now)
+        if kept is None:
+            return None
+        metadata: Sequence[tuple[str, Any]] = (
+            context.invocation_metadata() or () if context is not None else ()
+        )
+        trace_id = None
+        if repeat.trace_headers is not None or any(name.lower() in TRACE_HEADERS for name, _ in metadata):
+            trace_id = trace_id_from(metadata, repeat.trace_headers)  # as the full path's log line has it
+        self._telemetry.grpc_memo_hits.inc(())
+        record: RepeatedAnswer = kept.record  # type: ignore[assignment]
+        self._telemetry.repeat(
+            record, request_id=repeat.request_id, trace_id=trace_id, elapsed=time.perf_counter() - started
+        )
+        return kept.answer
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
             AUTHORIZATION_SERVICE,
             {
                 "Check": grpc.unary_unary_rpc_method_handler(
-                    self.check,
+                    self.answer,
                     request_deserializer=None,
-                    response_serializer=CheckResponse.SerializeToString,
+                    response_serializer=None,  # answers are serialized already (memo answers as kept)
                 )
             },
         )

@@ -65,6 +65,9 @@ class Telemetry:
         self.memo_hits = self.registry.counter(
             "authz_http_memo_hits_total", "HTTP door checks answered from the answer memo (repeats).", ()
         )
+        self.grpc_memo_hits = self.registry.counter(
+            "authz_grpc_memo_hits_total", "gRPC door checks answered from the answer memo (repeats).", ()
+        )
         self.http_connections = self.registry.counter(
             "authz_http_connections_total",
             "Connections the HTTP door accepted (Envoy keeps its own open: a rise per check is a reconnect).",

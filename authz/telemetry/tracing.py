@@ -28,6 +28,7 @@ __all__ = [
     "CheckTrace",
     "exporter_from_env",
     "extract_parent",
+    "trace_id_from",
     "trace_id_of",
     "tracer_provider_from_env",
 ]
@@ -117,6 +118,13 @@ def extract_parent(
         if context is not None:
             return context
     return EMPTY_CONTEXT
+
+
+def trace_id_from(
+    metadata: Iterable[tuple[str, Any]], headers: Mapping[str, Sequence[str]] | None
+) -> str | None:
+    """The trace id a check's decision log line has with tracing off: its parent's (see extract_parent)."""
+    return CheckTrace(None, extract_parent(metadata, headers)).trace_id()
 
 
 def trace_id_of(carrier: Mapping[str, str]) -> str | None:
