@@ -17,6 +17,7 @@ __all__ = ["draw"]
 
 _COLORS = {"grpc": "#4C72B0", "envoy": "#55A868"}
 _BASELINES = {
+    "grpc_noop",
     "envoy_direct_response",
     "envoy_jwt_authn",
     "envoy_noop_ext_authz",
@@ -74,7 +75,7 @@ def draw(results: Mapping[str, Any], path: Path) -> None:
     for name, r in results["ratios"].items():
         mark = ""
         if "meets" in r:
-            sign = ">=" if name != "p99_added_ms" else "<="
+            sign = ">=" if r.get("sense", "min") == "min" else "<="
             mark = f"  target {sign} {r['target']}: {'met' if r['meets'] else 'MISSED'}"
         ratio_lines.append(f"{name:<30} {r['value']:6.2f}{mark}")
     memory = results["memory"]

@@ -36,7 +36,8 @@ def _address(port: int) -> dict[str, Any]:
 
 
 def ext_authz_filter(cluster: str) -> dict[str, Any]:
-    """ext_authz over gRPC to ``cluster``, failing closed (as the harness and the shipped configs)."""
+    """ext_authz over gRPC to ``cluster``, failing closed, sending what deploy/envoy renders for the
+    gRPC door: the peer certificate and the raw header_map (encode_raw_headers)."""
     return {
         "name": "envoy.filters.http.ext_authz",
         "typed_config": {
@@ -44,6 +45,8 @@ def ext_authz_filter(cluster: str) -> dict[str, Any]:
             "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "timeout": "5s"},
             "transport_api_version": "V3",
             "failure_mode_allow": False,
+            "include_peer_certificate": True,
+            "encode_raw_headers": True,
         },
     }
 

@@ -248,6 +248,7 @@ def run_h2load(
     """
     command = [
         "h2load",
+        "-t1",
         f"-D{seconds}",
         f"-c{clients}",
         f"-m{streams}",

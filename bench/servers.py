@@ -183,6 +183,11 @@ class NoopServer:
                 cwd=ROOT,
             )
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None  # noqa: S101
+        return self.process.pid
+
     def wait_ready(self, timeout: float = 60.0) -> None:
         assert self.process is not None  # noqa: S101
         deadline = time.monotonic() + timeout

@@ -7,6 +7,7 @@ serialized bytes, when tracing is off.
 from __future__ import annotations
 
 import logging
+import operator
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -64,6 +65,7 @@ class SerializedAnswers:
 
 SERIALIZED = SerializedAnswers()
 _log = logging.getLogger("authz.grpc")
+_NAME = operator.itemgetter(0)
 
 
 class AuthorizationService:
@@ -184,7 +186,9 @@ class AuthorizationService:
             context.invocation_metadata() or () if context is not None else ()
         )
         trace_id = None
-        if repeat.trace_headers is not None or any(name.lower() in TRACE_HEADERS for name, _ in metadata):
+        if repeat.trace_headers is not None or not TRACE_HEADERS.isdisjoint(
+            map(str.lower, map(_NAME, metadata))
+        ):
             trace_id = trace_id_from(metadata, repeat.trace_headers)  # as the full path's log line has it
         self._telemetry.grpc_memo_hits.inc(())
         record: RepeatedAnswer = kept.record  # type: ignore[assignment]

@@ -188,6 +188,15 @@ def direct_sink(logger: logging.Logger, level: int = logging.INFO) -> JsonHandle
 
 
 _second: tuple[int, str] = (-1, "")  # the last second rendered, swapped whole (threads may share it)
+_pid = os.getpid()  # a system call each time otherwise; a forked child renews it
+
+
+def _forked() -> None:
+    global _pid  # noqa: PLW0603 - the process's own pid, renewed in a forked child
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def render_line(logger: str, msg: str, fields_json: str, when: float) -> str:
@@ -208,7 +217,7 @@ def render_line(logger: str, msg: str, fields_json: str, when: float) -> str:
     millis = int((when - whole) * 1000)
     head = (
         f'{{"time":"{text}.{millis:03d}Z","level":"info",'
-        f'"logger":"{logger}","pid":{os.getpid()},"msg":"{msg}"'
+        f'"logger":"{logger}","pid":{_pid},"msg":"{msg}"'
     )
     if fields_json == "{}":
         return head + "}\n"

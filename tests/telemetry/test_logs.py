@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -233,3 +234,22 @@ def _check_accept_errors_filter() -> None:
     assert all(accept_errors.filter(record(f"other {i}")) for i in range(3))
     setup_logging()  # idempotent: still one filter
     assert len([f for f in logging.getLogger("asyncio").filters if type(f).__name__ == "_AcceptErrors"]) == 1
+
+
+def test_a_forked_child_renders_its_own_pid() -> None:
+    """render_line keeps the pid (a system call each line otherwise): a forked worker must not
+    write its parent's."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: its line's pid, through the pipe, then out without cleanup
+        try:
+            line = render_line("authz.decision", "decision", "{}", 0.0)
+            os.write(write_end, json.dumps([json.loads(line)["pid"], os.getpid()]).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        rendered, actual = json.loads(pipe.read())
+    os.waitpid(child, 0)
+    assert rendered == actual == child
+    assert json.loads(render_line("authz.decision", "decision", "{}", 0.0))["pid"] == os.getpid()

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
 SCENARIOS = {
+    "grpc_noop",
     "grpc_1w_cold",
     "grpc_1w_warm",
     "grpc_2w_cold",
@@ -85,6 +86,8 @@ def test_quick_run_covers_every_scenario(tools, tmp_path):
     for name, scenario in results["scenarios"].items():
         assert scenario["rps"] > 0, name
         assert all(run["requests"] > 0 for run in scenario["runs"]), name
+        if scenario["group"] == "grpc":
+            assert scenario["server_cpu_us_per_request"] > 0, name
     for name in ("envoy_direct_response", "envoy_ours_warm"):
         assert results["latency"][name]["p50_ms"] > 0
         assert results["latency"][name]["p99_ms"] >= results["latency"][name]["p50_ms"]
@@ -100,6 +103,8 @@ def test_quick_run_covers_every_scenario(tools, tmp_path):
     assert set(results["in_process"]["http_door"]["us_per_request"]) == {
         "floor", "decided", "memo", "memo_log_sampled_0"}  # fmt: skip
     for name in (
+        "grpc_warm_cpu_vs_noop",
+        "grpc_warm_vs_noop",
         "warm_envoy_vs_noop_ext_authz",
         "warm_envoy_vs_jwt_authn",
         "grpc_2w_vs_1w_warm",
