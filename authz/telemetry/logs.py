@@ -215,10 +215,7 @@ def render_line(logger: str, msg: str, fields_json: str, when: float) -> str:
         text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
         _second = (whole, text)
     millis = int((when - whole) * 1000)
-    head = (
-        f'{{"time":"{text}.{millis:03d}Z","level":"info",'
-        f'"logger":"{logger}","pid":{_pid},"msg":"{msg}"'
-    )
+    head = f'{{"time":"{text}.{millis:03d}Z","level":"info","logger":"{logger}","pid":{_pid},"msg":"{msg}"'
     if fields_json == "{}":
         return head + "}\n"
     return f"{head},{fields_json[1:]}\n"
