@@ -217,27 +217,31 @@ class RepeatRead(NamedTuple):
 
 
 _AUTHORIZATION, _REQUEST_ID = "authorization", "x-request-id"
+# The client certificate as a front proxy forwards it (a certificate-bound token's binding may be
+# read from it instead of the peer's): part of the key, like the peer certificate.
+_XFCC = "x-forwarded-client-cert"
 # Read by the decision (method_override) or by a sender-constrained token's checks (a DPoP proof is
 # single-use): a request carrying one is never a repeat.
 _NOT_REPEATS = frozenset(METHOD_OVERRIDE_HEADERS) | {"dpop"}
 # Another spelling of an identity header is named in the allow's removals (identity_spellings).
 _SPELLING_LENGTHS = frozenset(len(name) for name in IDENTITY_HEADERS)
-_NOTABLE = frozenset({_AUTHORIZATION, _REQUEST_ID}) | TRACE_HEADERS | _NOT_REPEATS
+_NOTABLE = frozenset({_AUTHORIZATION, _REQUEST_ID, _XFCC}) | TRACE_HEADERS | _NOT_REPEATS
 _KEY = operator.attrgetter("key")
 
-# authorization value, request id, trace-context headers
-_Found = tuple[str | None, str, dict[str, tuple[str]] | None]
+# authorization value, request id, forwarded client certificates (joined), trace-context headers
+_Found = tuple[str | None, str, str, dict[str, tuple[str]] | None]
 
 
 def read_repeat(message: CheckRequest) -> RepeatRead | None:
     """The memo's reading of ``message``; None for a request the memo never answers nor keeps.
 
     The key is a digest of what ``from_check_request`` and the decision read: method, target,
-    host, scheme, the ``authorization`` value, the route's context extensions, and the peer's
-    principal and certificate (a certificate-bound token's allow holds for its certificate
-    alone). Never a repeat: a request whose method, path or host Envoy left to the pseudo-headers,
-    with several ``authorization`` values, a method override, a ``dpop`` header or another
-    spelling of an identity header. Headers are read as ``_headers`` merges them.
+    host, scheme, the ``authorization`` value, the route's context extensions, the peer's
+    principal and certificate, and a forwarded client certificate (a certificate-bound token's
+    allow holds for its certificate alone). Never a repeat: a request whose method, path or
+    host Envoy left to the pseudo-headers, with several ``authorization`` values, a method
+    override, a ``dpop`` header or another spelling of an identity header. Headers are read
+    as ``_headers`` merges them.
     """
     attributes = message.attributes
     http = attributes.request.http
@@ -253,12 +257,12 @@ def read_repeat(message: CheckRequest) -> RepeatRead | None:
         found = _scan(list(plain), entries, plain)
     if found is None:
         return None
-    authorization, request_id, traced = found
+    authorization, request_id, forwarded, traced = found
     source = attributes.source
     extensions = attributes.context_extensions
     routed = "".join(f"{len(k)}:{len(v)}:{k}{v}" for k, v in sorted(extensions.items())) if extensions else ""
-    fields = (method, target, host, http.scheme, source.principal, source.certificate, routed)
-    text = "%d:%d:%d:%d:%d:%d:%d:" % tuple(map(len, fields)) + "".join(fields)  # noqa: UP031 - the fastest
+    fields = (method, target, host, http.scheme, source.principal, source.certificate, forwarded, routed)
+    text = "%d:%d:%d:%d:%d:%d:%d:%d:" % tuple(map(len, fields)) + "".join(fields)  # noqa: UP031 - the fastest
     if authorization is not None:
         text += authorization
     key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=20).digest()
@@ -281,26 +285,30 @@ def _scan(names: list[str], entries: Sequence[HeaderValue], plain: Mapping[str, 
     def value(name: str) -> str:
         if not entries:
             return plain[name]
-        entry = entries[names.index(name)]  # the first, as _headers keeps them
-        raw = entry.raw_value
-        return raw.decode("utf-8", "replace") if raw else entry.value
+        return _value(entries[names.index(name)])  # the first, as _headers keeps them
 
     authorization = value(_AUTHORIZATION) if count else None
     request_id = value(_REQUEST_ID) if _REQUEST_ID in names else ""
+    forwarded = ""
+    if _XFCC in names:  # every value, as the full reading keeps them
+        forwarded = (
+            ",".join(_value(entries[i]) for i, name in enumerate(names) if name == _XFCC)
+            if entries
+            else plain[_XFCC]
+        )
     traced = None
     if not TRACE_HEADERS.isdisjoint(names):
         traced = {name: (value(name),) for name in TRACE_HEADERS if name in names}
-    return authorization, request_id, traced
+    return authorization, request_id, forwarded, traced
 
 
 def _walk(entries: Iterable[HeaderValue], plain: Mapping[str, str]) -> _Found | None:
     """Both header forms, one header at a time, merged as ``_headers`` merges them."""
     authorization: list[str] = []
     request_ids: list[str] = []
+    forwarded: list[str] = []
     traced: dict[str, list[str]] = {}
-    merged = [
-        (e.key.lower(), e.raw_value.decode("utf-8", "replace") if e.raw_value else e.value) for e in entries
-    ]
+    merged = [(entry.key.lower(), _value(entry)) for entry in entries]
     for index, (name, value) in enumerate(merged + [(k.lower(), v) for k, v in plain.items()]):
         if name not in _NOTABLE:
             if len(name) in _SPELLING_LENGTHS and identity_spellings((name,)):
@@ -313,6 +321,8 @@ def _walk(entries: Iterable[HeaderValue], plain: Mapping[str, str]) -> _Found | 
             if name == _AUTHORIZATION
             else request_ids
             if name == _REQUEST_ID
+            else forwarded
+            if name == _XFCC
             else traced.setdefault(name, [])
         )
         if index < len(merged) or value not in values:  # a map value already sent raw is the same header
@@ -323,5 +333,12 @@ def _walk(entries: Iterable[HeaderValue], plain: Mapping[str, str]) -> _Found | 
     return (
         (authorization[0] if authorization else None),
         (request_ids[0] if request_ids else ""),
+        ",".join(forwarded),
         trace_headers,
     )
+
+
+def _value(entry: HeaderValue) -> str:
+    """A header_map entry's value as ``from_check_request`` reads it (raw bytes first)."""
+    raw = entry.raw_value
+    return raw.decode("utf-8", "replace") if raw else entry.value

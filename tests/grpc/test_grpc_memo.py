@@ -421,14 +421,22 @@ async def test_the_memo_answers_only_the_same_request(
     assert service.memo_hits == 1
 
 
-@pytest.mark.parametrize("what", ["principal", "certificate"])
+@pytest.mark.parametrize("what", ["principal", "certificate", "xfcc-map", "xfcc-raw", "xfcc-second-raw"])
 async def test_a_repeat_is_the_same_peer(world: World, config: Config, clock: Clock, what: str) -> None:
-    """The peer's principal and certificate (a certificate-bound token's allow holds for its certificate
-    alone) are part of what a repeat must match: another peer's identical request is decided."""
+    """The peer's principal and certificate, and a forwarded client certificate (a certificate-bound
+    token's allow holds for its certificate alone), are part of what a repeat must match: another
+    peer's identical request is decided."""
     service = service_for(config, clock)
     token = world.token()
+    xfcc = "x-forwarded-client-cert"
 
     def request(peer: str) -> CheckRequest:
+        if what == "xfcc-map":
+            return check_request(token=token, headers={xfcc: f"Hash={peer}"})
+        if what == "xfcc-raw":
+            return raw_request(token, extra=[(xfcc, f"Hash={peer}")])
+        if what == "xfcc-second-raw":  # both values are read: a second one is another request
+            return raw_request(token, extra=[(xfcc, "Hash=first"), (xfcc, f"Hash={peer}")])
         message = check_request(token=token)
         setattr(message.attributes.source, what, peer)
         return message
