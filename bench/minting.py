@@ -30,6 +30,7 @@ __all__ = [
     "claims",
     "distinct_tokens",
     "dpop_proofs",
+    "envoy_check_message",
     "make_world",
     "write_configs",
 ]
@@ -165,3 +166,37 @@ def dpop_proofs(key: Any, token: str, url: str, count: int, path: Path) -> Path:
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def envoy_check_message(token: str, request_id: str = "7fd607ca-d539-498a-b599-29384a639e5b") -> bytes:
+    """The CheckRequest Envoy 1.40 sends for ``GET /orders`` on api.acme.test with ``token``, as
+    deploy/envoy renders the gRPC filter (encode_raw_headers: the header_map, raw values): field
+    for field what a capture of Envoy's request showed, with this token and request id."""
+    from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
+
+    message = CheckRequest()
+    attributes = message.attributes
+    attributes.source.address.socket_address.address = "127.0.0.1"
+    attributes.source.address.socket_address.port_value = 35110
+    attributes.destination.address.socket_address.address = "127.0.0.1"
+    attributes.destination.address.socket_address.port_value = 10000
+    request = attributes.request
+    request.time.seconds, request.time.nanos = int(time.time()), 200148000
+    http = request.http
+    http.id, http.method, http.path, http.host = "16349933935120285315", "GET", "/orders", "api.acme.test"
+    http.scheme, http.protocol = "http", "HTTP/1.1"
+    for name, value in (
+        (":authority", "api.acme.test"),
+        (":path", "/orders"),
+        (":method", "GET"),
+        (":scheme", "http"),
+        ("authorization", f"Bearer {token}"),
+        ("x-forwarded-proto", "http"),
+        ("x-request-id", request_id),
+    ):
+        header = http.header_map.headers.add()
+        header.key, header.raw_value = name, value.encode()
+    attributes.metadata_context.SetInParent()
+    attributes.route_metadata_context.SetInParent()
+    data: bytes = message.SerializeToString()
+    return data

@@ -8,11 +8,13 @@ run by run so that machine noise hits them alike):
 1. in-process: bench/bench_token.py (cold token path against the raw
    primitives), bench/bench_tracing.py, bench/bench_http_door.py and
    bench/bench_dpop.py (a DPoP proof's check against the raw signature
-   verification; the replay cache's memory per entry), called as they are;
-2. gRPC servers alone, driven by h2load with one serialized CheckRequest in gRPC
-   frames: the do-nothing grpc.aio server (the floor, bench/noop_authz.py), ours
-   with 1 and 2 workers, cold (``cache_size: 0``) and warm (cache on); each with
-   the server's CPU time per check (``/proc/PID/stat`` over the run / answered
+   verification; the replay cache's memory per entry) and bench/bench_grpc_door.py
+   (the gRPC handler alone), called as they are;
+2. gRPC servers alone, driven by h2load with one serialized CheckRequest (the one
+   deploy/envoy's gRPC filter sends, bench/minting.py) in gRPC frames: the
+   do-nothing grpc.aio server (the floor, bench/noop_authz.py), ours with 1 and
+   2 workers, cold (``cache_size: 0``) and warm (cache on); each with the
+   server's CPU time per check (``/proc/PID/stat`` over the run / answered
    checks), steadier than req/s on a shared machine;
 3. Envoy, a ``direct_response`` route after: no filter; the native
    ``jwt_authn`` (RS256); ext_authz to a do-nothing grpc.aio server (the
@@ -97,6 +99,7 @@ class Settings:
     tracing_bench_args: list[str]
     http_door_bench_args: list[str]
     dpop_bench_args: list[str]
+    grpc_door_bench_args: list[str]
     store_bench_args: list[str] = field(default_factory=list)
     subscriptions_bench_args: list[str] = field(default_factory=list)
     in_process_folder: Path | None = None  # where bench_token.py and bench_tracing.py write their JSON
@@ -461,6 +464,7 @@ def in_process(folder: Path, settings: Settings) -> dict[str, Any]:
         ("store", "bench_store.py", settings.store_bench_args),
         # Subscription lookups with 100,000 subscriptions, memory per subscription (issue 18).
         ("subscriptions", "bench_subscriptions.py", settings.subscriptions_bench_args),
+        ("grpc_door", "bench_grpc_door.py", settings.grpc_door_bench_args),
     ):
         out = folder / f"{name}.json"
         done = subprocess.run(  # noqa: S603
@@ -553,7 +557,7 @@ def run(settings: Settings, folder: Path) -> dict[str, Any]:
     outer, inner = settings.pair
     token = world.token(minting.claims(world), outer=outer, inner=inner)
     body = folder / "check.bin"
-    message = minting.check_messages([token])[0]
+    message = minting.envoy_check_message(token)  # the request deploy/envoy's gRPC filter sends
     body.write_bytes(loadgen.grpc_frame(message))
     jws_key = world.signing_keys[INNER_ALGS["RS256"]]
     jws = _jwt_authn_token(world, jws_key)
@@ -993,6 +997,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
         subscriptions_bench_args=["--subscriptions", "3000", "--checks", "500", "--rounds", "1"]
         if quick
         else [],
+        grpc_door_bench_args=["--checks", "50", "--rounds", "1"] if quick else ["--rounds", "3"],
         in_process_folder=args.json.parent,
         rate_tolerance=0.3 if quick else 0.1,
     )

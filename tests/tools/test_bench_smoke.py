@@ -102,6 +102,8 @@ def test_quick_run_covers_every_scenario(tools, tmp_path):
     assert results["in_process"]["tracing"]["us_per_check"]["bare"] > 0
     assert set(results["in_process"]["http_door"]["us_per_request"]) == {
         "floor", "decided", "memo", "memo_log_sampled_0"}  # fmt: skip
+    assert set(results["in_process"]["grpc_door"]["us_per_check"]) == {
+        "parse", "decided", "memo", "memo_log_sampled_0"}  # fmt: skip
     for name in (
         "grpc_warm_cpu_vs_noop",
         "grpc_warm_vs_noop",
