@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import loadgen
-import minting
-import servers
+import loadgen  # noqa: E402
+import minting  # noqa: E402
+import servers  # noqa: E402
 
 
 def _extract(ref: str, into: Path) -> Path:
@@ -83,8 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     loadgen.ensure_tools(install=False)
 
-    with tempfile.TemporaryDirectory(prefix="ab-grpc-door-") as name:
-        folder = Path(name)
+    with tempfile.TemporaryDirectory(prefix="ab-grpc-door-") as temporary:
+        folder = Path(temporary)
         world, configs = minting.make_world(folder / "world")
         token = world.token(minting.claims(world), outer="RSA-OAEP-256", inner="RS256")
         message = minting.envoy_check_message(token)
