@@ -228,8 +228,9 @@ _SPELLING_LENGTHS = frozenset(len(name) for name in IDENTITY_HEADERS)
 _NOTABLE = frozenset({_AUTHORIZATION, _REQUEST_ID, _XFCC}) | TRACE_HEADERS | _NOT_REPEATS
 _KEY = operator.attrgetter("key")
 
-# authorization value, request id, forwarded client certificates (joined), trace-context headers
-_Found = tuple[str | None, str, str, dict[str, tuple[str]] | None]
+# authorization (text, or the raw bytes it is read from), request id, forwarded client
+# certificates (joined), trace-context headers
+_Found = tuple[str | bytes | None, str, str, dict[str, tuple[str]] | None]
 
 
 def read_repeat(message: CheckRequest) -> RepeatRead | None:
@@ -263,10 +264,16 @@ def read_repeat(message: CheckRequest) -> RepeatRead | None:
     routed = "".join(f"{len(k)}:{len(v)}:{k}{v}" for k, v in sorted(extensions.items())) if extensions else ""
     fields = (method, target, host, http.scheme, source.principal, source.certificate, forwarded, routed)
     text = "%d:%d:%d:%d:%d:%d:%d:%d:" % tuple(map(len, fields)) + "".join(fields)  # noqa: UP031 - the fastest
+    key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=20)
     if authorization is not None:
-        text += authorization
-    key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=20).digest()
-    return RepeatRead(key, plain_request_id(request_id or http.id), traced)
+        # Last, so unprefixed. Raw bytes as sent: they decode to one text only, and a text's
+        # UTF-8 is its only valid encoding, so equal bytes are always equal authorization.
+        key.update(
+            authorization
+            if isinstance(authorization, bytes)
+            else authorization.encode("utf-8", "surrogatepass")
+        )
+    return RepeatRead(key.digest(), plain_request_id(request_id or http.id), traced)
 
 
 def _scan(names: list[str], entries: Sequence[HeaderValue], plain: Mapping[str, str]) -> _Found | None:
@@ -287,7 +294,13 @@ def _scan(names: list[str], entries: Sequence[HeaderValue], plain: Mapping[str, 
             return plain[name]
         return _value(entries[names.index(name)])  # the first, as _headers keeps them
 
-    authorization = value(_AUTHORIZATION) if count else None
+    authorization: str | bytes | None = None
+    if count:
+        if entries:
+            entry = entries[names.index(_AUTHORIZATION)]
+            authorization = entry.raw_value or entry.value.encode("utf-8", "surrogatepass")
+        else:
+            authorization = plain[_AUTHORIZATION]
     request_id = value(_REQUEST_ID) if _REQUEST_ID in names else ""
     forwarded = ""
     if _XFCC in names:  # every value, as the full reading keeps them
