@@ -10,6 +10,9 @@ tests' clock. A finding is:
   a known status; ``internal_error`` (a fault of ours, caught); a
   ``request_malformed`` for a request that parsed (an unexpected exception
   while reading it); a decision log line that cannot be formatted as JSON;
+- an answer that differs from the one the same service gives with its answer memo off
+  (``server.memo_size: 0``): the memo lives across inputs, so a repeat of an earlier
+  input may be answered from it; or a memo reading that failed (logged, decided in full);
 - an allow that none of these explains: the public rule (acme's ``/healthz``,
   with the request's tenant and no subject or scopes passed), a dry-run deny of the dry tenant chosen by
   the request (not by a token), or one of our issuers' tokens (the seeds'
@@ -23,6 +26,7 @@ import asyncio
 import json
 import logging
 import sys
+from dataclasses import replace
 
 import atheris
 
@@ -39,6 +43,8 @@ with atheris.instrument_imports(include=["authz", "jwcrypto"]):
 
 STATE = start()
 SERVICE = AuthorizationService(SnapshotHolder(STATE.config), clock=lambda: NOW, telemetry=Telemetry())
+NO_MEMO = replace(STATE.config, server=replace(STATE.config.server, memo_size=0))
+DECIDED = AuthorizationService(SnapshotHolder(NO_MEMO), clock=lambda: NOW, telemetry=Telemetry())
 LOOP = asyncio.new_event_loop()
 TENANT_OF = {token: verified.claims.get("tenant") for token, verified in STATE.tokens.items()}
 GRPC_CODES = {0, 3, 7, 13, 14, 16}
@@ -53,6 +59,8 @@ class StrictJsonHandler(logging.Handler):
         self.setFormatter(JsonFormatter())
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info is not None:
+            raise Finding(f"an exception was logged: {record.getMessage()}")
         line = self.format(record)
         json.loads(line)
         line.encode("utf-8")
@@ -124,6 +132,8 @@ def test_one_input(data: bytes) -> None:
     response = LOOP.run_until_complete(SERVICE.check(data, None))
     if not isinstance(response, CheckResponse):
         raise Finding(f"check answered {type(response).__name__}")
+    if response != LOOP.run_until_complete(DECIDED.check(data, None)):
+        raise Finding("the memo's answer differs from the decision's")
     code = response.status.code
     reason = response.dynamic_metadata.fields["reason"].string_value
     if code not in GRPC_CODES:
