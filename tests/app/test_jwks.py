@@ -668,6 +668,23 @@ async def test_http_door_memo_does_not_outlive_a_removed_signing_key(idp, ca_fil
     assert door.memo_hits == 1
 
 
+async def test_grpc_door_memo_does_not_outlive_a_removed_signing_key(idp, ca_file, world, tmp_path) -> None:
+    """A repeat answered from the gRPC door's memo is denied once a refresh drops its signing key."""
+    idp.serve_keys([KEYS["k1"], KEYS["k2"]])
+    config = load_fetched(write_config(tmp_path, world, uri=idp.url(), ca_file=ca_file))
+    remote = remote_of(config)
+    assert await remote.fetch()
+    service = AuthorizationService(SnapshotHolder(config), lambda: NOW)
+    data = remote_request(world, KEYS["k2"]).SerializeToString()
+    for _ in range(2):
+        assert outcome(await service.check(data, None)) == ALLOWED
+    assert service.memo_hits == 1
+    idp.serve_keys([KEYS["k1"]])  # the issuer retires k2
+    assert await remote.fetch()
+    assert outcome(await service.check(data, None)) == KID_UNKNOWN
+    assert service.memo_hits == 1
+
+
 # ------------------------------------------------------------------ refetches and the token cache
 #
 # A cached token stays a hit while its issuer serves the very key that verified it: a fetch of
