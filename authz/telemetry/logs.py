@@ -41,10 +41,15 @@ class JsonFormatter(logging.Formatter):
 class JsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The stderr handler of :func:`setup_logging`: JSON lines, and the decision log's direct path.
 
-    Direct lines written on an event loop are gathered and written once per
-    loop iteration (one write for every check answered in it, instead of one
-    each); elsewhere they are written at once. Each thread gathers its own (one
-    running loop per thread), so threads never share a list.
+    Direct lines written on an event loop are gathered and written together, at
+    most ``_GATHER_SECONDS`` after the first of them: one write for every check
+    answered meanwhile, instead of one each (a write releases the GIL, which on
+    a busy gRPC server hands it to grpc's poller thread and back: two context
+    switches). Elsewhere they are written at once, after what was gathered. Each
+    thread gathers its own (one running loop per thread), so threads never share
+    a list; what a thread gathered is written before any record it logs, on
+    ``flush`` (``logging.shutdown``), by its next line when its loop is gone, and
+    when the thread ends.
     """
 
     def __init__(self) -> None:
@@ -54,23 +59,25 @@ class JsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def write_line(self, line: str) -> None:
         """Write one rendered line (ending in a newline), as ``emit`` would, under the handler's lock."""
+        gathered: _Gathered | None = getattr(self._local, "gathered", None)
+        if gathered is None:
+            gathered = self._local.gathered = _Gathered(self)
+        lines = gathered.lines
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
+            if lines:
+                self._write_pending(lines)  # gathered on a loop that is gone: first, in order
             self._write(line)
             return
-        local = self._local
-        pending: list[str] | None = getattr(local, "pending", None)
-        if pending is None:
-            pending = local.pending = []
-        if pending and getattr(local, "loop", None) is not loop:
-            self._write_pending(pending)  # gathered on a loop that is gone: out now, in order
-        if not pending:
-            local.loop = loop
-            loop.call_soon(self._write_pending, pending)
-        pending.append(line)
-        if len(pending) >= _MAX_GATHERED:
-            self._write_pending(pending)
+        if lines and gathered.loop is not loop:
+            self._write_pending(lines)  # gathered on a loop that is gone: out now, in order
+        if not lines:
+            gathered.loop = loop
+            loop.call_later(_GATHER_SECONDS, self._write_pending, lines)
+        lines.append(line)
+        if len(lines) >= _MAX_GATHERED:
+            self._write_pending(lines)
 
     def emit(self, record: logging.LogRecord) -> None:
         # This thread's gathered lines were written first: they go out before the record.
@@ -83,9 +90,9 @@ class JsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().flush()
 
     def _write_gathered(self) -> None:
-        pending: list[str] | None = getattr(self._local, "pending", None)
-        if pending:
-            self._write_pending(pending)
+        gathered: _Gathered | None = getattr(self._local, "gathered", None)
+        if gathered is not None and gathered.lines:
+            self._write_pending(gathered.lines)
 
     def _write_pending(self, pending: list[str]) -> None:
         if pending:
@@ -102,7 +109,24 @@ class JsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 self.handleError(logging.LogRecord("authz", logging.INFO, "", 0, "", None, None))
 
 
+class _Gathered:
+    """One thread's gathered lines and the loop whose timer writes them; what is left is
+    written when the thread ends (its thread-local data, this, is then let go)."""
+
+    __slots__ = ("handler", "lines", "loop")
+
+    def __init__(self, handler: JsonHandler) -> None:
+        self.handler = handler
+        self.lines: list[str] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def __del__(self) -> None:
+        if self.lines:
+            self.handler._write_pending(self.lines)
+
+
 _MAX_GATHERED = 256  # lines gathered before they are written, whatever the loop does
+_GATHER_SECONDS = 0.01  # the longest a gathered line waits for its write
 
 
 def setup_logging(level: int = logging.INFO) -> None:
