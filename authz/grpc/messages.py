@@ -18,7 +18,15 @@ from authz.core.answer import (
     upstream_headers,
 )
 from authz.core.decision import Decision, reject
-from authz.core.request import METHOD_OVERRIDE_HEADERS, AuthzRequest, first, make_request, plain_request_id
+from authz.core.memo import NEVER_REPEATED_HEADERS, dpop_scheme
+from authz.core.request import (
+    METHOD_OVERRIDE_HEADERS,
+    AuthzRequest,
+    CertificateSource,
+    first,
+    make_request,
+    plain_request_id,
+)
 from authz.errors import AuthzError, Outcome, Reason
 from authz.grpc._proto.envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
 from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
@@ -214,15 +222,21 @@ class RepeatRead(NamedTuple):
     key: bytes  # a digest of everything the decision and its allow read from the request
     request_id: str  # as from_check_request reads it
     trace_headers: dict[str, tuple[str]] | None  # the first value of each trace-context header sent
+    peer_certificate: str  # attributes.source.certificate, as given
+    forwarded_certificate: str  # the x-forwarded-client-cert values, joined as the request reads them
+
+    def certificate(self, source: CertificateSource) -> str:
+        """The client certificate the decision reads from ``source`` (core.memo.certificate_of)."""
+        return self.peer_certificate if source is CertificateSource.PEER else self.forwarded_certificate
 
 
 _AUTHORIZATION, _REQUEST_ID = "authorization", "x-request-id"
 # The client certificate as a front proxy forwards it (a certificate-bound token's binding may be
 # read from it instead of the peer's): part of the key, like the peer certificate.
 _XFCC = "x-forwarded-client-cert"
-# Read by the decision (method_override) or by a sender-constrained token's checks (a DPoP proof is
-# single-use): a request carrying one is never a repeat.
-_NOT_REPEATS = frozenset(METHOD_OVERRIDE_HEADERS) | {"dpop"}
+# Read by the decision (method_override), or never repeated by the core's memo rules (a DPoP
+# proof is single-use): a request carrying one is never a repeat.
+_NOT_REPEATS = frozenset(METHOD_OVERRIDE_HEADERS) | NEVER_REPEATED_HEADERS
 # Another spelling of an identity header is named in the allow's removals (identity_spellings).
 _SPELLING_LENGTHS = frozenset(len(name) for name in IDENTITY_HEADERS)
 _NOTABLE = frozenset({_AUTHORIZATION, _REQUEST_ID, _XFCC}) | TRACE_HEADERS | _NOT_REPEATS
@@ -259,6 +273,8 @@ def read_repeat(message: CheckRequest) -> RepeatRead | None:
     if found is None:
         return None
     authorization, request_id, forwarded, traced = found
+    if authorization is not None and dpop_scheme(authorization):
+        return None  # a DPoP proof's request (core.memo's rule)
     source = attributes.source
     extensions = attributes.context_extensions
     routed = "".join(f"{len(k)}:{len(v)}:{k}{v}" for k, v in sorted(extensions.items())) if extensions else ""
@@ -273,7 +289,8 @@ def read_repeat(message: CheckRequest) -> RepeatRead | None:
             if isinstance(authorization, bytes)
             else authorization.encode("utf-8", "surrogatepass")
         )
-    return RepeatRead(key.digest(), plain_request_id(request_id or http.id), traced)
+    certificate = source.certificate
+    return RepeatRead(key.digest(), plain_request_id(request_id or http.id), traced, certificate, forwarded)
 
 
 def _scan(names: list[str], entries: Sequence[HeaderValue], plain: Mapping[str, str]) -> _Found | None:

@@ -179,7 +179,8 @@ class AuthorizationService:
             now = self._clock()
         except Exception:  # noqa: BLE001 - the full path answers a failing clock
             return None
-        kept = self._memo.lookup(snapshot, repeat.key, now)
+        certificate = repeat.certificate(snapshot.certificate_source)
+        kept = self._memo.lookup(snapshot, repeat.key, now, certificate=certificate)
         if kept is None:
             return None
         metadata: Sequence[tuple[str, Any]] = (

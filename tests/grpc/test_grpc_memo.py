@@ -26,6 +26,7 @@ from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckReque
 from authz.grpc.servicer import AuthorizationService
 from authz.telemetry.logs import JsonFormatter, JsonHandler, direct_sink
 from authz.telemetry.recorder import Telemetry
+from testkit import dpop, sender
 from testkit.fakes import ServicerContext
 from testkit.world import CONFIG, NOW, World, check_request
 
@@ -731,3 +732,64 @@ async def test_an_undecodable_request_is_a_deny_and_never_a_repeat(config: Confi
         answer = await service.answer(b"\xff\xff\xff", None)
         assert outcome(answer) == (400, "request_malformed")
     assert service.memo_entries == 0
+
+
+# -- sender-constrained tokens (the core's memo rules, through this door) ----------------------------
+
+
+@pytest.fixture(scope="module")
+def sender_config(world: World, tmp_path_factory: pytest.TempPathFactory) -> Config:
+    return load_config(sender.write_config(world, tmp_path_factory.mktemp("grpc-memo-sender")))
+
+
+async def test_a_dpop_bound_request_is_never_answered_from_the_memo(
+    world: World, sender_config: Config, clock: Clock
+) -> None:
+    """A DPoP proof is single-use: the same request again is the replay the store refuses, never a
+    memo answer; a fresh proof is decided again; nothing is kept."""
+    key = dpop.new_key("ES256")
+    token = world.token(world.claims(cnf={"jkt": sender.jkt(key)}))
+    service = service_for(sender_config, clock)
+
+    def request(proof: str) -> CheckRequest:
+        return raw_request(extra=[("authorization", f"DPoP {token}"), ("dpop", proof)])
+
+    first = request(sender.proof(key, token))
+    assert outcome(await ask(service, first)) == (200, "ok")
+    assert outcome(await ask(service, first)) == (401, "dpop_proof_replayed")
+    assert outcome(await ask(service, request(sender.proof(key, token)))) == (200, "ok")
+    assert outcome(await ask(service, raw_request(token))) == (401, "dpop_proof_missing")  # as Bearer
+    assert service.memo_hits == 0
+    assert service.memo_entries == 0
+
+
+@pytest.mark.parametrize("source", ["peer", "xfcc"])
+async def test_a_certificate_bound_token_is_answered_only_for_its_certificate(
+    world: World, tmp_path: Path, clock: Clock, source: str
+) -> None:
+    """The memo's answer to a certificate-bound token holds for the certificate it was decided with,
+    read where the configuration says (the peer's, or x-forwarded-client-cert): another
+    certificate, or none, is decided (and refused)."""
+    extra = "request:\n  client_certificate: xfcc\n" if source == "xfcc" else ""
+    config = load_config(sender.write_config(world, tmp_path, extra=extra))
+    cert, other = sender.make_cert(), sender.make_cert("other")
+    token = world.token(world.claims(cnf={"x5t#S256": cert.x5t}))
+    service = service_for(config, clock)
+
+    def request(presented: sender.Cert | None) -> CheckRequest:
+        if source == "xfcc":
+            return raw_request(
+                token, extra=[("x-forwarded-client-cert", presented.xfcc)] if presented else []
+            )
+        message = raw_request(token)
+        message.attributes.source.certificate = presented.envoy if presented else ""
+        return message
+
+    for _ in range(2):
+        assert outcome(await ask(service, request(cert))) == (200, "ok")
+    assert service.memo_hits == 1
+    assert outcome(await ask(service, request(other))) == (401, "client_certificate_mismatch")
+    assert outcome(await ask(service, request(None))) == (401, "client_certificate_missing")
+    assert service.memo_hits == 1
+    assert outcome(await ask(service, request(cert))) == (200, "ok")
+    assert service.memo_hits == 2
