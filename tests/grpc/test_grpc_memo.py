@@ -21,7 +21,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import authz.grpc.servicer
+from authz.app.revocation import attach
 from authz.config import Config, SnapshotHolder, load_config
+from authz.core.revocation import Entry, EntryKind, RevocationSet, jti_hash
 from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from authz.grpc.servicer import AuthorizationService
 from authz.telemetry.logs import JsonFormatter, JsonHandler, direct_sink
@@ -376,6 +378,26 @@ async def test_a_token_leaving_the_cache_retires_its_answers(
     assert outcome(await ask(service, first)) == (200, "ok")
     assert service.memo_hits == 0
     assert config.snapshot.cache.misses == misses + 1  # verified again, not served from the memo
+
+
+async def test_a_revocation_retires_the_answers_of_what_it_names(world: World, clock: Clock) -> None:
+    """An answer holds while the revocation mirror is at the generation it was decided on: a
+    revocation denies the very next repeat; an unrelated change costs one full check."""
+    mirror = RevocationSet()
+    service = service_for(attach(world.config(), mirror), clock)
+    message = check_request(token=world.token(world.claims(jti="t-1")))
+    for _ in range(2):
+        assert outcome(await ask(service, message)) == (200, "ok")
+    assert service.memo_hits == 1
+    mirror.add(Entry(EntryKind.JTI, jti_hash("unrelated"), expires_at=NOW + 60))
+    assert outcome(await ask(service, message)) == (200, "ok")
+    assert service.memo_hits == 1  # decided afresh once
+    assert outcome(await ask(service, message)) == (200, "ok")
+    assert service.memo_hits == 2  # and repeated again
+    mirror.add(Entry(EntryKind.JTI, jti_hash("t-1"), expires_at=NOW + 60))
+    for _ in range(2):
+        assert outcome(await ask(service, message)) == (401, "token_revoked")
+    assert service.memo_hits == 2
 
 
 def _variant(world: World, token: str, variant: str) -> CheckRequest:

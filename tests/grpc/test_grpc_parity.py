@@ -3,7 +3,9 @@
 Every case of the doors' parity table (tests/http/test_http_parity.py), three times over at
 each moment while the clock crosses nbf/iat, exp and the skew (forward, then back), across a
 reload and across JWKS refreshes (the same keys, then a signing key retired). The memo-on
-service answers many of them from its memo; the memo-off one decides each.
+service answers many of them from its memo; the memo-off one decides each. Sender-constrained
+tokens too: certificate-bound (the certificate read from the peer, or x-forwarded-client-cert)
+and DPoP-bound, through the same sweep.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from authz.config import Config, SnapshotHolder, load_config
 from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckResponse
 from authz.grpc.servicer import AuthorizationService
 from authz.telemetry.recorder import Telemetry
+from testkit import dpop, sender
 from testkit.jwks_server import CertificateAuthority, JwksServer
 from testkit.world import ACME_IDP, CONFIG, INNER_ALGS, NOW, World, check_request
+from tests.grpc.test_grpc_memo import raw_request
 from tests.http.test_http_parity import CASES
 
 SKEW = 30  # CONFIG's clock_skew
@@ -172,3 +176,54 @@ def _remote(config: Config | None) -> RemoteJwks:
     }.values()
     assert isinstance(source, RemoteJwks)
     return source
+
+
+# -- sender-constrained tokens: never DPoP, a certificate-bound answer for its certificate only ------
+
+
+@pytest.mark.parametrize("source", ["peer", "xfcc"])
+async def test_memo_on_and_off_answer_alike_for_sender_constrained_tokens(
+    world: World, tmp_path: Path, source: str
+) -> None:
+    """A certificate-bound token with its certificate, another, none; a DPoP-bound token with a
+        fresh proof at each moment (then replayed), and sent as Bearer; an unbound token, alone and with
+    a proof; through the clock sweep.
+        The memo-on service answers the certificate-bound repeats from its memo, never a DPoP one."""
+    extra = "request:\n  client_certificate: xfcc\n" if source == "xfcc" else ""
+    path = sender.write_config(world, tmp_path, extra=extra)
+    clock = Clock()
+    pair = Pair(lambda: load_config(path), clock)
+    cert, other = sender.make_cert(), sender.make_cert("other")
+    bound = world.token(world.claims(cnf={"x5t#S256": cert.x5t}))
+    key = dpop.new_key("ES256")
+    held = world.token(world.claims(cnf={"jkt": sender.jkt(key)}))
+    plain = world.token()
+
+    def presenting(presented: sender.Cert | None) -> bytes:
+        if source == "xfcc":
+            extra = [("x-forwarded-client-cert", presented.xfcc)] if presented else []
+            return raw_request(bound, extra=extra).SerializeToString()
+        message = raw_request(bound)
+        message.attributes.source.certificate = presented.envoy if presented else ""
+        return message.SerializeToString()
+
+    seen: set[str] = set()
+    for moment in [*MOMENTS, *reversed(MOMENTS)]:
+        clock.now = float(moment)
+        proofs = [sender.proof(key, held, iat=moment) for _ in range(2)]
+        messages = [
+            presenting(cert),
+            presenting(other),
+            presenting(None),
+            *(raw_request(extra=sender.dpop_headers(held, p)).SerializeToString() for p in proofs),
+            raw_request(extra=sender.dpop_headers(held, proofs[0], "Bearer")).SerializeToString(),
+            raw_request(held).SerializeToString(),
+            raw_request(plain).SerializeToString(),
+            # a stray proof beside a Bearer token: never a memo answer (test_grpc_memo), the same answer
+            raw_request(plain, extra=[("dpop", proofs[0])]).SerializeToString(),
+        ]
+        seen |= _reasons(await pair.agree(messages))
+    assert {"ok", "client_certificate_mismatch", "client_certificate_missing"} <= seen
+    assert {"dpop_proof_replayed", "dpop_proof_missing", "token_expired", "token_not_yet_valid"} <= seen
+    assert pair.memo.memo_hits > 0  # the certificate-bound token's repeats
+    assert pair.memo.memo_entries == 2  # and nothing else: its one certificate, the unbound token
