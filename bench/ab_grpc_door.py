@@ -15,6 +15,7 @@ drift falls on both), and the medians themselves.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import envoy_bootstrap as eb  # noqa: E402
 import loadgen  # noqa: E402
 import minting  # noqa: E402
 import servers  # noqa: E402
+
+from testkit.envoy import run_envoy  # noqa: E402
 
 
 def _extract(ref: str, into: Path) -> Path:
@@ -74,11 +78,38 @@ class _TreeServer(servers.AuthzServer):
             )
 
 
+def _standalone(server: Any, body: Path, seconds: int) -> tuple[float, float]:
+    """h2load -t1 -c8 -m4 against ``server`` alone: (req/s, server CPU µs per answered check)."""
+    cpu = servers.cpu_seconds(server.pid)
+    result = loadgen.run_h2load(server.port, body, seconds=seconds, clients=8, streams=4)
+    used = servers.cpu_seconds(server.pid) - cpu
+    return result["rps"], used / result["requests"] * 1e6
+
+
+def _through_envoy(port: int, pid: int, headers: dict[str, str], seconds: int) -> tuple[float, float]:
+    """wrk -t1 -c32 through Envoy's listener on ``port``: (req/s, CPU µs per request of ``pid``)."""
+    cpu = servers.cpu_seconds(pid)
+    result = loadgen.run_wrk(port, path="/orders", headers=headers, seconds=seconds, connections=32)
+    used = servers.cpu_seconds(pid) - cpu
+    return result["rps"], used / result["requests"] * 1e6
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", default="main", help="git ref to compare with (default: main)")
     parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--seconds", type=int, default=4, help="h2load's run per server and round")
+    parser.add_argument("--seconds", type=int, default=4, help="each load run per server and round")
+    parser.add_argument(
+        "--mode",
+        choices=("warm", "cold", "envoy"),
+        default="warm",
+        help="warm or cold (token.cache_size 0) standalone with h2load; envoy: warm, through Envoy with wrk",
+    )
+    parser.add_argument(
+        "--ablate",
+        action="store_true",
+        help="warm: also our handler in a bare grpc.aio server, and a bare server sending our answer canned",
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     loadgen.ensure_tools(install=False)
@@ -90,52 +121,83 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = minting.envoy_check_message(token)
         body = folder / "check.bin"
         body.write_bytes(loadgen.grpc_frame(message))
+        (folder / "check.pb").write_bytes(message)
         logs = folder / "logs"
         logs.mkdir()
-        before = _TreeServer("before", configs["warm"], 1, logs)
+        config = configs["cold" if args.mode == "cold" else "warm"]
+        before = _TreeServer("before", config, 1, logs)
         before.tree = _extract(args.baseline, folder)
-        after = _TreeServer("after", configs["warm"], 1, logs)
+        after = _TreeServer("after", config, 1, logs)
         floor = servers.NoopServer(logs)
-        targets: dict[str, Any] = {"floor": floor, "before": before, "after": after}
+        targets: dict[str, Any] = {"floor": floor}
+        if args.ablate and args.mode == "warm":
+            bare = ("--config", str(configs["warm"]), "--message", str(folder / "check.pb"))
+            targets["canned"] = servers.NoopServer(logs, "bare_grpc_door.py", (*bare, "--answer", "canned"))
+            targets["bare"] = servers.NoopServer(logs, "bare_grpc_door.py", (*bare, "--answer", "ours"))
+        targets |= {"before": before, "after": after}
         samples: dict[str, list[tuple[float, float]]] = {name: [] for name in targets}
-        with servers.started(floor, before, after):
-            for server in (before, after):  # the token verified and cached (and kept by a memo)
-                answer = loadgen.run_grpc(server.port, [message, message], concurrency=1)
-                if answer.codes != {0: 2}:
-                    raise RuntimeError(f"{server.name}: the benchmark check answered {answer.codes}")
-            for server in targets.values():
-                loadgen.run_h2load(server.port, body, seconds=1, clients=8, streams=4)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(servers.started(*targets.values()))
+            for name, server in targets.items():  # the token verified and cached (and kept by a memo)
+                if name != "floor":
+                    answer = loadgen.run_grpc(server.port, [message, message], concurrency=1)
+                    if answer.codes != {0: 2}:
+                        raise RuntimeError(f"{name}: the benchmark check answered {answer.codes}")
+            run: Callable[[str], tuple[float, float]]
+            if args.mode == "envoy":
+                listeners = [eb.listener(name, [eb.ext_authz_filter(name)]) for name in targets]
+                clusters = [eb.grpc_cluster(name, server.port) for name, server in targets.items()]
+                envoy = stack.enter_context(
+                    run_envoy(eb.bootstrap(listeners, clusters), tmp_path=folder / "envoy", validate=False)
+                )
+                ports = servers.envoy_listener_ports(envoy)
+                headers = {"Host": eb.HOST, "Authorization": f"Bearer {token}"}
+
+                def run(name: str) -> tuple[float, float]:
+                    return _through_envoy(ports[name], targets[name].pid, headers, args.seconds)
+            else:
+
+                def run(name: str) -> tuple[float, float]:
+                    return _standalone(targets[name], body, args.seconds)
+
+            for name in targets:  # warm-up: connections, caches, the memo
+                _ = run(name) if args.mode == "envoy" else _standalone(targets[name], body, 1)
             for round_ in range(args.rounds):
                 order = list(targets) if round_ % 2 == 0 else list(reversed(targets))
                 for name in order:
-                    server = targets[name]
-                    cpu = servers.cpu_seconds(server.pid)
-                    result = loadgen.run_h2load(server.port, body, seconds=args.seconds, clients=8, streams=4)
-                    used = servers.cpu_seconds(server.pid) - cpu
-                    samples[name].append((result["rps"], used / result["requests"] * 1e6))
-                print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(
-                    f"{n} {samples[n][-1][1]:.0f} us" for n in targets), flush=True)  # fmt: skip
+                    samples[name].append(run(name))
+                done = (f"{n} {samples[n][-1][0]:.0f}/s {samples[n][-1][1]:.0f} us" for n in targets)
+                print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(done), flush=True)
 
     base = samples["floor"]
     summary: dict[str, dict[str, float]] = {}
-    print(f"\n{'server':<8}{'req/s':>9}{'cpu us/check':>14}{'cpu x floor':>13}{'req/s x floor':>15}")
+    print(f"\nmode {args.mode}: medians over {args.rounds} rounds (range), ratios paired per round")
+    print(f"{'server':<8}{'req/s':>22}{'cpu us/check':>22}{'cpu x floor':>20}{'req/s x floor':>20}")
     for name, runs in samples.items():
+        rps = [r for r, _ in runs]
+        cpu = [c for _, c in runs]
+        cpu_x = [c / b for (_, c), (_, b) in zip(runs, base, strict=True)]
+        rps_x = [r / b for (r, _), (b, _) in zip(runs, base, strict=True)]
         summary[name] = {
-            "rps": statistics.median(r for r, _ in runs),
-            "cpu_us_per_check": statistics.median(c for _, c in runs),
-            "cpu_vs_floor": statistics.median(c / b for (_, c), (_, b) in zip(runs, base, strict=True)),
-            "rps_vs_floor": statistics.median(r / b for (r, _), (b, _) in zip(runs, base, strict=True)),
+            "rps": statistics.median(rps),
+            "cpu_us_per_check": statistics.median(cpu),
+            "cpu_vs_floor": statistics.median(cpu_x),
+            "rps_vs_floor": statistics.median(rps_x),
         }
-        s = summary[name]
         print(
-            f"{name:<8}{s['rps']:>9.0f}{s['cpu_us_per_check']:>14.1f}"
-            f"{s['cpu_vs_floor']:>13.2f}{s['rps_vs_floor']:>15.2f}"
+            f"{name:<8}{_spread(rps, '.0f'):>22}{_spread(cpu, '.1f'):>22}"
+            f"{_spread(cpu_x, '.2f'):>20}{_spread(rps_x, '.2f'):>20}"
         )
     if args.json:
         args.json.write_text(
-            json.dumps({"baseline": args.baseline, "summary": summary, "runs": samples}) + "\n"
+            json.dumps({"baseline": args.baseline, "mode": args.mode, "summary": summary, "runs": samples})
+            + "\n"
         )
     return 0
+
+
+def _spread(values: list[float], spec: str) -> str:
+    return f"{statistics.median(values):{spec}} ({min(values):{spec}}-{max(values):{spec}})"
 
 
 if __name__ == "__main__":

@@ -171,7 +171,8 @@ class NoopServer:
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
-        self.log = self.folder / f"{self.script}{'_'.join(('', *self.args))}.log"
+        name = f"{self.script}{'_'.join(('', *self.args))}".replace("/", "_")  # args may hold paths
+        self.log = self.folder / f"{name[-200:]}.log"
 
     def start(self) -> None:
         with self.log.open("wb") as log:

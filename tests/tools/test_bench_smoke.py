@@ -123,3 +123,40 @@ def test_quick_run_covers_every_scenario(tools, tmp_path):
     assert results["machine"]["envoy"]
 
     assert chart_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("mode", ["warm", "cold", "envoy"])
+def test_the_grpc_door_ab_runs_every_server(tools, tmp_path, mode):
+    """bench/ab_grpc_door.py (issue 16's A/B against a git ref and the grpc.aio floor): every
+    server of the mode measured, with a CPU per check and a ratio to the floor."""
+    results_path = tmp_path / "ab.json"
+    args = [
+        "--baseline",
+        "HEAD",
+        "--rounds",
+        "1",
+        "--seconds",
+        "1",
+        "--mode",
+        mode,
+        "--json",
+        str(results_path),
+    ]
+    if mode == "warm":
+        args.append("--ablate")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ab_grpc_door.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    summary = json.loads(results_path.read_text())["summary"]
+    servers = {"floor", "before", "after"} | ({"canned", "bare"} if mode == "warm" else set())
+    assert set(summary) == servers
+    for name, figures in summary.items():
+        assert figures["rps"] > 0, name
+        assert figures["cpu_us_per_check"] > 0, name
+    assert summary["floor"]["cpu_vs_floor"] == 1.0
