@@ -870,7 +870,7 @@ def ratios(results: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
         "grpc_warm_cpu_vs_noop": paired(results, "grpc_1w_warm", "grpc_noop", cpu),
         "grpc_warm_vs_noop": paired(results, "grpc_1w_warm", "grpc_noop", "rps"),
         "grpc_cold_cpu_vs_noop": paired(results, "grpc_1w_cold", "grpc_noop", cpu),
-        "warm_envoy_vs_noop_ext_authz": rps["envoy_ours_warm"] / rps["envoy_noop_ext_authz"],
+        "warm_envoy_vs_noop_ext_authz": paired(results, "envoy_ours_warm", "envoy_noop_ext_authz", "rps"),
         "warm_envoy_vs_jwt_authn": rps["envoy_ours_warm"] / rps["envoy_jwt_authn"],
         "http_warm_envoy_vs_jwt_authn": rps["envoy_ours_http_warm"] / rps["envoy_jwt_authn"],
         "http_warm_envoy_vs_noop_http": rps["envoy_ours_http_warm"] / rps["envoy_noop_http_ext_authz"],
