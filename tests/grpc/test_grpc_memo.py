@@ -22,15 +22,17 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import authz.grpc.servicer
 from authz.app.revocation import attach
+from authz.app.subscriptions import attach as attach_subscriptions
 from authz.config import Config, SnapshotHolder, load_config
 from authz.core.revocation import Entry, EntryKind, RevocationSet, jti_hash
+from authz.core.subscription import Status, Subscription, SubscriptionSet
 from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from authz.grpc.servicer import AuthorizationService
 from authz.telemetry.logs import JsonFormatter, JsonHandler, direct_sink
 from authz.telemetry.recorder import Telemetry
 from testkit import dpop, sender
 from testkit.fakes import ServicerContext
-from testkit.world import CONFIG, NOW, World, check_request
+from testkit.world import CONFIG, NOW, World, check_request, subscriptions_config
 
 SKEW = 30  # CONFIG's clock_skew
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -398,6 +400,37 @@ async def test_a_revocation_retires_the_answers_of_what_it_names(world: World, c
     for _ in range(2):
         assert outcome(await ask(service, message)) == (401, "token_revoked")
     assert service.memo_hits == 2
+
+
+async def test_a_change_of_the_subscriptions_is_decided_on_at_once(world: World, clock: Clock) -> None:
+    """An allow that rested on an API subscription holds while the subscription mirror is at its
+    generation and before the approval's expiry: a revocation denies the very next repeat."""
+    mirror = SubscriptionSet()
+    service = service_for(attach_subscriptions(load_config(subscriptions_config(world)), mirror), clock)
+    message = raw_request(world.token(world.claims(azp="mobile-app")))
+
+    def record(status: Status, client: str = "mobile-app") -> Subscription:
+        return Subscription("acme", client, "orders", status, expires_at=NOW + 100)
+
+    mirror.put(record(Status.APPROVED))
+    for _ in range(2):
+        assert outcome(await ask(service, message)) == (200, "ok")
+    assert service.memo_hits == 1
+    mirror.put(record(Status.PENDING, client="unrelated"))
+    assert outcome(await ask(service, message)) == (200, "ok")
+    assert service.memo_hits == 1  # decided afresh once
+    assert outcome(await ask(service, message)) == (200, "ok")
+    assert service.memo_hits == 2  # and repeated again
+    mirror.put(record(Status.REVOKED))
+    assert outcome(await ask(service, message))[0] == 403
+    assert service.memo_hits == 2
+    mirror.put(record(Status.APPROVED))
+    for _ in range(2):
+        assert outcome(await ask(service, message)) == (200, "ok")
+    assert service.memo_hits == 3
+    clock.now = NOW + 100  # the approval's expiry: the memo's allow ends with it
+    assert outcome(await ask(service, message))[0] == 403
+    assert service.memo_hits == 3
 
 
 def _variant(world: World, token: str, variant: str) -> CheckRequest:
