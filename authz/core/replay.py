@@ -54,8 +54,8 @@ class ReplayMemory:
     proofs accepted before ``at`` were remembered only for that shorter ``max_age`` (a reload
     raised it): such a proof is judged by it. A break matters for one proof window; later,
     every proof made before it is too old anyway, and the break is dropped.
-    Residual: a proof made in the second of a break, or whose ``iat`` was ahead of the
-    server's clock (at most the skew), accepted within that much time before the break.
+    Residual: a proof whose ``iat`` was ahead of the server's clock (at most the skew),
+    accepted within that much time before the break.
     """
 
     __slots__ = ("_breaks",)
@@ -69,12 +69,13 @@ class ReplayMemory:
         return self._breaks
 
     def forgot(self, at: float) -> None:
-        # Whole seconds: iat is usually one, and a proof made in the second a process started
-        # (iat = that second) must pass. The residual: a proof of that second accepted before.
-        self._breaks = (*self._breaks, (math.floor(at), None))
+        # Up to the next whole second: iat is usually whole seconds, so a proof accepted just
+        # before the break may carry the break's own second. A client's proofs of that second
+        # are refused too (at most a second after a start: it makes a new one).
+        self._breaks = (*self._breaks, (math.ceil(at), None))
 
     def narrowed(self, at: float, max_age: float) -> None:
-        self._breaks = (*self._breaks, (math.floor(at), max_age))
+        self._breaks = (*self._breaks, (math.ceil(at), max_age))
 
     def covers(self, issued_at: float, expires_at: float, now: float) -> bool:
         """Whether a proof made at ``issued_at`` (remembered until ``expires_at``) was seen if accepted."""

@@ -33,19 +33,23 @@ def test_a_proof_accepted_before_a_restart_is_refused_after_it(world: World, tmp
 
     authz = Authz(path)
     try:
+        _next_second()  # a process refuses proofs of the second it started in
         captured = proof(key, token, iat=int(time.time()))
         assert send(authz, captured) == "ok"
         assert send(authz, captured) == "dpop_proof_replayed"
     finally:
         authz.stop()  # SIGKILL: a crash, nothing written anywhere on the way out
-    # The memory begins at the whole second of the start (a proof of that second passes): the
-    # captured proof's second must be over before the next process starts.
-    time.sleep(max(0.0, 1.05 - (time.time() % 1)))
     again = Authz(path)
     try:
         assert send(again, captured) == "dpop_proof_invalid"  # within its 60 s window: no second use
+        _next_second()
         fresh = proof(key, token, iat=int(time.time()))
         assert send(again, fresh) == "ok"  # a client's next proof is made after the start
         assert send(again, fresh) == "dpop_proof_replayed"
     finally:
         again.stop()
+
+
+def _next_second() -> None:
+    """Wait into the next whole second (iat is whole seconds; a memory begins at one)."""
+    time.sleep(1.05 - (time.time() % 1))
