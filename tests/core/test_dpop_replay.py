@@ -218,3 +218,11 @@ def test_without_issued_at_or_a_break_every_claim_is_covered():
     assert store.claim_now(b"x", T + 65, T, issued_at=T - 50) is FRESH
     store.memory.forgot(T)
     assert store.claim_now(b"y", T + 65, T) is FRESH  # callers that pass no iat
+
+
+def test_a_proof_of_the_second_a_break_happened_in_is_refused():
+    """iat is whole seconds: a proof accepted at T + 0.2, just before a break at T + 0.3, says T."""
+    store = MemoryReplayStore(10)
+    store.memory.forgot(T + 0.3)
+    assert store.claim_now(b"same-second", T + 65, T + 0.5, issued_at=T) is UNREMEMBERED
+    assert store.claim_now(b"next-second", T + 1 + 65, T + 1.2, issued_at=T + 1) is FRESH
