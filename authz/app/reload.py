@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from authz.config import Config, load_config
+from authz.config.build import read_regular
 from authz.errors import ConfigError
 
 __all__ = ["RESTART_SETTINGS", "Deferred", "ReloadStatus", "Reloader", "fingerprint"]
@@ -47,8 +48,7 @@ def _content_digest(paths: Sequence[str]) -> str | None:
     digest = hashlib.sha256()
     for path in paths:
         try:
-            with open(path, "rb") as handle:
-                digest.update(handle.read())
+            digest.update(read_regular(path))
         except (OSError, ValueError):
             return None
     return digest.hexdigest()

@@ -6,8 +6,10 @@ caller's ``KeySources`` (the server shares its fetchers across reloads); the con
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -67,6 +69,25 @@ class _Unfetched:
         return False
 
 
+def read_regular(path: str | Path) -> bytes:
+    """A file's bytes, refusing anything but a regular file (a FIFO, a device, a socket).
+
+    Opened without blocking and checked before reading: a FIFO named as a key or config file
+    would otherwise block the reload thread forever, and no later edit would apply.
+    """
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        os.set_blocking(descriptor, True)
+        with os.fdopen(descriptor, "rb") as handle:
+            descriptor = -1
+            return handle.read()
+    finally:
+        if descriptor >= 0:
+            os.close(descriptor)
+
+
 def load_config(path: str | Path, sources: KeySources | None = None) -> Config:
     """Read, validate and build a configuration; raises ConfigError with file and line.
 
@@ -75,7 +96,7 @@ def load_config(path: str | Path, sources: KeySources | None = None) -> Config:
     """
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path)
     except OSError as exc:
         raise ConfigError(str(path), f"cannot read config file: {exc.strerror or exc}") from None
     return _Builder(path, raw, sources or _Unfetched()).build()
@@ -362,7 +383,7 @@ class _Builder:
 
     def _read(self, path: Path, place: Place, what: str) -> bytes:
         try:
-            data = path.read_bytes()
+            data = read_regular(path)
         except OSError as exc:
             raise ConfigError(
                 str(path),
@@ -377,7 +398,7 @@ class _Builder:
         for relative in (files,) if isinstance(files, str) else files:
             path = self._path(relative)
             try:
-                raw = path.read_bytes()
+                raw = read_regular(path)
                 keyset = parse_keyset(raw, purpose, str(path))
             except OSError as exc:
                 reason = f"cannot read key file: {exc.strerror or exc}"
