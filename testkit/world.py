@@ -239,13 +239,15 @@ def token_outcome(token: str, keys: TokenKeys) -> str:
 
 def subscriptions_config(world: World, name: str = "subscriptions-config.yaml", *, head: str = "") -> Path:
     """The world's config with acme's ``read-orders`` rule in API ``orders``, which requires an
-    approved subscription of the token's client, and ``admin`` in API ``admin`` (none needed).
+    approved subscription of the token's client (a client of idp.acme.test, its client_issuer),
+    and ``admin`` in API ``admin`` (none needed).
 
     ``head``: YAML put before the rest (a ``store:`` or ``subscriptions:`` section). Written
     beside the world's config (so its relative key paths hold); returns its path.
     """
     acme = "    mode: enforce\n    rules:\n"
     apis = (
+        "    client_issuer: https://idp.acme.test\n"
         "    mode: enforce\n"
         "    apis:\n"
         "      - name: orders\n"

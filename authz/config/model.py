@@ -493,6 +493,13 @@ class Tenant(_Section, kw_only=True, frozen=True):
         Text | UnsetType,
         about("The claim naming a token's client application (subscriptions); not set: azp, then client_id"),
     ] = UNSET
+    client_issuer: Annotated[
+        Text | UnsetType,
+        about(
+            "The issuer (one of its issuers) whose client ids its subscriptions name; not set: its "
+            "one issuer (required with several issuers and an API requiring subscriptions)"
+        ),
+    ] = UNSET
     apis: Annotated[
         tuple[Api, ...], about("Named APIs its rules belong to, and whether they require subscriptions")
     ] = ()

@@ -22,6 +22,7 @@ from authz.core.policy import (
     Tenant,
     TenantIndex,
     compile_path,
+    overlap,
 )
 from authz.jose.htu import canonical_origin
 from authz.jose.keys import IssuerKeys, KeySet
@@ -72,6 +73,7 @@ def _tenant(spec: m.Tenant, place: Place, issuers: dict[str, IssuerKeys], keys: 
         if any(r.name == rule.name for r in rules):
             raise rule_place.key("name").error("duplicate rule name in this tenant")
         rules.append(rule)
+    _check_shadowing(spec, place)
     return Tenant(
         name=spec.name,
         issuers=frozenset(spec.issuers),
@@ -84,7 +86,33 @@ def _tenant(spec: m.Tenant, place: Place, issuers: dict[str, IssuerKeys], keys: 
         origins=_origins(spec, place),
         apis=MappingProxyType(apis),
         client_claims=DEFAULT_CLIENT_CLAIMS if spec.client_claim is UNSET else (spec.client_claim,),
+        client_issuer=_client_issuer(spec, place, apis),
     )
+
+
+def _client_issuer(spec: m.Tenant, place: Place, apis: dict[str, Api]) -> str | None:
+    """The issuer whose client ids the tenant's subscriptions name.
+
+    A client id is an issuer's name for an application (RFC 7591, RFC 9068): two issuers may
+    give the same id to two applications, so a subscription names one issuer's client. With
+    one issuer it is that one; with several, a tenant whose APIs require subscriptions must say.
+    """
+    if spec.client_issuer is not UNSET:
+        if spec.client_issuer not in spec.issuers:
+            raise place.key("client_issuer").error(
+                f"issuer {spec.client_issuer!r} is not one of this tenant's issuers"
+            )
+        return spec.client_issuer
+    if len(spec.issuers) == 1:
+        return spec.issuers[0]
+    required = sorted(api.name for api in apis.values() if api.subscription)
+    if required:
+        raise place.key("issuers").error(
+            f"the tenant has {len(spec.issuers)} issuers and API {required[0]!r} requires "
+            "subscriptions: set client_issuer to the issuer whose client ids its subscriptions "
+            f"name (client ids are per issuer), e.g. client_issuer: {spec.issuers[0]}"
+        )
+    return None
 
 
 def _apis(spec: m.Tenant, place: Place) -> dict[str, Api]:
@@ -94,6 +122,52 @@ def _apis(spec: m.Tenant, place: Place) -> dict[str, Api]:
             raise place.key("apis").item(index).key("name").error("duplicate API name in this tenant")
         apis[api.name] = Api(api.name, subscription=api.subscription == "required")
     return apis
+
+
+def _check_shadowing(spec: m.Tenant, place: Place) -> None:
+    """Refuse a rule that matches requests of a later rule of an API requiring subscriptions.
+
+    The first matching rule decides, and only its API's subscription is checked: an earlier
+    rule of no API, of another API or public, matching some of the same method and path,
+    would let those requests through without the subscription, and nothing would say so.
+    """
+    required = {api.name for api in spec.apis if api.subscription == "required"}
+    for later_index, later in enumerate(spec.rules):
+        if later.api is UNSET or later.api not in required:
+            continue
+        for index, earlier in enumerate(spec.rules[:later_index]):
+            if earlier.api == later.api:
+                continue
+            example = _shared_request(earlier, later)
+            if example is not None:
+                raise (
+                    place.key("rules")
+                    .item(index)
+                    .error(
+                        f"rule {earlier.name!r} matches requests of rule {later.name!r} (e.g. {example}) "
+                        f"before it, so they would pass without the subscription API {later.api!r} "
+                        "requires: move it below, narrow its methods or paths, or give it "
+                        f"api: {later.api}"
+                    )
+                )
+
+
+def _shared_request(first: m.Rule, second: m.Rule) -> str | None:
+    """A request (method and path) both rules match, or None."""
+    methods = {x.upper() for x in first.methods}, {x.upper() for x in second.methods}
+    if all(methods):
+        common = sorted(methods[0] & methods[1])
+        if not common:
+            return None
+        method = common[0]
+    else:
+        method = min(methods[0] or methods[1], default="any method")
+    for pattern in first.paths:
+        for other in second.paths:
+            path = overlap(pattern, other)
+            if path is not None:
+                return f"{method} {path}"
+    return None
 
 
 def _origins(spec: m.Tenant, place: Place) -> tuple[str, ...]:

@@ -335,6 +335,11 @@ def _subscribed(
     if client is None:
         progress.subscription = Reason.CLIENT_UNKNOWN
         raise AuthzError(Reason.CLIENT_UNKNOWN, f"no client claim ({', '.join(tenant.client_claims)})")
+    if claims.issuer != tenant.client_issuer:
+        # A client id names an application of its issuer only: another issuer's `mobile-app`
+        # is not the one the tenant's subscriptions approved (they name client_issuer's).
+        progress.subscription = Reason.CLIENT_UNKNOWN
+        raise AuthzError(Reason.CLIENT_UNKNOWN, "the token's issuer is not the tenant's client_issuer")
     api = rule.api or ""
     outcome, until = snapshot.subscriptions.check(tenant.name, api, client, now)
     progress.subscription = outcome

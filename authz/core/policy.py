@@ -25,6 +25,7 @@ __all__ = [
     "TenantIndex",
     "client_of",
     "compile_path",
+    "overlap",
     "require",
 ]
 
@@ -92,6 +93,10 @@ class Tenant:
     apis: Mapping[str, Api] = field(default_factory=dict)
     # The claims naming a token's client application, the first present decides.
     client_claims: tuple[str, ...] = DEFAULT_CLIENT_CLAIMS
+    # The issuer whose client ids the tenant's subscriptions name: a client id is the issuer's
+    # name for an application, so another issuer's same id is another application. None: the
+    # tenant has no API requiring subscriptions and several issuers (nothing to look up).
+    client_issuer: str | None = None
 
     def match(self, method: str, path: str) -> Rule | None:
         for rule in self.rules:
@@ -193,3 +198,49 @@ def compile_path(pattern: str) -> re.Pattern[str]:
     if segments == ["**"]:
         regex = "/.*"
     return re.compile(regex or "/")
+
+
+_ONE = object()  # `*`: one non-empty segment
+_REST = object()  # `**`: any rest of segments, including none
+
+
+def _tokens(pattern: str) -> list[object]:
+    return [_REST if seg == "**" else _ONE if seg == "*" else seg for seg in pattern.split("/")[1:]]
+
+
+def overlap(first: str, second: str) -> str | None:
+    """A path both patterns (valid for compile_path) match, or None when no path matches both.
+
+    Exact for the pattern language: a literal segment, ``*`` (any one non-empty segment) and a
+    last ``**`` (any rest, including none), compared segment by segment.
+    """
+    a, b = _tokens(first), _tokens(second)
+    segments: list[str] = []
+    while True:
+        if a and a[0] is _REST:
+            segments += [_instance(t) for t in b if t is not _REST]
+            break
+        if b and b[0] is _REST:
+            segments += [_instance(t) for t in a]
+            break
+        if not a or not b:
+            if a or b:
+                return None
+            break
+        x, y = a.pop(0), b.pop(0)
+        if isinstance(x, str) and isinstance(y, str):
+            if x != y:
+                return None
+            segments.append(x)
+        elif isinstance(x, str) or isinstance(y, str):
+            literal = x if isinstance(x, str) else y
+            if not literal:  # an empty (last) segment is not one `*` matches
+                return None
+            segments.append(str(literal))
+        else:
+            segments.append("x")
+    return "/" + "/".join(segments)
+
+
+def _instance(token: object) -> str:
+    return token if isinstance(token, str) else "x"

@@ -110,6 +110,85 @@ def test_a_rule_naming_an_api_in_a_tenant_without_apis_is_refused(world: World, 
     assert "not one of this tenant's apis (none)" in error.reason
 
 
+def test_client_issuer_defaults_to_the_one_issuer_and_is_refused_when_not_the_tenants(
+    world: World, folder: Path
+) -> None:
+    config = _load(folder, _config_text(world))
+    tenants = config.snapshot.tenants.by_name
+    assert tenants["acme"].client_issuer == "https://idp.acme.test"  # named: acme has two issuers
+    assert tenants["globex"].client_issuer == "https://idp.globex.test"  # its one issuer
+    assert tenants["initech"].client_issuer == "https://idp.shared.test"
+    text = _config_text(world).replace(
+        "client_issuer: https://idp.acme.test", "client_issuer: https://idp.globex.test"
+    )
+    error = _error(folder, text)
+    assert error.line == _line_of(text, "client_issuer:"), error
+    assert "'https://idp.globex.test' is not one of this tenant's issuers" in error.reason
+
+
+def test_a_tenant_of_several_issuers_requiring_subscriptions_must_name_its_client_issuer(
+    world: World, folder: Path
+) -> None:
+    """Client ids are per issuer: with two, which one's `mobile-app` a subscription names is a choice."""
+    text = _config_text(world).replace("    client_issuer: https://idp.acme.test\n", "", 1)
+    error = _error(folder, text)
+    assert error.line == _line_of(text, "issuers: [https://idp.acme.test, https://idp.shared.test]"), error
+    assert "2 issuers and API 'orders' requires subscriptions: set client_issuer" in error.reason
+    # Without an API requiring subscriptions there is nothing to name.
+    plain = _load(folder, text.replace("subscription: required", "subscription: none", 1))
+    assert plain.snapshot.tenants.by_name["acme"].client_issuer is None
+
+
+READ_ORDERS = "      - name: read-orders\n        api: orders\n        methods: [GET, HEAD]\n"
+
+
+@pytest.mark.parametrize(
+    ("earlier", "example"),
+    [
+        ("      - name: older\n        paths: [/orders/**]\n", "GET /orders"),  # no api
+        ("      - name: older\n        api: admin\n        paths: [/orders/*]\n", "GET /orders/x"),
+        ("      - name: older\n        methods: [head]\n        paths: ['/**']\n", "HEAD /orders"),
+        ("      - name: older\n        public: true\n        paths: [/x, /orders]\n", "GET /orders"),
+    ],
+)
+def test_an_earlier_rule_matching_requests_of_a_subscription_rule_is_refused(
+    world: World, folder: Path, earlier: str, example: str
+) -> None:
+    """The first matching rule decides: one before read-orders (API orders, subscription required)
+    matching some of its requests would let them through without a subscription."""
+    text = _config_text(world).replace(READ_ORDERS, earlier + READ_ORDERS, 1)
+    error = _error(folder, text)
+    assert error.line == _line_of(text, "- name: older"), error
+    assert error.reason.endswith(
+        f"rule 'older' matches requests of rule 'read-orders' (e.g. {example}) before it, so they would "
+        "pass without the subscription API 'orders' requires: move it below, narrow its methods or "
+        "paths, or give it api: orders"
+    )
+
+
+@pytest.mark.parametrize(
+    "earlier",
+    [
+        "      - name: writes\n        methods: [POST]\n        paths: [/orders/**]\n",  # other methods
+        "      - name: items\n        paths: [/orders/*/items, /orders/]\n",  # other paths
+        "      - name: mine\n        api: orders\n        paths: [/orders/mine]\n",  # the same API
+    ],
+)
+def test_an_earlier_rule_sharing_no_request_or_of_the_same_api_loads(
+    world: World, folder: Path, earlier: str
+) -> None:
+    text = _config_text(world).replace(READ_ORDERS, earlier + READ_ORDERS, 1)
+    assert _load(folder, text).snapshot.tenants.by_name["acme"].rules[1].name != "read-orders"
+    # And a rule after it may overlap: read-orders decides its requests first.
+    later = _config_text(world).replace(
+        "      - name: admin\n        api: admin\n        paths: [/admin/**]",
+        "      - name: admin\n        api: admin\n        paths: [/admin/**, /orders/**]",
+        1,
+    )
+    assert "/orders/**" in later
+    _load(folder, later)
+
+
 def test_store_settings_without_a_store_are_refused(world: World, folder: Path) -> None:
     text = "subscriptions:\n  max_staleness: 10\n" + _config_text(world)
     error = _error(folder, text)

@@ -5,12 +5,13 @@ Examples are bounded and derandomized (tests/conftest.py keeps them independent 
 
 from __future__ import annotations
 
+import itertools
 import re
 
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from authz.core.policy import Rule, compile_path
+from authz.core.policy import Rule, compile_path, overlap
 from authz.core.request import normalize_path
 from testkit.properties import FAST
 
@@ -83,3 +84,33 @@ def test_compile_path_raises_only_value_error(pattern):
         return
     assert isinstance(compiled, re.Pattern)
     assert pattern.startswith("/")
+
+
+# -- overlap of two patterns (a rule shadowing a subscription rule) -----------------------------------
+
+
+def _small_patterns() -> list[str]:
+    """Every pattern of up to two segments from a, b and *, with each ending."""
+    heads = [[], *[[s] for s in "ab*"], *[[s, t] for s in "ab*" for t in "ab*"]]
+    found = {"/", "/**"}
+    for head in heads:
+        if head:
+            found |= {"/" + "/".join(head) + tail for tail in ("", "/**", "/")}
+    return sorted(found)
+
+
+def test_overlap_finds_a_shared_path_exactly_when_one_exists():
+    """Exhaustive over small patterns: every path of up to four segments from a, b, c and "" (more
+    than a witness ever needs) either matches both (then overlap names one) or not."""
+    universe = [
+        "/" + "/".join(p) for n in range(1, 5) for p in itertools.product(["a", "b", "c", ""], repeat=n)
+    ]
+    compiled = {p: compile_path(p) for p in _small_patterns()}
+    for first, one in compiled.items():
+        for second, two in compiled.items():
+            witness = overlap(first, second)
+            shared = any(one.fullmatch(path) and two.fullmatch(path) for path in universe)
+            assert (witness is not None) == shared, (first, second, witness)
+            if witness is not None:
+                assert one.fullmatch(witness), (first, second, witness)
+                assert two.fullmatch(witness), (first, second, witness)

@@ -25,7 +25,7 @@ from authz.grpc.messages import from_check_request
 from authz.http.door import HttpDoor
 from authz.telemetry.decision_log import DEFAULT_SETTINGS, decision_fields
 from authz.telemetry.recorder import Telemetry
-from testkit.world import NOW, World, check_request, subscriptions_config
+from testkit.world import NOW, SHARED_IDP, World, check_request, subscriptions_config
 
 KEY = ("acme", "orders", "mobile-app")  # (tenant, API, client)
 
@@ -248,6 +248,28 @@ def test_a_tenant_names_its_own_client_claim(world: World, mirror: SubscriptionS
     mirror.put(_record(Status.APPROVED))
     assert _decide(config, world.token(world.claims(app="mobile-app"))).reason == "ok"
     assert _decide(config, world.token(world.claims(azp="mobile-app"))).reason == "client_unknown"
+
+
+def test_another_issuers_client_of_the_same_id_is_not_the_subscribed_one(
+    world: World, config: Config, mirror: SubscriptionSet
+) -> None:
+    """acme trusts idp.acme.test (its client_issuer) and idp.shared.test: the approval of acme's
+    mobile-app does not admit the shared IdP's application that it also calls mobile-app."""
+    mirror.put(_record(Status.APPROVED))
+    assert config.snapshot.tenants.by_name["acme"].client_issuer == "https://idp.acme.test"
+    shared = world.token(
+        world.claims(iss=SHARED_IDP, tenant="acme", azp="mobile-app"), signing_kid="shared-es256"
+    )
+    decision = _decide(config, shared)
+    assert (decision.reason, decision.client, decision.subscription) == (
+        "client_unknown",
+        "mobile-app",
+        Reason.CLIENT_UNKNOWN,
+    )
+    assert _decide(config, world.token(world.claims(azp="mobile-app"))).reason == "ok"
+    # The shared IdP's tokens still pass acme's rules of APIs without subscriptions.
+    admin = world.claims(iss=SHARED_IDP, tenant="acme", roles=["admin"], email_verified=True)
+    assert _decide(config, world.token(admin, signing_kid="shared-es256"), "/admin/x").reason == "ok"
 
 
 def test_rules_of_other_apis_and_no_api_never_look(
