@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from testkit.redis import RedisServer
-from testkit.world import World, subscriptions_config
+from testkit.world import SHARED_IDP, World, subscriptions_config
 from tests.integration.test_shared_store import Authz
 
 pytestmark = pytest.mark.slow
@@ -31,9 +31,12 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
-def _token(world: World, client: str = "mobile-app") -> str:
+def _token(world: World, client: str = "mobile-app", *, shared_idp: bool = False) -> str:
     now = int(time.time())
-    return world.token(world.claims(iat=now - 5, nbf=now - 5, exp=now + 600, azp=client))
+    claims = world.claims(iat=now - 5, nbf=now - 5, exp=now + 600, azp=client)
+    if shared_idp:  # acme's other issuer, which serves initech too: its tokens name their tenant
+        return world.token({**claims, "iss": SHARED_IDP, "tenant": "acme"}, signing_kid="shared-es256")
+    return world.token(claims)
 
 
 def _subscriptions(config: Path, *args: str, by: str = "", reason: str = "") -> list[dict[str, object]]:
@@ -97,6 +100,10 @@ def test_the_workflow_through_both_doors_of_two_replicas(
         assert _until(PROPAGATION, lambda door=door: door(token) == "ok") < PROPAGATION
         assert door(token) == "ok"  # the HTTP door repeats it from its memo now
     assert all(authz.metric("authz_http_memo_hits_total") >= 1 for authz in pair)
+    # The approval is of idp.acme.test's mobile-app (acme's client_issuer): the application the
+    # shared IdP, which acme trusts too, calls mobile-app is another client.
+    shared = _token(world, shared_idp=True)
+    assert all(door(shared) == "client_unknown" for door in doors)
 
     _move(store_config, "revoke", by="bob", reason="contract ended")
     for door in doors:  # the memo is warm: it must not repeat the allow
