@@ -140,15 +140,11 @@ def _check_shadowing(spec: m.Tenant, place: Place) -> None:
                 continue
             example = _shared_request(earlier, later)
             if example is not None:
-                raise (
-                    place.key("rules")
-                    .item(index)
-                    .error(
-                        f"rule {earlier.name!r} matches requests of rule {later.name!r} (e.g. {example}) "
-                        f"before it, so they would pass without the subscription API {later.api!r} "
-                        "requires: move it below, narrow its methods or paths, or give it "
-                        f"api: {later.api}"
-                    )
+                where = place.key("rules").item(index)
+                raise where.error(
+                    f"rule {earlier.name!r} matches requests of rule {later.name!r} (e.g. {example}) "
+                    f"before it, so they would pass without the subscription API {later.api!r} "
+                    f"requires: move it below, narrow its methods or paths, or give it api: {later.api}"
                 )
 
 
@@ -161,7 +157,7 @@ def _shared_request(first: m.Rule, second: m.Rule) -> str | None:
             return None
         method = common[0]
     else:
-        method = min(methods[0] or methods[1], default="any method")
+        method = min(methods[0] or methods[1], default="GET")  # both any method: GET is one
     for pattern in first.paths:
         for other in second.paths:
             path = overlap(pattern, other)
