@@ -44,6 +44,12 @@ def dpop_scheme(authorization: bytes | str) -> bool:
     return head[4:] == " " and head[:4].lower() == "dpop"
 
 
+# An entry holds the request's path (twice, with its log record): bounded, so that 4096 kept
+# allows stay a few MiB whatever paths an authenticated client sends (about 72 MiB at 8 KiB
+# paths before). Longer paths are decided every time.
+MAX_KEPT_PATH = 1024
+
+
 def repeatable(request: AuthzRequest) -> bool:
     """Whether the memo may keep an answer to this request: not a DPoP request."""
     if any(name in request.headers for name in NEVER_REPEATED_HEADERS):
@@ -118,6 +124,9 @@ class AnswerMemo(Generic[T]):
             return None
         if not snapshot.cache.holds(*kept.token, snapshot.token_keys, now):
             return None
+        snapshot.revocations.repeated()  # a repeat served on a stale mirror is counted like a check
+        if kept.subscriptions is not None:
+            snapshot.subscriptions.repeated()
         return kept
 
     def remember(
@@ -140,6 +149,7 @@ class AnswerMemo(Generic[T]):
             or decision.dpop
             or decision.binding is Binding.DPOP
             or not repeatable(request)
+            or len(request.path) > MAX_KEPT_PATH
         ):
             return
         found = credentials(request)

@@ -44,6 +44,12 @@ class Mirror:
             return False
         return self._fresh_until == math.inf or self.serve_stale or time.monotonic() < self._fresh_until
 
+    def repeated(self) -> None:
+        """An answer kept from before was repeated (``holds`` was True): counted when served stale,
+        as ``current`` counts a check, so a memo hit is no gap in ``stale_checks``."""
+        if self._fresh_until != math.inf and time.monotonic() >= self._fresh_until:
+            self.stale_checks += 1
+
     def changed(self) -> None:
         """The contents changed: answers decided before must be decided again."""
         self.generation += 1

@@ -130,6 +130,10 @@ class Revocations(Protocol):
         """Whether an allow decided at ``generation`` may be repeated now without a check."""
         ...
 
+    def repeated(self) -> None:
+        """A kept answer was repeated: counted as a check when the mirror is served stale."""
+        ...
+
 
 class RevocationSet(Mirror):
     """The mirror of one process: every live entry, indexed for O(1) checks; not thread-safe.

@@ -295,6 +295,10 @@ class Subscriptions(Protocol):
         """Whether an allow decided at ``generation`` may be repeated now without a check."""
         ...
 
+    def repeated(self) -> None:
+        """A kept answer was repeated: counted as a check when the mirror is served stale."""
+        ...
+
 
 class SubscriptionSet(Mirror):
     """The mirror of one process: each subscription's status, by (tenant, API, client).

@@ -266,3 +266,27 @@ def test_the_memo_repeats_an_allow_only_while_the_revocations_are_unchanged(
 def test_an_empty_mirror_has_no_lookups_to_do(mirror: RevocationSet, world: World) -> None:
     assert mirror.check(_claims(world)) is None
     assert math.isinf(mirror._fresh_until)
+
+
+def test_a_memo_repeat_on_a_stale_mirror_served_anyway_is_counted(
+    world: World, config: Config, mirror: RevocationSet
+) -> None:
+    """on_stale: serve counts every check served stale (authz_revocation_stale_checks_total, what
+    operators alert on): a repeat answered from the memo is one too (review of issue 16, A)."""
+    door = HttpDoor(SnapshotHolder(config), lambda: float(NOW), Telemetry(), config.http)
+    headers = [
+        (b"host", b"api.acme.test"),
+        (b"authorization", f"Bearer {world.token(world.claims())}".encode()),
+    ]
+
+    def ask() -> int:
+        answer = door.answer_raw(b"GET", b"/orders", headers)
+        assert isinstance(answer, bytes)
+        return int(answer.split(b" ", 2)[1])
+
+    mirror.set_staleness(30.0, serve_stale=True)
+    mirror.confirm()
+    assert (ask(), ask(), door.memo_hits, mirror.stale_checks) == (200, 200, 1, 0)  # fresh: none
+    mirror.confirm(at=-1e9)  # long past max_staleness: stale, served
+    assert (ask(), ask(), door.memo_hits) == (200, 200, 3)
+    assert mirror.stale_checks == 2

@@ -474,3 +474,20 @@ async def test_stop_still_cuts_slow_clients_while_draining(
     assert time.monotonic() - started < 3.0
     assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 408 ")
     writer.close()
+
+
+def test_an_allow_of_a_long_path_is_not_kept(world: World, config: Config, clock: Clock) -> None:
+    """An entry holds its path twice: at MAX_KEPT_PATH (1024) and beyond, repeats are decided, so
+    that 4096 entries of 8 KiB paths cannot take ~72 MiB per door (review of issue 16, B)."""
+    door = door_for(config, clock)
+    headers = raw(world.token())
+    long = "/orders/" + "a" * 1100
+    assert status(ask(door, headers, long)) == 200
+    assert status(ask(door, headers, long)) == 200
+    assert door.memo_hits == 0
+    short = "/orders/" + "a" * 900
+    assert (status(ask(door, headers, short)), status(ask(door, headers, short)), door.memo_hits) == (
+        200,
+        200,
+        1,
+    )
