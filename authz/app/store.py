@@ -49,6 +49,7 @@ __all__ = ["SharedReplayStore", "StoreClient", "StoreHolder", "StoreMetrics", "c
 _log = logging.getLogger("authz.store")
 # Background work (revocation loads, pub/sub) is not on a check's path: it may wait longer.
 BACKGROUND_TIMEOUT = 2.0
+_CLOSE_STEP = 2.0  # seconds one close step of a client may take before it is left to the GC
 _CLOSE_GRACE = 5.0  # seconds an old client lives on after a reload, for what it was doing
 
 
@@ -149,12 +150,16 @@ class StoreClient:
             return False
 
     async def close(self) -> None:
+        # Each step bounded: closing must never hang a reload or a shutdown (a connection left
+        # mid-command by a cancelled task can keep redis-py's pool waiting; seen once in a test).
         for client in self._clients:
             with contextlib.suppress(Exception):
-                await client.aclose()
+                async with asyncio.timeout(_CLOSE_STEP):
+                    await client.aclose()
             # A Sentinel-made client does not own its pool, so aclose leaves it open.
             with contextlib.suppress(Exception):
-                await client.connection_pool.disconnect()
+                async with asyncio.timeout(_CLOSE_STEP):
+                    await client.connection_pool.disconnect()
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,8 +480,9 @@ class StoreHolder:
         client, self.client = self.client, None
         if self._watch is not None:
             self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                async with asyncio.timeout(_CLOSE_STEP):  # a reading stuck in redis-py: not forever
+                    await self._watch
             self._watch = None
         if client is not None:
             await client.close()
