@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import signal
 import time
 from collections.abc import Callable
@@ -91,10 +92,11 @@ async def serve(
         # A worker's admin port is private; the supervisor serves the public one.
         address, admin_address, http_address = worker.listen, "127.0.0.1:0", worker.http_listen
     holder = SnapshotHolder()
+    started = time.time()
     if isinstance(holder.replay, MemoryReplayStore):
         # The process's own replay memory begins now: a proof made before may have been
         # accepted by the process this one replaces (a restart, a replaced worker).
-        holder.replay.memory.forgot(time.time())
+        holder.replay.memory.forgot(started)
     if config.store is not None and isinstance(holder.replay, MemoryReplayStore):
         # DPoP replay claims go to the shared store (both doors read holder.replay when they
         # are made); this process's store stays as the fallback (on_unavailable: local, or a
@@ -151,6 +153,9 @@ async def serve(
             ports = {"port": running.port, "admin_port": admin_port, "http_port": http_port}
             _log.info("listening", extra={"fields": ports})
             await prepare(config)
+            # The memory refuses proofs of the second it began in (iat is whole seconds): answer
+            # from the next one, so that no client with a right clock meets that (at most 1 s).
+            await asyncio.sleep(max(0.0, math.ceil(started) - time.time()))
             holder.swap(config)
             await running.set_serving(True)
             reloader = Reloader(
