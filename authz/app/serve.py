@@ -111,6 +111,10 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # The replay memory refuses proofs of the second it began in (iat is whole seconds): listen
+    # from the next one, so that no client with a right clock meets that (at most 1 s; before
+    # the listeners, so a worker joining a SO_REUSEPORT group is not longer unready in it).
+    await asyncio.sleep(max(0.0, math.ceil(started) - time.time()))
     try:
         async with contextlib.AsyncExitStack() as stack:
             running = await stack.enter_async_context(
@@ -153,9 +157,6 @@ async def serve(
             ports = {"port": running.port, "admin_port": admin_port, "http_port": http_port}
             _log.info("listening", extra={"fields": ports})
             await prepare(config)
-            # The memory refuses proofs of the second it began in (iat is whole seconds): answer
-            # from the next one, so that no client with a right clock meets that (at most 1 s).
-            await asyncio.sleep(max(0.0, math.ceil(started) - time.time()))
             holder.swap(config)
             await running.set_serving(True)
             reloader = Reloader(
