@@ -7,9 +7,11 @@ by the same script that makes it (atomic: a reader that loads the state and the 
 one transaction sees a state some version names).
 
 Each process subscribes to the channel, then loads the state. Messages apply at once (the 1 s
-promise); one that skips a version (a message lost) is applied and followed by a full load.
+promise); one that skips a version (a message lost) is applied and followed by a full load; one
+that does not go past the version held (the counter went back: a backup restored, the key
+evicted, a FLUSHALL and re-seed) is not applied, and the state is loaded again at once.
 Every ``resync_interval`` the version is read: equal, the mirror is confirmed current;
-different, it is loaded again. Every ``full_resync_interval`` it is loaded again anyway. A lost
+different (lower too), it is loaded again. Every ``full_resync_interval`` it is loaded again anyway. A lost
 subscription is made again, then the state loaded again. While the store reads a
 ``maxmemory-policy`` that may evict these keys (``allkeys-*``, or not read:
 authz/app/eviction.py), nothing is loaded or confirmed. Checks never wait for any of this:
@@ -119,7 +121,12 @@ class StoreFeed(Generic[M, S]):
             self._apply(sign, rest)  # early; the first load holds it too
             return
         if version <= self.version:
-            return  # a load already holds it
+            # Either a message a load overtook (it holds it), or the store's counter went back
+            # (a backup restored, the key evicted, a FLUSHALL and re-seed): then this change, and
+            # the versions the mirror will be told next, name another history than the one the
+            # mirror holds. Not told apart here: load it all (a spare load at worst).
+            self._resync.set()
+            return
         if self._apply(sign, rest) is None:
             self._counters.bad_messages += 1
         if version != self.version + 1:

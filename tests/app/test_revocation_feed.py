@@ -186,3 +186,33 @@ async def test_a_changed_store_feeds_the_mirror_from_then_on(
             await _within(PROPAGATION, lambda: one.has(_jti("on-other")))
     finally:
         other.stop()
+
+
+@pytest.mark.parametrize("how", ["back-by-one", "flushed-and-reseeded"])
+async def test_a_counter_that_went_back_is_not_taken_for_the_mirror_s_history(
+    server: RedisServer, config: Config, how: str
+) -> None:
+    """A restored backup that lost the last write, an evicted version key, or a FLUSHALL and a
+    re-seed: the next changes carry versions the mirror has held already. They must not be
+    taken as old news, nor the old state confirmed by an equal number."""
+    # Version checks 30 s apart: the changes must be found by their messages, within 1 s.
+    async with Process(server, _config(config, resync_interval=30.0, max_staleness=60.0)) as one:
+        client = server.client()
+        first, second = _jti("first"), _jti("second")
+        await asyncio.to_thread(write_entries, _target(server), [first])
+        await asyncio.to_thread(write_entries, _target(server), [second])
+        await _within(PROPAGATION, lambda: one.has(first) and one.has(second))
+        leaked = _jti("leaked")
+        if how == "back-by-one":
+            client.zrem(b"authz:{rev}:entries", second.member())  # the restore lost the last write
+            client.decr(b"authz:{rev}:version")
+            await asyncio.to_thread(write_entries, _target(server), [leaked])  # version 2 again
+            await _within(PROPAGATION, lambda: one.has(leaked))
+        else:
+            client.flushall()
+            await asyncio.to_thread(write_entries, _target(server), [leaked])  # versions 1 and 2 again
+            await asyncio.to_thread(write_entries, _target(server), [_jti("third")])
+            await _within(PROPAGATION, lambda: one.has(leaked) and one.has(_jti("third")))
+            assert not one.has(first)  # wiped: the mirror is the store's again
+        if how == "back-by-one":
+            assert not one.has(second)

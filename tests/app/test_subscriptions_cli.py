@@ -196,6 +196,30 @@ async def test_a_change_written_without_a_message_is_found_by_the_version_check(
         await _within(2.0, lambda: one.answer() is Reason.OK)  # resync_interval 0.2 s
 
 
+@pytest.mark.parametrize("how", ["back-by-one", "flushed-and-reseeded"])
+async def test_a_counter_that_went_back_is_not_taken_for_the_mirror_s_history(
+    store_config: Path, server: RedisServer, capsys: pytest.CaptureFixture[str], how: str
+) -> None:
+    """A restored backup that lost the last write, an evicted version key, or a FLUSHALL and a
+    re-seed: the next moves carry versions the mirror has held already; they must be enforced
+    (version checks 10 s apart in this configuration: by their messages, within 1 s)."""
+    async with Process(load_config(store_config)) as one:
+        assert (await asyncio.to_thread(move, capsys, store_config, "request"))[0] == 0
+        assert (await asyncio.to_thread(move, capsys, store_config, "approve", "--by", "alice"))[0] == 0
+        await _within(PROPAGATION, lambda: one.answer() is Reason.OK)
+        client, keys = server.client(), SubscriptionKeys("authz:")
+        if how == "back-by-one":
+            client.decr(keys.version)  # the restore lost a write the mirror had seen
+            assert (await asyncio.to_thread(move, capsys, store_config, "revoke", "--by", "bob"))[0] == 0
+            await _within(PROPAGATION, lambda: one.answer() is Reason.SUBSCRIPTION_REVOKED)
+        else:
+            client.flushall()  # and re-seeded with as many moves as the mirror had seen
+            code, err = await asyncio.to_thread(move, capsys, store_config, "request", "--by", "t")
+            assert code == 0, err
+            await _within(PROPAGATION, lambda: one.answer() is Reason.SUBSCRIPTION_PENDING)
+            assert len(one.service.mirror) == 1
+
+
 def test_a_move_raced_by_another_changes_nothing(server: RedisServer) -> None:
     """The script writes only over the record the move was decided on."""
     keys = SubscriptionKeys("authz:")
