@@ -46,6 +46,8 @@ class FeedMirror(Protocol):
 
     def replace(self, items: Iterable[Any], /) -> None: ...
 
+    def adopt(self, fresh: Any, /) -> None: ...
+
     def confirm(self, at: float | None = None) -> None: ...
 
     def age(self, now: float | None = None) -> float: ...
@@ -59,7 +61,9 @@ class StoreFeed(Generic[M, S]):
     """Keeps one mirror current from one store client (until stopped).
 
     Subclasses name their keys (``version_key``, ``channel``), read the whole state
-    (``fetch``) and apply one change message (``_apply``).
+    (``fetch``, on the loop, bounded), make a fresh mirror of it (``build``, in a worker thread:
+    at 100,000 entries parsing takes over a second, which on the loop would hold every check)
+    and apply one change message (``_apply``).
     """
 
     name = "state"  # in store operation labels, task names and log lines
@@ -145,8 +149,13 @@ class StoreFeed(Generic[M, S]):
     def channel(self) -> str:
         raise NotImplementedError
 
-    async def fetch(self) -> tuple[list[Any], int, int]:
-        """The whole state, the version it is at, and how many items were unreadable."""
+    async def fetch(self) -> tuple[Any, int]:
+        """The whole state as the store answered it, and the version it is at."""
+        raise NotImplementedError
+
+    def build(self, raw: Any) -> tuple[M, int]:
+        """A fresh mirror of ``fetch``'s state, and how many items were unreadable; runs in a
+        worker thread, so it touches nothing but ``raw`` (not ``self.mirror``)."""
         raise NotImplementedError
 
     # -- loads ---------------------------------------------------------------------
@@ -154,20 +163,23 @@ class StoreFeed(Generic[M, S]):
     async def load(self) -> bool:
         """Load every entry and replace the mirror's; True when done."""
         started = time.perf_counter()
-        self._loading = []
+        self._loading = []  # messages meanwhile: applied to the mirror now, and to the fresh one
         try:
-            async with asyncio.timeout(BACKGROUND_TIMEOUT * 5):
-                entries, version, bad = await self.fetch()
-        except Exception as exc:  # noqa: BLE001 - the store is unavailable: the mirror ages
-            self._counters.store.observe(f"{self.name}_load", _result(exc), time.perf_counter() - started)
-            self._counters.resyncs["failure"] += 1
-            self._warn(f"{self.name} load failed", exc)
-            return False
+            try:
+                async with asyncio.timeout(BACKGROUND_TIMEOUT * 5):  # the store's answer, not the parse
+                    raw, version = await self.fetch()
+            except Exception as exc:  # noqa: BLE001 - the store is unavailable: the mirror ages
+                self._counters.store.observe(f"{self.name}_load", _result(exc), time.perf_counter() - started)
+                self._counters.resyncs["failure"] += 1
+                self._warn(f"{self.name} load failed", exc)
+                return False
+            self._counters.store.observe(f"{self.name}_load", "ok", time.perf_counter() - started)
+            # Off the loop: the loop goes on answering checks from the mirror as it is.
+            fresh, bad = await asyncio.to_thread(self.build, raw)
         finally:
             pending, self._loading = self._loading, None
-        self._counters.store.observe(f"{self.name}_load", "ok", time.perf_counter() - started)
         before = len(self.mirror)
-        self.mirror.replace(entries)
+        self.mirror.adopt(fresh)  # one swap, no loop over the entries
         self.version = version
         for message_version, text in pending:
             if message_version > version:

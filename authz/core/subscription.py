@@ -347,7 +347,11 @@ class SubscriptionSet(Mirror):
 
     def replace(self, records: Iterable[Subscription]) -> None:
         """Make the subscriptions exactly these (a full resync), as one change."""
-        fresh = SubscriptionSet(records)
+        self.adopt(SubscriptionSet(records))
+
+    def adopt(self, fresh: SubscriptionSet) -> None:
+        """Take ``fresh``'s subscriptions as one change: built elsewhere (a worker thread, for a
+        full load), swapped in here without a loop over them, so checks never wait on a load."""
         self._index, self._names = fresh._index, fresh._names
         self.changed()
 

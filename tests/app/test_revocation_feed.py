@@ -20,6 +20,7 @@ from authz.config import Config
 from authz.config.settings import RevocationSettings
 from authz.core.revocation import Entry, EntryKind, jti_hash
 from authz.telemetry.metrics import Registry
+from testkit.loop import worst_wait
 from testkit.redis import RedisServer
 from tests.app.test_store import settings as store_settings
 
@@ -216,3 +217,26 @@ async def test_a_counter_that_went_back_is_not_taken_for_the_mirror_s_history(
             assert not one.has(first)  # wiped: the mirror is the store's again
         if how == "back-by-one":
             assert not one.has(second)
+
+
+LOAD_STALL = 0.5  # generous: a parse on the loop holds it over a second at 100k entries on this machine
+
+
+async def test_checks_go_on_during_a_full_load_of_100k_entries(server: RedisServer, config: Config) -> None:
+    """A full load parses every entry: in a worker thread, swapped in at once, so a check made
+    meanwhile waits no longer than ``LOAD_STALL`` (on the loop it waited the whole parse)."""
+    client = server.client()
+    expires = time.time() + 3600
+    members = {_jti(f"t{i}").member(): expires for i in range(100_000)}
+    client.zadd(b"authz:{rev}:entries", members)  # type: ignore[arg-type]
+    client.set(b"authz:{rev}:version", 1)
+    async with Process(server, _config(config, resync_interval=30.0, max_staleness=60.0)) as one:
+        feed = one.service.feed
+        assert feed is not None
+        mirror = one.service.mirror
+        assert len(mirror) == 100_000
+        for _ in range(2):
+            loaded, worst = await worst_wait(feed.load(), lambda: mirror.generation)
+            assert loaded
+            assert worst < LOAD_STALL, f"a check waited {worst:.3f} s during a load"
+        assert one.has(_jti("t99999"))

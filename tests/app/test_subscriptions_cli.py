@@ -17,13 +17,14 @@ from pathlib import Path
 import pytest
 
 from authz.app.store import StoreHolder, StoreMetrics
-from authz.app.subscriptions import CHANGE_SCRIPT, SubscriptionKeys, SubscriptionService
+from authz.app.subscriptions import CHANGE_SCRIPT, SubscriptionKeys, SubscriptionService, field_of
 from authz.cli import main
 from authz.config import Config, load_config
 from authz.config.subscriptions import audit_path
-from authz.core.subscription import Status
+from authz.core.subscription import Status, Subscription
 from authz.errors import Reason
 from authz.telemetry.metrics import Registry
+from testkit.loop import worst_wait
 from testkit.redis import RedisServer
 from testkit.world import World, subscriptions_config
 
@@ -218,6 +219,35 @@ async def test_a_counter_that_went_back_is_not_taken_for_the_mirror_s_history(
             assert code == 0, err
             await _within(PROPAGATION, lambda: one.answer() is Reason.SUBSCRIPTION_PENDING)
             assert len(one.service.mirror) == 1
+
+
+LOAD_STALL = 0.5  # generous: a parse on the loop holds it ~1.5 s at 100k records on this machine
+
+
+async def test_checks_go_on_during_a_full_load_of_100k_subscriptions(
+    store_config: Path, server: RedisServer
+) -> None:
+    """A full load parses every record: in a worker thread, swapped in at once, so a check made
+    meanwhile waits no longer than ``LOAD_STALL`` (on the loop it waited the whole parse)."""
+    client, keys = server.client(), SubscriptionKeys("authz:")
+    pipe = client.pipeline(transaction=False)
+    for i in range(100_000):
+        record = Subscription("acme", f"app-{i}", "orders", Status.APPROVED, decided_by="a")
+        pipe.hset(keys.records, field_of(record.key), record.to_json())
+    pipe.set(keys.version, 1)
+    pipe.execute()
+    async with Process(load_config(store_config)) as one:
+        feed = one.service.feed
+        assert feed is not None
+        assert len(one.service.mirror) == 100_000
+        mirror = one.service.mirror
+        for _ in range(2):
+            loaded, worst = await worst_wait(
+                feed.load(), lambda: mirror.check("acme", "orders", "app-7", 0.0)
+            )
+            assert loaded
+            assert worst < LOAD_STALL, f"a check waited {worst:.3f} s during a load"
+        assert mirror.check("acme", "orders", "app-99999", time.time())[0] is Reason.OK
 
 
 def test_a_move_raced_by_another_changes_nothing(server: RedisServer) -> None:
