@@ -4,8 +4,9 @@ Every move is ``transition`` (authz.core.subscription): the same rules in both p
 refused move changes nothing. In the store, a move is one script that writes the record only
 if it is still the one the move was decided on, publishes it and appends the event to the
 audit stream (authz/app/subscriptions.py). In a file, a move holds a lock beside the file,
-rewrites the file whole (a new file renamed over the old: a reload never reads half of it)
-and appends the event to the audit trail beside it (``<file>.audit.jsonl``).
+appends the event to the audit trail beside it (``<file>.audit.jsonl``, synced), then
+rewrites the file whole (a new file renamed over the old: a reload never reads half of it):
+no move takes effect without its audit entry.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Coroutine, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -113,17 +114,42 @@ class FileBook:
         self.where = str(path)
 
     def change(self, move: Move, at: float) -> tuple[Subscription, Event]:
+        """The audit entry is made durable first, then the new file renamed in: a move never
+        takes effect without its entry; one whose rename fails is marked aborted in the trail."""
         _known(move, self.apis)
         with self._locked():
             records = {record.key: record for record in self.records()}
             updated, event = _decide(move, records.get(move.key), at)
             records[move.key] = updated
-            self._write(render_subscription_file(list(records.values())))
-            with self.audit.open("a", encoding="utf-8") as trail:
-                trail.write(json.dumps(event.to_dict(), separators=(",", ":")) + "\n")
-                trail.flush()
-                os.fsync(trail.fileno())
+            temporary = self._prepare(render_subscription_file(list(records.values())))
+            try:
+                try:
+                    self._append(event)
+                except OSError as exc:
+                    raise WorkflowError(
+                        f"the audit trail {self.audit} cannot be written ({_why(exc)}): nothing changed"
+                    ) from None
+                try:
+                    os.replace(temporary, self.path)
+                except OSError as exc:
+                    marked = "marks the move aborted"
+                    try:
+                        self._append(replace(event, aborted=True))
+                    except OSError:
+                        marked = "could not mark the move aborted: its last entry did not happen"
+                    raise WorkflowError(
+                        f"{self.path} cannot be replaced ({_why(exc)}): nothing changed"
+                        f" (the audit trail {marked})"
+                    ) from None
+            finally:
+                temporary.unlink(missing_ok=True)
         return updated, event
+
+    def _append(self, event: Event) -> None:
+        with self.audit.open("a", encoding="utf-8") as trail:
+            trail.write(json.dumps(event.to_dict(), separators=(",", ":")) + "\n")
+            trail.flush()
+            os.fsync(trail.fileno())
 
     def records(self) -> list[Subscription]:
         # A file the configuration loaded; a ConfigError here (a hand edit since) says file and line.
@@ -147,7 +173,8 @@ class FileBook:
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
-    def _write(self, text: str) -> None:
+    def _prepare(self, text: str) -> Path:
+        """``text`` written (and synced) beside the file, with its mode, ready to be renamed in."""
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             mode = self.path.stat().st_mode & 0o777
@@ -158,7 +185,11 @@ class FileBook:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(temporary, mode)
-        os.replace(temporary, self.path)
+        return temporary
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
 
 
 class StoreBook:

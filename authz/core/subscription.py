@@ -197,9 +197,13 @@ class Event:
     before: Status | None  # None: there was no subscription
     after: Status
     expires_at: float = math.inf
+    # The move's entry was written, then the move could not be made (file mode: the file could
+    # not be replaced): this repeats it, marked, so that the trail says it did not happen.
+    aborted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        extra: dict[str, Any] = {"aborted": True} if self.aborted else {}
+        return extra | {
             "at": self.at,
             "action": self.action.value,
             "tenant": self.tenant,
@@ -231,6 +235,7 @@ class Event:
                 before=Status(before) if before not in (None, "") else None,
                 after=Status(data["to"]),
                 expires_at=_event_moment(expires) if expires not in (None, "") else math.inf,
+                aborted=data.get("aborted") in (True, "True", "true"),
             )
         except (KeyError, TypeError, ValueError):
             raise ValueError("not an audit event") from None

@@ -411,6 +411,54 @@ def test_the_file_is_edited_and_the_audit_trail_kept_beside_it(
     assert (code, lines) == (0, [])
 
 
+def test_a_move_whose_audit_entry_cannot_be_written_changes_nothing(
+    file_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The entry is written (and synced) before the file is replaced: no move without its entry."""
+    assert move(capsys, file_config, "request")[0] == 0
+    subs = file_config.parent / "subscriptions.yaml"
+    trail = audit_path(subs)
+    kept = trail.read_bytes()
+    trail.unlink()
+    trail.mkdir()  # unwritable whoever runs the test (root too): a full disk, a read-only mount
+    try:
+        before = subs.read_bytes()
+        code, err = move(capsys, file_config, "approve", "--by", "alice")
+        assert subs.read_bytes() == before  # the approval did not take effect
+        assert code == 1
+        assert f"error: the audit trail {trail} cannot be written (Is a directory): nothing changed" in err
+        assert not list(subs.parent.glob(f".{subs.name}.*.tmp"))  # nothing left behind
+    finally:
+        trail.rmdir()
+        trail.write_bytes(kept)
+    assert move(capsys, file_config, "approve", "--by", "alice")[0] == 0  # and then it can be
+
+
+def test_a_move_whose_file_cannot_be_replaced_is_marked_aborted_in_the_trail(
+    file_config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert move(capsys, file_config, "request")[0] == 0
+    subs = file_config.parent / "subscriptions.yaml"
+    before = subs.read_bytes()
+
+    def refused(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("authz.app.subscribe.os.replace", refused)
+    code, err = move(capsys, file_config, "approve", "--by", "alice")
+    monkeypatch.undo()
+    assert code == 1
+    assert "cannot be replaced (No space left on device): nothing changed" in err
+    assert "the audit trail marks the move aborted" in err
+    assert subs.read_bytes() == before
+    code, lines, _ = authz(capsys, "log", "--config", str(file_config))
+    assert [(e["action"], e.get("aborted")) for e in lines] == [
+        ("request", None),
+        ("approve", None),
+        ("approve", True),
+    ]
+
+
 def test_a_broken_hand_edit_is_named_by_file_and_line(
     file_config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
