@@ -87,6 +87,7 @@ class StoreFeed(Generic[M, S]):
         self._warnings = Throttle(10.0)
         self._log = logging.getLogger(f"authz.{self.name}")
         self.subscribed = False
+        self._unreadable = 0  # at the last load: warned when it changes
 
     async def start(self, wait: float) -> bool:
         """Subscribe and load in the background; wait up to ``wait`` for the first load."""
@@ -190,6 +191,12 @@ class StoreFeed(Generic[M, S]):
         self._counters.applied["resync"] += max(0, len(self.mirror) - before)
         self._counters.resyncs["success"] += 1
         self._counters.bad_members += bad
+        if bad != self._unreadable:  # once per change of their number, not at every load
+            self._unreadable = bad
+            self._log.warning(
+                f"{self.name} entries in the store are unreadable: skipped (not in the mirror)",
+                extra={"fields": {"unreadable": bad, "store": self.client.settings.endpoint}},
+            )
         if not self._loaded.is_set():
             self._loaded.set()
             self._log.info(

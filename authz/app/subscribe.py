@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from authz.app.store import BACKGROUND_TIMEOUT, StoreClient
-from authz.app.subscriptions import CHANGE_SCRIPT, SubscriptionKeys, field_of, load_records
+from authz.app.subscriptions import CHANGE_SCRIPT, SubscriptionKeys, field_of, load_records, record_at
 from authz.config.settings import Config, StoreSettings
 from authz.config.subscriptions import (
     audit_path,
@@ -209,7 +209,12 @@ class StoreBook:
             for _ in range(_ATTEMPTS):
                 raw = await client.background.hget(keys.records, field)
                 text = raw.decode() if raw is not None else ""
-                current = Subscription.from_json(text) if text else None
+                try:
+                    current = record_at(field, text) if text else None
+                except ValueError as exc:
+                    raise ValueError(
+                        f"the stored record {field!r} is damaged ({exc}): nothing changed"
+                    ) from None
                 updated, event = _decide(move, current, at)
                 event_fields: list[str] = []
                 for name, value in event.to_dict().items():

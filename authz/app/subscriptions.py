@@ -41,6 +41,7 @@ __all__ = [
     "field_of",
     "load_records",
     "parse_records",
+    "record_at",
 ]
 
 _log = logging.getLogger("authz.subscription")
@@ -106,12 +107,22 @@ async def fetch_records(client: StoreClient) -> tuple[dict[Any, Any], int]:
 def parse_records(values: Mapping[Any, Any]) -> tuple[list[Subscription], int]:
     """The readable records of ``fetch_records``' hash, and how many were not."""
     records, bad = [], 0
-    for value in values.values():
+    for field, value in values.items():
         try:
-            records.append(Subscription.from_json(value))
+            records.append(record_at(field, value))
         except ValueError:
             bad += 1
     return records, bad
+
+
+def record_at(field: str | bytes, value: str | bytes) -> Subscription:
+    """The record stored under ``field``; ValueError if it is not one, or names another
+    subscription than its field (forged or misfiled: it would grant what ``revoke`` cannot find)."""
+    record = Subscription.from_json(value)
+    name = field.decode("utf-8", "replace") if isinstance(field, bytes) else field
+    if field_of(record.key) != name:
+        raise ValueError("the record names another subscription than its field")
+    return record
 
 
 class SubscriptionFeed(StoreFeed[SubscriptionSet, SubscriptionSettings]):

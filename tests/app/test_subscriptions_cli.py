@@ -253,6 +253,40 @@ async def test_checks_go_on_during_a_full_load_of_100k_subscriptions(
         assert mirror.check("acme", "orders", "app-99999", time.time())[0] is Reason.OK
 
 
+async def test_a_forged_or_misfiled_record_grants_nothing(
+    store_config: Path,
+    server: RedisServer,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Whoever writes the store by hand: a record under another subscription's field is not a
+    subscription (it would grant what ``revoke`` cannot find), and ``expires: 0`` is 1970."""
+    client, keys = server.client(), SubscriptionKeys("authz:")
+    hidden = '{"tenant":"acme","client":"hidden-app","api":"orders","status":"approved"}'
+    epoch = '{"tenant":"acme","client":"mobile-app","api":"orders","status":"approved","expires":0}'
+    client.hset(keys.records, mapping={"acme orders f-victim": hidden, "acme orders mobile-app": epoch})
+    client.set(keys.version, 2)
+    async with Process(load_config(store_config)) as one:
+        mirror = one.service.mirror
+        assert mirror.check("acme", "orders", "hidden-app", time.time())[0] is Reason.SUBSCRIPTION_REQUIRED
+        assert mirror.check("acme", "orders", "f-victim", time.time())[0] is Reason.SUBSCRIPTION_REQUIRED
+        assert one.answer() is Reason.SUBSCRIPTION_EXPIRED
+        feed = one.service.feed
+        assert feed is not None
+        assert await feed.load()  # a second load: counted again, not logged again
+        assert one.service._counters.bad_members == 2
+        warned = [r for r in caplog.records if "unreadable" in r.getMessage()]
+        assert len(warned) == 1
+    code, lines, _ = await asyncio.to_thread(authz, capsys, "list", "--config", str(store_config))
+    assert (code, [line["client"] for line in lines]) == (0, ["mobile-app"])
+    code, _, err = await asyncio.to_thread(
+        authz, capsys, "revoke", "--config", str(store_config), "--tenant", "acme", "--client", "f-victim",
+        "--api", "orders", "--by", "alice",
+    )  # fmt: skip
+    assert code == 1
+    assert "the stored record 'acme orders f-victim' is damaged" in err
+
+
 def test_a_move_raced_by_another_changes_nothing(server: RedisServer) -> None:
     """The script writes only over the record the move was decided on."""
     keys = SubscriptionKeys("authz:")

@@ -135,6 +135,12 @@ def test_a_stored_time_no_clock_can_write_is_a_damaged_record_and_event(expires:
             Event.from_dict(event.to_dict() | {key: str(expires)})
 
 
+def test_an_expiry_of_zero_is_1970_not_never() -> None:
+    record = Subscription.from_dict(_record(Status.APPROVED).to_dict() | {"expires": 0})
+    assert record.expires_at == 0.0
+    assert SubscriptionSet([record]).check(*KEY, NOW)[0] is Reason.SUBSCRIPTION_EXPIRED
+
+
 def test_records_and_events_round_trip() -> None:
     record, event = _move(_record(Status.PENDING), Action.APPROVE, expires_at=NOW + 60)
     assert Subscription.from_json(record.to_json()) == record
