@@ -703,7 +703,9 @@ def _subscription_move(args: argparse.Namespace) -> int:
         args.tenant,
         args.client,
         args.api,
-        by=args.by or args.client,
+        # Only a request, and only without --by, is made by the client itself: an empty --by
+        # (an unset "$ADMIN") must not read as a self-approval; transition refuses it.
+        by=args.client if args.by is None else args.by,
         reason=args.reason,
         expires_at=_when(expires, "--expires", float("inf")),
     )

@@ -262,7 +262,7 @@ def transition(
     rejected; only an approved one (expired or not) is revoked. Only an approval has an expiry.
     """
     tenant, api, client = key
-    if not by:
+    if not by.strip():
         raise WorkflowError("who makes the change must be named (--by)")
     if expires_at != math.inf and action is not Action.APPROVE:
         raise WorkflowError("only an approval has an expiry")

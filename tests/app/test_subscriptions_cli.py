@@ -370,6 +370,26 @@ def test_moves_the_workflow_refuses_change_nothing(
 
 
 @pytest.mark.parametrize("kind", ["store", "file"])
+@pytest.mark.parametrize("by", ["", "   ", "\t"])
+def test_an_empty_by_is_refused_not_read_as_the_client(
+    kind: str,
+    by: str,
+    store_config: Path,
+    file_config: Path,
+    server: RedisServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--by "$ADMIN"`` with ADMIN unset: refused, not recorded as the client approving itself."""
+    config = store_config if kind == "store" else file_config
+    assert move(capsys, config, "request")[0] == 0
+    for action in ("approve", "reject", "request"):
+        code, err = move(capsys, config, action, "--by", by)
+        assert (code, err.strip()) == (1, "error: who makes the change must be named (--by)"), action
+    code, lines, _ = authz(capsys, "log", "--config", str(config))
+    assert [(e["action"], e["by"]) for e in lines] == [("request", "mobile-app")]
+
+
+@pytest.mark.parametrize("kind", ["store", "file"])
 @pytest.mark.parametrize(
     ("expires", "message"),
     [

@@ -109,6 +109,8 @@ def test_an_expired_approval_may_be_requested_again() -> None:
 def test_who_and_a_future_expiry_only_on_an_approval() -> None:
     with pytest.raises(WorkflowError, match="--by"):
         transition(None, Action.REQUEST, key=KEY, by="", reason="", at=NOW)
+    with pytest.raises(WorkflowError, match="--by"):
+        transition(_record(Status.PENDING), Action.APPROVE, key=KEY, by=" \t", reason="", at=NOW)
     with pytest.raises(WorkflowError, match="only an approval"):
         _move(None, Action.REQUEST, expires_at=NOW + 60)
     with pytest.raises(WorkflowError, match="not in the future"):
