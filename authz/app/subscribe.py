@@ -33,11 +33,18 @@ from authz.config.subscriptions import (
 )
 from authz.core.subscription import Action, Event, Subscription, WorkflowError, transition
 
-__all__ = ["FileBook", "Move", "StoreBook", "SubscriptionBook", "book_for"]
+__all__ = ["Damaged", "FileBook", "Move", "StoreBook", "SubscriptionBook", "book_for"]
 
 _TIMEOUT = BACKGROUND_TIMEOUT * 2
 _ATTEMPTS = 5  # a move raced by another is decided again on the new state, this many times
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Damaged:
+    """An audit entry that could not be read, by where it is (``line 3``, ``entry 1700000000000-0``)."""
+
+    where: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +73,9 @@ class SubscriptionBook(Protocol):
 
     def records(self) -> list[Subscription]: ...
 
-    def events(self) -> list[Event]: ...
+    def events(self) -> list[Event | Damaged]:
+        """The audit trail, oldest first; an entry that cannot be read stands as ``Damaged``."""
+        ...
 
 
 def book_for(config: Config) -> SubscriptionBook:
@@ -155,12 +164,19 @@ class FileBook:
         # A file the configuration loaded; a ConfigError here (a hand edit since) says file and line.
         return list(parse_subscription_file(self.path.read_bytes(), str(self.path), self.apis))
 
-    def events(self) -> list[Event]:
+    def events(self) -> list[Event | Damaged]:
         try:
-            lines = self.audit.read_text(encoding="utf-8").splitlines()
+            lines = self.audit.read_bytes().splitlines()
         except FileNotFoundError:
             return []
-        return [Event.from_dict(json.loads(line)) for line in lines if line.strip()]
+        events: list[Event | Damaged] = []
+        for number, line in enumerate(lines, 1):
+            if line.strip():
+                try:
+                    events.append(Event.from_dict(json.loads(line)))
+                except (ValueError, TypeError, AttributeError):  # not JSON, not UTF-8, not an object
+                    events.append(Damaged(f"line {number}"))
+        return events
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -244,13 +260,16 @@ class StoreBook:
 
         return _run(self.settings, run)
 
-    def events(self) -> list[Event]:
-        async def run(client: StoreClient) -> list[Event]:
+    def events(self) -> list[Event | Damaged]:
+        async def run(client: StoreClient) -> list[Event | Damaged]:
             entries = await client.background.xrange(self.keys.log, "-", "+")
-            events = []
-            for _, fields in entries:
-                data = {key.decode(): value.decode() for key, value in fields.items()}
-                events.append(Event.from_dict(data))
+            events: list[Event | Damaged] = []
+            for entry, fields in entries:
+                try:
+                    data = {key.decode(): value.decode() for key, value in fields.items()}
+                    events.append(Event.from_dict(data))
+                except ValueError:  # UnicodeDecodeError too
+                    events.append(Damaged(f"entry {entry.decode('ascii', 'replace')}"))
             return events
 
         return _run(self.settings, run)

@@ -425,6 +425,27 @@ def test_an_expiry_no_one_means_is_refused_and_changes_nothing(
         assert (code, [line["client"] for line in lines]) == (0, ["mobile-app"]), err
 
 
+@pytest.mark.parametrize("kind", ["store", "file"])
+def test_a_damaged_audit_entry_is_marked_and_the_rest_printed(
+    kind: str, store_config: Path, file_config: Path, server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One bad (or planted) entry must not hide the whole trail."""
+    config = store_config if kind == "store" else file_config
+    assert move(capsys, config, "request")[0] == 0
+    if kind == "store":
+        server.client().xadd("authz:{sub}:log", {"at": "soon", "action": "approve"})
+        where = server.client().xrange("authz:{sub}:log")[-1][0].decode()
+        where = f"entry {where}"
+    else:
+        with audit_path(config.parent / "subscriptions.yaml").open("a", encoding="utf-8") as trail:
+            trail.write('{"at": 1e999, "half a line\n')
+        where = "line 2"
+    assert move(capsys, config, "approve", "--by", "alice")[0] == 0
+    code, lines, err = authz(capsys, "log", "--config", str(config))
+    assert [line.get("action", line.get("unreadable")) for line in lines] == ["request", where, "approve"]
+    assert (code, err.strip()) == (1, f"error: audit entry at {where} is not readable")
+
+
 def test_a_configuration_without_a_store_or_file_is_refused(
     world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:
