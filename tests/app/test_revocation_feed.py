@@ -240,3 +240,17 @@ async def test_checks_go_on_during_a_full_load_of_100k_entries(server: RedisServ
             assert loaded
             assert worst < LOAD_STALL, f"a check waited {worst:.3f} s during a load"
         assert one.has(_jti("t99999"))
+
+
+async def test_a_version_check_reading_a_lower_version_reloads(server: RedisServer, config: Config) -> None:
+    """No message at all (a restore while the subscription was down): the version check finds
+    any other version than the mirror's, lower too, and reloads (resync_interval 0.2 s)."""
+    async with Process(server, _config(config, resync_interval=0.2, max_staleness=60.0)) as one:
+        first, second = _jti("first"), _jti("second")
+        await asyncio.to_thread(write_entries, _target(server), [first, second])
+        await _within(PROPAGATION, lambda: one.has(first) and one.has(second))
+        client = server.client()
+        client.zrem(b"authz:{rev}:entries", second.member())  # the restore lost the last write
+        client.decr(b"authz:{rev}:version")
+        await _within(2.0, lambda: not one.has(second))
+        assert one.has(first)
