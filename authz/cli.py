@@ -703,7 +703,9 @@ def _subscription_move(args: argparse.Namespace) -> int:
         args.tenant,
         args.client,
         args.api,
-        by=args.by or args.client,
+        # Only a request, and only without --by, is made by the client itself: an empty --by
+        # (an unset "$ADMIN") must not read as a self-approval; transition refuses it.
+        by=args.client if args.by is None else args.by,
         reason=args.reason,
         expires_at=_when(expires, "--expires", float("inf")),
     )
@@ -767,6 +769,7 @@ def _subscriptions_list(args: argparse.Namespace) -> int:
 
 
 def _subscriptions_log(args: argparse.Namespace) -> int:
+    from authz.app.subscribe import Damaged
     from authz.config.revocations import format_time
 
     book = _subscription_book(args)
@@ -779,7 +782,13 @@ def _subscriptions_log(args: argparse.Namespace) -> int:
         return 1
     if events is None:
         return 1
+    damaged = 0
     for event in events:
+        if isinstance(event, Damaged):  # shown in its place; the rest of the trail still printed
+            damaged += 1
+            print(json.dumps({"unreadable": event.where}))
+            print(f"error: audit entry at {event.where} is not readable", file=sys.stderr)
+            continue
         wanted = (args.tenant, args.api, args.client)
         if all(
             want is None or want == have
@@ -790,7 +799,7 @@ def _subscriptions_log(args: argparse.Namespace) -> int:
             if found["expires"] is not None:
                 found["expires"] = format_time(found["expires"])
             print(json.dumps({key: value for key, value in found.items() if value is not None}))
-    return 0
+    return 1 if damaged else 0
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -7,9 +7,11 @@ by the same script that makes it (atomic: a reader that loads the state and the 
 one transaction sees a state some version names).
 
 Each process subscribes to the channel, then loads the state. Messages apply at once (the 1 s
-promise); one that skips a version (a message lost) is applied and followed by a full load.
+promise); one that skips a version (a message lost) is applied and followed by a full load; one
+that does not go past the version held (the counter went back: a backup restored, the key
+evicted, a FLUSHALL and re-seed) is not applied, and the state is loaded again at once.
 Every ``resync_interval`` the version is read: equal, the mirror is confirmed current;
-different, it is loaded again. Every ``full_resync_interval`` it is loaded again anyway. A lost
+different (lower too), it is loaded again. Every ``full_resync_interval`` it is loaded again anyway. A lost
 subscription is made again, then the state loaded again. While the store reads a
 ``maxmemory-policy`` that may evict these keys (``allkeys-*``, or not read:
 authz/app/eviction.py), nothing is loaded or confirmed. Checks never wait for any of this:
@@ -44,6 +46,8 @@ class FeedMirror(Protocol):
 
     def replace(self, items: Iterable[Any], /) -> None: ...
 
+    def adopt(self, fresh: Any, /) -> None: ...
+
     def confirm(self, at: float | None = None) -> None: ...
 
     def age(self, now: float | None = None) -> float: ...
@@ -57,7 +61,9 @@ class StoreFeed(Generic[M, S]):
     """Keeps one mirror current from one store client (until stopped).
 
     Subclasses name their keys (``version_key``, ``channel``), read the whole state
-    (``fetch``) and apply one change message (``_apply``).
+    (``fetch``, on the loop, bounded), make a fresh mirror of it (``build``, in a worker thread:
+    at 100,000 entries parsing takes over a second, which on the loop would hold every check)
+    and apply one change message (``_apply``).
     """
 
     name = "state"  # in store operation labels, task names and log lines
@@ -81,6 +87,7 @@ class StoreFeed(Generic[M, S]):
         self._warnings = Throttle(10.0)
         self._log = logging.getLogger(f"authz.{self.name}")
         self.subscribed = False
+        self._unreadable = 0  # at the last load: warned when it changes
 
     async def start(self, wait: float) -> bool:
         """Subscribe and load in the background; wait up to ``wait`` for the first load."""
@@ -119,7 +126,12 @@ class StoreFeed(Generic[M, S]):
             self._apply(sign, rest)  # early; the first load holds it too
             return
         if version <= self.version:
-            return  # a load already holds it
+            # Either a message a load overtook (it holds it), or the store's counter went back
+            # (a backup restored, the key evicted, a FLUSHALL and re-seed): then this change, and
+            # the versions the mirror will be told next, name another history than the one the
+            # mirror holds. Not told apart here: load it all (a spare load at worst).
+            self._resync.set()
+            return
         if self._apply(sign, rest) is None:
             self._counters.bad_messages += 1
         if version != self.version + 1:
@@ -138,8 +150,13 @@ class StoreFeed(Generic[M, S]):
     def channel(self) -> str:
         raise NotImplementedError
 
-    async def fetch(self) -> tuple[list[Any], int, int]:
-        """The whole state, the version it is at, and how many items were unreadable."""
+    async def fetch(self) -> tuple[Any, int]:
+        """The whole state as the store answered it, and the version it is at."""
+        raise NotImplementedError
+
+    def build(self, raw: Any) -> tuple[M, int]:
+        """A fresh mirror of ``fetch``'s state, and how many items were unreadable; runs in a
+        worker thread, so it touches nothing but ``raw`` (not ``self.mirror``)."""
         raise NotImplementedError
 
     # -- loads ---------------------------------------------------------------------
@@ -147,20 +164,23 @@ class StoreFeed(Generic[M, S]):
     async def load(self) -> bool:
         """Load every entry and replace the mirror's; True when done."""
         started = time.perf_counter()
-        self._loading = []
+        self._loading = []  # messages meanwhile: applied to the mirror now, and to the fresh one
         try:
-            async with asyncio.timeout(BACKGROUND_TIMEOUT * 5):
-                entries, version, bad = await self.fetch()
-        except Exception as exc:  # noqa: BLE001 - the store is unavailable: the mirror ages
-            self._counters.store.observe(f"{self.name}_load", _result(exc), time.perf_counter() - started)
-            self._counters.resyncs["failure"] += 1
-            self._warn(f"{self.name} load failed", exc)
-            return False
+            try:
+                async with asyncio.timeout(BACKGROUND_TIMEOUT * 5):  # the store's answer, not the parse
+                    raw, version = await self.fetch()
+            except Exception as exc:  # noqa: BLE001 - the store is unavailable: the mirror ages
+                self._counters.store.observe(f"{self.name}_load", _result(exc), time.perf_counter() - started)
+                self._counters.resyncs["failure"] += 1
+                self._warn(f"{self.name} load failed", exc)
+                return False
+            self._counters.store.observe(f"{self.name}_load", "ok", time.perf_counter() - started)
+            # Off the loop: the loop goes on answering checks from the mirror as it is.
+            fresh, bad = await asyncio.to_thread(self.build, raw)
         finally:
             pending, self._loading = self._loading, None
-        self._counters.store.observe(f"{self.name}_load", "ok", time.perf_counter() - started)
         before = len(self.mirror)
-        self.mirror.replace(entries)
+        self.mirror.adopt(fresh)  # one swap, no loop over the entries
         self.version = version
         for message_version, text in pending:
             if message_version > version:
@@ -171,6 +191,12 @@ class StoreFeed(Generic[M, S]):
         self._counters.applied["resync"] += max(0, len(self.mirror) - before)
         self._counters.resyncs["success"] += 1
         self._counters.bad_members += bad
+        if bad != self._unreadable:  # once per change of their number, not at every load
+            self._unreadable = bad
+            self._log.warning(
+                f"{self.name} entries in the store are unreadable: skipped (not in the mirror)",
+                extra={"fields": {"unreadable": bad, "store": self.client.settings.endpoint}},
+            )
         if not self._loaded.is_set():
             self._loaded.set()
             self._log.info(

@@ -72,13 +72,18 @@ async def load_entries(client: StoreClient, now: float) -> tuple[list[Entry], in
 
     One transaction: the expired are dropped, the rest and the version read together.
     """
+    members, version = await _fetch(client, now)
+    entries, bad = _parse(members)
+    return entries, version, bad
+
+
+async def _fetch(client: StoreClient, now: float) -> tuple[list[tuple[bytes, float]], int]:
     pipe = client.background.pipeline(transaction=True)
     pipe.zremrangebyscore(client.revocations_key, "-inf", now)
     pipe.zrange(client.revocations_key, now, "+inf", byscore=True, withscores=True)
     pipe.get(client.version_key)
     _, members, version = await pipe.execute()
-    entries, bad = _parse(members)
-    return entries, int(version or 0), bad
+    return members, int(version or 0)
 
 
 def _parse(members: Iterable[tuple[bytes, float]]) -> tuple[list[Entry], int]:
@@ -104,9 +109,12 @@ class RevocationFeed(StoreFeed[RevocationSet, RevocationSettings]):
     def channel(self) -> str:
         return self.client.channel
 
-    async def fetch(self) -> tuple[list[Any], int, int]:
-        entries, version, bad = await load_entries(self.client, time.time())
-        return list(entries), version, bad
+    async def fetch(self) -> tuple[Any, int]:
+        return await _fetch(self.client, time.time())
+
+    def build(self, raw: Any) -> tuple[RevocationSet, int]:
+        entries, bad = _parse(raw)
+        return RevocationSet(entries), bad
 
     def _apply(self, sign: str, rest: str) -> bool | None:
         if sign == "+":

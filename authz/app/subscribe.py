@@ -4,8 +4,9 @@ Every move is ``transition`` (authz.core.subscription): the same rules in both p
 refused move changes nothing. In the store, a move is one script that writes the record only
 if it is still the one the move was decided on, publishes it and appends the event to the
 audit stream (authz/app/subscriptions.py). In a file, a move holds a lock beside the file,
-rewrites the file whole (a new file renamed over the old: a reload never reads half of it)
-and appends the event to the audit trail beside it (``<file>.audit.jsonl``).
+appends the event to the audit trail beside it (``<file>.audit.jsonl``, synced), then
+rewrites the file whole (a new file renamed over the old: a reload never reads half of it):
+no move takes effect without its audit entry.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import json
 import math
 import os
 from collections.abc import Callable, Coroutine, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from authz.app.store import BACKGROUND_TIMEOUT, StoreClient
-from authz.app.subscriptions import CHANGE_SCRIPT, SubscriptionKeys, field_of, load_records
+from authz.app.subscriptions import CHANGE_SCRIPT, SubscriptionKeys, field_of, load_records, record_at
 from authz.config.settings import Config, StoreSettings
 from authz.config.subscriptions import (
     audit_path,
@@ -32,11 +33,18 @@ from authz.config.subscriptions import (
 )
 from authz.core.subscription import Action, Event, Subscription, WorkflowError, transition
 
-__all__ = ["FileBook", "Move", "StoreBook", "SubscriptionBook", "book_for"]
+__all__ = ["Damaged", "FileBook", "Move", "StoreBook", "SubscriptionBook", "book_for"]
 
 _TIMEOUT = BACKGROUND_TIMEOUT * 2
 _ATTEMPTS = 5  # a move raced by another is decided again on the new state, this many times
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Damaged:
+    """An audit entry that could not be read, by where it is (``line 3``, ``entry 1700000000000-0``)."""
+
+    where: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +73,9 @@ class SubscriptionBook(Protocol):
 
     def records(self) -> list[Subscription]: ...
 
-    def events(self) -> list[Event]: ...
+    def events(self) -> list[Event | Damaged]:
+        """The audit trail, oldest first; an entry that cannot be read stands as ``Damaged``."""
+        ...
 
 
 def book_for(config: Config) -> SubscriptionBook:
@@ -113,28 +123,60 @@ class FileBook:
         self.where = str(path)
 
     def change(self, move: Move, at: float) -> tuple[Subscription, Event]:
+        """The audit entry is made durable first, then the new file renamed in: a move never
+        takes effect without its entry; one whose rename fails is marked aborted in the trail."""
         _known(move, self.apis)
         with self._locked():
             records = {record.key: record for record in self.records()}
             updated, event = _decide(move, records.get(move.key), at)
             records[move.key] = updated
-            self._write(render_subscription_file(list(records.values())))
-            with self.audit.open("a", encoding="utf-8") as trail:
-                trail.write(json.dumps(event.to_dict(), separators=(",", ":")) + "\n")
-                trail.flush()
-                os.fsync(trail.fileno())
+            temporary = self._prepare(render_subscription_file(list(records.values())))
+            try:
+                try:
+                    self._append(event)
+                except OSError as exc:
+                    raise WorkflowError(
+                        f"the audit trail {self.audit} cannot be written ({_why(exc)}): nothing changed"
+                    ) from None
+                try:
+                    os.replace(temporary, self.path)
+                except OSError as exc:
+                    marked = "marks the move aborted"
+                    try:
+                        self._append(replace(event, aborted=True))
+                    except OSError:
+                        marked = "could not mark the move aborted: its last entry did not happen"
+                    raise WorkflowError(
+                        f"{self.path} cannot be replaced ({_why(exc)}): nothing changed"
+                        f" (the audit trail {marked})"
+                    ) from None
+            finally:
+                temporary.unlink(missing_ok=True)
         return updated, event
+
+    def _append(self, event: Event) -> None:
+        with self.audit.open("a", encoding="utf-8") as trail:
+            trail.write(json.dumps(event.to_dict(), separators=(",", ":")) + "\n")
+            trail.flush()
+            os.fsync(trail.fileno())
 
     def records(self) -> list[Subscription]:
         # A file the configuration loaded; a ConfigError here (a hand edit since) says file and line.
         return list(parse_subscription_file(self.path.read_bytes(), str(self.path), self.apis))
 
-    def events(self) -> list[Event]:
+    def events(self) -> list[Event | Damaged]:
         try:
-            lines = self.audit.read_text(encoding="utf-8").splitlines()
+            lines = self.audit.read_bytes().splitlines()
         except FileNotFoundError:
             return []
-        return [Event.from_dict(json.loads(line)) for line in lines if line.strip()]
+        events: list[Event | Damaged] = []
+        for number, line in enumerate(lines, 1):
+            if line.strip():
+                try:
+                    events.append(Event.from_dict(json.loads(line)))
+                except (ValueError, TypeError, AttributeError):  # not JSON, not UTF-8, not an object
+                    events.append(Damaged(f"line {number}"))
+        return events
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -147,7 +189,8 @@ class FileBook:
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
-    def _write(self, text: str) -> None:
+    def _prepare(self, text: str) -> Path:
+        """``text`` written (and synced) beside the file, with its mode, ready to be renamed in."""
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             mode = self.path.stat().st_mode & 0o777
@@ -158,7 +201,11 @@ class FileBook:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(temporary, mode)
-        os.replace(temporary, self.path)
+        return temporary
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
 
 
 class StoreBook:
@@ -178,7 +225,12 @@ class StoreBook:
             for _ in range(_ATTEMPTS):
                 raw = await client.background.hget(keys.records, field)
                 text = raw.decode() if raw is not None else ""
-                current = Subscription.from_json(text) if text else None
+                try:
+                    current = record_at(field, text) if text else None
+                except ValueError as exc:
+                    raise ValueError(
+                        f"the stored record {field!r} is damaged ({exc}): nothing changed"
+                    ) from None
                 updated, event = _decide(move, current, at)
                 event_fields: list[str] = []
                 for name, value in event.to_dict().items():
@@ -208,13 +260,16 @@ class StoreBook:
 
         return _run(self.settings, run)
 
-    def events(self) -> list[Event]:
-        async def run(client: StoreClient) -> list[Event]:
+    def events(self) -> list[Event | Damaged]:
+        async def run(client: StoreClient) -> list[Event | Damaged]:
             entries = await client.background.xrange(self.keys.log, "-", "+")
-            events = []
-            for _, fields in entries:
-                data = {key.decode(): value.decode() for key, value in fields.items()}
-                events.append(Event.from_dict(data))
+            events: list[Event | Damaged] = []
+            for entry, fields in entries:
+                try:
+                    data = {key.decode(): value.decode() for key, value in fields.items()}
+                    events.append(Event.from_dict(data))
+                except ValueError:  # UnicodeDecodeError too
+                    events.append(Damaged(f"entry {entry.decode('ascii', 'replace')}"))
             return events
 
         return _run(self.settings, run)

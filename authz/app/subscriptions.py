@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -36,8 +37,11 @@ __all__ = [
     "SubscriptionKeys",
     "SubscriptionService",
     "attach",
+    "fetch_records",
     "field_of",
     "load_records",
+    "parse_records",
+    "record_at",
 ]
 
 _log = logging.getLogger("authz.subscription")
@@ -85,18 +89,40 @@ def attach(config: Config, mirror: SubscriptionSet) -> Config:
 
 async def load_records(client: StoreClient) -> tuple[list[Subscription], int, int]:
     """Every subscription in the store, the version they are at, and how many were unreadable."""
+    values, version = await fetch_records(client)
+    records, bad = parse_records(values)
+    return records, version, bad
+
+
+async def fetch_records(client: StoreClient) -> tuple[dict[Any, Any], int]:
+    """The records hash as the store keeps it, and its version (read together)."""
     keys = SubscriptionKeys(client.settings.key_prefix)
     pipe = client.background.pipeline(transaction=True)
     pipe.hgetall(keys.records)
     pipe.get(keys.version)
     values, version = await pipe.execute()
+    return values, int(version or 0)
+
+
+def parse_records(values: Mapping[Any, Any]) -> tuple[list[Subscription], int]:
+    """The readable records of ``fetch_records``' hash, and how many were not."""
     records, bad = [], 0
-    for value in values.values():
+    for field, value in values.items():
         try:
-            records.append(Subscription.from_json(value))
+            records.append(record_at(field, value))
         except ValueError:
             bad += 1
-    return records, int(version or 0), bad
+    return records, bad
+
+
+def record_at(field: str | bytes, value: str | bytes) -> Subscription:
+    """The record stored under ``field``; ValueError if it is not one, or names another
+    subscription than its field (forged or misfiled: it would grant what ``revoke`` cannot find)."""
+    record = Subscription.from_json(value)
+    name = field.decode("utf-8", "replace") if isinstance(field, bytes) else field
+    if field_of(record.key) != name:
+        raise ValueError("the record names another subscription than its field")
+    return record
 
 
 class SubscriptionFeed(StoreFeed[SubscriptionSet, SubscriptionSettings]):
@@ -116,9 +142,12 @@ class SubscriptionFeed(StoreFeed[SubscriptionSet, SubscriptionSettings]):
     def channel(self) -> str:
         return self._keys.channel
 
-    async def fetch(self) -> tuple[list[Any], int, int]:
-        records, version, bad = await load_records(self.client)
-        return list(records), version, bad
+    async def fetch(self) -> tuple[Any, int]:
+        return await fetch_records(self.client)
+
+    def build(self, raw: Any) -> tuple[SubscriptionSet, int]:
+        records, bad = parse_records(raw)
+        return SubscriptionSet(records), bad
 
     def _apply(self, sign: str, rest: str) -> bool | None:
         if sign != "=":

@@ -24,6 +24,7 @@ from typing import Any
 
 from authz.config.yaml import LineList, LineMap, Place, parse_yaml
 from authz.core.revocation import Entry, EntryKind, jti_hash
+from authz.core.subscription import LATEST_TIME
 from authz.errors import ConfigError
 
 __all__ = ["format_time", "parse_revocation_file", "parse_time"]
@@ -117,22 +118,25 @@ def parse_time(value: Any) -> float:
     elif isinstance(value, int | float):
         if not math.isfinite(value) or value < 0:
             raise ValueError("must be a time: seconds since the epoch")
+        if value > LATEST_TIME:  # what RFC 3339 can write; a larger number is most often milliseconds
+            raise ValueError("must be a time before year 10000: seconds (not milliseconds) since the epoch")
         return float(value)
     elif isinstance(value, str):
         try:
             moment = datetime.datetime.fromisoformat(value.strip())
         except ValueError:
             try:
-                return parse_time(float(value))
+                number = float(value)
             except ValueError:
                 raise ValueError(
                     "must be a time: RFC 3339 (2026-01-01T00:00:00Z) or seconds since the epoch"
                 ) from None
+            return parse_time(number)
     else:
         raise ValueError("must be a time: RFC 3339 (2026-01-01T00:00:00Z) or seconds since the epoch")
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.UTC)  # YAML's timestamps without a zone are UTC
-    return moment.timestamp()
+    return parse_time(moment.timestamp())  # the same bounds (9999-12-31T23:59:59-01:00 is past them)
 
 
 def format_time(value: float) -> str:

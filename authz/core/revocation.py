@@ -215,7 +215,11 @@ class RevocationSet(Mirror):
 
     def replace(self, entries: Iterable[Entry]) -> None:
         """Make the entries exactly these (a full resync), as one change."""
-        fresh = RevocationSet(entries)
+        self.adopt(RevocationSet(entries))
+
+    def adopt(self, fresh: RevocationSet) -> None:
+        """Take ``fresh``'s entries as one change: built elsewhere (a worker thread, for a full
+        load), swapped in here without a loop over them, so checks never wait on a load."""
         self._entries, self._jti = fresh._entries, fresh._jti
         self._subjects, self._clients = fresh._subjects, fresh._clients
         self.changed()

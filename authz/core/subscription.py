@@ -26,6 +26,8 @@ from authz.core.mirror import Mirror
 from authz.errors import Reason
 
 __all__ = [
+    "LATEST_TIME",
+    "LONGEST_APPROVAL",
     "NO_SUBSCRIPTIONS",
     "Action",
     "Event",
@@ -36,6 +38,14 @@ __all__ = [
     "WorkflowError",
     "transition",
 ]
+
+
+# 9999-12-31T23:59:59Z: the last moment RFC 3339 (and the CLI's output) can write. A stored time
+# past it, or before the epoch, is a damaged record, not a time.
+LATEST_TIME = 253402300799.0
+# An approval ending further ahead is a mistake, not a policy: most often milliseconds given as
+# seconds (1798761600000 is 2027-01-01 in ms, year 58970 in s).
+LONGEST_APPROVAL = 100 * 365.25 * 86400.0
 
 
 class Status(enum.StrEnum):
@@ -143,7 +153,7 @@ class Subscription:
             status=Status(status),
             requested_at=_moment(data.get("requested_at")),
             decided_at=_moment(data.get("decided_at")),
-            expires_at=_moment(data.get("expires")) or math.inf,
+            expires_at=math.inf if (expires := _moment(data.get("expires"))) is None else expires,
             **texts,
         )
 
@@ -160,9 +170,17 @@ class Subscription:
 def _moment(value: Any) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError("a time is a number of seconds since the epoch")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= LATEST_TIME:
+        raise ValueError("a time is a number of seconds since the epoch, before year 10000")
     return float(value)
+
+
+def _event_moment(value: Any) -> float:
+    """A time of an audit event: a number, or its text (a stream keeps strings)."""
+    moment = float(value)
+    if not 0 <= moment <= LATEST_TIME:  # NaN too
+        raise ValueError("a time is a number of seconds since the epoch, before year 10000")
+    return moment
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,9 +197,13 @@ class Event:
     before: Status | None  # None: there was no subscription
     after: Status
     expires_at: float = math.inf
+    # The move's entry was written, then the move could not be made (file mode: the file could
+    # not be replaced): this repeats it, marked, so that the trail says it did not happen.
+    aborted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        extra: dict[str, Any] = {"aborted": True} if self.aborted else {}
+        return extra | {
             "at": self.at,
             "action": self.action.value,
             "tenant": self.tenant,
@@ -199,7 +221,7 @@ class Event:
         """An event from ``to_dict``'s shape (strings for every value, as a stream keeps them, or
         JSON types); ValueError for anything else."""
         try:
-            at = float(data["at"])
+            at = _event_moment(data["at"])
             expires = data.get("expires")
             before = data.get("from")
             return cls(
@@ -212,7 +234,8 @@ class Event:
                 reason=str(data.get("reason") or ""),
                 before=Status(before) if before not in (None, "") else None,
                 after=Status(data["to"]),
-                expires_at=float(expires) if expires not in (None, "") else math.inf,
+                expires_at=_event_moment(expires) if expires not in (None, "") else math.inf,
+                aborted=data.get("aborted") in (True, "True", "true"),
             )
         except (KeyError, TypeError, ValueError):
             raise ValueError("not an audit event") from None
@@ -239,12 +262,17 @@ def transition(
     rejected; only an approved one (expired or not) is revoked. Only an approval has an expiry.
     """
     tenant, api, client = key
-    if not by:
+    if not by.strip():
         raise WorkflowError("who makes the change must be named (--by)")
     if expires_at != math.inf and action is not Action.APPROVE:
         raise WorkflowError("only an approval has an expiry")
     if expires_at <= at:
         raise WorkflowError("the expiry is not in the future")
+    if expires_at != math.inf and expires_at - at > LONGEST_APPROVAL:
+        raise WorkflowError(
+            "the expiry is more than 100 years ahead: give RFC 3339, or seconds (not milliseconds)"
+            " since the epoch"
+        )
     status = current.status if current is not None else None
     name = f"{client!r} to API {api!r} of tenant {tenant!r}"
     if action is Action.REQUEST:
@@ -347,7 +375,11 @@ class SubscriptionSet(Mirror):
 
     def replace(self, records: Iterable[Subscription]) -> None:
         """Make the subscriptions exactly these (a full resync), as one change."""
-        fresh = SubscriptionSet(records)
+        self.adopt(SubscriptionSet(records))
+
+    def adopt(self, fresh: SubscriptionSet) -> None:
+        """Take ``fresh``'s subscriptions as one change: built elsewhere (a worker thread, for a
+        full load), swapped in here without a loop over them, so checks never wait on a load."""
         self._index, self._names = fresh._index, fresh._names
         self.changed()
 

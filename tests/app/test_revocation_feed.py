@@ -20,6 +20,7 @@ from authz.config import Config
 from authz.config.settings import RevocationSettings
 from authz.core.revocation import Entry, EntryKind, jti_hash
 from authz.telemetry.metrics import Registry
+from testkit.loop import worst_wait
 from testkit.redis import RedisServer
 from tests.app.test_store import settings as store_settings
 
@@ -186,3 +187,70 @@ async def test_a_changed_store_feeds_the_mirror_from_then_on(
             await _within(PROPAGATION, lambda: one.has(_jti("on-other")))
     finally:
         other.stop()
+
+
+@pytest.mark.parametrize("how", ["back-by-one", "flushed-and-reseeded"])
+async def test_a_counter_that_went_back_is_not_taken_for_the_mirror_s_history(
+    server: RedisServer, config: Config, how: str
+) -> None:
+    """A restored backup that lost the last write, an evicted version key, or a FLUSHALL and a
+    re-seed: the next changes carry versions the mirror has held already. They must not be
+    taken as old news, nor the old state confirmed by an equal number."""
+    # Version checks 30 s apart: the changes must be found by their messages, within 1 s.
+    async with Process(server, _config(config, resync_interval=30.0, max_staleness=60.0)) as one:
+        client = server.client()
+        first, second = _jti("first"), _jti("second")
+        await asyncio.to_thread(write_entries, _target(server), [first])
+        await asyncio.to_thread(write_entries, _target(server), [second])
+        await _within(PROPAGATION, lambda: one.has(first) and one.has(second))
+        leaked = _jti("leaked")
+        if how == "back-by-one":
+            client.zrem(b"authz:{rev}:entries", second.member())  # the restore lost the last write
+            client.decr(b"authz:{rev}:version")
+            await asyncio.to_thread(write_entries, _target(server), [leaked])  # version 2 again
+            await _within(PROPAGATION, lambda: one.has(leaked))
+        else:
+            client.flushall()
+            await asyncio.to_thread(write_entries, _target(server), [leaked])  # versions 1 and 2 again
+            await asyncio.to_thread(write_entries, _target(server), [_jti("third")])
+            await _within(PROPAGATION, lambda: one.has(leaked) and one.has(_jti("third")))
+            assert not one.has(first)  # wiped: the mirror is the store's again
+        if how == "back-by-one":
+            assert not one.has(second)
+
+
+LOAD_STALL = 0.5  # generous: a parse on the loop holds it over a second at 100k entries on this machine
+
+
+async def test_checks_go_on_during_a_full_load_of_100k_entries(server: RedisServer, config: Config) -> None:
+    """A full load parses every entry: in a worker thread, swapped in at once, so a check made
+    meanwhile waits no longer than ``LOAD_STALL`` (on the loop it waited the whole parse)."""
+    client = server.client()
+    expires = time.time() + 3600
+    members = {_jti(f"t{i}").member(): expires for i in range(100_000)}
+    client.zadd(b"authz:{rev}:entries", members)  # type: ignore[arg-type]
+    client.set(b"authz:{rev}:version", 1)
+    async with Process(server, _config(config, resync_interval=30.0, max_staleness=60.0)) as one:
+        feed = one.service.feed
+        assert feed is not None
+        mirror = one.service.mirror
+        assert len(mirror) == 100_000
+        for _ in range(2):
+            loaded, worst = await worst_wait(feed.load(), lambda: mirror.generation)
+            assert loaded
+            assert worst < LOAD_STALL, f"a check waited {worst:.3f} s during a load"
+        assert one.has(_jti("t99999"))
+
+
+async def test_a_version_check_reading_a_lower_version_reloads(server: RedisServer, config: Config) -> None:
+    """No message at all (a restore while the subscription was down): the version check finds
+    any other version than the mirror's, lower too, and reloads (resync_interval 0.2 s)."""
+    async with Process(server, _config(config, resync_interval=0.2, max_staleness=60.0)) as one:
+        first, second = _jti("first"), _jti("second")
+        await asyncio.to_thread(write_entries, _target(server), [first, second])
+        await _within(PROPAGATION, lambda: one.has(first) and one.has(second))
+        client = server.client()
+        client.zrem(b"authz:{rev}:entries", second.member())  # the restore lost the last write
+        client.decr(b"authz:{rev}:version")
+        await _within(2.0, lambda: not one.has(second))
+        assert one.has(first)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -17,13 +18,14 @@ from pathlib import Path
 import pytest
 
 from authz.app.store import StoreHolder, StoreMetrics
-from authz.app.subscriptions import CHANGE_SCRIPT, SubscriptionKeys, SubscriptionService
+from authz.app.subscriptions import CHANGE_SCRIPT, SubscriptionKeys, SubscriptionService, field_of
 from authz.cli import main
 from authz.config import Config, load_config
 from authz.config.subscriptions import audit_path
-from authz.core.subscription import Status
+from authz.core.subscription import Status, Subscription
 from authz.errors import Reason
 from authz.telemetry.metrics import Registry
+from testkit.loop import worst_wait
 from testkit.redis import RedisServer
 from testkit.world import World, subscriptions_config
 
@@ -67,8 +69,10 @@ def authz(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, list[dic
     """Exit code, the JSON lines printed, and the error text of one CLI run."""
     try:
         code = main(["subscriptions", *args])
-    except SystemExit as exc:  # argparse
-        code = int(exc.code or 0)
+    except SystemExit as exc:  # argparse (a number), or an error message (printed, exit status 1)
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+        code = exc.code if isinstance(exc.code, int) else 1 if exc.code else 0
     out, err = capsys.readouterr()
     return code, [json.loads(line) for line in out.splitlines() if line.strip()], err
 
@@ -196,6 +200,93 @@ async def test_a_change_written_without_a_message_is_found_by_the_version_check(
         await _within(2.0, lambda: one.answer() is Reason.OK)  # resync_interval 0.2 s
 
 
+@pytest.mark.parametrize("how", ["back-by-one", "flushed-and-reseeded"])
+async def test_a_counter_that_went_back_is_not_taken_for_the_mirror_s_history(
+    store_config: Path, server: RedisServer, capsys: pytest.CaptureFixture[str], how: str
+) -> None:
+    """A restored backup that lost the last write, an evicted version key, or a FLUSHALL and a
+    re-seed: the next moves carry versions the mirror has held already; they must be enforced
+    (version checks 10 s apart in this configuration: by their messages, within 1 s)."""
+    async with Process(load_config(store_config)) as one:
+        assert (await asyncio.to_thread(move, capsys, store_config, "request"))[0] == 0
+        assert (await asyncio.to_thread(move, capsys, store_config, "approve", "--by", "alice"))[0] == 0
+        await _within(PROPAGATION, lambda: one.answer() is Reason.OK)
+        client, keys = server.client(), SubscriptionKeys("authz:")
+        if how == "back-by-one":
+            client.decr(keys.version)  # the restore lost a write the mirror had seen
+            assert (await asyncio.to_thread(move, capsys, store_config, "revoke", "--by", "bob"))[0] == 0
+            await _within(PROPAGATION, lambda: one.answer() is Reason.SUBSCRIPTION_REVOKED)
+        else:
+            client.flushall()  # and re-seeded with as many moves as the mirror had seen
+            code, err = await asyncio.to_thread(move, capsys, store_config, "request", "--by", "t")
+            assert code == 0, err
+            await _within(PROPAGATION, lambda: one.answer() is Reason.SUBSCRIPTION_PENDING)
+            assert len(one.service.mirror) == 1
+
+
+LOAD_STALL = 0.5  # generous: a parse on the loop holds it ~1.5 s at 100k records on this machine
+
+
+async def test_checks_go_on_during_a_full_load_of_100k_subscriptions(
+    store_config: Path, server: RedisServer
+) -> None:
+    """A full load parses every record: in a worker thread, swapped in at once, so a check made
+    meanwhile waits no longer than ``LOAD_STALL`` (on the loop it waited the whole parse)."""
+    client, keys = server.client(), SubscriptionKeys("authz:")
+    pipe = client.pipeline(transaction=False)
+    for i in range(100_000):
+        record = Subscription("acme", f"app-{i}", "orders", Status.APPROVED, decided_by="a")
+        pipe.hset(keys.records, field_of(record.key), record.to_json())
+    pipe.set(keys.version, 1)
+    pipe.execute()
+    async with Process(load_config(store_config)) as one:
+        feed = one.service.feed
+        assert feed is not None
+        assert len(one.service.mirror) == 100_000
+        mirror = one.service.mirror
+        for _ in range(2):
+            loaded, worst = await worst_wait(
+                feed.load(), lambda: mirror.check("acme", "orders", "app-7", 0.0)
+            )
+            assert loaded
+            assert worst < LOAD_STALL, f"a check waited {worst:.3f} s during a load"
+        assert mirror.check("acme", "orders", "app-99999", time.time())[0] is Reason.OK
+
+
+async def test_a_forged_or_misfiled_record_grants_nothing(
+    store_config: Path,
+    server: RedisServer,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Whoever writes the store by hand: a record under another subscription's field is not a
+    subscription (it would grant what ``revoke`` cannot find), and ``expires: 0`` is 1970."""
+    client, keys = server.client(), SubscriptionKeys("authz:")
+    hidden = '{"tenant":"acme","client":"hidden-app","api":"orders","status":"approved"}'
+    epoch = '{"tenant":"acme","client":"mobile-app","api":"orders","status":"approved","expires":0}'
+    client.hset(keys.records, mapping={"acme orders f-victim": hidden, "acme orders mobile-app": epoch})
+    client.set(keys.version, 2)
+    async with Process(load_config(store_config)) as one:
+        mirror = one.service.mirror
+        assert mirror.check("acme", "orders", "hidden-app", time.time())[0] is Reason.SUBSCRIPTION_REQUIRED
+        assert mirror.check("acme", "orders", "f-victim", time.time())[0] is Reason.SUBSCRIPTION_REQUIRED
+        assert one.answer() is Reason.SUBSCRIPTION_EXPIRED
+        feed = one.service.feed
+        assert feed is not None
+        assert await feed.load()  # a second load: counted again, not logged again
+        assert one.service._counters.bad_members == 2
+        warned = [r for r in caplog.records if "unreadable" in r.getMessage()]
+        assert len(warned) == 1
+    code, lines, _ = await asyncio.to_thread(authz, capsys, "list", "--config", str(store_config))
+    assert (code, [line["client"] for line in lines]) == (0, ["mobile-app"])
+    code, _, err = await asyncio.to_thread(
+        authz, capsys, "revoke", "--config", str(store_config), "--tenant", "acme", "--client", "f-victim",
+        "--api", "orders", "--by", "alice",
+    )  # fmt: skip
+    assert code == 1
+    assert "the stored record 'acme orders f-victim' is damaged" in err
+
+
 def test_a_move_raced_by_another_changes_nothing(server: RedisServer) -> None:
     """The script writes only over the record the move was decided on."""
     keys = SubscriptionKeys("authz:")
@@ -278,6 +369,83 @@ def test_moves_the_workflow_refuses_change_nothing(
     assert state() == before
 
 
+@pytest.mark.parametrize("kind", ["store", "file"])
+@pytest.mark.parametrize("by", ["", "   ", "\t"])
+def test_an_empty_by_is_refused_not_read_as_the_client(
+    kind: str,
+    by: str,
+    store_config: Path,
+    file_config: Path,
+    server: RedisServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--by "$ADMIN"`` with ADMIN unset: refused, not recorded as the client approving itself."""
+    config = store_config if kind == "store" else file_config
+    assert move(capsys, config, "request")[0] == 0
+    for action in ("approve", "reject", "request"):
+        code, err = move(capsys, config, action, "--by", by)
+        assert (code, err.strip()) == (1, "error: who makes the change must be named (--by)"), action
+    code, lines, _ = authz(capsys, "log", "--config", str(config))
+    assert [(e["action"], e["by"]) for e in lines] == [("request", "mobile-app")]
+
+
+@pytest.mark.parametrize("kind", ["store", "file"])
+@pytest.mark.parametrize(
+    ("expires", "message"),
+    [
+        ("1798761600000", "--expires: must be a time before year 10000: seconds (not milliseconds)"),
+        ("1e300", "--expires: must be a time before year 10000"),
+        (str(int(time.time() + 101 * 365.25 * 86400)), "more than 100 years ahead"),
+        ("3000-01-01T00:00:00Z", "more than 100 years ahead"),
+    ],
+)
+def test_an_expiry_no_one_means_is_refused_and_changes_nothing(
+    kind: str,
+    expires: str,
+    message: str,
+    store_config: Path,
+    file_config: Path,
+    server: RedisServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = store_config if kind == "store" else file_config
+    assert move(capsys, config, "request")[0] == 0
+    code, err = move(capsys, config, "approve", "--by", "alice", "--expires", expires)
+    assert code in (1, 2)
+    assert message in err, err
+    assert "Traceback" not in err
+    code, lines, err = authz(capsys, "list", "--config", str(config))
+    assert (code, [line["status"] for line in lines]) == (0, ["pending"]), err
+    code, lines, err = authz(capsys, "log", "--config", str(config))
+    assert (code, [line["action"] for line in lines]) == (0, ["request"]), err
+    if kind == "store":  # one stored by an earlier version, or by hand: unreadable, not a crash
+        planted = '{"tenant":"acme","client":"old","api":"orders","status":"approved","expires":1e300}'
+        server.client().hset("authz:{sub}:records", "acme orders old", planted)
+        code, lines, err = authz(capsys, "list", "--config", str(config))
+        assert (code, [line["client"] for line in lines]) == (0, ["mobile-app"]), err
+
+
+@pytest.mark.parametrize("kind", ["store", "file"])
+def test_a_damaged_audit_entry_is_marked_and_the_rest_printed(
+    kind: str, store_config: Path, file_config: Path, server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One bad (or planted) entry must not hide the whole trail."""
+    config = store_config if kind == "store" else file_config
+    assert move(capsys, config, "request")[0] == 0
+    if kind == "store":
+        server.client().xadd("authz:{sub}:log", {"at": "soon", "action": "approve"})
+        where = server.client().xrange("authz:{sub}:log")[-1][0].decode()
+        where = f"entry {where}"
+    else:
+        with audit_path(config.parent / "subscriptions.yaml").open("a", encoding="utf-8") as trail:
+            trail.write('{"at": 1e999, "half a line\n')
+        where = "line 2"
+    assert move(capsys, config, "approve", "--by", "alice")[0] == 0
+    code, lines, err = authz(capsys, "log", "--config", str(config))
+    assert [line.get("action", line.get("unreadable")) for line in lines] == ["request", where, "approve"]
+    assert (code, err.strip()) == (1, f"error: audit entry at {where} is not readable")
+
+
 def test_a_configuration_without_a_store_or_file_is_refused(
     world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -316,6 +484,54 @@ def test_the_file_is_edited_and_the_audit_trail_kept_beside_it(
     ]
     code, lines, _ = authz(capsys, "list", "--config", str(file_config), "--status", "pending")
     assert (code, lines) == (0, [])
+
+
+def test_a_move_whose_audit_entry_cannot_be_written_changes_nothing(
+    file_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The entry is written (and synced) before the file is replaced: no move without its entry."""
+    assert move(capsys, file_config, "request")[0] == 0
+    subs = file_config.parent / "subscriptions.yaml"
+    trail = audit_path(subs)
+    kept = trail.read_bytes()
+    trail.unlink()
+    trail.mkdir()  # unwritable whoever runs the test (root too): a full disk, a read-only mount
+    try:
+        before = subs.read_bytes()
+        code, err = move(capsys, file_config, "approve", "--by", "alice")
+        assert subs.read_bytes() == before  # the approval did not take effect
+        assert code == 1
+        assert f"error: the audit trail {trail} cannot be written (Is a directory): nothing changed" in err
+        assert not list(subs.parent.glob(f".{subs.name}.*.tmp"))  # nothing left behind
+    finally:
+        trail.rmdir()
+        trail.write_bytes(kept)
+    assert move(capsys, file_config, "approve", "--by", "alice")[0] == 0  # and then it can be
+
+
+def test_a_move_whose_file_cannot_be_replaced_is_marked_aborted_in_the_trail(
+    file_config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert move(capsys, file_config, "request")[0] == 0
+    subs = file_config.parent / "subscriptions.yaml"
+    before = subs.read_bytes()
+
+    def refused(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("authz.app.subscribe.os.replace", refused)
+    code, err = move(capsys, file_config, "approve", "--by", "alice")
+    monkeypatch.undo()
+    assert code == 1
+    assert "cannot be replaced (No space left on device): nothing changed" in err
+    assert "the audit trail marks the move aborted" in err
+    assert subs.read_bytes() == before
+    code, lines, _ = authz(capsys, "log", "--config", str(file_config))
+    assert [(e["action"], e.get("aborted")) for e in lines] == [
+        ("request", None),
+        ("approve", None),
+        ("approve", True),
+    ]
 
 
 def test_a_broken_hand_edit_is_named_by_file_and_line(

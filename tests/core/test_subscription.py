@@ -109,10 +109,38 @@ def test_an_expired_approval_may_be_requested_again() -> None:
 def test_who_and_a_future_expiry_only_on_an_approval() -> None:
     with pytest.raises(WorkflowError, match="--by"):
         transition(None, Action.REQUEST, key=KEY, by="", reason="", at=NOW)
+    with pytest.raises(WorkflowError, match="--by"):
+        transition(_record(Status.PENDING), Action.APPROVE, key=KEY, by=" \t", reason="", at=NOW)
     with pytest.raises(WorkflowError, match="only an approval"):
         _move(None, Action.REQUEST, expires_at=NOW + 60)
     with pytest.raises(WorkflowError, match="not in the future"):
         _move(_record(Status.PENDING), Action.APPROVE, expires_at=NOW)
+
+
+def test_an_expiry_more_than_a_century_ahead_is_refused() -> None:
+    """Milliseconds taken for seconds (1798761600000 ms is 2027-01-01; as seconds, year 58970)."""
+    for expires in (NOW + 101 * 365.25 * 86400, 1798761600000.0, 1e300):
+        with pytest.raises(WorkflowError, match="more than 100 years ahead"):
+            _move(_record(Status.PENDING), Action.APPROVE, expires_at=expires)
+    assert _move(_record(Status.PENDING), Action.APPROVE, expires_at=NOW + 99 * 365.25 * 86400)[0]
+
+
+@pytest.mark.parametrize("expires", [1e300, 1798761600000 * 1000, -1, 253402300800])
+def test_a_stored_time_no_clock_can_write_is_a_damaged_record_and_event(expires: float) -> None:
+    """Read as unreadable (skipped and counted: fail closed), never a crash of whoever reads it."""
+    data = _record(Status.APPROVED).to_dict() | {"expires": expires}
+    with pytest.raises(ValueError, match="before year 10000"):
+        Subscription.from_dict(data)
+    _, event = _move(_record(Status.PENDING), Action.APPROVE)
+    for key in ("at", "expires"):
+        with pytest.raises(ValueError, match="not an audit event"):
+            Event.from_dict(event.to_dict() | {key: str(expires)})
+
+
+def test_an_expiry_of_zero_is_1970_not_never() -> None:
+    record = Subscription.from_dict(_record(Status.APPROVED).to_dict() | {"expires": 0})
+    assert record.expires_at == 0.0
+    assert SubscriptionSet([record]).check(*KEY, NOW)[0] is Reason.SUBSCRIPTION_EXPIRED
 
 
 def test_records_and_events_round_trip() -> None:
