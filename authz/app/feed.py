@@ -30,6 +30,8 @@ import time
 from collections.abc import Iterable
 from typing import Any, Generic, Protocol, TypeVar
 
+from prometheus_client.metrics_core import CounterMetricFamily
+
 from authz.app.store import BACKGROUND_TIMEOUT, StoreClient, StoreMetrics
 from authz.config.settings import FeedSettings
 from authz.telemetry.logs import Throttle
@@ -314,3 +316,11 @@ class FeedCounters:
         self.subscriptions = {"subscribed": 0, "lost": 0}
         self.bad_messages = 0
         self.bad_members = 0
+
+
+def counter_family(name: str, documentation: str, label: str, counts: dict[str, int]) -> CounterMetricFamily:
+    """One labelled counter of a feed's counts, as both mirrors' collectors export them."""
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value, count in sorted(counts.items()):
+        family.add_metric([value], count)
+    return family

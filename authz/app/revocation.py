@@ -27,7 +27,7 @@ from typing import Any
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from authz.app.feed import FeedCounters, StoreFeed
+from authz.app.feed import FeedCounters, StoreFeed, counter_family
 from authz.app.store import StoreClient, StoreMetrics
 from authz.config.settings import Config, RevocationSettings
 from authz.core.revocation import Entry, RevocationSet
@@ -210,27 +210,24 @@ class _RevocationCollector:
     def collect(self) -> list[Metric]:
         service = self._service
         mirror, counters, feed = service.mirror, service._counters, service.feed
-        applied = CounterMetricFamily(
+        applied = counter_family(
             "authz_revocations_applied",
             "Revocation entries applied to the mirror, by how they arrived.",
-            labels=["source"],
+            "source",
+            counters.applied,
         )
-        for source, count in sorted(counters.applied.items()):
-            applied.add_metric([source], count)
-        resyncs = CounterMetricFamily(
+        resyncs = counter_family(
             "authz_revocation_resyncs",
             "Full loads of the mirror from the store, by result.",
-            labels=["result"],
+            "result",
+            counters.resyncs,
         )
-        for result, count in sorted(counters.resyncs.items()):
-            resyncs.add_metric([result], count)
-        subscriptions = CounterMetricFamily(
+        subscriptions = counter_family(
             "authz_revocation_subscriptions",
             "Subscriptions to the store's revocation channel: made, and lost.",
-            labels=["event"],
+            "event",
+            counters.subscriptions,
         )
-        for event, count in sorted(counters.subscriptions.items()):
-            subscriptions.add_metric([event], count)
         unreadable = CounterMetricFamily(
             "authz_revocation_unreadable",
             "Revocation messages and stored entries that could not be read (skipped).",

@@ -25,7 +25,7 @@ from typing import Any
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from authz.app.feed import FeedCounters, StoreFeed
+from authz.app.feed import FeedCounters, StoreFeed, counter_family
 from authz.app.store import StoreClient, StoreMetrics
 from authz.config.settings import Config, SubscriptionSettings
 from authz.core.subscription import Subscription, SubscriptionSet
@@ -224,20 +224,18 @@ class _SubscriptionCollector:
     def collect(self) -> list[Metric]:
         service = self._service
         mirror, counters, feed = service.mirror, service._counters, service.feed
-        applied = CounterMetricFamily(
+        applied = counter_family(
             "authz_subscriptions_applied",
             "Subscription records applied to the mirror, by how they arrived.",
-            labels=["source"],
+            "source",
+            counters.applied,
         )
-        for source, count in sorted(counters.applied.items()):
-            applied.add_metric([source], count)
-        resyncs = CounterMetricFamily(
+        resyncs = counter_family(
             "authz_subscription_resyncs",
             "Full loads of the mirror from the store, by result.",
-            labels=["result"],
+            "result",
+            counters.resyncs,
         )
-        for result, count in sorted(counters.resyncs.items()):
-            resyncs.add_metric([result], count)
         unreadable = CounterMetricFamily(
             "authz_subscription_unreadable",
             "Subscription messages and stored records that could not be read (skipped).",
