@@ -2,43 +2,32 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import operator
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
-from typing import NamedTuple
 
 from authz.core.answer import (
-    IDENTITY_HEADERS,
     client_headers,
     deny_headers,
     error_body,
-    identity_spellings,
     upstream_headers,
 )
 from authz.core.decision import Decision, reject
-from authz.core.memo import NEVER_REPEATED_HEADERS, dpop_scheme
 from authz.core.request import (
-    METHOD_OVERRIDE_HEADERS,
     AuthzRequest,
-    CertificateSource,
     first,
     make_request,
     plain_request_id,
 )
 from authz.errors import AuthzError, Outcome, Reason
-from authz.grpc._proto.envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
+from authz.grpc._proto.envoy.config.core.v3.base_pb2 import HeaderValueOption
 from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
-from authz.telemetry.tracing import TRACE_HEADERS
 
 __all__ = [
-    "RepeatRead",
     "fallback_deny",
     "from_check_request",
     "parse",
     "read",
-    "read_repeat",
     "request_id_of",
     "to_check_response",
 ]
@@ -209,166 +198,3 @@ def fallback_deny(request_id: str) -> CheckResponse:
     rid = json.dumps(request_id)
     denied.body = f'{{"error": "server_error", "reason": "internal_error", "request_id": {rid}}}'
     return response
-
-
-# -- the answer memo's reading of a CheckRequest (authz.grpc.servicer) -------------------------------
-# Kept apart from from_check_request: what a repeat is keyed by, read without building the request,
-# and in bulk (C-level joins and list searches) for the headers as Envoy sends them.
-
-
-class RepeatRead(NamedTuple):
-    """What the memo needs of a request it may answer."""
-
-    key: bytes  # a digest of everything the decision and its allow read from the request
-    request_id: str  # as from_check_request reads it
-    trace_headers: dict[str, tuple[str]] | None  # the first value of each trace-context header sent
-    peer_certificate: str  # attributes.source.certificate, as given
-    forwarded_certificate: str  # the x-forwarded-client-cert values, joined as the request reads them
-
-    def certificate(self, source: CertificateSource) -> str:
-        """The client certificate the decision reads from ``source`` (core.memo.certificate_of)."""
-        return self.peer_certificate if source is CertificateSource.PEER else self.forwarded_certificate
-
-
-_AUTHORIZATION, _REQUEST_ID = "authorization", "x-request-id"
-# The client certificate as a front proxy forwards it (a certificate-bound token's binding may be
-# read from it instead of the peer's): part of the key, like the peer certificate.
-_XFCC = "x-forwarded-client-cert"
-# Read by the decision (method_override), or never repeated by the core's memo rules (a DPoP
-# proof is single-use): a request carrying one is never a repeat.
-_NOT_REPEATS = frozenset(METHOD_OVERRIDE_HEADERS) | NEVER_REPEATED_HEADERS
-# Another spelling of an identity header is named in the allow's removals (identity_spellings).
-_SPELLING_LENGTHS = frozenset(len(name) for name in IDENTITY_HEADERS)
-_NOTABLE = frozenset({_AUTHORIZATION, _REQUEST_ID, _XFCC}) | TRACE_HEADERS | _NOT_REPEATS
-_KEY = operator.attrgetter("key")
-
-# authorization (text, or the raw bytes it is read from), request id, forwarded client
-# certificates (joined), trace-context headers
-_Found = tuple[str | bytes | None, str, str, dict[str, tuple[str]] | None]
-
-
-def read_repeat(message: CheckRequest) -> RepeatRead | None:
-    """The memo's reading of ``message``; None for a request the memo never answers nor keeps.
-
-    The key is a digest of what ``from_check_request`` and the decision read: method, target,
-    host, scheme, the ``authorization`` value, the route's context extensions, the peer's
-    principal and certificate, and a forwarded client certificate (a certificate-bound token's
-    allow holds for its certificate alone). Never a repeat: a request whose method, path or
-    host Envoy left to the pseudo-headers, with several ``authorization`` values, a method
-    override, a ``dpop`` header or another spelling of an identity header. Headers are read
-    as ``_headers`` merges them.
-    """
-    attributes = message.attributes
-    http = attributes.request.http
-    method, target, host = http.method, http.path, http.host
-    if not (method and target and host):
-        return None
-    entries, plain = http.header_map.headers, http.headers
-    if entries and plain:
-        found = _walk(entries, plain)
-    elif entries:
-        found = _scan(list(map(_KEY, entries)), entries, plain)
-    else:
-        found = _scan(list(plain), entries, plain)
-    if found is None:
-        return None
-    authorization, request_id, forwarded, traced = found
-    if authorization is not None and dpop_scheme(authorization):
-        return None  # a DPoP proof's request (core.memo's rule)
-    source = attributes.source
-    extensions = attributes.context_extensions
-    routed = "".join(f"{len(k)}:{len(v)}:{k}{v}" for k, v in sorted(extensions.items())) if extensions else ""
-    fields = (method, target, host, http.scheme, source.principal, source.certificate, forwarded, routed)
-    text = "%d:%d:%d:%d:%d:%d:%d:%d:" % tuple(map(len, fields)) + "".join(fields)  # noqa: UP031 - the fastest
-    key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=20)
-    if authorization is not None:
-        # Last, so unprefixed. Raw bytes as sent: they decode to one text only, and a text's
-        # UTF-8 is its only valid encoding, so equal bytes are always equal authorization.
-        key.update(
-            authorization
-            if isinstance(authorization, bytes)
-            else authorization.encode("utf-8", "surrogatepass")
-        )
-    certificate = source.certificate
-    return RepeatRead(key.digest(), plain_request_id(request_id or http.id), traced, certificate, forwarded)
-
-
-def _scan(names: list[str], entries: Sequence[HeaderValue], plain: Mapping[str, str]) -> _Found | None:
-    """One header form, searched in bulk: lower-case ASCII names (as Envoy sends them), else ``_walk``."""
-    joined = "\n".join(names)
-    if not (joined.isascii() and joined.islower()) or joined.count("\n") != len(names) - 1:
-        return _walk(entries, plain)  # a name Envoy would not send: read one by one
-    if "authz" in joined and identity_spellings(names):
-        return None
-    if not _NOT_REPEATS.isdisjoint(names):
-        return None
-    count = names.count(_AUTHORIZATION)
-    if count > 1:
-        return None  # authorization_malformed: a deny, decided every time
-
-    def value(name: str) -> str:
-        if not entries:
-            return plain[name]
-        return _value(entries[names.index(name)])  # the first, as _headers keeps them
-
-    authorization: str | bytes | None = None
-    if count:
-        if entries:
-            entry = entries[names.index(_AUTHORIZATION)]
-            authorization = entry.raw_value or entry.value.encode("utf-8", "surrogatepass")
-        else:
-            authorization = plain[_AUTHORIZATION]
-    request_id = value(_REQUEST_ID) if _REQUEST_ID in names else ""
-    forwarded = ""
-    if _XFCC in names:  # every value, as the full reading keeps them
-        forwarded = (
-            ",".join(_value(entries[i]) for i, name in enumerate(names) if name == _XFCC)
-            if entries
-            else plain[_XFCC]
-        )
-    traced = None
-    if not TRACE_HEADERS.isdisjoint(names):
-        traced = {name: (value(name),) for name in TRACE_HEADERS if name in names}
-    return authorization, request_id, forwarded, traced
-
-
-def _walk(entries: Iterable[HeaderValue], plain: Mapping[str, str]) -> _Found | None:
-    """Both header forms, one header at a time, merged as ``_headers`` merges them."""
-    authorization: list[str] = []
-    request_ids: list[str] = []
-    forwarded: list[str] = []
-    traced: dict[str, list[str]] = {}
-    merged = [(entry.key.lower(), _value(entry)) for entry in entries]
-    for index, (name, value) in enumerate(merged + [(k.lower(), v) for k, v in plain.items()]):
-        if name not in _NOTABLE:
-            if len(name) in _SPELLING_LENGTHS and identity_spellings((name,)):
-                return None
-            continue
-        if name in _NOT_REPEATS:
-            return None
-        values = (
-            authorization
-            if name == _AUTHORIZATION
-            else request_ids
-            if name == _REQUEST_ID
-            else forwarded
-            if name == _XFCC
-            else traced.setdefault(name, [])
-        )
-        if index < len(merged) or value not in values:  # a map value already sent raw is the same header
-            values.append(value)
-    if len(authorization) > 1:
-        return None
-    trace_headers = {name: (values[0],) for name, values in traced.items()} if traced else None
-    return (
-        (authorization[0] if authorization else None),
-        (request_ids[0] if request_ids else ""),
-        ",".join(forwarded),
-        trace_headers,
-    )
-
-
-def _value(entry: HeaderValue) -> str:
-    """A header_map entry's value as ``from_check_request`` reads it (raw bytes first)."""
-    raw = entry.raw_value
-    return raw.decode("utf-8", "replace") if raw else entry.value

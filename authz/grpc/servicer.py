@@ -24,7 +24,8 @@ from authz.core.snapshot import Snapshot
 from authz.errors import Reason
 from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from authz.grpc.drain import InFlight
-from authz.grpc.messages import RepeatRead, fallback_deny, parse, read, read_repeat, to_check_response
+from authz.grpc.messages import fallback_deny, parse, read, to_check_response
+from authz.grpc.repeat import RepeatRead, read_repeat
 from authz.telemetry.decision_log import RepeatedAnswer
 from authz.telemetry.recorder import Telemetry
 from authz.telemetry.tracing import CHECK_SPAN, TRACE_HEADERS, trace_id_from
