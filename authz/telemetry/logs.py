@@ -16,7 +16,15 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["JsonFormatter", "JsonHandler", "Throttle", "direct_sink", "render_line", "setup_logging"]
+__all__ = [
+    "Deferred",
+    "JsonFormatter",
+    "JsonHandler",
+    "Throttle",
+    "direct_sink",
+    "render_line",
+    "setup_logging",
+]
 
 
 class JsonFormatter(logging.Formatter):
@@ -57,8 +65,11 @@ class JsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.setFormatter(JsonFormatter())
         self._local = threading.local()
 
-    def write_line(self, line: str) -> None:
-        """Write one rendered line (ending in a newline), as ``emit`` would, under the handler's lock."""
+    def write_line(self, line: str | Deferred) -> list[str | Deferred] | None:
+        """Write one line, as ``emit`` would, under the handler's lock: rendered (ending in a
+        newline), or a ``Deferred`` one, rendered when the gathered lines are written (on an
+        event loop, up to ``_GATHER_SECONDS`` later: a burst of lines is rendered in one go).
+        Returns the gathered lines it joined, None when it was written at once."""
         gathered: _Gathered | None = getattr(self._local, "gathered", None)
         if gathered is None:
             gathered = self._local.gathered = _Gathered(self)
@@ -68,8 +79,8 @@ class JsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except RuntimeError:
             if lines:
                 self._write_pending(lines)  # gathered on a loop that is gone: first, in order
-            self._write(line)
-            return
+            self._write(line if type(line) is str else _rendered(line))  # type: ignore[arg-type]
+            return None
         if lines and gathered.loop is not loop:
             self._write_pending(lines)  # gathered on a loop that is gone: out now, in order
         if not lines:
@@ -78,6 +89,7 @@ class JsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
         lines.append(line)
         if len(lines) >= _MAX_GATHERED:
             self._write_pending(lines)
+        return lines
 
     def emit(self, record: logging.LogRecord) -> None:
         # This thread's gathered lines were written first: they go out before the record.
@@ -94,10 +106,12 @@ class JsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
         if gathered is not None and gathered.lines:
             self._write_pending(gathered.lines)
 
-    def _write_pending(self, pending: list[str]) -> None:
+    def _write_pending(self, pending: list[str | Deferred]) -> None:
         if pending:
-            text = "".join(pending)
-            pending.clear()
+            try:
+                text = "".join(line if type(line) is str else _rendered(line) for line in pending)  # type: ignore[misc, arg-type]
+            finally:
+                pending.clear()  # a line that cannot be rendered must not stop the rest forever
             self._write(text)
 
     def _write(self, text: str) -> None:
@@ -117,7 +131,7 @@ class _Gathered:
 
     def __init__(self, handler: JsonHandler) -> None:
         self.handler = handler
-        self.lines: list[str] = []
+        self.lines: list[str | Deferred] = []
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def __del__(self) -> None:
@@ -221,6 +235,15 @@ def _forked() -> None:
 
 
 os.register_at_fork(after_in_child=_forked)
+
+
+# A line rendered when it is written: (a function that renders it, its arguments...).
+Deferred = tuple[Any, ...]
+
+
+def _rendered(line: Deferred) -> str:
+    text: str = line[0](*line[1:])
+    return text
 
 
 def render_line(logger: str, msg: str, fields_json: str, when: float) -> str:

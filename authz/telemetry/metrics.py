@@ -15,6 +15,7 @@ configuration (tenants, issuers). Never paths, subjects or tokens.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
@@ -65,10 +66,9 @@ class Histogram:
         series = self.series.get(labels)
         if series is None:
             series = self.series[labels] = [0.0] * (len(self.buckets) + 2)
-        for index, bound in enumerate(self.buckets):
-            if value <= bound:
-                series[index] += 1
-                break
+        index = bisect_left(self.buckets, value)  # the first bound at or above value
+        if index < len(self.buckets):
+            series[index] += 1
         series[-2] += value
         series[-1] += 1
 
