@@ -9,7 +9,7 @@ mirror gone stale, sends the repeat to a full check), and for an allow that rest
 subscription, the subscription mirror at its generation likewise (an approval, rejection or
 revocation anywhere sends such repeats to a full check: the next request after it is decided
 on the new state).
-Doors key it by a digest of every byte the decision reads.
+Doors key it by every value the decision reads (a tuple of them, or a digest of their bytes).
 
 Sender-constrained tokens: a DPoP request (the DPoP scheme, or any ``dpop`` header) is never
 kept nor answered: each proof is single-use and must meet the replay store. An entry records
@@ -20,7 +20,7 @@ is decided afresh. Doors include the certificate's bytes in their key as well.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -89,7 +89,7 @@ class AnswerMemo(Generic[T]):
 
     def __init__(self) -> None:
         self.size = 0
-        self._entries: dict[bytes, Kept[T]] = {}
+        self._entries: dict[Hashable, Kept[T]] = {}
         self._snapshot: Snapshot | None = None
 
     def __len__(self) -> int:
@@ -107,7 +107,7 @@ class AnswerMemo(Generic[T]):
         if self._snapshot is not None:
             self._entries, self._snapshot = {}, None
 
-    def lookup(self, snapshot: Snapshot, key: bytes, now: float, *, certificate: str) -> Kept[T] | None:
+    def lookup(self, snapshot: Snapshot, key: Hashable, now: float, *, certificate: str) -> Kept[T] | None:
         """The kept answer under ``key`` if it still holds (then the cache counts a hit).
 
         ``certificate``: the client certificate this request carries, as given ("" for
@@ -132,7 +132,7 @@ class AnswerMemo(Generic[T]):
     def remember(
         self,
         snapshot: Snapshot,
-        key: bytes,
+        key: Hashable,
         *,
         request: AuthzRequest,
         decision: Decision,

@@ -21,7 +21,7 @@ from typing import Any
 from authz.core.decision import Decision, Verdict
 from authz.core.request import AuthzRequest
 from authz.core.snapshot import RecordSettings
-from authz.telemetry.logs import JsonHandler, direct_sink, render_line
+from authz.telemetry.logs import direct_sink, render_line
 
 __all__ = [
     "DEFAULT_SETTINGS",
@@ -148,32 +148,20 @@ def write(
 def write_repeat(answer: RepeatedAnswer, *, request_id: str, trace_id: str | None) -> None:
     """The line of a check answered from an earlier identical one, its fixed part rendered once.
 
-    On an event loop the line joins the handler's gathered lines unrendered (rendered with them,
-    a burst at a time), and whether it goes to the handler directly is read from ``logging``'s
-    setup once per gathering (``_gathering``): a change of that setup is followed from the next.
+    On an event loop the line joins the handler's gathered lines unrendered: it is rendered
+    with them, a burst at a time, when they are written.
     """
     if answer.sample_rate < 1.0 and random.random() >= answer.sample_rate:  # noqa: S311
         return
-    global _gathering  # noqa: PLW0603 - the sink and the gathered lines it was read for
-    sink, lines = _gathering
-    if not lines:  # nothing gathered since the sink was read: read it again
-        sink = direct_sink(_log)
+    sink = direct_sink(_log)
     if sink is not None:
-        joined = sink.write_line((_repeat_line, answer.log_tail, request_id, trace_id, time.time()))
-        if joined is not lines:
-            _gathering = (sink, joined or [])
+        sink.write_line((_repeat_line, answer.log_tail, request_id, trace_id, time.time()))
     elif _log.isEnabledFor(logging.INFO):
         fields = {"request_id": request_id, "trace_id": trace_id, **answer.log_fields}
         _log.info(_MSG, extra={"fields": fields})
 
 
-# The direct sink as last read, and the handler's gathered lines it was read for: the same sink
-# while they are not yet written (a setup that no longer has it is read anew for the next ones).
-_gathering: tuple[JsonHandler | None, list[Any]] = (None, [])
-
-
 def _repeat_line(tail: str, request_id: str, trace_id: str | None, when: float) -> str:
     traced = "null" if trace_id is None else _json_str(trace_id)
-    return render_line(
-        _LOGGER, _MSG, f'{{"request_id":{_json_str(request_id)},"trace_id":{traced}{tail}', when
-    )
+    ids = f'{{"request_id":{_json_str(request_id)},"trace_id":{traced}'
+    return render_line(_LOGGER, _MSG, ids + tail, when)

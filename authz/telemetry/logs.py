@@ -108,11 +108,18 @@ class JsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def _write_pending(self, pending: list[str | Deferred]) -> None:
         if pending:
-            try:
-                text = "".join(line if type(line) is str else _rendered(line) for line in pending)  # type: ignore[misc, arg-type]
-            finally:
-                pending.clear()  # a line that cannot be rendered must not stop the rest forever
-            self._write(text)
+            lines = pending[:]
+            pending.clear()
+            self._write("".join([line if type(line) is str else self._render(line) for line in lines]))  # type: ignore[arg-type]
+
+    def _render(self, line: Deferred) -> str:
+        """A deferred line, rendered; one that cannot be is reported as logging reports a record it
+        cannot format (``handleError``), and the other lines go out."""
+        try:
+            return _rendered(line)
+        except Exception:  # noqa: BLE001 - one bad line must not cost the lines gathered with it
+            self.handleError(logging.LogRecord("authz", logging.INFO, "", 0, "", None, None))
+            return ""
 
     def _write(self, text: str) -> None:
         with self.lock:  # type: ignore[union-attr]

@@ -860,3 +860,69 @@ async def test_a_certificate_bound_token_is_answered_only_for_its_certificate(
     assert service.memo_hits == 1
     assert outcome(await ask(service, request(cert))) == (200, "ok")
     assert service.memo_hits == 2
+
+
+async def test_repeat_lines_go_straight_to_the_handler_and_follow_a_logging_change(
+    world: World, config: Config, clock: Clock
+) -> None:
+    """With setup_logging's handler, repeats' lines are gathered unrendered and go out as logging
+    would write them, each with its own request id; a logging setup changed is followed by the
+    next repeat (here: a second handler, so logging writes the line)."""
+    import asyncio
+    import time
+
+    service = service_for(config, clock)
+    token = world.token()
+    stream = io.StringIO()
+    handler = JsonHandler()
+    handler.setStream(stream)
+    seen: list[logging.LogRecord] = []
+
+    class Collecting(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)  # setLevel: clears the loggers' cached isEnabledFor answers
+    try:
+        for rid in ("first", "second", "third"):
+            assert outcome(await ask(service, raw_request(token, rid=rid))) == (200, "ok")
+        deadline = time.monotonic() + 10  # bounds the wait for the gathered write on a busy machine
+        while stream.getvalue().count("\n") < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        assert outcome(await ask(service, raw_request(token, rid="gathered"))) == (200, "ok")
+        root.addHandler(
+            Collecting()
+        )  # with a line still gathered  # direct_sink steps aside: records go through logging
+        assert outcome(await ask(service, raw_request(token, rid="after-change"))) == (200, "ok")
+    finally:
+        root.handlers[:] = saved
+        root.setLevel(level)
+    assert service.memo_hits == 4
+    assert [line["request_id"] for line in lines] == ["first", "second", "third"]
+    assert lines[1] | {"time": 0, "request_id": ""} == lines[2] | {"time": 0, "request_id": ""}
+    assert lines[0] | {"time": 0, "request_id": ""} == lines[1] | {"time": 0, "request_id": ""}
+    assert [r.fields["request_id"] for r in seen if r.name == "authz.decision"] == ["after-change"]  # type: ignore[attr-defined]
+
+
+async def test_an_authorization_longer_than_the_bound_is_decided_every_time(
+    world: World, config: Config, clock: Clock
+) -> None:
+    """A kept answer holds its authorization value as sent (the key), so a longer value than
+    KEPT_AUTHORIZATION is never kept: decided in full each time, with the same answer."""
+    from authz.grpc.repeat import KEPT_AUTHORIZATION
+
+    service = service_for(config, clock)
+    long_token = world.token(world.claims(padding="x" * 2600))  # under token.max_bytes (8192)
+    assert len(f"Bearer {long_token}") > KEPT_AUTHORIZATION
+    answers = [await ask(service, raw_request(long_token)) for _ in range(2)]
+    assert outcome(answers[0]) == (200, "ok")
+    assert answers[0] == answers[1]
+    assert (service.memo_hits, service.memo_entries) == (0, 0)
+    token = world.token()
+    for _ in range(2):
+        assert outcome(await ask(service, raw_request(token))) == (200, "ok")
+    assert (service.memo_hits, service.memo_entries) == (1, 1)  # the bound, not the memo, kept it out

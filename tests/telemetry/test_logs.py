@@ -258,3 +258,63 @@ def test_a_forked_child_renders_its_own_pid() -> None:
     os.waitpid(child, 0)
     assert rendered == actual == child
     assert json.loads(render_line("authz.decision", "decision", "{}", 0.0))["pid"] == os.getpid()
+
+
+async def _written(writes: list[str]) -> None:
+    """Wait for the gathered lines' timed write."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + 10  # bounds the wait for the timed write on a busy machine
+    while not writes and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+
+
+class _Recording(io.StringIO):
+    def __init__(self, writes: list[str]) -> None:
+        super().__init__()
+        self.writes = writes
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+async def test_a_deferred_line_is_rendered_when_written_in_its_place(root: logging.Logger) -> None:
+    """A Deferred line (a renderer and its arguments) goes out rendered, between the lines written
+    before and after it; rendered only when the gathered lines are written."""
+    writes: list[str] = []
+    handler = _installed(root, _Recording(writes))
+    rendered: list[int] = []
+
+    def render(n: int) -> str:
+        rendered.append(n)
+        return render_line("authz.decision", "decision", f'{{"n":{n}}}', 1.0)
+
+    handler.write_line(render(0))
+    handler.write_line((render, 1))
+    handler.write_line(render(2))
+    assert rendered == [0, 2]  # the deferred one waits for the write
+    await _written(writes)
+    assert [json.loads(line)["n"] for line in writes[0].splitlines()] == [0, 1, 2]
+    assert handler.write_line((render, 3)) is not None  # gathered again: returns the lines it joined
+
+
+async def test_a_deferred_line_that_cannot_be_rendered_costs_no_other_line(
+    root: logging.Logger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A renderer that raises: reported as logging reports an unformattable record; the rest go out."""
+    writes: list[str] = []
+    handler = _installed(root, _Recording(writes))
+    errors: list[logging.LogRecord] = []
+    monkeypatch.setattr(handler, "handleError", errors.append)
+
+    def broken() -> str:
+        raise ValueError("cannot render")
+
+    handler.write_line(render_line("authz.decision", "decision", '{"n":0}', 1.0))
+    handler.write_line((broken,))
+    handler.write_line(render_line("authz.decision", "decision", '{"n":2}', 1.0))
+    await _written(writes)
+    assert [json.loads(line)["n"] for line in writes[0].splitlines()] == [0, 2]
+    assert len(errors) == 1
