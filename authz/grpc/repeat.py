@@ -8,6 +8,7 @@ the full reading (``from_check_request``), which decides it.
 
 from __future__ import annotations
 
+import hashlib
 import operator
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -24,7 +25,7 @@ __all__ = ["KEPT_AUTHORIZATION", "RepeatRead", "read_repeat"]
 class RepeatRead(NamedTuple):
     """What the memo needs of a request it may answer."""
 
-    key: tuple[object, ...]  # every value the decision and its allow read from the request
+    key: tuple[object, ...]  # every value the decision and its allow read from the request (or digests)
     request_id: str  # as from_check_request reads it
     trace_headers: dict[str, tuple[str]] | None  # the first value of each trace-context header sent
     peer_certificate: str  # attributes.source.certificate, as given
@@ -43,11 +44,27 @@ _XFCC = "x-forwarded-client-cert"
 # proof is single-use): a request carrying one is never a repeat.
 _NOT_REPEATS = frozenset(METHOD_OVERRIDE_HEADERS) | NEVER_REPEATED_HEADERS
 _KEY = operator.attrgetter("key")
-# An authorization value up to this long is kept in the key as sent; a longer one is never a
-# repeat, so that a kept answer holds at most this much of it.
-KEPT_AUTHORIZATION = 4096
+# What a kept answer's key holds as sent: an authorization value up to KEPT_AUTHORIZATION bytes,
+# the rest of the request's values up to KEPT_REST characters together; beyond either, that part
+# is held as its BLAKE2b digest (costlier to make, but an entry stays a few KiB whatever a client
+# sends: a 50 KB query string is 32 bytes of key).
+KEPT_AUTHORIZATION = 2048
+KEPT_REST = 1024
 # The start of a Bearer credential in any case: no DPoP scheme, and no leading space to strip.
 _BEARER_HEAD = b"beare"
+_DIGEST = "blake2b"  # marks a digest in the key: a tuple, never equal to a value as sent
+
+
+def _digest(*values: str | tuple[tuple[str, str], ...]) -> bytes:
+    """BLAKE2b of the values (strings, then the routed pairs), each length-prefixed, after their
+    count: no two lists of values (in their fixed order) give the same text."""
+    parts: list[str] = []
+    for value in values:
+        for first, second in value if isinstance(value, tuple) else ((value, ""),):
+            parts.append(f"{len(first)}:{len(second)}:{first}{second}")
+    text = f"{len(parts)}:" + "".join(parts)
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=32).digest()
+
 
 # authorization (the bytes sent), request id, forwarded client certificates (joined), trace-context headers
 _Found = tuple[bytes, str, str, dict[str, tuple[str]] | None]
@@ -59,11 +76,11 @@ def read_repeat(message: CheckRequest) -> RepeatRead | None:
     The key holds what ``from_check_request`` and the decision read: method, target, host,
     scheme, the route's context extensions, the peer's principal and certificate, a forwarded
     client certificate (a certificate-bound token's allow holds for its certificate alone) and
-    the ``authorization`` value as sent, each as its own item (tuples compare item by item: no
-    two requests that differ in any of them share a key). Never a repeat: a request whose
-    method, path, host or scheme Envoy left to the pseudo-headers, with headers in both forms
-    (Envoy sends one), a header name Envoy would not send (not lower-case ASCII), no or several
-    ``authorization`` values or one longer than KEPT_AUTHORIZATION, a method override, a
+    the ``authorization`` value's bytes, as sent (tuples compare item by item: no two requests
+    that differ in any of them share a key), or as digests where long (KEPT_AUTHORIZATION,
+    KEPT_REST). Never a repeat: a request whose method, path, host or scheme Envoy left to the
+    pseudo-headers, with headers in both forms (Envoy sends one), a header name Envoy would not
+    send (not lower-case ASCII), no or several ``authorization`` values, a method override, a
     ``dpop`` header or the DPoP scheme, or another spelling of an identity header.
     """
     attributes = message.attributes
@@ -76,15 +93,21 @@ def read_repeat(message: CheckRequest) -> RepeatRead | None:
     if found is None:
         return None
     authorization, request_id, forwarded, traced = found
-    if len(authorization) > KEPT_AUTHORIZATION or (
-        authorization[:5].lower() != _BEARER_HEAD and dpop_scheme(authorization)
-    ):
-        return None
+    if authorization[:5].lower() != _BEARER_HEAD and dpop_scheme(authorization):
+        return None  # a DPoP proof's request (core.memo's rule)
     source = attributes.source
-    certificate = source.certificate
+    certificate, principal = source.certificate, source.principal
     extensions = attributes.context_extensions
     routed = tuple(sorted(extensions.items())) if extensions else ()
-    key = (method, target, host, scheme, source.principal, certificate, forwarded, routed, authorization)
+    kept: object = authorization
+    if len(authorization) > KEPT_AUTHORIZATION:
+        kept = (_DIGEST, hashlib.blake2b(authorization, digest_size=32).digest())
+    rest: tuple[object, ...] = (method, target, host, scheme, principal, certificate, forwarded, routed)
+    size = len(method) + len(target) + len(host) + len(scheme) + len(principal) + len(certificate)
+    size += len(forwarded) + (sum(len(k) + len(v) for k, v in routed) if routed else 0)
+    if size > KEPT_REST:
+        rest = (_DIGEST, _digest(method, target, host, scheme, principal, certificate, forwarded, routed))
+    key = (rest, kept)
     return RepeatRead(key, plain_request_id(request_id or http.id), traced, certificate, forwarded)
 
 

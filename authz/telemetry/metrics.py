@@ -66,8 +66,9 @@ class Histogram:
         series = self.series.get(labels)
         if series is None:
             series = self.series[labels] = [0.0] * (len(self.buckets) + 2)
-        index = bisect_left(self.buckets, value)  # the first bound at or above value
-        if index < len(self.buckets):
+        buckets = self.buckets
+        index = bisect_left(buckets, value)  # the first bound at or above value
+        if index < len(buckets) and value <= buckets[index]:  # (NaN is in no bucket, as before)
             series[index] += 1
         series[-2] += value
         series[-1] += 1

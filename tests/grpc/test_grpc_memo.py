@@ -908,21 +908,46 @@ async def test_repeat_lines_go_straight_to_the_handler_and_follow_a_logging_chan
     assert [r.fields["request_id"] for r in seen if r.name == "authz.decision"] == ["after-change"]  # type: ignore[attr-defined]
 
 
-async def test_an_authorization_longer_than_the_bound_is_decided_every_time(
-    world: World, config: Config, clock: Clock
-) -> None:
-    """A kept answer holds its authorization value as sent (the key), so a longer value than
-    KEPT_AUTHORIZATION is never kept: decided in full each time, with the same answer."""
-    from authz.grpc.repeat import KEPT_AUTHORIZATION
+def _key_bytes(key: object) -> int:
+    """What a memo key holds, in bytes or characters of its values."""
+    if isinstance(key, (str, bytes)):
+        return len(key)
+    assert isinstance(key, tuple)
+    return sum(_key_bytes(item) for item in key)
 
-    service = service_for(config, clock)
+
+@pytest.mark.parametrize("part", ["authorization", "query", "certificate", "extensions"])
+async def test_long_values_are_kept_as_digests_and_still_repeat(
+    world: World, config: Config, clock: Clock, part: str
+) -> None:
+    """A kept answer's key holds the request's values as sent up to a bound, and beyond it their
+    digest: an entry stays a few KiB whatever a client sends (a 50 KB query string), and the
+    request is still a repeat; a request that differs anywhere in the long part is not."""
+    from authz.grpc.repeat import read_repeat
+
     long_token = world.token(world.claims(padding="x" * 2600))  # under token.max_bytes (8192)
-    assert len(f"Bearer {long_token}") > KEPT_AUTHORIZATION
-    answers = [await ask(service, raw_request(long_token)) for _ in range(2)]
+    assert len(f"Bearer {long_token}") > 4096
+
+    def request(variant: str) -> CheckRequest:
+        token = long_token if part == "authorization" and variant != "other" else world_token
+        message = raw_request(
+            token, path=f"/orders?pad={'q' * 50_000}{variant}" if part == "query" else "/orders"
+        )
+        if part == "certificate":
+            message.attributes.source.certificate = "c" * 5000 + variant
+        if part == "extensions":
+            message.attributes.context_extensions["note"] = "e" * 5000 + variant
+        return message
+
+    world_token = world.token()
+    service = service_for(config, clock)
+    answers = [await ask(service, request("")) for _ in range(2)]
     assert outcome(answers[0]) == (200, "ok")
     assert answers[0] == answers[1]
-    assert (service.memo_hits, service.memo_entries) == (0, 0)
-    token = world.token()
-    for _ in range(2):
-        assert outcome(await ask(service, raw_request(token))) == (200, "ok")
-    assert (service.memo_hits, service.memo_entries) == (1, 1)  # the bound, not the memo, kept it out
+    assert (service.memo_hits, service.memo_entries) == (1, 1)
+    read = read_repeat(request(""))
+    assert read is not None
+    assert _key_bytes(read.key) <= 3 * 1024  # KEPT_AUTHORIZATION + KEPT_REST
+    if part != "authorization":  # another token is another key anyway; the others differ in the long part
+        assert await ask(service, request("-other")) is not None
+        assert (service.memo_hits, service.memo_entries) == (1, 2)
