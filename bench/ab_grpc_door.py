@@ -78,12 +78,21 @@ class _TreeServer(servers.AuthzServer):
             )
 
 
+_SPLITS: dict[int, list[tuple[float, float, float]]] = {}  # per pid: user µs, system µs, switches per check
+
+
 def _standalone(server: Any, body: Path, seconds: int) -> tuple[float, float]:
     """h2load -t1 -c8 -m4 against ``server`` alone: (req/s, server CPU µs per answered check)."""
     cpu = servers.cpu_seconds(server.pid)
+    user, system, switches = servers.cpu_split(server.pid)
     result = loadgen.run_h2load(server.port, body, seconds=seconds, clients=8, streams=4)
     used = servers.cpu_seconds(server.pid) - cpu
-    return result["rps"], used / result["requests"] * 1e6
+    after = servers.cpu_split(server.pid)
+    checks = result["requests"]
+    _SPLITS.setdefault(server.pid, []).append(
+        ((after[0] - user) / checks * 1e6, (after[1] - system) / checks * 1e6, (after[2] - switches) / checks)
+    )
+    return result["rps"], used / checks * 1e6
 
 
 def _through_envoy(port: int, pid: int, headers: dict[str, str], seconds: int) -> tuple[float, float]:
@@ -188,6 +197,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{name:<8}{_spread(rps, '.0f'):>22}{_spread(cpu, '.1f'):>22}"
             f"{_spread(cpu_x, '.2f'):>20}{_spread(rps_x, '.2f'):>20}"
         )
+    if args.mode != "envoy":
+        print(
+            "\nper check, medians of the rounds (/proc, all threads): user CPU, system CPU, context switches"
+        )
+        for name, server in targets.items():
+            rounds = _SPLITS.get(server.pid, [])[1:]  # the first was the warm-up
+            if rounds:
+                user, system, switches = (statistics.median(column) for column in zip(*rounds, strict=True))
+                print(f"{name:<8}{user:>10.1f} us{system:>10.1f} us{switches:>10.2f}")
     if args.json:
         args.json.write_text(
             json.dumps({"baseline": args.baseline, "mode": args.mode, "summary": summary, "runs": samples})

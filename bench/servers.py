@@ -67,6 +67,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_split(pid: int) -> tuple[float, float, int]:
+    """User CPU seconds, system CPU seconds and context switches (all threads) of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    switches = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            for line in (task / "status").read_text().splitlines():
+                if line.endswith("ctxt_switches") or "ctxt_switches:" in line:
+                    switches += int(line.split()[1])
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick, switches
+
+
 def _stop(process: subprocess.Popen[bytes], grace: float = 15.0) -> None:
     if process.poll() is None:
         with contextlib.suppress(ProcessLookupError):
