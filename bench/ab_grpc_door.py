@@ -117,7 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--ablate",
         action="store_true",
-        help="warm: also our handler in a bare grpc.aio server, and a bare server sending our answer canned",
+        help="warm: also our handler in a bare grpc.aio server, a bare server sending our answer canned, "
+        "and the steps between (bench/bare_grpc_door.py: parse, read, unrecorded)",
     )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
@@ -141,7 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         targets: dict[str, Any] = {"floor": floor}
         if args.ablate and args.mode == "warm":
             bare = ("--config", str(configs["warm"]), "--message", str(folder / "check.pb"))
-            targets["canned"] = servers.NoopServer(logs, "bare_grpc_door.py", (*bare, "--answer", "canned"))
+            for step in ("canned", "parse", "read", "unrecorded"):
+                targets[step] = servers.NoopServer(logs, "bare_grpc_door.py", (*bare, "--answer", step))
             targets["bare"] = servers.NoopServer(logs, "bare_grpc_door.py", (*bare, "--answer", "ours"))
         targets |= {"before": before, "after": after}
         samples: dict[str, list[tuple[float, float]]] = {name: [] for name in targets}
@@ -205,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rounds = _SPLITS.get(server.pid, [])[1:]  # the first was the warm-up
             if rounds:
                 user, system, switches = (statistics.median(column) for column in zip(*rounds, strict=True))
+                summary[name] |= {"user_us": user, "system_us": system, "switches_per_check": switches}
                 print(f"{name:<8}{user:>10.1f} us{system:>10.1f} us{switches:>10.2f}")
     if args.json:
         args.json.write_text(

@@ -5,6 +5,9 @@ serve`` writes it) registered as ``authz serve`` registers it, in a server with 
 options, no concurrency limit, no health, reflection, admin or HTTP door.
 ``--answer canned``: the same server answering every check with the bytes ours answers
 the given CheckRequest with (decided once at start-up): the floor plus the response's size.
+The steps between, each answering canned after doing part of a repeat's work: ``parse`` (the
+message parsed), ``read`` (and the memo key read, authz.grpc.repeat), ``unrecorded`` (our
+handler whole, but a repeat's metrics and log line left out).
 
 Prints ``{"msg": "serving", "port": N, "pid": P}`` like bench/noop_authz.py.
 """
@@ -17,7 +20,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -25,6 +28,9 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from authz.config import SnapshotHolder, load_config
+from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
+from authz.grpc.messages import parse
+from authz.grpc.repeat import read_repeat
 from authz.grpc.servicer import AUTHORIZATION_SERVICE, AuthorizationService
 from authz.telemetry.logs import setup_logging
 from authz.telemetry.recorder import Telemetry
@@ -34,10 +40,17 @@ async def serve(listen: str, config: Path, message: Path, answer: str) -> int:
     setup_logging()
     holder = SnapshotHolder(load_config(config))
     service = AuthorizationService(holder, telemetry=Telemetry())
-    if answer == "canned":
-        canned = await service.answer(message.read_bytes(), None)
+    canned = await service.answer(message.read_bytes(), None)
+    steps: dict[str, Callable[[bytes], object]] = {
+        "canned": lambda _data: None,
+        "parse": parse,
+        "read": lambda data: read_repeat(CheckRequest.FromString(data)),
+    }
+    if answer in steps:
+        step = steps[answer]
 
-        async def check(_request: bytes, _context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        async def check(data: bytes, _context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+            step(data)
             return canned
 
         handler = grpc.method_handlers_generic_handler(
@@ -45,6 +58,8 @@ async def serve(listen: str, config: Path, message: Path, answer: str) -> int:
             {"Check": grpc.unary_unary_rpc_method_handler(check)},
         )
     else:
+        if answer == "unrecorded":
+            service._telemetry.repeat = lambda *_args, **_kwargs: None  # type: ignore[method-assign]
         handler = service.handler()
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((handler,))
@@ -65,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--listen", default="127.0.0.1:0")
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--message", type=Path, required=True, help="a serialized CheckRequest")
-    parser.add_argument("--answer", choices=("ours", "canned"), default="ours")
+    parser.add_argument("--answer", choices=("ours", "canned", "parse", "read", "unrecorded"), default="ours")
     args = parser.parse_args(argv)
     return asyncio.run(serve(args.listen, args.config, args.message, args.answer))
 

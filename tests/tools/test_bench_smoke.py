@@ -154,9 +154,13 @@ def test_the_grpc_door_ab_runs_every_server(tools, tmp_path, mode):
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     summary = json.loads(results_path.read_text())["summary"]
-    servers = {"floor", "before", "after"} | ({"canned", "bare"} if mode == "warm" else set())
+    steps = {"canned", "parse", "read", "unrecorded", "bare"}
+    servers = {"floor", "before", "after"} | (steps if mode == "warm" else set())
     assert set(summary) == servers
     for name, figures in summary.items():
         assert figures["rps"] > 0, name
         assert figures["cpu_us_per_check"] > 0, name
+        if mode != "envoy":  # standalone: each server's CPU split, from /proc
+            assert figures["user_us"] > 0, name
+            assert figures["switches_per_check"] > 0, name
     assert summary["floor"]["cpu_vs_floor"] == 1.0
