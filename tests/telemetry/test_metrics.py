@@ -580,3 +580,14 @@ def test_serve_admin_port_from_the_serving_line(served_admin, world: World) -> N
     assert metrics.value("authz_config_restart_required", setting="tls") == 0
     assert metrics.value("authz_config_restart_required", setting="tls.client_ca") == 0
     assert_histogram_consistent(metrics, "authz_check_duration_seconds")
+
+
+def test_histogram_puts_a_nan_in_no_bucket() -> None:
+    """A NaN observation is counted (and summed) but lands in no bucket, as the linear search had it."""
+    registry = Registry(standard=False)
+    histogram = registry.histogram("lat_seconds", "Latency.", ())
+    histogram.observe((), float("nan"))
+    histogram.observe((), 0.0001)
+    series = histogram.series[()]
+    assert series[: len(histogram.buckets)] == [1.0] + [0.0] * (len(histogram.buckets) - 1)
+    assert series[-1] == 2
