@@ -19,7 +19,7 @@ from authz.core.request import METHOD_OVERRIDE_HEADERS, CertificateSource, plain
 from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from authz.telemetry.tracing import TRACE_HEADERS
 
-__all__ = ["KEPT_AUTHORIZATION", "RepeatRead", "read_repeat"]
+__all__ = ["KEPT_AUTHORIZATION", "KEPT_REST", "RepeatRead", "read_repeat"]
 
 
 class RepeatRead(NamedTuple):
