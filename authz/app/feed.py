@@ -32,6 +32,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from prometheus_client.metrics_core import CounterMetricFamily
 
+from authz.app.bounded import cancel_all, within
 from authz.app.store import BACKGROUND_TIMEOUT, StoreClient, StoreMetrics
 from authz.config.settings import FeedSettings
 from authz.telemetry.logs import Throttle
@@ -39,6 +40,7 @@ from authz.telemetry.logs import Throttle
 __all__ = ["FeedCounters", "FeedMirror", "StoreFeed"]
 
 _RETRY_MIN, _RETRY_MAX = 0.1, 2.0  # seconds between attempts to subscribe again
+_STOP_BOUND = 5.0  # seconds a stopping feed waits for its tasks to end (then they are left running)
 
 
 class FeedMirror(Protocol):
@@ -106,10 +108,8 @@ class StoreFeed(Generic[M, S]):
         return self._loaded.is_set()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        tasks, self._tasks = self._tasks, []
+        await cancel_all(tasks, _STOP_BOUND, f"{self.name} feed")
 
     # -- messages ----------------------------------------------------------------
 
@@ -283,8 +283,9 @@ class StoreFeed(Generic[M, S]):
                 self.subscribed = False
             finally:
                 self.subscribed = False
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(pubsub.aclose(), BACKGROUND_TIMEOUT)
+                # Bounded, and let go past the bound: redis-py finishes a pubsub's teardown
+                # before it lets a cancel through, and a stuck one would hold stop() forever.
+                await within(pubsub.aclose(), BACKGROUND_TIMEOUT)
             await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter, not a secret
             delay = min(_RETRY_MAX, delay * 2)
 

@@ -24,7 +24,6 @@ its memory breaks there (``ReplayMemory.forgot``), as when the store is changed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -38,6 +37,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
+from authz.app.bounded import cancel_all, within
 from authz.app.eviction import UNREAD, EvictionReading, read_eviction
 from authz.config.settings import StoreSettings
 from authz.core.replay import MemoryReplayStore, ReplayMemory, ReplayVerdict
@@ -153,13 +153,9 @@ class StoreClient:
         # Each step bounded: closing must never hang a reload or a shutdown (a connection left
         # mid-command by a cancelled task can keep redis-py's pool waiting; seen once in a test).
         for client in self._clients:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(_CLOSE_STEP):
-                    await client.aclose()
+            await within(client.aclose(), _CLOSE_STEP)
             # A Sentinel-made client does not own its pool, so aclose leaves it open.
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(_CLOSE_STEP):
-                    await client.connection_pool.disconnect()
+            await within(client.connection_pool.disconnect(), _CLOSE_STEP)
 
 
 @dataclass(frozen=True, slots=True)
@@ -479,18 +475,15 @@ class StoreHolder:
     async def close(self) -> None:
         client, self.client = self.client, None
         if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                async with asyncio.timeout(_CLOSE_STEP):  # a reading stuck in redis-py: not forever
-                    await self._watch
+            await cancel_all(
+                [self._watch], _CLOSE_STEP, "store eviction watch"
+            )  # a reading stuck in redis-py
             self._watch = None
         if client is not None:
             await client.close()
         # Replaced clients are closed here, not by their tasks: a task cancelled before it
         # first ran never reaches its ``finally``.
-        for task in list(self._closing):
-            task.cancel()
-        await asyncio.gather(*self._closing, return_exceptions=True)
+        await cancel_all(list(self._closing), _CLOSE_STEP, "store clients closing")
         for old in list(self._replaced):
             await old.close()
         self._replaced.clear()
