@@ -61,23 +61,27 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def _user_system(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process so far (/proc/PID/stat: all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(_user_system(pid))
 
 
 def cpu_split(pid: int) -> tuple[float, float, int]:
     """User CPU seconds, system CPU seconds and context switches (all threads) of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     switches = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError):  # a thread that ended meanwhile
             for line in (task / "status").read_text().splitlines():
-                if line.endswith("ctxt_switches") or "ctxt_switches:" in line:
+                if "ctxt_switches:" in line:  # voluntary_ and nonvoluntary_
                     switches += int(line.split()[1])
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick, switches
+    return (*_user_system(pid), switches)
 
 
 def _stop(process: subprocess.Popen[bytes], grace: float = 15.0) -> None:

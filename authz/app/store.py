@@ -475,9 +475,8 @@ class StoreHolder:
     async def close(self) -> None:
         client, self.client = self.client, None
         if self._watch is not None:
-            await cancel_all(
-                [self._watch], _CLOSE_STEP, "store eviction watch"
-            )  # a reading stuck in redis-py
+            # A reading stuck in redis-py must not hold the close.
+            await cancel_all([self._watch], _CLOSE_STEP, "store eviction watch")
             self._watch = None
         if client is not None:
             await client.close()

@@ -79,7 +79,7 @@ class JsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except RuntimeError:
             if lines:
                 self._write_pending(lines)  # gathered on a loop that is gone: first, in order
-            self._write(line if type(line) is str else _rendered(line))  # type: ignore[arg-type]
+            self._write(line if type(line) is str else self._render(line))  # type: ignore[arg-type]
             return None
         if lines and gathered.loop is not loop:
             self._write_pending(lines)  # gathered on a loop that is gone: out now, in order
@@ -108,9 +108,9 @@ class JsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def _write_pending(self, pending: list[str | Deferred]) -> None:
         if pending:
-            lines = pending[:]
+            text = "".join([line if type(line) is str else self._render(line) for line in pending])  # type: ignore[arg-type]
             pending.clear()
-            self._write("".join([line if type(line) is str else self._render(line) for line in lines]))  # type: ignore[arg-type]
+            self._write(text)
 
     def _render(self, line: Deferred) -> str:
         """A deferred line, rendered; one that cannot be is reported as logging reports a record it

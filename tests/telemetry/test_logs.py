@@ -318,3 +318,21 @@ async def test_a_deferred_line_that_cannot_be_rendered_costs_no_other_line(
     await _written(writes)
     assert [json.loads(line)["n"] for line in writes[0].splitlines()] == [0, 2]
     assert len(errors) == 1
+
+
+def test_off_a_loop_a_deferred_line_that_cannot_be_rendered_does_not_raise(
+    root: logging.Logger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a running loop a deferred line is rendered at once, and a failure is reported, not raised."""
+    stream = io.StringIO()
+    handler = _installed(root, stream)
+    errors: list[logging.LogRecord] = []
+    monkeypatch.setattr(handler, "handleError", errors.append)
+
+    def broken() -> str:
+        raise ValueError("cannot render")
+
+    handler.write_line((broken,))
+    handler.write_line((render_line, "authz.decision", "decision", '{"n":1}', 1.0))
+    assert [json.loads(line)["n"] for line in stream.getvalue().splitlines()] == [1]
+    assert len(errors) == 1
