@@ -79,16 +79,26 @@ class _TreeServer(servers.AuthzServer):
 
 
 _SPLITS: dict[int, list[tuple[float, float, float]]] = {}  # per pid: user µs, system µs, switches per check
+# per pid, its main thread (the event loop): user µs, system µs, voluntary switches per check
+_LOOP_SPLITS: dict[int, list[tuple[float, ...]]] = {}
 
 
 def _standalone(server: Any, body: Path, seconds: int) -> tuple[float, float]:
     """h2load -t1 -c8 -m4 against ``server`` alone: (req/s, server CPU µs per answered check)."""
     user, system, switches = servers.cpu_split(server.pid)
+    loop = servers.main_thread_split(server.pid)
     result = loadgen.run_h2load(server.port, body, seconds=seconds, clients=8, streams=4)
     after = servers.cpu_split(server.pid)
+    loop_after = servers.main_thread_split(server.pid)
     checks = result["requests"]
     user, system = (after[0] - user) / checks * 1e6, (after[1] - system) / checks * 1e6
     _SPLITS.setdefault(server.pid, []).append((user, system, (after[2] - switches) / checks))
+    _LOOP_SPLITS.setdefault(server.pid, []).append(
+        tuple(
+            (b - a) / checks * (1e6 if i < 2 else 1)
+            for i, (a, b) in enumerate(zip(loop, loop_after, strict=True))
+        )
+    )
     return result["rps"], user + system
 
 
@@ -206,6 +216,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 user, system, switches = (statistics.median(column) for column in zip(*rounds, strict=True))
                 summary[name] |= {"user_us": user, "system_us": system, "switches_per_check": switches}
                 print(f"{name:<8}{user:>10.1f} us{system:>10.1f} us{switches:>10.2f}")
+        print(
+            "\nthe main thread alone (the event loop, where grpc.aio runs each call's Python), per check:"
+            " user CPU, system CPU, voluntary switches (near 0: busy all the time)"
+        )
+        for name, server in targets.items():
+            rounds = _LOOP_SPLITS.get(server.pid, [])[1:]
+            if rounds:
+                user, system, voluntary = (statistics.median(column) for column in zip(*rounds, strict=True))
+                summary[name] |= {
+                    "loop_user_us": user,
+                    "loop_system_us": system,
+                    "loop_voluntary_switches": voluntary,
+                }
+                print(f"{name:<8}{user:>10.1f} us{system:>10.1f} us{voluntary:>10.2f}")
     if args.json:
         args.json.write_text(
             json.dumps({"baseline": args.baseline, "mode": args.mode, "summary": summary, "runs": samples})
