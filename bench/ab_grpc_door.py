@@ -78,28 +78,31 @@ class _TreeServer(servers.AuthzServer):
             )
 
 
-_SPLITS: dict[int, list[tuple[float, float, float]]] = {}  # per pid: user µs, system µs, switches per check
-# per pid, its main thread (the event loop): user µs, system µs, voluntary switches per check
-_LOOP_SPLITS: dict[int, list[tuple[float, ...]]] = {}
+# Per pid, one entry per run: (user µs, system µs, switches) per check, of the whole process
+# ("process": all its threads, all switches) and of its main thread ("loop": the event loop,
+# voluntary switches).
+_SPLITS: dict[str, dict[int, list[tuple[float, float, float]]]] = {"process": {}, "loop": {}}
+
+
+def _per_check(
+    before: tuple[float, float, int], after: tuple[float, float, int], checks: int
+) -> tuple[float, float, float]:
+    """CPU seconds and switch counts read before and after a run, as µs and switches per check."""
+    user, system, switches = (b - a for a, b in zip(before, after, strict=True))
+    return user / checks * 1e6, system / checks * 1e6, switches / checks
 
 
 def _standalone(server: Any, body: Path, seconds: int) -> tuple[float, float]:
     """h2load -t1 -c8 -m4 against ``server`` alone: (req/s, server CPU µs per answered check)."""
-    user, system, switches = servers.cpu_split(server.pid)
-    loop = servers.main_thread_split(server.pid)
+    process, loop = servers.cpu_split(server.pid), servers.main_thread_split(server.pid)
     result = loadgen.run_h2load(server.port, body, seconds=seconds, clients=8, streams=4)
-    after = servers.cpu_split(server.pid)
-    loop_after = servers.main_thread_split(server.pid)
     checks = result["requests"]
-    user, system = (after[0] - user) / checks * 1e6, (after[1] - system) / checks * 1e6
-    _SPLITS.setdefault(server.pid, []).append((user, system, (after[2] - switches) / checks))
-    _LOOP_SPLITS.setdefault(server.pid, []).append(
-        tuple(
-            (b - a) / checks * (1e6 if i < 2 else 1)
-            for i, (a, b) in enumerate(zip(loop, loop_after, strict=True))
-        )
+    split = _per_check(process, servers.cpu_split(server.pid), checks)
+    _SPLITS["process"].setdefault(server.pid, []).append(split)
+    _SPLITS["loop"].setdefault(server.pid, []).append(
+        _per_check(loop, servers.main_thread_split(server.pid), checks)
     )
-    return result["rps"], user + system
+    return result["rps"], split[0] + split[1]
 
 
 def _through_envoy(port: int, pid: int, headers: dict[str, str], seconds: int) -> tuple[float, float]:
@@ -207,29 +210,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{_spread(cpu_x, '.2f'):>20}{_spread(rps_x, '.2f'):>20}"
         )
     if args.mode != "envoy":
-        print(
-            "\nper check, medians of the rounds (/proc, all threads): user CPU, system CPU, context switches"
+        tables = (
+            ("process", "", "switches_per_check", "all threads: user CPU, system CPU, context switches"),
+            (
+                "loop",
+                "loop_",
+                "loop_voluntary_switches",
+                "the main thread alone (the event loop, where grpc.aio runs each call's Python): user CPU, "
+                "system CPU, voluntary switches (near 0: busy all the time)",
+            ),
         )
-        for name, server in targets.items():
-            rounds = _SPLITS.get(server.pid, [])[1:]  # the first was the warm-up
-            if rounds:
-                user, system, switches = (statistics.median(column) for column in zip(*rounds, strict=True))
-                summary[name] |= {"user_us": user, "system_us": system, "switches_per_check": switches}
-                print(f"{name:<8}{user:>10.1f} us{system:>10.1f} us{switches:>10.2f}")
-        print(
-            "\nthe main thread alone (the event loop, where grpc.aio runs each call's Python), per check:"
-            " user CPU, system CPU, voluntary switches (near 0: busy all the time)"
-        )
-        for name, server in targets.items():
-            rounds = _LOOP_SPLITS.get(server.pid, [])[1:]
-            if rounds:
-                user, system, voluntary = (statistics.median(column) for column in zip(*rounds, strict=True))
-                summary[name] |= {
-                    "loop_user_us": user,
-                    "loop_system_us": system,
-                    "loop_voluntary_switches": voluntary,
-                }
-                print(f"{name:<8}{user:>10.1f} us{system:>10.1f} us{voluntary:>10.2f}")
+        for table, prefix, switches_key, title in tables:
+            print(f"\nper check, medians of the rounds (/proc), {title}")
+            for name, server in targets.items():
+                rounds = _SPLITS[table].get(server.pid, [])[1:]  # the first was the warm-up
+                if rounds:
+                    user, system, switches = (
+                        statistics.median(column) for column in zip(*rounds, strict=True)
+                    )
+                    summary[name] |= {
+                        f"{prefix}user_us": user,
+                        f"{prefix}system_us": system,
+                        switches_key: switches,
+                    }
+                    print(f"{name:<8}{user:>10.1f} us{system:>10.1f} us{switches:>10.2f}")
     if args.json:
         args.json.write_text(
             json.dumps({"baseline": args.baseline, "mode": args.mode, "summary": summary, "runs": samples})

@@ -163,5 +163,5 @@ def test_the_grpc_door_ab_runs_every_server(tools, tmp_path, mode):
         if mode != "envoy":  # standalone: each server's CPU split, from /proc
             assert figures["user_us"] > 0, name
             assert figures["switches_per_check"] > 0, name
-            assert 0 < figures["loop_user_us"] < figures["user_us"], name  # the event loop's share
+            assert 0 < figures["loop_user_us"] <= figures["user_us"], name  # the event loop's share
     assert summary["floor"]["cpu_vs_floor"] == 1.0
