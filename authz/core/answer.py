@@ -21,6 +21,7 @@ __all__ = [
     "DPOP_NONCE_HEADER",
     "IDENTITY_HEADERS",
     "answer_failed",
+    "cgi_form",
     "challenge",
     "client_headers",
     "deny_headers",
@@ -51,7 +52,13 @@ _DPOP_ERRORS = {
 # (and, in some servers, every character that is not a letter or digit as "_").
 _NOT_ALNUM = re.compile(r"[^A-Z0-9]")
 
-_CGI_IDENTITY = frozenset(_NOT_ALNUM.sub("_", name.upper()) for name in IDENTITY_HEADERS)
+
+def cgi_form(name: str) -> str:
+    """``name`` as an upstream that follows CGI reads it (without the ``HTTP_`` prefix)."""
+    return _NOT_ALNUM.sub("_", name.upper())
+
+
+_CGI_IDENTITY = frozenset(map(cgi_form, IDENTITY_HEADERS))
 
 _CGI_LENGTHS = frozenset(len(name) for name in IDENTITY_HEADERS)
 
@@ -131,7 +138,7 @@ def identity_spellings(carried: Iterable[str]) -> list[str]:
     for name in carried:
         if (
             len(name) in _CGI_LENGTHS
-            and _NOT_ALNUM.sub("_", name.upper()) in _CGI_IDENTITY
+            and cgi_form(name) in _CGI_IDENTITY
             and name.lower() not in IDENTITY_HEADERS
             and name not in found
         ):

@@ -19,7 +19,7 @@ from authz.core.request import METHOD_OVERRIDE_HEADERS, CertificateSource, plain
 from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from authz.telemetry.tracing import TRACE_HEADERS
 
-__all__ = ["KEPT_AUTHORIZATION", "KEPT_REST", "RepeatRead", "read_repeat"]
+__all__ = ["KEPT_AUTHORIZATION", "KEPT_REST", "NOT_REPEATS", "RepeatRead", "read_repeat"]
 
 
 class RepeatRead(NamedTuple):
@@ -42,7 +42,7 @@ _AUTHORIZATION, _REQUEST_ID = "authorization", "x-request-id"
 _XFCC = "x-forwarded-client-cert"
 # Read by the decision (method_override), or never repeated by the core's memo rules (a DPoP
 # proof is single-use): a request carrying one is never a repeat.
-_NOT_REPEATS = frozenset(METHOD_OVERRIDE_HEADERS) | NEVER_REPEATED_HEADERS
+NOT_REPEATS = frozenset(METHOD_OVERRIDE_HEADERS) | NEVER_REPEATED_HEADERS
 _KEY = operator.attrgetter("key")
 # What a kept answer's key holds as sent: an authorization value up to KEPT_AUTHORIZATION bytes,
 # the rest of the request's values up to KEPT_REST characters together; beyond either, that part
@@ -119,7 +119,7 @@ def _names_pass(names: list[str]) -> bool:
         joined.isascii()
         and joined.islower()
         and names.count(_AUTHORIZATION) == 1
-        and _NOT_REPEATS.isdisjoint(names)
+        and NOT_REPEATS.isdisjoint(names)
         and ("authz" not in joined or not identity_spellings(names))
     )
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import operator
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import grpc
 
@@ -26,6 +26,7 @@ from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckReque
 from authz.grpc.drain import InFlight
 from authz.grpc.messages import fallback_deny, parse, read, to_check_response
 from authz.grpc.repeat import RepeatRead, read_repeat
+from authz.grpc.wire import read_wire
 from authz.telemetry.decision_log import RepeatedAnswer
 from authz.telemetry.recorder import Telemetry
 from authz.telemetry.tracing import CHECK_SPAN, TRACE_HEADERS, trace_id_from
@@ -67,6 +68,7 @@ class SerializedAnswers:
 SERIALIZED = SerializedAnswers()
 _log = logging.getLogger("authz.grpc")
 _NAME = operator.itemgetter(0)
+_T = TypeVar("_T")
 
 
 class AuthorizationService:
@@ -108,21 +110,24 @@ class AuthorizationService:
         if context is not None:
             self.in_flight.begin(context)  # the drain waits for this answer to be sent
         config = self._holder.current  # once: the whole check runs on this snapshot
-        parsed = parse(data)
         remaining = _time_remaining(context)
         repeat: RepeatRead | None = None
-        if config is not None and isinstance(parsed, CheckRequest) and (remaining is None or remaining > 0):
-            if self._telemetry.tracer is None and self._memo.usable(config.snapshot, config.server.memo_size):
-                try:
-                    repeat = read_repeat(parsed)
-                    kept = self._repeat(config.snapshot, repeat, context, started) if repeat else None
-                except Exception:  # noqa: BLE001 - the full path answers whatever this could not read
-                    _log.exception("grpc door: reading a repeat failed; decided in full")
-                    repeat = kept = None
+        memo = config is not None and (remaining is None or remaining > 0)
+        if memo and config is not None:
+            memo = self._telemetry.tracer is None and self._memo.usable(
+                config.snapshot, config.server.memo_size
+            )
+            if not memo:
+                self._memo.forget()  # memo off now: let the old snapshot go
+            elif read_wire is not None:  # from the bytes: a repeat needs no parse
+                repeat, kept = self._look_up(read_wire, data, config.snapshot, context, started)
                 if kept is not None:
                     return kept
-            else:
-                self._memo.forget()  # memo off now: let the old snapshot go
+        parsed = parse(data)
+        if memo and repeat is None and config is not None and isinstance(parsed, CheckRequest):
+            repeat, kept = self._look_up(read_repeat, parsed, config.snapshot, context, started)
+            if kept is not None:
+                return kept
         request: AuthzRequest | None = None
         early: Decision | None = None
         request_id = ""
@@ -167,6 +172,22 @@ class AuthorizationService:
             except Exception:  # noqa: BLE001 - the answer stands; only its repeats are not kept
                 _log.exception("grpc door: keeping an answer for its repeats failed")
         return answered.answer
+
+    def _look_up(
+        self,
+        reader: Callable[[_T], RepeatRead | None],
+        message: _T,
+        snapshot: Snapshot,
+        context: grpc.aio.ServicerContext[Any, Any] | None,
+        started: float,
+    ) -> tuple[RepeatRead | None, bytes | None]:
+        """The memo's reading of ``message`` by ``reader``, and its kept answer if it still holds."""
+        try:
+            repeat = reader(message)
+            return repeat, self._repeat(snapshot, repeat, context, started) if repeat else None
+        except Exception:  # noqa: BLE001 - the full path answers whatever this could not read
+            _log.exception("grpc door: reading a repeat failed; decided in full")
+            return None, None
 
     def _repeat(
         self,

@@ -28,6 +28,9 @@ from testkit.world import ACME_IDP, CONFIG, INNER_ALGS, NOW, World, check_reques
 from tests.grpc.test_grpc_memo import raw_request
 from tests.http.test_http_parity import CASES
 
+# Every test here runs with each of the door's two readings of a repeat (tests/grpc/conftest.py).
+pytestmark = pytest.mark.usefixtures("reader")
+
 SKEW = 30  # CONFIG's clock_skew
 EXP = NOW + 300  # the world's tokens: iat = nbf = NOW, exp = NOW + 300
 # Each side of every boundary a repeat's answer depends on: nbf/iat and the skew before them,
