@@ -14,7 +14,8 @@
  *    deeper than MAX_DEPTH, a string field that is not valid UTF-8: declined (protobuf rejects
  *    some of these and reads the others its own way);
  *  - a field this reads, or a message it reads through, that is sent twice (protobuf merges or
- *    keeps the last): declined; so are a map key sent twice and more entries than it keeps;
+ *    keeps the last): declined; so are a map key sent twice, a map entry with a field other than
+ *    its key and value (protobuf leaves such an entry out of the map) and more entries than it keeps;
  *  - then repeat.read_repeat's own rules, in the same order (see there).
  *
  * tests/grpc/test_wire_reader.py holds it to protobuf and read_repeat on every message the tests
@@ -232,8 +233,10 @@ typedef struct {
     Buf key, value, raw;
 } Header;
 
-/* A map entry or HeaderValue: key 1, value 2, raw_value 3; each at most once. */
-static int read_header(Buf entry, Header *header) {
+/* A HeaderValue (key 1, value 2, raw_value 3) or, if `map_entry`, a map entry (key 1, value 2):
+   each at most once. Protobuf keeps a map entry with any other field as an unknown field of the
+   message, out of the map: declined. */
+static int read_header(Buf entry, Header *header, int map_entry) {
     uint32_t number;
     int wire, r;
     Buf sub = {NULL, NULL};
@@ -241,6 +244,7 @@ static int read_header(Buf entry, Header *header) {
     header->key.end = header->value.end = header->raw.end = NULL;
     while ((r = next_field(&entry, &number, &wire, &sub)) == 1) {
         Buf *slot = number == 1 ? &header->key : number == 2 ? &header->value : number == 3 ? &header->raw : NULL;
+        if (map_entry && slot != &header->key && slot != &header->value) return 0;
         if (slot != NULL && !once(slot, wire, sub)) return 0;
     }
     return r == 0;
@@ -373,12 +377,12 @@ static PyObject *build(const Found *f) {
         count = f->entry_count;
         raw_form = 1;
         for (int i = 0; i < count; i++)
-            if (!read_header(f->entries[i], &headers[i])) Py_RETURN_NONE;
+            if (!read_header(f->entries[i], &headers[i], 0)) Py_RETURN_NONE;
     } else { /* the headers map: one entry per name (a name sent twice: declined) */
         count = f->plain_count;
         raw_form = 0;
         for (int i = 0; i < count; i++) {
-            if (!read_header(f->plain[i], &headers[i]) || PRESENT(headers[i].raw)) Py_RETURN_NONE;
+            if (!read_header(f->plain[i], &headers[i], 1)) Py_RETURN_NONE;
             headers[i].key = or_empty(headers[i].key);
             for (int j = 0; j < i; j++)
                 if (equal(headers[i].key, headers[j].key)) Py_RETURN_NONE;
@@ -413,7 +417,7 @@ static PyObject *build(const Found *f) {
     /* The routed pairs, sorted by key (UTF-8's byte order is its code points' order). */
     Header routes[MAX_EXTENSIONS];
     for (int i = 0; i < f->extension_count; i++) {
-        if (!read_header(f->extensions[i], &routes[i]) || PRESENT(routes[i].raw)) Py_RETURN_NONE;
+        if (!read_header(f->extensions[i], &routes[i], 1)) Py_RETURN_NONE;
         routes[i].key = or_empty(routes[i].key);
         routes[i].value = or_empty(routes[i].value);
         Header moved = routes[i];
@@ -515,7 +519,14 @@ static PyObject *build(const Found *f) {
         Py_INCREF(trace);
     }
     /* RepeatRead(key, request_id, trace_headers, peer_certificate, forwarded_certificate) */
-    result = PyObject_CallFunctionObjArgs(read_type, key, rid, trace, PyTuple_GET_ITEM(rest, 5), forwarded, NULL);
+    /* made as tuple.__new__ makes it (RepeatRead's own __new__ is a Python function) */
+    result = ((PyTypeObject *)read_type)->tp_alloc((PyTypeObject *)read_type, 5);
+    if (result == NULL) goto error;
+    PyObject *items[5] = {key, rid, trace, PyTuple_GET_ITEM(rest, 5), forwarded};
+    for (int i = 0; i < 5; i++) {
+        Py_INCREF(items[i]);
+        PyTuple_SET_ITEM(result, i, items[i]);
+    }
     goto done;
 error:
     Py_CLEAR(result);
@@ -606,6 +617,11 @@ static PyObject *wire_configure(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O!(OOOOOnn)", &PyTuple_Type, &schema, &type, &trace, &never, &cgi, &own,
                           &authorization, &rest))
         return NULL;
+    if (!PyType_Check(type) || !PyType_IsSubtype((PyTypeObject *)type, &PyTuple_Type) ||
+        ((PyTypeObject *)type)->tp_itemsize != PyTuple_Type.tp_itemsize) {
+        PyErr_SetString(PyExc_TypeError, "the reading's type must be a tuple of five (RepeatRead)");
+        return NULL;
+    }
     Py_ssize_t count = PyTuple_GET_SIZE(schema);
     Message *built = PyMem_Calloc((size_t)count + 1, sizeof(Message));
     if (built == NULL) return PyErr_NoMemory();

@@ -112,6 +112,7 @@ class AuthorizationService:
         config = self._holder.current  # once: the whole check runs on this snapshot
         remaining = _time_remaining(context)
         repeat: RepeatRead | None = None
+        # Only checks that still have time: one queued past Envoy's deadline is shed (and counted).
         memo = config is not None and (remaining is None or remaining > 0)
         if memo and config is not None:
             memo = self._telemetry.tracer is None and self._memo.usable(
