@@ -20,7 +20,7 @@ DEMO_OTLP             ?= auto
 # Every install takes its versions from constraints.txt (make lock refreshes it).
 PIP_INSTALL := $(PY) -m pip install --quiet -c constraints.txt
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(VENV)/.installed: pyproject.toml setup.py constraints.txt authz/grpc/_wire.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PIP_INSTALL) -e .

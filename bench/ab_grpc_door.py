@@ -36,6 +36,7 @@ import loadgen  # noqa: E402
 import minting  # noqa: E402
 import servers  # noqa: E402
 
+from authz.grpc.wire import read_wire  # noqa: E402
 from testkit.envoy import run_envoy  # noqa: E402
 
 
@@ -128,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--ablate",
         action="store_true",
         help="warm: also our handler in a bare grpc.aio server, a bare server sending our answer canned, "
-        "and the steps between (bench/bare_grpc_door.py: parse, read, unrecorded)",
+        "and the steps between (bench/bare_grpc_door.py: parse, read, wire, unrecorded)",
     )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
@@ -152,7 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         targets: dict[str, Any] = {"floor": floor}
         if args.ablate and args.mode == "warm":
             bare = ("--config", str(configs["warm"]), "--message", str(folder / "check.pb"))
-            for step in ("canned", "parse", "read", "unrecorded"):
+            wire = ("wire",) if read_wire is not None else ()  # where authz.grpc._wire is built
+            for step in ("canned", "parse", "read", *wire, "unrecorded"):
                 targets[step] = servers.NoopServer(logs, "bare_grpc_door.py", (*bare, "--answer", step))
             targets["bare"] = servers.NoopServer(logs, "bare_grpc_door.py", (*bare, "--answer", "ours"))
         targets |= {"before": before, "after": after}

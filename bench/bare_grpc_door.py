@@ -6,8 +6,9 @@ options, no concurrency limit, no health, reflection, admin or HTTP door.
 ``--answer canned``: the same server answering every check with the bytes ours answers
 the given CheckRequest with (decided once at start-up): the floor plus the response's size.
 The steps between, each answering canned after doing part of a repeat's work: ``parse`` (the
-message parsed), ``read`` (and the memo key read, authz.grpc.repeat), ``unrecorded`` (our
-handler whole, but a repeat's metrics and log line left out).
+message parsed), ``read`` (and the memo key read, authz.grpc.repeat), ``wire`` (the memo key
+read from the bytes instead, authz.grpc.wire, without the parse: what a repeat pays where the
+extension is built), ``unrecorded`` (our handler whole, but a repeat's metrics and log line left out).
 
 Prints ``{"msg": "serving", "port": N, "pid": P}`` like bench/noop_authz.py.
 """
@@ -32,6 +33,7 @@ from authz.grpc._proto.envoy.service.auth.v3.external_auth_pb2 import CheckReque
 from authz.grpc.messages import parse
 from authz.grpc.repeat import read_repeat
 from authz.grpc.servicer import AUTHORIZATION_SERVICE, AuthorizationService
+from authz.grpc.wire import read_wire
 from authz.telemetry.logs import setup_logging
 from authz.telemetry.recorder import Telemetry
 
@@ -46,6 +48,10 @@ async def serve(listen: str, config: Path, message: Path, answer: str) -> int:
         "parse": parse,
         "read": lambda data: read_repeat(CheckRequest.FromString(data)),
     }
+    if read_wire is not None:  # the reading from the wire (authz/grpc/_wire.c), where it is built
+        steps["wire"] = read_wire
+    if answer == "wire" and read_wire is None:
+        raise SystemExit("--answer wire: the extension authz.grpc._wire is not built here")
     if answer in steps:
         step = steps[answer]
 
@@ -80,7 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--listen", default="127.0.0.1:0")
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--message", type=Path, required=True, help="a serialized CheckRequest")
-    parser.add_argument("--answer", choices=("ours", "canned", "parse", "read", "unrecorded"), default="ours")
+    parser.add_argument(
+        "--answer", choices=("ours", "canned", "parse", "read", "wire", "unrecorded"), default="ours"
+    )
     args = parser.parse_args(argv)
     return asyncio.run(serve(args.listen, args.config, args.message, args.answer))
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from authz.grpc.wire import read_wire
 from testkit.redis import redis_binary
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
@@ -154,7 +155,7 @@ def test_the_grpc_door_ab_runs_every_server(tools, tmp_path, mode):
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     summary = json.loads(results_path.read_text())["summary"]
-    steps = {"canned", "parse", "read", "unrecorded", "bare"}
+    steps = {"canned", "parse", "read", "unrecorded", "bare"} | ({"wire"} if read_wire is not None else set())
     servers = {"floor", "before", "after"} | (steps if mode == "warm" else set())
     assert set(summary) == servers
     for name, figures in summary.items():
