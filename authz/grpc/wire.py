@@ -12,6 +12,7 @@ can hold, each field's number and kind, from the descriptors) and with repeat.py
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -79,7 +80,11 @@ def _load() -> Callable[[bytes], RepeatRead | None] | None:
     trace = tuple(sorted(TRACE_HEADERS))
     rules = (RepeatRead, trace, tuple(sorted(NOT_REPEATS)), tuple(map(cgi_form, IDENTITY_HEADERS)),
              IDENTITY_HEADERS, KEPT_AUTHORIZATION, KEPT_REST)  # fmt: skip
-    _wire.configure(schema(CheckRequest.DESCRIPTOR), rules)
+    try:
+        _wire.configure(schema(CheckRequest.DESCRIPTOR), rules)
+    except Exception:  # a schema or rule it cannot hold: every request is parsed
+        logging.getLogger("authz.grpc").exception("grpc door: the reading from the wire is off")
+        return None
     read: Callable[[bytes], RepeatRead | None] = _wire.read
     return read
 
