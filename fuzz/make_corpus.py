@@ -23,9 +23,13 @@ runner, fuzz/run.py, then empties the working corpora made from older seeds).
 - ``fuzz_http/``: a mode byte (where the first chunk ends) and HTTP/1.1 bytes
   on one connection: repeated requests (answered from the memo), the same
   cases as fuzz_check, pipelines, trace headers, malformed requests.
+- ``fuzz_wire/``: serialized CheckRequests in the forms the memo's wire reading reads (both
+  header forms, raw values that are not UTF-8, routes, peers, forwarded certificates, trace
+  headers) and a few it leaves to protobuf; no valid token is needed (fixed bytes: the
+  seeds do not change from run to run).
 
 ``python -m fuzz.make_corpus --http-only`` writes only ``fuzz_http/``, from the
-``valid-*`` tokens already in ``fuzz_token/``.
+``valid-*`` tokens already in ``fuzz_token/``; ``--wire-only`` writes only ``fuzz_wire/``.
 """
 
 from __future__ import annotations
@@ -156,6 +160,47 @@ def _requests(tokens: dict[str, str]) -> Iterable[tuple[str, CheckRequest]]:
     yield "header-map", raw
 
 
+def _raw_form(message: CheckRequest, extra: Iterable[tuple[str, bytes]] = ()) -> CheckRequest:
+    """``message`` in Envoy's encode_raw_headers form: header_map with raw values, no headers map."""
+    http = message.attributes.request.http
+    for key, value in [*((k, v.encode()) for k, v in sorted(http.headers.items())), *extra]:
+        entry = http.header_map.headers.add()
+        entry.key, entry.raw_value = key, value
+    http.ClearField("headers")
+    return message
+
+
+def wire_seeds() -> Iterable[tuple[str, bytes]]:
+    """fuzz_wire's seeds: what the memo's wire reading reads, and some of what it leaves to protobuf."""
+    token = "eyJhbGciOiJkaXIiLCJlbmMiOiJBMjU2R0NNIn0..aXY.Y2lwaGVy.dGFn"  # noqa: S105 - no key opens it
+    trace = {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01", "tracestate": "a=b", "b3": "x"}
+    messages = {
+        "plain": check_request(token=token),
+        "plain-routed": check_request(token=token, tenant="acme", headers=trace),
+        "plain-xfcc": check_request(token=token, headers={"x-forwarded-client-cert": "Hash=ab"}),
+        "raw": _raw_form(check_request(token=token)),
+        "raw-trace": _raw_form(check_request(token=token, headers=trace)),
+        "raw-xfcc": _raw_form(
+            check_request(token=token),
+            [("x-forwarded-client-cert", b"Hash=ab"), ("x-forwarded-client-cert", b"\xff")],
+        ),
+        "raw-request-id": _raw_form(check_request(token=token), [("x-request-id", b"second")]),
+        "raw-long": _raw_form(check_request(token=token, path="/orders?" + "q" * 1100)),
+        "dpop": check_request(token=token, headers={"dpop": "x"}),
+        "override": _raw_form(check_request(token=token, headers={"x-http-method-override": "DELETE"})),
+        "spelling": check_request(token=token, headers={"x_authz_subject": "eve"}),
+        "no-token": check_request(),
+    }
+    peer = _raw_form(check_request(token=token, tenant="acme"))
+    peer.attributes.source.principal = "spiffe://acme/ns/a/sa/b"
+    peer.attributes.source.certificate = "-----BEGIN%20CERTIFICATE-----%0A..."
+    peer.attributes.context_extensions["route"] = "orders"
+    peer.attributes.metadata_context.filter_metadata["envoy.filters.http.rbac"].fields["a"].number_value = 1
+    messages["peer"] = peer
+    for name, message in messages.items():
+        yield name, message.SerializeToString(deterministic=True)
+
+
 def _http(
     token: str | None = None, *, method: str = "GET", target: str = "/orders", host: str = "api.acme.test",
     extra: str = "",
@@ -237,6 +282,9 @@ def main() -> None:
             _write(folder, name, data)
         print(f"fuzz_http: {len(list(folder.iterdir()))} seeds")
         return
+    if "--wire-only" in sys.argv[1:]:
+        _write_wire()
+        return
     world, handle = temporary_world()
     try:
         tokens = valid_tokens(world)
@@ -303,6 +351,16 @@ def main() -> None:
             print(f"{target}: {len(list((CORPUS / target).iterdir()))} seeds")
     finally:
         handle.cleanup()
+    _write_wire()
+
+
+def _write_wire() -> None:
+    folder = CORPUS / "fuzz_wire"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for name, data in wire_seeds():
+        _write(folder, name, data)
+    print(f"fuzz_wire: {len(list(folder.iterdir()))} seeds")
 
 
 if __name__ == "__main__":

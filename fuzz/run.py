@@ -31,10 +31,17 @@ from pathlib import Path
 
 FUZZ = Path(__file__).resolve().parent
 ROOT = FUZZ.parent
-TARGETS = ("fuzz_token", "fuzz_inner", "fuzz_check", "fuzz_http", "fuzz_dpop")
+TARGETS = ("fuzz_token", "fuzz_inner", "fuzz_check", "fuzz_http", "fuzz_dpop", "fuzz_wire")
 # The longest input worth trying: a little over the configured token limit (8192), and a request with one;
-# a little over the DPoP proof limit (8192).
-MAX_LEN = {"fuzz_token": 9000, "fuzz_inner": 9000, "fuzz_check": 16384, "fuzz_http": 20000, "fuzz_dpop": 9000}
+# a little over the DPoP proof limit (8192); CheckRequests past the memo's kept sizes (fuzz_wire).
+MAX_LEN = {
+    "fuzz_token": 9000,
+    "fuzz_inner": 9000,
+    "fuzz_check": 16384,
+    "fuzz_http": 20000,
+    "fuzz_dpop": 9000,
+    "fuzz_wire": 16384,
+}
 
 
 @dataclass

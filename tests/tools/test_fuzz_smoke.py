@@ -20,8 +20,11 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-TARGETS = ("fuzz_token", "fuzz_inner", "fuzz_check", "fuzz_http", "fuzz_dpop")
+TARGETS = ("fuzz_token", "fuzz_inner", "fuzz_check", "fuzz_http", "fuzz_dpop", "fuzz_wire")
 SECONDS = 10
+# Python edges libFuzzer saw; fuzz_wire's subject is C that atheris does not instrument (its
+# edges are read_repeat's and the outcome's: about 85 in a short run).
+MIN_COVERAGE = {"fuzz_wire": 50}
 
 
 @pytest.fixture(scope="module")
@@ -64,4 +67,4 @@ def test_fuzz_target_short_run(run, target):
     # The seed corpus was loaded and mutations ran (not a target that exits at once).
     assert "INITED" in log
     assert result["executions"] > 1000, log[-2000:]
-    assert result["coverage"] > 100
+    assert result["coverage"] > MIN_COVERAGE.get(target, 100)
