@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from authz.grpc.wire import read_wire
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,6 +58,8 @@ def run(atheris_available, tmp_path_factory) -> tuple[subprocess.CompletedProces
 @pytest.mark.parametrize("target", TARGETS)
 def test_fuzz_target_short_run(run, target):
     """Each target runs its seeds and ~10 s of mutations: exit 0, no crash file, inputs executed."""
+    if target == "fuzz_wire" and read_wire is None:
+        pytest.skip("the C extension authz.grpc._wire is not built here: make fuzz leaves fuzz_wire out")
     completed, results, folder = run
     by_target = {r["target"]: r for r in results}
     assert target in by_target, f"runner failed:\n{completed.stdout}\n{completed.stderr}"
