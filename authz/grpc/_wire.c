@@ -28,6 +28,9 @@
 #include <string.h>
 
 enum { K_VARINT, K_FIXED64, K_FIXED32, K_STRING, K_BYTES, K_MESSAGE };
+/* The wire type each kind arrives as (packed repeated numbers, which no field read here is,
+   are declined with the rest). */
+static const int WIRE_OF_KIND[] = {0, 1, 5, 2, 2, 2};
 /* protobuf's own limit in Python is 100; deeper messages are left to it. */
 #define MAX_DEPTH 64
 #define MAX_HEADERS 128
@@ -162,28 +165,9 @@ static int valid(Buf b, Py_ssize_t index, int depth) {
             }
         }
         if (field == NULL) continue; /* an unknown field: kept by protobuf, never read */
-        switch (field->kind) {
-        case K_VARINT:
-            if (wire != 0) return 0;
-            break;
-        case K_FIXED64:
-            if (wire != 1) return 0;
-            break;
-        case K_FIXED32:
-            if (wire != 5) return 0;
-            break;
-        case K_BYTES:
-            if (wire != 2) return 0;
-            break;
-        case K_STRING:
-            if (wire != 2 || !utf8_valid(sub)) return 0;
-            break;
-        case K_MESSAGE:
-            if (wire != 2 || !valid(sub, field->sub, depth + 1)) return 0;
-            break;
-        default:
-            return 0;
-        }
+        if (wire != WIRE_OF_KIND[field->kind]) return 0;
+        if (field->kind == K_STRING && !utf8_valid(sub)) return 0;
+        if (field->kind == K_MESSAGE && !valid(sub, field->sub, depth + 1)) return 0;
     }
     return r == 0;
 }
@@ -233,9 +217,18 @@ typedef struct {
     Buf key, value, raw;
 } Header;
 
+static const unsigned char EMPTY[1] = {0};
+
+static Buf or_empty(Buf b) {
+    if (!PRESENT(b)) {
+        b.p = b.end = EMPTY;
+    }
+    return b;
+}
+
 /* A HeaderValue (key 1, value 2, raw_value 3) or, if `map_entry`, a map entry (key 1, value 2):
-   each at most once. Protobuf keeps a map entry with any other field as an unknown field of the
-   message, out of the map: declined. */
+   each at most once, and each "" when absent, as protobuf reads it. Protobuf keeps a map entry
+   with any other field as an unknown field of the message, out of the map: declined. */
 static int read_header(Buf entry, Header *header, int map_entry) {
     uint32_t number;
     int wire, r;
@@ -247,25 +240,17 @@ static int read_header(Buf entry, Header *header, int map_entry) {
         if (map_entry && slot != &header->key && slot != &header->value) return 0;
         if (slot != NULL && !once(slot, wire, sub)) return 0;
     }
+    header->key = or_empty(header->key);
+    header->value = or_empty(header->value);
+    header->raw = or_empty(header->raw);
     return r == 0;
-}
-
-static const unsigned char EMPTY[1] = {0};
-
-static Buf or_empty(Buf b) {
-    if (!PRESENT(b)) {
-        b.p = b.end = EMPTY;
-    }
-    return b;
 }
 
 /* A header_map entry's value as repeat._value reads it: the raw bytes (decoded, errors replaced)
    if any, else the value. In the headers map form (raw absent) the value is valid UTF-8. */
 static PyObject *header_text(const Header *h) {
-    if (PRESENT(h->raw) && LEN(h->raw) > 0)
-        return PyUnicode_DecodeUTF8((const char *)h->raw.p, LEN(h->raw), "replace");
-    Buf v = or_empty(h->value);
-    return PyUnicode_DecodeUTF8((const char *)v.p, LEN(v), NULL);
+    if (LEN(h->raw) > 0) return PyUnicode_DecodeUTF8((const char *)h->raw.p, LEN(h->raw), "replace");
+    return PyUnicode_DecodeUTF8((const char *)h->value.p, LEN(h->value), NULL);
 }
 
 static PyObject *text(Buf b) {
@@ -275,7 +260,7 @@ static PyObject *text(Buf b) {
 
 /* core.request.plain_request_id: [A-Za-z0-9._:-]{1,128}, else "". */
 static PyObject *plain_request_id(Buf b) {
-    Py_ssize_t n = PRESENT(b) ? LEN(b) : 0;
+    Py_ssize_t n = LEN(b);
     int plain = n >= 1 && n <= 128;
     for (Py_ssize_t i = 0; plain && i < n; i++) {
         unsigned char c = b.p[i];
@@ -367,9 +352,7 @@ static int find(Buf top, Found *f) {
 /* The reading of the found fields, or Py_None (declined), or NULL (a Python error). */
 static PyObject *build(const Found *f) {
     /* Left to the pseudo-headers, which the key does not hold. */
-    if (!PRESENT(f->method) || !LEN(f->method) || !PRESENT(f->path) || !LEN(f->path) || !PRESENT(f->host) ||
-        !LEN(f->host) || !PRESENT(f->scheme) || !LEN(f->scheme))
-        Py_RETURN_NONE;
+    if (!LEN(f->method) || !LEN(f->path) || !LEN(f->host) || !LEN(f->scheme)) Py_RETURN_NONE;
     Header headers[MAX_HEADERS];
     int count, raw_form;
     if (f->entry_count > 0) { /* header_map (encode_raw_headers); never beside the headers map */
@@ -383,15 +366,13 @@ static PyObject *build(const Found *f) {
         raw_form = 0;
         for (int i = 0; i < count; i++) {
             if (!read_header(f->plain[i], &headers[i], 1)) Py_RETURN_NONE;
-            headers[i].key = or_empty(headers[i].key);
             for (int j = 0; j < i; j++)
                 if (equal(headers[i].key, headers[j].key)) Py_RETURN_NONE;
         }
     }
     int authorization = -1, request_id = -1, forwarded_count = 0, traced = 0;
     for (int i = 0; i < count; i++) {
-        Buf name = or_empty(headers[i].key);
-        headers[i].key = name;
+        Buf name = headers[i].key;
         if (!lower_ascii(name) || in_names(name, &never_names) || identity_spelling(name)) Py_RETURN_NONE;
         if (is_name(name, "authorization", 13)) {
             if (authorization >= 0) Py_RETURN_NONE;
@@ -406,7 +387,7 @@ static PyObject *build(const Found *f) {
     }
     if (authorization < 0) Py_RETURN_NONE;
     const Header *a = &headers[authorization];
-    Buf sent = raw_form && PRESENT(a->raw) && LEN(a->raw) > 0 ? a->raw : or_empty(a->value);
+    Buf sent = raw_form && LEN(a->raw) > 0 ? a->raw : a->value;
     /* A Bearer credential (any case), never the DPoP scheme's: anything else is read by repeat.py. */
     if (LEN(sent) < 5 || LEN(sent) > kept_authorization) Py_RETURN_NONE;
     static const char bearer[] = "beare";
@@ -418,8 +399,6 @@ static PyObject *build(const Found *f) {
     Header routes[MAX_EXTENSIONS];
     for (int i = 0; i < f->extension_count; i++) {
         if (!read_header(f->extensions[i], &routes[i], 1)) Py_RETURN_NONE;
-        routes[i].key = or_empty(routes[i].key);
-        routes[i].value = or_empty(routes[i].value);
         Header moved = routes[i];
         int j = i;
         for (; j > 0; j--) {
@@ -493,7 +472,7 @@ static PyObject *build(const Found *f) {
     Buf id = f->id;
     if (request_id >= 0) {
         const Header *h = &headers[request_id];
-        Buf chosen = raw_form && PRESENT(h->raw) && LEN(h->raw) > 0 ? h->raw : or_empty(h->value);
+        Buf chosen = raw_form && LEN(h->raw) > 0 ? h->raw : h->value;
         if (LEN(chosen) > 0) id = chosen;
     }
     if ((rid = plain_request_id(id)) == NULL) goto error;

@@ -112,21 +112,20 @@ class AuthorizationService:
         config = self._holder.current  # once: the whole check runs on this snapshot
         remaining = _time_remaining(context)
         repeat: RepeatRead | None = None
+        memo: Snapshot | None = None  # the snapshot whose memo may answer this check
         # Only checks that still have time: one queued past Envoy's deadline is shed (and counted).
-        memo = config is not None and (remaining is None or remaining > 0)
-        if memo and config is not None:
-            memo = self._telemetry.tracer is None and self._memo.usable(
-                config.snapshot, config.server.memo_size
-            )
-            if not memo:
+        if config is not None and (remaining is None or remaining > 0):
+            if self._telemetry.tracer is None and self._memo.usable(config.snapshot, config.server.memo_size):
+                memo = config.snapshot
+            else:
                 self._memo.forget()  # memo off now: let the old snapshot go
-            elif read_wire is not None:  # from the bytes: a repeat needs no parse
-                repeat, kept = self._look_up(read_wire, data, config.snapshot, context, started)
-                if kept is not None:
-                    return kept
+        if memo is not None and read_wire is not None:  # from the bytes: a repeat needs no parse
+            repeat, kept = self._look_up(read_wire, data, memo, context, started)
+            if kept is not None:
+                return kept
         parsed = parse(data)
-        if memo and repeat is None and config is not None and isinstance(parsed, CheckRequest):
-            repeat, kept = self._look_up(read_repeat, parsed, config.snapshot, context, started)
+        if memo is not None and repeat is None and isinstance(parsed, CheckRequest):
+            repeat, kept = self._look_up(read_repeat, parsed, memo, context, started)
             if kept is not None:
                 return kept
         request: AuthzRequest | None = None
